@@ -10,6 +10,9 @@ Without a CUDA toolkit the CUDA targets are incompatible and skipped.
 """
 
 load("@local_cuda//:defs.bzl", "CUDA_FOUND", "NVCC")
+load("@rules_cc//cc:cc_binary.bzl", "cc_binary")
+load("@rules_cc//cc:cc_library.bzl", "cc_library")
+load("@rules_python//python:defs.bzl", "py_test")
 
 # Real GPU code for A100 (sm_80) and H100/H200 (sm_90), plus PTX that newer
 # GPUs JIT-compile. Keep in sync with kernels/_build.py (the no-Bazel fallback).
@@ -45,7 +48,7 @@ def lab_py_test(name, srcs, deps = [], data = [], gpu = False, tags = [], size =
       size: Bazel test size.
       **kwargs: passed to py_test.
     """
-    native.py_test(
+    py_test(
         name = name,
         srcs = srcs + ["//tools/testing:pytest_main.py"],
         main = "//tools/testing:pytest_main.py",
@@ -85,7 +88,7 @@ def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], visibility = None
             target_compatible_with = _cuda_compat(),
         )
         objs.append(obj)
-    native.cc_library(
+    cc_library(
         name = name,
         srcs = objs,
         hdrs = hdrs,
@@ -105,7 +108,7 @@ def pybind_extension(name, srcs, deps = [], visibility = None):
       deps: cc_library dependencies (for example a cuda_library).
       visibility: Bazel visibility.
     """
-    native.cc_binary(
+    cc_binary(
         name = name + ".so",
         srcs = srcs,
         deps = deps + ["@lab_python//:pybind11"],
