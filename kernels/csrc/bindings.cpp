@@ -30,6 +30,11 @@ void check(cudaError_t err, const char* what) {
   }
 }
 
+lab::DType to_dtype(int code) {
+  if (code < 0 || code > 2) throw std::invalid_argument("dtype code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
+  return static_cast<lab::DType>(code);
+}
+
 int device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
@@ -49,12 +54,45 @@ PYBIND11_MODULE(_C, m) {
       [](std::uintptr_t out, std::uintptr_t x, std::uintptr_t y, std::int64_t n, float alpha, int dtype,
          std::uintptr_t stream) {
         ensure_cuda();
-        if (dtype < 0 || dtype > 2) throw std::invalid_argument("vector_add: dtype code must be 0, 1 or 2");
         check(lab::vector_add(reinterpret_cast<void*>(out), reinterpret_cast<const void*>(x),
-                              reinterpret_cast<const void*>(y), n, alpha, static_cast<lab::DType>(dtype),
+                              reinterpret_cast<const void*>(y), n, alpha, to_dtype(dtype),
                               reinterpret_cast<cudaStream_t>(stream)),
               "vector_add");
       },
       py::arg("out"), py::arg("x"), py::arg("y"), py::arg("n"), py::arg("alpha"), py::arg("dtype"),
       py::arg("stream"), "out = x + alpha * y over n elements (device pointers as ints).");
+  m.def(
+      "rms_norm",
+      [](std::uintptr_t out, std::uintptr_t x, std::uintptr_t w, std::int64_t rows, int hidden, float eps, int dtype,
+         std::uintptr_t stream) {
+        ensure_cuda();
+        check(lab::rms_norm(reinterpret_cast<void*>(out), reinterpret_cast<const void*>(x),
+                            reinterpret_cast<const void*>(w), rows, hidden, eps, to_dtype(dtype),
+                            reinterpret_cast<cudaStream_t>(stream)),
+              "rms_norm");
+      },
+      py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("rows"), py::arg("hidden"), py::arg("eps"),
+      py::arg("dtype"), py::arg("stream"), "RMSNorm over contiguous rows (device pointers as ints).");
+  m.def(
+      "fused_add_rms_norm",
+      [](std::uintptr_t out, std::uintptr_t residual, std::uintptr_t x, std::uintptr_t w, std::int64_t rows,
+         int hidden, float eps, int dtype, std::uintptr_t stream) {
+        ensure_cuda();
+        check(lab::fused_add_rms_norm(reinterpret_cast<void*>(out), reinterpret_cast<void*>(residual),
+                                      reinterpret_cast<const void*>(x), reinterpret_cast<const void*>(w), rows,
+                                      hidden, eps, to_dtype(dtype), reinterpret_cast<cudaStream_t>(stream)),
+              "fused_add_rms_norm");
+      },
+      py::arg("out"), py::arg("residual"), py::arg("x"), py::arg("weight"), py::arg("rows"), py::arg("hidden"),
+      py::arg("eps"), py::arg("dtype"), py::arg("stream"), "residual += x; out = RMSNorm(residual).");
+  m.def(
+      "silu_and_mul",
+      [](std::uintptr_t out, std::uintptr_t in, std::int64_t rows, int inter, int dtype, std::uintptr_t stream) {
+        ensure_cuda();
+        check(lab::silu_and_mul(reinterpret_cast<void*>(out), reinterpret_cast<const void*>(in), rows, inter,
+                                to_dtype(dtype), reinterpret_cast<cudaStream_t>(stream)),
+              "silu_and_mul");
+      },
+      py::arg("out"), py::arg("input"), py::arg("rows"), py::arg("inter"), py::arg("dtype"), py::arg("stream"),
+      "out = silu(gate) * up for input rows [gate | up].");
 }

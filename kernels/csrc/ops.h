@@ -16,4 +16,16 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 cudaError_t vector_add(void* out, const void* x, const void* y, int64_t n, float alpha,
                        DType dtype, cudaStream_t stream);
 
+// out = w * x / sqrt(mean(x^2) + eps) per row of `hidden` elements (fp32 math).
+cudaError_t rms_norm(void* out, const void* x, const void* weight, int64_t rows, int hidden, float eps, DType dtype,
+                     cudaStream_t stream);
+
+// residual += x (in place, rounded to dtype); out = rms_norm(residual).
+cudaError_t fused_add_rms_norm(void* out, void* residual, const void* x, const void* weight, int64_t rows,
+                               int hidden, float eps, DType dtype, cudaStream_t stream);
+
+// in: [rows, 2 * inter] = [gate | up]; out[rows, inter] = silu(gate) * up.
+// rows <= 65535 per launch (the Python wrapper splits larger inputs).
+cudaError_t silu_and_mul(void* out, const void* in, int64_t rows, int inter, DType dtype, cudaStream_t stream);
+
 }  // namespace lab

@@ -1,0 +1,582 @@
+"""Shared helpers of the benchmark binaries: where results go, how we time, what we record.
+
+Timing (`time_fn`): each iteration optionally runs an untimed `before()` (reset
+in-place inputs), then writes a 256 MB buffer to evict the GPU L2 (H100 L2 is 50
+MB) so every iteration reads its inputs from HBM, then times one call of `fn`.
+On CUDA the call sits between two CUDA events: the flush keeps the GPU busy while
+the host queues the call, so the figure is device time, not launch latency. On CPU
+it is `time.perf_counter` around the call (plus an optional `sync`). We report
+percentiles (p10/p50/p90) in microseconds, never a single number.
+
+Results: `results_dir()` is `bench/results/<device-slug>-<YYYY-MM-DD>/`, shared by
+every benchmark run on that device and day (or `$LAB_RESULTS_DIR`). Each benchmark
+writes `<name>.csv`, `<name>.json` and merges its records into `summary.json`
+(keyed by record name), each record carrying device, date, command and versions.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import functools
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+# Bytes written between timed iterations to evict the L2 cache. H100's L2 is 50 MB,
+# H200's the same; 256 MB is five times that, so nothing of the last call survives.
+L2_FLUSH_BYTES = 256 << 20
+# On CPU a last-level cache is at most a few hundred MB on big servers; 64 MB keeps
+# CPU runs quick while still evicting a laptop's LLC.
+CPU_FLUSH_BYTES = 64 << 20
+
+# Relative tolerance of a low-precision result against an fp32 reference. bf16 has
+# 8 mantissa bits (rounding alone is 2^-9 = 0.002, two roundings plus reduction order
+# stay under 1e-2); fp16 has 11; fp32 differs only in summation order.
+DEFAULT_RTOL = {
+    torch.bfloat16: 1e-2,
+    torch.float16: 5e-3,
+    torch.float32: 1e-5,
+}
+
+DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_root() -> Path:
+    """The workspace root: `bazel run` gives it in BUILD_WORKSPACE_DIRECTORY."""
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    return Path(workspace) if workspace else _REPO_ROOT
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def default_device() -> str:
+    return "cuda" if has_cuda() else "cpu"
+
+
+def is_cuda(device: str | torch.device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name.strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(
+        dtype, str(dtype).removeprefix("torch.")
+    )
+
+
+# ----------------------------------------------------------------------------
+# Device, versions, where results go
+# ----------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    """Marketing name of the device: "NVIDIA H100 80GB HBM3", or "cpu-<model>"."""
+    device = torch.device(device or default_device())
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{_cpu_model()}"
+
+
+def device_slug(name: str | None = None) -> str:
+    """Folder-safe short name: "NVIDIA H100 80GB HBM3" -> "h100-80gb-hbm3"; any CPU -> "cpu"."""
+    name = name if name is not None else device_name()
+    if name.lower().startswith("cpu"):
+        return "cpu"
+    slug = re.sub(r"^nvidia\s+", "", name.strip(), flags=re.IGNORECASE).lower()
+    return re.sub(r"[^a-z0-9]+", "-", slug).strip("-") or "unknown"
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def results_dir(command_name: str, device: str | torch.device | None = None) -> Path:
+    """The results folder of this device and day, created.
+
+    `bench/results/<device-slug>-<YYYY-MM-DD>/` under the workspace; `$LAB_RESULTS_DIR`
+    replaces it (the GPU runner points it at its output folder). All benchmarks of
+    one device and day share it, so `summary.json` there collects every figure;
+    `command_name` ("kernels") only has to be a plain name, the files it writes
+    are prefixed with it.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", command_name):
+        raise ValueError(f"command_name must be a plain file name, got {command_name!r}")
+    override = os.environ.get("LAB_RESULTS_DIR")
+    if override:
+        path = Path(override)
+    else:
+        path = repo_root() / "bench" / "results" / f"{device_slug(device_name(device))}-{today()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def command_line(command_name: str, argv: Sequence[str] | None = None) -> str:
+    """How to rerun this benchmark: `bazel run //bench:x -- ...` or `python3 -m bench.x ...`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    tail = (" " + shlex.join(args)) if args else ""
+    if os.environ.get("BUILD_WORKSPACE_DIRECTORY"):
+        return f"bazel run //bench:{command_name}" + (" --" + tail if args else "")
+    return f"python3 -m bench.{command_name}" + tail
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _module_version(name: str) -> str | None:
+    try:
+        module = __import__(name)
+    except Exception:  # noqa: BLE001 - a broken optional package is "absent" here
+        return None
+    return getattr(module, "__version__", "unknown")
+
+
+@functools.lru_cache(maxsize=None)
+def versions() -> dict[str, Any]:
+    """Library and machine versions that a figure depends on (absent ones are None)."""
+    out: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": _module_version("triton"),
+        "transformers": _module_version("transformers"),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+    }
+    if has_cuda():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        props = torch.cuda.get_device_properties(0)
+        out["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        out["gpu_sms"] = props.multi_processor_count
+        out["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    root = repo_root()
+    rev = _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root)
+    if rev:
+        dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
+        rev += "-dirty" if dirty else ""
+    out["git"] = rev
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100), as numpy's default."""
+    if not values:
+        raise ValueError("percentile of no values")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize_us(times_us: Sequence[float]) -> dict[str, float]:
+    """p10/p50/p90 (plus mean, min, max and the count) of times in microseconds."""
+    return {
+        "p10": percentile(times_us, 10),
+        "p50": percentile(times_us, 50),
+        "p90": percentile(times_us, 90),
+        "mean": sum(times_us) / len(times_us),
+        "min": min(times_us),
+        "max": max(times_us),
+        "iters": len(times_us),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _flush_buffer(device: str) -> torch.Tensor:
+    nbytes = L2_FLUSH_BYTES if is_cuda(device) else CPU_FLUSH_BYTES
+    return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+
+def flush_cache(device: str | torch.device) -> None:
+    """Write a buffer several times the size of the last-level cache on `device`."""
+    _flush_buffer(str(torch.device(device))).zero_()
+
+
+def time_cuda(
+    fn: Callable[[], Any],
+    warmup: int = 10,
+    iters: int = 50,
+    flush_l2: bool = True,
+    before: Callable[[], Any] | None = None,
+    device: str | torch.device = "cuda",
+) -> dict[str, float]:
+    """Device time of `fn()` in microseconds (p10/p50/p90...) from CUDA events.
+
+    Per iteration: `before()` (untimed, e.g. restore an input `fn` modifies in place),
+    then the L2 flush (untimed, so `before`'s traffic is evicted too), then
+    event, `fn()`, event. All events are read after one final synchronize.
+    """
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    with torch.cuda.device(device):
+        for _ in range(warmup):
+            if before is not None:
+                before()
+            fn()
+        torch.cuda.synchronize()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        for start, end in zip(starts, ends):
+            if before is not None:
+                before()
+            if flush_l2:
+                flush_cache(device)
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        return summarize_us([s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)])
+
+
+def time_cpu(
+    fn: Callable[[], Any],
+    warmup: int = 3,
+    iters: int = 20,
+    flush_l2: bool = False,
+    before: Callable[[], Any] | None = None,
+    sync: Callable[[], Any] | None = None,
+) -> dict[str, float]:
+    """Wall time of `fn()` (then `sync()`, if given) in microseconds, from perf_counter.
+
+    Same protocol as `time_cuda`; `sync` lets host-visible GPU work (a pageable copy,
+    a multi-stream schedule) be timed by the wall clock with
+    `sync=torch.cuda.synchronize`.
+    """
+    for _ in range(warmup):
+        if before is not None:
+            before()
+        fn()
+        if sync is not None:
+            sync()
+    times = []
+    for _ in range(iters):
+        if before is not None:
+            before()
+        if flush_l2:
+            flush_cache("cpu")
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e6)
+    return summarize_us(times)
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    device: str | torch.device,
+    warmup: int = 10,
+    iters: int = 50,
+    flush_l2: bool = True,
+    before: Callable[[], Any] | None = None,
+) -> dict[str, float]:
+    """`time_cuda` on a CUDA device, else `time_cpu`; microsecond percentiles either way."""
+    if is_cuda(device):
+        return time_cuda(fn, warmup, iters, flush_l2=flush_l2, before=before, device=device)
+    return time_cpu(fn, warmup, iters, flush_l2=flush_l2, before=before)
+
+
+# ----------------------------------------------------------------------------
+# Rooflines
+# ----------------------------------------------------------------------------
+
+
+def measure_copy_bandwidth(device: str | torch.device, nbytes: int | None = None) -> float:
+    """GB/s (1e9 B/s) of one large same-device copy, counting read + write (2 * size).
+
+    The memory-bound ceiling every bandwidth figure is compared with. 1 GiB on a GPU
+    (twenty times the L2), 64 MiB on a CPU. The copy is verified before it is timed.
+    """
+    if nbytes is None:
+        nbytes = (1 << 30) if is_cuda(device) else (64 << 20)
+    src = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    if not torch.equal(dst, src):
+        raise AssertionError("device copy produced different bytes")
+    t = time_fn(lambda: dst.copy_(src), device, warmup=3, iters=10, flush_l2=False)
+    del src, dst
+    return 2 * nbytes / (t["p50"] * 1e-6) / 1e9
+
+
+def measure_matmul_tflops(device: str | torch.device, dtype: torch.dtype = torch.bfloat16, n: int | None = None) -> float:
+    """TFLOP/s of an n x n x n matmul (2 n^3 flops): 8192 on a GPU, 512 on a CPU."""
+    if n is None:
+        n = 8192 if is_cuda(device) else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    c = torch.empty(n, n, device=device, dtype=dtype)
+    k = min(n, 256)  # verify a corner against fp32
+    check_close(torch.mm(a, b)[:k, :k], a[:k].float() @ b[:, :k].float(), what=f"matmul {n}^3 {dtype_name(dtype)}")
+    t = time_fn(lambda: torch.mm(a, b, out=c), device, warmup=3, iters=10, flush_l2=False)
+    return 2 * n**3 / (t["p50"] * 1e-6) / 1e12
+
+
+# ----------------------------------------------------------------------------
+# Correctness
+# ----------------------------------------------------------------------------
+
+
+def check_close(
+    got: torch.Tensor,
+    want: torch.Tensor,
+    rtol_by_dtype: Mapping[torch.dtype, float] | None = None,
+    what: str = "result",
+) -> None:
+    """Raise AssertionError naming `what` unless `got` matches the reference `want`.
+
+    The tolerance comes from `got`'s dtype (`DEFAULT_RTOL` unless given): element-wise
+    |got - want| <= rtol * (1 + |want|), i.e. relative for large values and absolute
+    (at the same level) near zero. Compared in fp32; NaN or Inf in `got` fails.
+    """
+    rtol_by_dtype = DEFAULT_RTOL if rtol_by_dtype is None else rtol_by_dtype
+    if tuple(got.shape) != tuple(want.shape):
+        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    if got.dtype not in rtol_by_dtype:
+        raise AssertionError(f"{what}: no tolerance for dtype {got.dtype}")
+    rtol = rtol_by_dtype[got.dtype]
+    g = got.detach().float()
+    w = want.detach().to(device=g.device, dtype=torch.float32)
+    if not torch.isfinite(g).all():
+        bad = int((~torch.isfinite(g)).sum())
+        raise AssertionError(f"{what}: {bad} of {g.numel()} elements are NaN/Inf")
+    err = (g - w).abs()
+    excess = err - rtol * (1 + w.abs())
+    if bool((excess > 0).any()):
+        n_bad = int((excess > 0).sum())
+        flat = int(torch.argmax(excess))
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), g.shape)) if g.dim() else ()
+        raise AssertionError(
+            f"{what}: {n_bad} of {g.numel()} elements outside rtol={rtol:g} "
+            f"({dtype_name(got.dtype)}); worst at {idx}: got {g[idx].item():.6g}, "
+            f"want {w[idx].item():.6g}, max abs err {err.max().item():.3g}"
+        )
+
+
+# ----------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        a = abs(value)
+        if a >= 1000:
+            return f"{value:,.0f}"
+        if a >= 100:
+            return f"{value:.0f}"
+        if a >= 10:
+            return f"{value:.1f}"
+        if a >= 0.01 or a == 0:
+            return f"{value:.2f}"
+        return f"{value:.2e}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str | tuple[str, str]]) -> str:
+    """Fixed-width text table; a column is a row key or (key, header)."""
+    cols = [(c, c) if isinstance(c, str) else c for c in columns]
+    cells = [[_fmt(row.get(key)) for key, _ in cols] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h) in enumerate(cols)]
+
+    def line(values: Iterable[str]) -> str:
+        # Text left, numbers right.
+        parts = []
+        for v, w in zip(values, widths):
+            numeric = bool(re.fullmatch(r"[-+]?[\d,.]+(e[-+]\d+)?%?x?", v))
+            parts.append(v.rjust(w) if numeric else v.ljust(w))
+        return "  ".join(parts).rstrip()
+
+    out = [line(h for _, h in cols), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def print_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str | tuple[str, str]], title: str | None = None
+) -> str:
+    """Print (and return) `format_table(rows, columns)` under an optional title."""
+    text = format_table(rows, columns)
+    if title:
+        text = f"{title}\n{text}"
+    print(text, flush=True)
+    return text
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (torch.dtype, torch.device, Path)):
+        return str(obj)
+    if isinstance(obj, torch.Size):
+        return list(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_results(
+    out_dir: Path | str,
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    summary: Sequence[Mapping[str, Any]],
+    command: str | None = None,
+    device: str | None = None,
+) -> dict[str, Path]:
+    """Write `<name>.csv`, `<name>.json` and merge `summary` into `summary.json`.
+
+    Each summary record needs `name`, `value` and `unit`; `device`, `date`, `command`
+    and `versions` are filled in unless given. Records already in `summary.json`
+    with the same name are replaced in place, others kept, new ones appended.
+    Returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = command or command_line(name)
+    device = device or device_name()
+    meta = {"device": device, "date": today(), "command": command, "versions": versions()}
+
+    csv_path = out_dir / f"{name}.csv"
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: str(v) if isinstance(v, (torch.dtype, Path)) else v for k, v in row.items()})
+
+    json_path = out_dir / f"{name}.json"
+    _write_atomic(json_path, json.dumps({**meta, "rows": list(rows)}, indent=1, default=_json_default) + "\n")
+
+    records = []
+    for rec in summary:
+        missing = [k for k in ("name", "value", "unit") if k not in rec]
+        if missing:
+            raise ValueError(f"summary record {rec!r} lacks {missing}")
+        records.append({**meta, **rec})
+    summary_path = out_dir / "summary.json"
+    merged: list[dict[str, Any]] = []
+    if summary_path.exists():
+        old = json.loads(summary_path.read_text() or "[]")
+        if not isinstance(old, list):
+            raise ValueError(f"{summary_path} is not a list of records")
+        merged = old
+    index = {rec.get("name"): i for i, rec in enumerate(merged)}
+    for rec in records:
+        if rec["name"] in index:
+            merged[index[rec["name"]]] = rec
+        else:
+            index[rec["name"]] = len(merged)
+            merged.append(rec)
+    _write_atomic(summary_path, json.dumps(merged, indent=1, default=_json_default) + "\n")
+    return {"csv": csv_path, "json": json_path, "summary": summary_path}
+
+
+def plot_panels(
+    path: Path | str,
+    panels: Sequence[Mapping[str, Any]],
+    title: str = "",
+    ncols: int = 2,
+) -> Path:
+    """Write a PNG of line-plot panels (matplotlib, Agg backend: no display needed).
+
+    Each panel is a mapping with `series` ({label: (xs, ys)}), and optionally
+    `title`, `xlabel`, `ylabel`, `logx`, `logy` and `hlines` ({label: y}, drawn
+    dashed: the roofline). Points whose y is None are skipped.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(panels))
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.4 * nrows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        for label, (xs, ys) in panel.get("series", {}).items():
+            pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
+        for label, y in panel.get("hlines", {}).items():
+            ax.axhline(y, linestyle="--", color="gray", linewidth=1)
+            ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, va="bottom", color="gray")
+        if panel.get("logx"):
+            ax.set_xscale("log", base=2)
+        if panel.get("logy"):
+            ax.set_yscale("log")
+        ax.set_title(panel.get("title", ""), fontsize=9)
+        ax.set_xlabel(panel.get("xlabel", ""))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.grid(True, alpha=0.3)
+        if panel.get("series"):
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

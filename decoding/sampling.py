@@ -1,0 +1,57 @@
+"""Samplers: greedy, temperature, top-k and top-p (nucleus), seeded by torch.Generator.
+
+Pure tensor functions; nothing here knows about the model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def _check(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
+    """Raise ValueError naming the bad argument, what was expected and what arrived."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (B, V), got shape {tuple(logits.shape)}")
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                    top_p: Optional[float] = None) -> torch.Tensor:
+    """Probabilities (B, V) fp32 after temperature, then top-k, then top-p filtering."""
+    _check(logits, temperature, top_k, top_p)
+    if temperature == 0.0:
+        raise ValueError("temperature 0 means greedy; there is no distribution to return")
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p; the top token stays.
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)
+
+
+def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None,
+           top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Pick one token per row of logits (B, V); returns (B,) long.
+
+    temperature 0 is greedy argmax (top_k/top_p ignored); otherwise sample from
+    softmax(logits / temperature) restricted to the top_k tokens and to the smallest
+    set whose mass reaches top_p. `generator` makes the draw reproducible.
+    """
+    _check(logits, temperature, top_k, top_p)
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    probs = logits_to_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -1,0 +1,129 @@
+// RMSNorm and fused residual-add + RMSNorm over rows of length `hidden`:
+//   rms_norm:            out = w * (x / sqrt(mean(x^2) + eps))        (math in fp32)
+//   fused_add_rms_norm:  residual += x (stored in T); out = rms_norm(residual)
+// One CUDA block per row. Each thread keeps VPT vectors of VEC elements in
+// registers, so the row is read from DRAM once and written once.
+#include <algorithm>
+
+#include "kernels/csrc/common.cuh"
+#include "kernels/csrc/ops.h"
+
+namespace lab {
+namespace {
+
+template <typename T, int VEC, int VPT, bool kFusedAdd>
+__global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, T* __restrict__ residual,
+                                                       const T* __restrict__ x, const T* __restrict__ weight,
+                                                       int hidden, float eps) {
+  using V = Vec<T, VEC>;
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const int n_vec = hidden / VEC;
+  const V* xr = reinterpret_cast<const V*>(x + row * hidden);
+  V* rr = reinterpret_cast<V*>(residual + row * hidden);
+  V* outr = reinterpret_cast<V*>(out + row * hidden);
+  const V* wr = reinterpret_cast<const V*>(weight);
+
+  float vals[VPT][VEC];
+  float sumsq = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int idx = threadIdx.x + i * blockDim.x;
+    if (idx < n_vec) {
+      V v = xr[idx];
+      if constexpr (kFusedAdd) {
+        V r = rr[idx];
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) r.v[j] = from_float<T>(to_float(r.v[j]) + to_float(v.v[j]));
+        rr[idx] = r;
+        v = r;
+      }
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        vals[i][j] = to_float(v.v[j]);
+        sumsq += vals[i][j] * vals[i][j];
+      }
+    }
+  }
+  const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(hidden) + eps);
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int idx = threadIdx.x + i * blockDim.x;
+    if (idx < n_vec) {
+      const V w = wr[idx];
+      V o;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        // Round the normalised value to T before the weight, as the reference does.
+        o.v[j] = from_float<T>(to_float(w.v[j]) * to_float(from_float<T>(vals[i][j] * rstd)));
+      }
+      outr[idx] = o;
+    }
+  }
+}
+
+template <typename T, int VEC, bool kFusedAdd>
+cudaError_t launch_vec(T* out, T* residual, const T* x, const T* w, int64_t rows, int hidden, float eps,
+                       cudaStream_t stream) {
+  const int n_vec = hidden / VEC;
+  // Aim for 256 threads with a few vectors each (memory-level parallelism);
+  // wider rows take more vectors per thread, up to 16, then more threads.
+  int threads = std::min(256, ((n_vec + 31) / 32) * 32);
+  int vpt = (n_vec + threads - 1) / threads;
+  if (vpt > 16) {
+    threads = std::min(1024, ((n_vec + 15) / 16 + 31) / 32 * 32);
+    vpt = (n_vec + threads - 1) / threads;
+  }
+  if (vpt > 32) return cudaErrorInvalidValue;  // > 32K vectors per row: not supported
+  const dim3 grid(static_cast<unsigned>(rows));
+#define LAB_LAUNCH(N) \
+  rms_norm_kernel<T, VEC, N, kFusedAdd><<<grid, threads, 0, stream>>>(out, residual, x, w, hidden, eps)
+  if (vpt <= 1) LAB_LAUNCH(1);
+  else if (vpt <= 2) LAB_LAUNCH(2);
+  else if (vpt <= 4) LAB_LAUNCH(4);
+  else if (vpt <= 8) LAB_LAUNCH(8);
+  else if (vpt <= 16) LAB_LAUNCH(16);
+  else LAB_LAUNCH(32);
+#undef LAB_LAUNCH
+  return cudaGetLastError();
+}
+
+template <typename T, bool kFusedAdd>
+cudaError_t launch(void* out, void* residual, const void* x, const void* w, int64_t rows, int hidden, float eps,
+                   cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  constexpr int kVec = 16 / sizeof(T);
+  auto* o = static_cast<T*>(out);
+  auto* r = static_cast<T*>(residual);
+  auto* xi = static_cast<const T*>(x);
+  auto* wi = static_cast<const T*>(w);
+  const bool can_vec = hidden % kVec == 0 && aligned16(out) && aligned16(x) && aligned16(w) &&
+                       (!kFusedAdd || aligned16(residual));
+  if (can_vec) return launch_vec<T, kVec, kFusedAdd>(o, r, xi, wi, rows, hidden, eps, stream);
+  return launch_vec<T, 1, kFusedAdd>(o, r, xi, wi, rows, hidden, eps, stream);
+}
+
+template <bool kFusedAdd>
+cudaError_t dispatch(void* out, void* residual, const void* x, const void* w, int64_t rows, int hidden, float eps,
+                     DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat32: return launch<float, kFusedAdd>(out, residual, x, w, rows, hidden, eps, stream);
+    case DType::kFloat16: return launch<__half, kFusedAdd>(out, residual, x, w, rows, hidden, eps, stream);
+    case DType::kBFloat16: return launch<__nv_bfloat16, kFusedAdd>(out, residual, x, w, rows, hidden, eps, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t rms_norm(void* out, const void* x, const void* weight, int64_t rows, int hidden, float eps, DType dtype,
+                     cudaStream_t stream) {
+  return dispatch<false>(out, nullptr, x, weight, rows, hidden, eps, dtype, stream);
+}
+
+cudaError_t fused_add_rms_norm(void* out, void* residual, const void* x, const void* weight, int64_t rows,
+                               int hidden, float eps, DType dtype, cudaStream_t stream) {
+  return dispatch<true>(out, residual, x, weight, rows, hidden, eps, dtype, stream);
+}
+
+}  // namespace lab

@@ -1,0 +1,217 @@
+"""ModelConfig: the one description of a Llama-family network.
+
+Named presets carry the published shapes; `from_hf_config` reads a Hugging Face
+`config.json` in either spelling (classic `rope_theta`/`rope_scaling`/`torch_dtype`
+or transformers-5 `rope_parameters`/`dtype`); `to_hf_config` writes one back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A config the model cannot run; the message is one line saying what to do."""
+
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+# Keys a llama3 rope_scaling dict must hold (Llama 3.1 long-context frequency scaling).
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
+                    "original_max_position_embeddings")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    dim: int = 4096  # hidden size (HF: hidden_size)
+    n_layers: int = 32
+    n_heads: int = 32  # query heads
+    # Key/value heads; fewer than n_heads means grouped-query attention (GQA),
+    # each kv head serving n_heads // n_kv_heads query heads. None -> n_heads.
+    n_kv_heads: Optional[int] = None
+    intermediate_size: int = 11008  # SwiGLU hidden width (gate/up output size)
+    norm_eps: float = 1e-5  # RMSNorm epsilon added to mean(x^2)
+    rope_theta: float = 10000.0  # RoPE base wavelength
+    # None for plain RoPE, or a llama3 dict {factor, low_freq_factor,
+    # high_freq_factor, original_max_position_embeddings} (Llama 3.1 scaling).
+    rope_scaling: Optional[dict] = None
+    max_seq_len: int = 2048  # longest context (HF: max_position_embeddings)
+    tie_word_embeddings: bool = False  # lm_head shares embed_tokens.weight
+    torch_dtype: str = "float32"  # dtype the checkpoint was saved in
+    head_dim: Optional[int] = None  # derived: dim // n_heads unless given
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Any = 2  # int or list of ints (Llama 3 has several)
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.dim % self.n_heads != 0:
+                raise ConfigError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}),"
+                                  " or give head_dim explicitly")
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                              f"({self.n_kv_heads}) for grouped-query attention")
+        if self.head_dim % 2 != 0:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.rope_scaling is not None:
+            self.rope_scaling = _check_rope_scaling(self.rope_scaling)
+
+    @classmethod
+    def from_name(cls, name: str) -> "ModelConfig":
+        """Return the preset called `name` (see PRESETS for the list)."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**PRESETS[name])
+
+    @classmethod
+    def from_hf_config(cls, config: "dict | str | os.PathLike") -> "ModelConfig":
+        """Build from a Hugging Face config dict, config.json path, or checkpoint directory."""
+        if not isinstance(config, dict):
+            path = os.fspath(config)
+            if os.path.isdir(path):
+                path = os.path.join(path, "config.json")
+            if not os.path.isfile(path):
+                raise ConfigError(f"config file not found: {path}; pass a checkpoint directory "
+                                  "holding config.json")
+            with open(path) as f:
+                config = json.load(f)
+        c = dict(config)
+        model_type = c.get("model_type")
+        archs = c.get("architectures") or []
+        if model_type not in SUPPORTED_MODEL_TYPES or any(
+                a not in SUPPORTED_ARCHITECTURES for a in archs):
+            raise ConfigError(
+                f"unsupported architecture (model_type={model_type!r}, architectures={archs}); "
+                f"only {'/'.join(SUPPORTED_MODEL_TYPES)} decoder checkpoints are supported")
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "vocab_size"):
+            if key not in c:
+                raise ConfigError(f"config.json lacks required key {key!r}")
+        # Bias and pretraining_tp variants change the network; refuse rather than mis-load.
+        if c.get("attention_bias") or c.get("mlp_bias"):
+            raise ConfigError("attention_bias/mlp_bias checkpoints are not supported; "
+                              "use a bias-free Llama/Mistral checkpoint")
+        if c.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"hidden_act {c['hidden_act']!r} is not supported; expected 'silu'")
+        # Mistral's sliding_window is ignored: full attention is exact while the
+        # context stays within the window (4096 for v0.1; null from v0.2 on).
+        theta, scaling = _read_rope(c)
+        dtype = c.get("dtype") or c.get("torch_dtype") or "float32"
+        return cls(
+            vocab_size=c["vocab_size"],
+            dim=c["hidden_size"],
+            n_layers=c["num_hidden_layers"],
+            n_heads=c["num_attention_heads"],
+            n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
+            intermediate_size=c["intermediate_size"],
+            norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_seq_len=c.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+            torch_dtype=str(dtype).replace("torch.", ""),
+            head_dim=c.get("head_dim"),
+            bos_token_id=c.get("bos_token_id"),
+            eos_token_id=c.get("eos_token_id"),
+        )
+
+    def to_hf_config(self) -> dict:
+        """Return a config.json dict that transformers' LlamaConfig loads (both spellings of rope)."""
+        rope_parameters = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        if self.rope_scaling is not None:
+            rope_parameters.update(self.rope_scaling)
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.dim,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_seq_len,
+            "rms_norm_eps": self.norm_eps,
+            "rope_parameters": rope_parameters,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "dtype": self.torch_dtype,
+        }
+
+    def replace(self, **changes) -> "ModelConfig":
+        """Return a copy with `changes` applied (derived fields recomputed unless given)."""
+        if "head_dim" not in changes and ("dim" in changes or "n_heads" in changes):
+            changes["head_dim"] = None
+        return dataclasses.replace(self, **changes)
+
+
+def _check_rope_scaling(scaling: dict) -> dict:
+    """Validate a llama3 rope_scaling dict; return it with only the llama3 keys."""
+    rope_type = scaling.get("rope_type", scaling.get("type", "llama3"))
+    if rope_type != "llama3":
+        raise ConfigError(f"unsupported rope type {rope_type!r}; only 'default' and 'llama3' "
+                          "RoPE are implemented")
+    missing = [k for k in LLAMA3_ROPE_KEYS if k not in scaling]
+    if missing:
+        raise ConfigError(f"llama3 rope_scaling lacks {missing}; expected keys {list(LLAMA3_ROPE_KEYS)}")
+    out = {k: scaling[k] for k in LLAMA3_ROPE_KEYS}
+    out["rope_type"] = "llama3"
+    return out
+
+
+def _read_rope(c: dict) -> tuple[float, Optional[dict]]:
+    """Return (rope_theta, rope_scaling or None) from either HF spelling."""
+    params = c.get("rope_parameters")
+    if params is None:  # classic spelling: top-level rope_theta + rope_scaling
+        theta = c.get("rope_theta", 10000.0)
+        params = c.get("rope_scaling") or {}
+    else:  # transformers-5 spelling: everything inside rope_parameters
+        theta = params.get("rope_theta", c.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default")) if params else "default"
+    if rope_type == "default":
+        return float(theta), None
+    if rope_type != "llama3":
+        raise ConfigError(f"unsupported rope type {rope_type!r}; only 'default' and 'llama3' "
+                          "RoPE are implemented")
+    return float(theta), _check_rope_scaling(params)
+
+
+_LLAMA31_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 8192, "rope_type": "llama3"}
+
+# Published shapes (config.json of each model on the Hugging Face Hub).
+PRESETS: dict[str, dict] = {
+    # Small CPU test model; vocab 512 so a ByteTokenizer (258 ids) fits.
+    "tiny": dict(vocab_size=512, dim=64, n_layers=4, n_heads=4, n_kv_heads=2,
+                 intermediate_size=172, norm_eps=1e-5, max_seq_len=256),
+    "llama2-7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                      intermediate_size=11008, norm_eps=1e-5, rope_theta=10000.0,
+                      max_seq_len=4096, torch_dtype="float16"),
+    "llama3-8b": dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                      intermediate_size=14336, norm_eps=1e-5, rope_theta=500000.0,
+                      max_seq_len=8192, torch_dtype="bfloat16", bos_token_id=128000,
+                      eos_token_id=128001),
+    "llama3.1-8b": dict(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                        intermediate_size=14336, norm_eps=1e-5, rope_theta=500000.0,
+                        rope_scaling=dict(_LLAMA31_SCALING), max_seq_len=131072,
+                        torch_dtype="bfloat16", bos_token_id=128000, eos_token_id=128001),
+    "llama3-70b": dict(vocab_size=128256, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                       intermediate_size=28672, norm_eps=1e-5, rope_theta=500000.0,
+                       max_seq_len=8192, torch_dtype="bfloat16", bos_token_id=128000,
+                       eos_token_id=128001),
+    # Mistral-7B-v0.1 (v0.3 differs: vocab 32768, rope_theta 1e6).
+    "mistral-7b": dict(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                       intermediate_size=14336, norm_eps=1e-5, rope_theta=10000.0,
+                       max_seq_len=32768, torch_dtype="bfloat16"),
+}

@@ -1,0 +1,130 @@
+"""Building blocks of the Llama decoder: Linear factory, RMSNorm, RoPE, attention, MLP.
+
+Attribute names follow the Hugging Face Llama layout so state_dict keys match the
+checkpoint directly (q_proj, k_proj, ..., gate_proj, up_proj, down_proj).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig
+
+
+def make_linear(in_features: int, out_features: int, bias: bool = False) -> nn.Module:
+    """Create a Linear layer; the one place they are made, so quantization/TP can swap it."""
+    return nn.Linear(in_features, out_features, bias=bias)
+
+
+class RMSNorm(nn.Module):
+    """y = weight * (x / sqrt(mean(x^2) + eps)), normalised in fp32 and cast back (as HF)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise the last dimension of x."""
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def rope_inv_freq(config: ModelConfig, device=None) -> torch.Tensor:
+    """Inverse frequencies (head_dim // 2,) fp32, with Llama-3.1 scaling when configured.
+
+    Same arithmetic as transformers' `_compute_llama3_parameters`: wavelengths shorter
+    than original_len / high_freq_factor are kept, those longer than
+    original_len / low_freq_factor are divided by `factor`, and the band between is
+    interpolated smoothly.
+    """
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (
+        torch.arange(0, d, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / d))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def precompute_rope(config: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return real-valued (cos, sin) tables, each (seq_len, head_dim) fp32, HF rotate-half layout."""
+    inv_freq = rope_inv_freq(config, device)
+    pos = torch.arange(seq_len, device=device, dtype=torch.int64).float()
+    freqs = torch.outer(pos, inv_freq)  # (seq_len, head_dim // 2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (seq_len, head_dim)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Map the halves (x1, x2) of the last dim to (-x2, x1)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, head_dim) by position tables cos/sin (T, head_dim)."""
+    cos = cos.to(x.dtype)[None, None]  # (1, 1, T, head_dim)
+    sin = sin.to(x.dtype)[None, None]
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query KV heads over scaled_dot_product_attention."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.q_proj = make_linear(config.dim, config.n_heads * config.head_dim)
+        self.k_proj = make_linear(config.dim, config.n_kv_heads * config.head_dim)
+        self.v_proj = make_linear(config.dim, config.n_kv_heads * config.head_dim)
+        self.o_proj = make_linear(config.n_heads * config.head_dim, config.dim)
+        self.kv_cache: Optional[nn.Module] = None  # installed by Transformer.setup_caches
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: Optional[torch.Tensor], input_pos: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (B, T, dim); cos/sin (T, head_dim); mask bool (T, S) or None for causal."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # q: (B, n_heads, T, head_dim); k, v: (B, n_kv_heads, T, head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_heads, S, head_dim)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*head_dim)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = make_linear(config.dim, config.intermediate_size)
+        self.up_proj = make_linear(config.dim, config.intermediate_size)
+        self.down_proj = make_linear(config.intermediate_size, config.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim)."""
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,126 @@
+"""The Llama decoder. State-dict keys equal Hugging Face's LlamaForCausalLM keys.
+
+Sampling, caching policy, quantization and loading live elsewhere and act on a
+built model; this file is only the network.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from cache.static_cache import StaticKVCache
+from model.config import ModelConfig
+from model.layers import MLP, Attention, RMSNorm, make_linear, precompute_rope
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+
+    def forward(self, x, cos, sin, mask, input_pos):
+        """x (B, T, dim) -> (B, T, dim)."""
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Decoder(nn.Module):
+    """Embedding, blocks and final norm: the HF `model.` prefix."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+
+
+class Transformer(nn.Module):
+    """Llama/Mistral causal LM: input_ids (B, T) -> logits (B, T, vocab_size)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = make_linear(config.dim, config.vocab_size)
+        self.tie_weights()
+        # RoPE tables are built lazily on the weights' device (never here), sized to
+        # the cache length once caches exist, else to config.max_seq_len.
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
+        self.max_batch_size = -1
+        self.max_seq_len = -1  # cache length; -1 means no caches installed
+
+    def tie_weights(self) -> None:
+        """Make lm_head share embed_tokens' weight when the config ties them (re-run after load)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def setup_caches(self, max_batch_size: int, max_seq_len: int,
+                     dtype: Optional[torch.dtype] = None, device=None) -> None:
+        """Install a StaticKVCache in every layer and build RoPE tables for max_seq_len."""
+        if max_seq_len > self.config.max_seq_len:
+            raise ValueError(f"cache length {max_seq_len} exceeds the model context "
+                             f"config.max_seq_len={self.config.max_seq_len}")
+        weight = self.model.embed_tokens.weight
+        dtype = dtype or weight.dtype
+        device = device or weight.device
+        self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = StaticKVCache(
+                max_batch_size, self.config.n_kv_heads, max_seq_len, self.config.head_dim,
+                dtype=dtype, device=device)
+        self.setup_rope(max_seq_len, device)
+
+    def setup_rope(self, max_seq_len: Optional[int] = None, device=None) -> None:
+        """Build the RoPE cos/sin tables (fp32) for positions < max_seq_len (default config's).
+
+        forward builds them on first use; call this (or setup_caches) before
+        torch.export / torch.compile so tracing never sees the lazy path.
+        """
+        device = device or self.model.embed_tokens.weight.device
+        self.rope_cos, self.rope_sin = precompute_rope(
+            self.config, max_seq_len or self.config.max_seq_len, device)
+
+    def remove_caches(self) -> None:
+        """Drop the KV caches; forward goes back to plain causal attention."""
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = None
+        self.max_batch_size = self.max_seq_len = -1
+        self.rope_cos = self.rope_sin = None
+
+    def forward(self, input_ids: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return logits (B, T, vocab_size) in the weights' dtype.
+
+        input_ids: (B, T) long. input_pos: (T,) long positions of these tokens.
+        With caches installed input_pos is required; attention then covers every
+        cached position <= each token's position. Without caches attention is causal
+        over the given tokens, at positions input_pos (default 0..T-1).
+        RoPE tables are built on first use; call setup_rope/setup_caches before export.
+        """
+        assert input_ids.dim() == 2, f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}"
+        B, T = input_ids.shape
+        cached = self.max_seq_len > 0
+        if input_pos is None:
+            assert not cached, "input_pos (T,) is required once caches are installed"
+            input_pos = torch.arange(T, device=input_ids.device)
+        assert input_pos.shape == (T,), f"input_pos must be ({T},), got {tuple(input_pos.shape)}"
+        if (self.rope_cos is None or self.rope_cos.device != input_ids.device
+                or self.rope_cos.dtype != torch.float32):  # .to(dtype) may have cast them
+            self.setup_rope(self.max_seq_len if cached else None, input_ids.device)
+        cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # (T, head_dim)
+        mask = None  # None = causal over the T given tokens
+        if cached:
+            key_pos = torch.arange(self.max_seq_len, device=input_ids.device)
+            mask = key_pos[None, :] <= input_pos[:, None]  # (T, max_seq_len) bool
+        x = self.model.embed_tokens(input_ids)  # (B, T, dim)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, input_pos if cached else None)
+        return self.lm_head(self.model.norm(x))  # (B, T, vocab_size)

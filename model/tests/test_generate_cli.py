@@ -1,0 +1,58 @@
+"""The model.generate binary: JSON output and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# Not resolved: under Bazel this file is a symlink and the runfiles tree is the root.
+REPO = Path(__file__).absolute().parents[2]
+
+
+def run_cli(*args):
+    """Run `python -m model.generate ARGS` from the repo root; return the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "model.generate", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def error_line(proc) -> str:
+    """Assert exit 2 with exactly one `error: ...` line on stderr and no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_json_output_embedded_model():
+    proc = run_cli("--json", "--prompt", "Hi", "--max_new_tokens", "8")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert {"prompt_ids", "output_ids", "text", "tokens_per_s"} <= set(rec)
+    assert rec["prompt_ids"] == [256, ord("H"), ord("i")]  # byte tokenizer with BOS
+    assert len(rec["output_ids"]) <= 8 and rec["tokens_per_s"] >= 0
+    again = json.loads(run_cli("--json", "--prompt", "Hi", "--max_new_tokens", "8").stdout)
+    assert again["output_ids"] == rec["output_ids"]  # deterministic embedded model
+
+
+def test_prompt_ids_and_sampling_flags():
+    proc = run_cli("--json", "--prompt_ids", "1,2,3", "--max_new_tokens", "4",
+                   "--temperature", "0.8", "--top_k", "20", "--top_p", "0.9", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)
+    assert rec["prompt_ids"] == [1, 2, 3] and 1 <= len(rec["output_ids"]) <= 4
+
+
+def test_missing_checkpoint_dir(tmp_path):
+    line = error_line(run_cli("--checkpoint", str(tmp_path / "missing")))
+    assert "checkpoint directory not found" in line
+
+
+def test_prompt_longer_than_context():
+    line = error_line(run_cli("--prompt", "x" * 300, "--max_new_tokens", "4"))
+    assert "exceeds the model context" in line
+
+
+def test_unknown_device_and_dtype():
+    assert "unknown --device" in error_line(run_cli("--device", "tpu"))
+    assert "unknown --dtype" in error_line(run_cli("--dtype", "int3"))

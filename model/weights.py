@@ -1,0 +1,161 @@
+"""Load and save Llama checkpoints in the Hugging Face safetensors layout.
+
+Loading builds the model on the meta device and assigns tensors read one at a time
+from safetensors files, so an 8B model never needs two copies in memory. Pickle
+(`pytorch_model.bin`) is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from model.config import ModelConfig
+from model.llama import Transformer
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message is one line saying why."""
+
+
+def _weight_files(path: str) -> dict[str, str]:
+    """Map each tensor name to the safetensors file holding it."""
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        files = {}
+        for name, fname in weight_map.items():
+            full = os.path.join(path, fname)
+            if not os.path.isfile(full):
+                raise CheckpointError(f"{INDEX_FILE} names shard {fname} which is missing from {path}")
+            files[name] = full
+        return files
+    single = os.path.join(path, SINGLE_FILE)
+    if os.path.isfile(single):
+        with safe_open(single, framework="pt") as f:
+            return {name: single for name in f.keys()}
+    if any(n.endswith(".bin") or n.endswith(".pt") or n.endswith(".pth") for n in os.listdir(path)):
+        raise CheckpointError(
+            f"no {SINGLE_FILE} or {INDEX_FILE} in {path}; pickle .bin/.pt weights are not loaded: "
+            "convert with transformers (AutoModelForCausalLM.from_pretrained(p).save_pretrained(p))")
+    raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}; expected safetensors weights")
+
+
+def _resolve_dtype(dtype, config: ModelConfig) -> torch.dtype:
+    """Turn a dtype name, torch.dtype or None (= the checkpoint's dtype) into a torch.dtype."""
+    if dtype is None:
+        dtype = config.torch_dtype
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unsupported dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(path: str, device="cpu", dtype=None) -> Transformer:
+    """Load a HF-layout checkpoint directory (config.json + safetensors) into a Transformer.
+
+    dtype: torch.dtype or name; None keeps the checkpoint's `torch_dtype`.
+    Raises CheckpointError (or ConfigError for unsupported configs) with a one-line reason.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise CheckpointError(f"no config.json in {path}; expected a Hugging Face checkpoint directory")
+    config = ModelConfig.from_hf_config(os.path.join(path, "config.json"))
+    dtype = _resolve_dtype(dtype, config)
+    files = _weight_files(path)
+
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = config.tie_word_embeddings
+    wanted = set(expected) - ({"lm_head.weight"} if tied else set())
+    names = set(files) - {n for n in files if n.endswith("rotary_emb.inv_freq")}
+    if tied:
+        names.discard("lm_head.weight")  # some tied checkpoints still store a copy
+    missing, unexpected = sorted(wanted - names), sorted(names - wanted)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {len(missing)} tensor(s): {_short(missing)}")
+    if unexpected:
+        raise CheckpointError(f"checkpoint {path} has {len(unexpected)} unexpected tensor(s): "
+                              f"{_short(unexpected)}")
+
+    state = {}
+    by_file: dict[str, list[str]] = {}
+    for name in sorted(wanted):
+        by_file.setdefault(files[name], []).append(name)
+    for fname, tensor_names in by_file.items():
+        with safe_open(fname, framework="pt", device="cpu") as f:
+            for name in tensor_names:
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(expected[name]):
+                    raise CheckpointError(f"tensor {name}: config.json implies shape "
+                                          f"{tuple(expected[name])} but the checkpoint has {shape}")
+                state[name] = f.get_tensor(name).to(dtype=dtype).to(device)
+    if tied:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, assign=True, strict=True)
+    model.tie_weights()  # assign=True replaced the shared Parameter; share it again
+    return model.eval()
+
+
+def _short(names: list[str], n: int = 5) -> str:
+    """Join up to n names for a one-line message."""
+    more = f" (+{len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = None) -> None:
+    """Write config.json and safetensors weights in the Hugging Face layout.
+
+    One model.safetensors when everything fits in max_shard_bytes (or it is None);
+    otherwise model-0000i-of-0000n.safetensors shards plus model.safetensors.index.json
+    with metadata.total_size and weight_map, as `save_pretrained` writes them.
+    Tied lm_head.weight is not stored (HF omits it too).
+    """
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    config = model.config
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    hf = config.to_hf_config()
+    weight_dtype = model.model.embed_tokens.weight.dtype
+    hf["dtype"] = next((k for k, d in DTYPES.items() if d == weight_dtype), hf["dtype"])
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata=meta)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(path, fname), metadata=meta)
+        weight_map.update({name: fname for name in shard})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(path, INDEX_FILE), "w") as f:
+        json.dump(index, f, indent=2)
