@@ -62,6 +62,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def interpret_upcast(t: torch.Tensor) -> bool:
+    """Whether tile_dot must multiply in fp32 (bf16 under the interpreter; see tile_dot)."""
+    return interpreting() and t.dtype == torch.bfloat16
+
+
 def device_problem(name: str, tensors: dict[str, torch.Tensor]) -> list[str]:
     """Problems with where `tensors` live: one device, CUDA (or CPU under the interpreter)."""
     devices = {t.device for t in tensors.values()}
@@ -140,10 +145,20 @@ AUTOTUNE_CONFIGS = [
 
 
 @triton.jit
+def tile_dot(a, b, acc, UPCAST: tl.constexpr):
+    """tl.dot(a, b, acc). UPCAST (set only under the interpreter for bf16): Triton's interpreter
+    multiplies bf16 tiles as their raw uint16 bit patterns, so multiply the (already rounded)
+    bf16 values in fp32 there instead. Compiled kernels never take this branch."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV, causal_offset,
-                         MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr):
+                         MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
     """Fold one KV tile into (acc, l, m). q: (BM, D), k/v: (BN, D); acc (BM, D) fp32."""
-    qk = tl.dot(q, tl.trans(k))  # (BM, BN) fp32
+    qk = tile_dot(q, tl.trans(k), None, UPCAST)  # (BM, BN) fp32
     if MASKED:
         keep = cols[None, :] < S_KV
         if IS_CAUSAL:
@@ -160,7 +175,7 @@ def _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV, cau
         alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)
+    acc = tile_dot(p.to(v.dtype), v, acc, UPCAST)
     return acc, l_i, m_new
 
 
@@ -168,7 +183,7 @@ def _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV, cau
 def _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn,
                    lo, hi, rows, S_KV, causal_offset, qk_scale,
                    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
     """Run KV tiles [lo, hi) (lo a multiple of BLOCK_N). K/V point at this (batch, kv head)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -186,14 +201,14 @@ def _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, s
             k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :])
             v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :])
         acc, l_i, m_i = _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV,
-                                             causal_offset, MASKED, IS_CAUSAL)
+                                             causal_offset, MASKED, IS_CAUSAL, UPCAST)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, S_KV, qk_scale,
                IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+               HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
     """Normalized output (BM, D) fp32 for query rows [m0, m0 + BM) of one (batch, head)."""
     rows = m0 + tl.arange(0, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -212,11 +227,11 @@ def _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, 
     # Off-diagonal tiles: no mask.
     acc, l_i, m_i = _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn,
                                    0, full_end, rows, S_KV, causal_offset, qk_scale,
-                                   False, IS_CAUSAL, BLOCK_N, HEAD_DIM, USE_TMA)
+                                   False, IS_CAUSAL, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
     # Diagonal band and ragged tail: masked.
     acc, l_i, m_i = _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn,
                                    full_end, end, rows, S_KV, causal_offset, qk_scale,
-                                   True, IS_CAUSAL, BLOCK_N, HEAD_DIM, USE_TMA)
+                                   True, IS_CAUSAL, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
     inv_l = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key: acc = 0 -> output 0
     return acc * inv_l[:, None]
 
@@ -230,7 +245,8 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
                       qk_scale, H_Q, S_Q, S_KV,
                       S_Q_BUCKET, S_KV_BUCKET,  # autotune key only
                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                      USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                      USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (cdiv(S_q, BLOCK_M), B * Hq). Last dim of every tensor has stride 1."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -253,7 +269,7 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
         q = tl.load(q_ptrs, mask=rows[:, None] < S_Q, other=0.0)  # (BM, D)
 
     out = _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, S_KV, qk_scale,
-                     IS_CAUSAL, BLOCK_M, BLOCK_N, HEAD_DIM, USE_TMA)
+                     IS_CAUSAL, BLOCK_M, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
     if USE_TMA:  # the descriptor drops rows past S_q
         desc_o.store([b, h, m0, 0], out.to(O.dtype.element_ty).reshape(1, 1, BLOCK_M, HEAD_DIM))
     else:
@@ -268,7 +284,7 @@ def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
                          qk_scale, H_Q,
                          S_Q_BUCKET, S_KV_BUCKET,  # autotune key only
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (cdiv(max_seqlen_q, BLOCK_M), num_seqs * Hq) over packed (total, H, D) tensors."""
     pid_m = tl.program_id(0)
     pid_sh = tl.program_id(1)
@@ -292,7 +308,7 @@ def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
     q_ptrs = Q + (q_start + rows.to(tl.int64))[:, None] * stride_qt + h * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=rows[:, None] < S_Q, other=0.0)  # (BM, D)
     out = _attn_tile(q, K, V, None, None, seq, h_kv, stride_kt, stride_vt, m0, S_Q, S_KV, qk_scale,
-                     IS_CAUSAL, BLOCK_M, BLOCK_N, HEAD_DIM, False)
+                     IS_CAUSAL, BLOCK_M, BLOCK_N, HEAD_DIM, False, UPCAST)
     o_ptrs = O + (q_start + rows.to(tl.int64))[:, None] * stride_ot + h * stride_oh + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=rows[:, None] < S_Q)
 
@@ -376,7 +392,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             scale * LOG2E, Hq, S_q, S_kv, _seq_bucket(S_q), _seq_bucket(S_kv))
-    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), USE_TMA=tma)
+    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), USE_TMA=tma, UPCAST=interpret_upcast(q))
     with device_guard(q):
         if interpreting():
             grid = (triton.cdiv(S_q, _INTERPRET_META["BLOCK_M"]), B * Hq)
@@ -426,7 +442,7 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), scale * LOG2E, Hq,
             _seq_bucket(max_seqlen_q), _seq_bucket(max_seqlen_k))
-    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal))
+    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), UPCAST=interpret_upcast(q))
     with device_guard(q):
         if interpreting():
             grid = (triton.cdiv(max_seqlen_q, _INTERPRET_META["BLOCK_M"]), num_seqs * Hq)

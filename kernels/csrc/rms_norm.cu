@@ -4,6 +4,7 @@
 // One CUDA block per row. Each thread keeps VPT vectors of VEC elements in
 // registers, so the row is read from DRAM once and written once.
 #include <algorithm>
+#include <cstdlib>
 
 #include "kernels/csrc/common.cuh"
 #include "kernels/csrc/ops.h"
@@ -66,9 +67,14 @@ template <typename T, int VEC, bool kFusedAdd>
 cudaError_t launch_vec(T* out, T* residual, const T* x, const T* w, int64_t rows, int hidden, float eps,
                        cudaStream_t stream) {
   const int n_vec = hidden / VEC;
-  // Aim for 256 threads with a few vectors each (memory-level parallelism);
+  // Aim for kThreads threads with a few vectors each (memory-level parallelism);
   // wider rows take more vectors per thread, up to 16, then more threads.
-  int threads = std::min(256, ((n_vec + 31) / 32) * 32);
+  // LAB_RMS_THREADS overrides the target (tuning experiments only).
+  static const int kThreads = [] {
+    const char* env = std::getenv("LAB_RMS_THREADS");
+    return env ? std::max(32, std::min(1024, std::atoi(env))) : 256;
+  }();
+  int threads = std::min(kThreads, ((n_vec + 31) / 32) * 32);
   int vpt = (n_vec + threads - 1) / threads;
   if (vpt > 16) {
     threads = std::min(1024, ((n_vec + 15) / 16 + 31) / 32 * 32);

@@ -1,0 +1,187 @@
+"""Parity tests: kernels/flash_attention.py against the fp32 references in kernels/attention_ref.py.
+
+Runs on a CUDA GPU, or on CPU through Triton's interpreter:
+    TRITON_INTERPRET=1 python -m pytest -q kernels/tests/test_flash_attention.py
+Skipped when neither is available. Interpreter shapes stay tiny (seq <= 64); the larger
+shapes run only on a GPU.
+
+Tolerances (max abs error of the fp16/bf16 output against the fp32 reference, inputs
+~N(0, 1)): each output is a convex combination of V rows, so |O| <= max|v| (about 4-5 at these
+sizes; ~1 or less once a row averages many keys). The kernel accumulates in fp32; its error is
+the final rounding of O (half an ulp: <= 2^-8 * |O| for bf16, 2^-11 * |O| for fp16) plus the
+rounding of P to the input dtype before the PV product (relative 2^-8 / 2^-11 per weight,
+averaging out over keys). That is <= ~1.6e-2 for bf16 and ~2e-3 for fp16 in the worst row
+(a row that sees one key returns that v row, rounded), hence TOL: bf16 2e-2, fp16 5e-3.
+"""
+
+import os
+
+import pytest
+import torch
+
+from kernels.attention_ref import attention_ref, varlen_attention_ref
+from kernels.flash_attention import flash_attention, flash_attention_varlen
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ON_GPU = torch.cuda.is_available() and not INTERPRET
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET),
+                                reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+DEVICE = "cuda" if ON_GPU else "cpu"
+TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="large shapes: CUDA GPU only (not the interpreter)")
+
+
+def _randn(*shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
+
+
+def _qkv(B, Hq, Hkv, S_q, S_kv, D, dtype, seed=0):
+    return (_randn(B, Hq, S_q, D, dtype=dtype, seed=seed), _randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 1),
+            _randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 2))
+
+
+def _poisoned_like(t):
+    return torch.full_like(t, float("nan"))  # keeps t's strides; any row the kernel skips stays NaN
+
+
+def _check(got, want, dtype):
+    assert want.abs().max() > 0, "reference is all zeros: the test would prove nothing"
+    assert not got.isnan().any(), "kernel left NaN in the output (unwritten or bad masking)"
+    err = (got.float() - want).abs().max().item()
+    assert err <= TOL[dtype], f"max abs err {err:.3e} > {TOL[dtype]:.0e} for {dtype}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads", [(4, 2), (2, 2)], ids=["gqa4x2", "mha2"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("S", [37, 50])
+def test_matches_reference(dtype, causal, heads, D, S):
+    Hq, Hkv = heads
+    q, k, v = _qkv(1, Hq, Hkv, S, S, D, dtype, seed=S + D)
+    want = attention_ref(q.float(), k.float(), v.float(), causal)
+    out = _poisoned_like(q)
+    got = flash_attention(q, k, v, causal, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    _check(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lens", [(16, 50), (1, 37), (37, 64), (50, 37)], ids=lambda x: f"q{x[0]}kv{x[1]}")
+def test_causal_unequal_lengths_bottom_right(dtype, lens):
+    """S_q != S_kv: query i sees keys j <= i + S_kv - S_q. With S_q > S_kv the first rows see
+    nothing and must be 0 (flash-attn's convention), not NaN."""
+    S_q, S_kv = lens
+    q, k, v = _qkv(2, 4, 2, S_q, S_kv, 64, dtype, seed=S_q * 7 + S_kv)
+    want = attention_ref(q.float(), k.float(), v.float(), causal=True)
+    got = flash_attention(q, k, v, causal=True, out=_poisoned_like(q))
+    _check(got, want, dtype)
+    if S_q > S_kv:
+        assert (got[:, :, : S_q - S_kv] == 0).all()
+
+
+def test_non_causal_unequal_lengths():
+    q, k, v = _qkv(1, 4, 2, 20, 53, 128, torch.float16, seed=3)
+    want = attention_ref(q.float(), k.float(), v.float(), causal=False)
+    _check(flash_attention(q, k, v, out=_poisoned_like(q)), want, torch.float16)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bshd_strided_view(causal):
+    """(B, S, H, D) storage passed as a transposed view; the output keeps q's strides."""
+    B, S, Hq, Hkv, D = 2, 41, 4, 2, 64
+    q = _randn(B, S, Hq, D, dtype=torch.bfloat16, seed=11).transpose(1, 2)  # (B, Hq, S, D) view
+    k = _randn(B, S, Hkv, D, dtype=torch.bfloat16, seed=12).transpose(1, 2)
+    v = _randn(B, S, Hkv, D, dtype=torch.bfloat16, seed=13).transpose(1, 2)
+    want = attention_ref(q.float(), k.float(), v.float(), causal)
+    got = flash_attention(q, k, v, causal)
+    assert got.stride() == q.stride()
+    _check(got, want, torch.bfloat16)
+    out = _poisoned_like(q)
+    flash_attention(q, k, v, causal, out=out)
+    _check(out, want, torch.bfloat16)
+
+
+def test_custom_sm_scale():
+    q, k, v = _qkv(1, 2, 2, 33, 33, 64, torch.float16, seed=5)
+    want = attention_ref(q.float(), k.float(), v.float(), causal=True, sm_scale=0.3)
+    _check(flash_attention(q, k, v, causal=True, sm_scale=0.3), want, torch.float16)
+
+
+def _cu(lens):
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("D", [64, 128])
+def test_varlen_matches_reference(dtype, causal, D):
+    lens_q, lens_k = [5, 37, 20], [5, 50, 20]  # chunked-prefill style: seq 1 has 13 cached tokens
+    Hq, Hkv = 4, 2
+    q = _randn(sum(lens_q), Hq, D, dtype=dtype, seed=21)
+    k = _randn(sum(lens_k), Hkv, D, dtype=dtype, seed=22)
+    v = _randn(sum(lens_k), Hkv, D, dtype=dtype, seed=23)
+    cu_q, cu_k = _cu(lens_q), _cu(lens_k)
+    want = varlen_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, causal)
+    out = _poisoned_like(q)
+    flash_attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal, out=out)
+    _check(out, want, dtype)
+
+
+def test_varlen_agrees_with_padded_batch():
+    """Reference ladder: the varlen kernel on one sequence == the batched kernel on it."""
+    lens = [9, 33, 17]
+    q = _randn(sum(lens), 4, 64, dtype=torch.float16, seed=31)
+    k = _randn(sum(lens), 2, 64, dtype=torch.float16, seed=32)
+    v = _randn(sum(lens), 2, 64, dtype=torch.float16, seed=33)
+    cu = _cu(lens)
+    got = flash_attention_varlen(q, k, v, cu, cu, max(lens), max(lens), causal=True)
+    s0, s1 = cu[1].item(), cu[2].item()
+    one = flash_attention(q[s0:s1].transpose(0, 1)[None], k[s0:s1].transpose(0, 1)[None],
+                          v[s0:s1].transpose(0, 1)[None], causal=True)[0].transpose(0, 1)
+    torch.testing.assert_close(got[s0:s1], one, atol=0, rtol=0)
+
+
+def test_rejects_bad_inputs(monkeypatch):
+    q, k, v = _qkv(1, 4, 2, 16, 16, 64, torch.float16)
+    cases = {
+        "dtypes": (q.float(), k.float(), v.float()),
+        "head dim": (q[..., :48].contiguous(), k[..., :48].contiguous(), v[..., :48].contiguous()),
+        "multiple of kv heads": (q[:, :3].contiguous(), k, v),
+        "contiguous": (q.transpose(2, 3), k, v),
+    }
+    for needle, args in cases.items():
+        with pytest.raises(ValueError, match=needle):
+            flash_attention(*args)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        flash_attention(q.cpu(), k.cpu(), v.cpu())
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+
+@gpu_only
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("S", [1000, 2065])
+def test_gpu_large(causal, S):
+    q, k, v = _qkv(2, 32, 8, S, S, 128, torch.bfloat16, seed=S)
+    want = attention_ref(q.float(), k.float(), v.float(), causal)
+    got = flash_attention(q, k, v, causal, out=_poisoned_like(q))
+    _check(got, want, torch.bfloat16)
+    # TMA (sm_90) and pointer paths must agree.
+    torch.testing.assert_close(flash_attention(q, k, v, causal, use_tma=False), got, atol=TOL[torch.bfloat16], rtol=0)
+
+
+@gpu_only
+def test_gpu_varlen_large():
+    lens_q, lens_k = [700, 1, 1500], [900, 129, 1500]
+    q = _randn(sum(lens_q), 16, 128, dtype=torch.float16, seed=41)
+    k = _randn(sum(lens_k), 4, 128, dtype=torch.float16, seed=42)
+    v = _randn(sum(lens_k), 4, 128, dtype=torch.float16, seed=43)
+    cu_q, cu_k = _cu(lens_q), _cu(lens_k)
+    want = varlen_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, causal=True)
+    got = flash_attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True,
+                                 out=_poisoned_like(q))
+    _check(got, want, torch.float16)

@@ -1,0 +1,159 @@
+"""Parity tests: kernels/flash_decode.py against the fp32 references in kernels/attention_ref.py.
+
+Runs on a CUDA GPU, or on CPU through Triton's interpreter:
+    TRITON_INTERPRET=1 python -m pytest -q kernels/tests/test_flash_decode.py
+Skipped when neither is available.
+
+Tolerances: as in test_flash_attention.py (max abs error vs the fp32 reference with ~N(0, 1)
+inputs: output rounding plus P rounded to the input dtype; the split merge is fp32):
+bf16 2e-2, fp16 5e-3. A length-1 sequence returns v[0] itself, the worst case for the
+output's rounding (|v| up to ~4: bf16 half-ulp 1.6e-2, fp16 2e-3).
+"""
+
+import os
+
+import pytest
+import torch
+
+from kernels.attention_ref import attention_ref, paged_decode_ref
+from kernels.flash_decode import choose_num_splits, flash_decode, paged_flash_decode
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ON_GPU = torch.cuda.is_available() and not INTERPRET
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET),
+                                reason="needs a CUDA GPU or TRITON_INTERPRET=1")
+DEVICE = "cuda" if ON_GPU else "cpu"
+TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="large shapes: CUDA GPU only (not the interpreter)")
+
+
+def _randn(*shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
+
+
+def _lens(values):
+    return torch.tensor(values, dtype=torch.int32, device=DEVICE)
+
+
+def _contiguous_ref(q, k_cache, v_cache, seq_lens):
+    """Per sequence: attention_ref of its one query over its first seq_lens[b] cached tokens."""
+    rows = []
+    for b, n in enumerate(seq_lens.tolist()):
+        rows.append(attention_ref(q[b, None, :, None].float(), k_cache[b:b + 1, :, :n].float(),
+                                  v_cache[b:b + 1, :, :n].float())[0, :, 0])  # (Hq, D)
+    return torch.stack(rows)  # (B, Hq, D)
+
+
+def _check(got, want, dtype):
+    assert want.abs().max() > 0, "reference is all zeros: the test would prove nothing"
+    assert not got.isnan().any(), "kernel left NaN in the output"
+    err = (got.float() - want).abs().max().item()
+    assert err <= TOL[dtype], f"max abs err {err:.3e} > {TOL[dtype]:.0e} for {dtype}"
+
+
+def _paged(k_cache, v_cache, block_size, seed):
+    """Scatter a contiguous (B, Hkv, S_max, D) cache into shuffled blocks of block_size tokens.
+    Returns k_pages, v_pages (num_blocks, block_size, Hkv, D) and block_table (B, max_blocks) int32."""
+    B, Hkv, S_max, D = k_cache.shape
+    max_blocks = -(-S_max // block_size)
+    num_blocks = B * max_blocks + 3  # spare blocks the table never names
+    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))[: B * max_blocks]
+    block_table = perm.reshape(B, max_blocks).to(torch.int32).to(DEVICE)
+    pad = max_blocks * block_size - S_max
+    pages = []
+    for cache in (k_cache, v_cache):
+        padded = torch.nn.functional.pad(cache, (0, 0, 0, pad))  # (B, Hkv, max_blocks * bs, D)
+        blocks = padded.reshape(B, Hkv, max_blocks, block_size, D).permute(0, 2, 3, 1, 4)  # (B, nb, bs, Hkv, D)
+        store = torch.full((num_blocks, block_size, Hkv, D), float("nan"), dtype=cache.dtype, device=DEVICE)
+        store[block_table.long().reshape(-1)] = blocks.reshape(-1, block_size, Hkv, D)
+        pages.append(store)
+    return pages[0], pages[1], block_table
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4)], ids=["gqa4x2", "mha4"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("num_splits", [None, 3])
+def test_flash_decode_matches_reference(dtype, heads, D, num_splits):
+    Hq, Hkv = heads
+    S_max, seq_lens = 70, _lens([1, 37, 70, 16])  # 1, non-multiples of BLOCK_N, full, exact multiple
+    B = seq_lens.numel()
+    q = _randn(B, Hq, D, dtype=dtype, seed=1)
+    k_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=2)
+    v_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=3)
+    k_cache[0, :, 1:] = float("nan")  # tokens past seq_lens must never be read
+    v_cache[0, :, 1:] = float("nan")
+    want = _contiguous_ref(q, k_cache, v_cache, seq_lens)
+    out = torch.full_like(q, float("nan"))
+    got = flash_decode(q, k_cache, v_cache, seq_lens, out=out, num_splits=num_splits)
+    assert got.data_ptr() == out.data_ptr()
+    _check(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_paged_decode_matches_reference(dtype, block_size):
+    Hq, Hkv, D, S_max = 4, 2, 128, 80
+    seq_lens = _lens([1, 37, 80, 50])
+    B = seq_lens.numel()
+    q = _randn(B, Hq, D, dtype=dtype, seed=5)
+    k_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=6)
+    v_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=7)
+    k_pages, v_pages, block_table = _paged(k_cache, v_cache, block_size, seed=block_size)
+    want = paged_decode_ref(q.float(), k_pages.float(), v_pages.float(), block_table, seq_lens)
+    # Reference ladder: paged reference == contiguous reference on the same tokens.
+    torch.testing.assert_close(want, _contiguous_ref(q, k_cache, v_cache, seq_lens), atol=1e-5, rtol=1e-5)
+    got = paged_flash_decode(q, k_pages, v_pages, block_table, seq_lens, out=torch.full_like(q, float("nan")),
+                             num_splits=2)
+    _check(got, want, dtype)
+    # ... and the paged kernel == the contiguous kernel.
+    contiguous = flash_decode(q, k_cache, v_cache, seq_lens, num_splits=2)
+    torch.testing.assert_close(got, contiguous, atol=TOL[dtype], rtol=0)
+
+
+def test_empty_sequence_gives_zero():
+    q = _randn(2, 4, 64, dtype=torch.float16, seed=9)
+    k_cache = _randn(2, 2, 24, 64, dtype=torch.float16, seed=10)
+    v_cache = _randn(2, 2, 24, 64, dtype=torch.float16, seed=11)
+    seq_lens = _lens([0, 24])
+    got = flash_decode(q, k_cache, v_cache, seq_lens, out=torch.full_like(q, float("nan")), num_splits=2)
+    assert (got[0] == 0).all()
+    _check(got[1:], _contiguous_ref(q[1:], k_cache[1:], v_cache[1:], seq_lens[1:]), torch.float16)
+
+
+def test_choose_num_splits_fills_the_gpu():
+    assert choose_num_splits(8, 8, 4096, num_sms=132) * 64 >= 132  # at least one program per SM
+    assert choose_num_splits(1, 8, 4096, num_sms=132) * 8 >= 132
+    assert choose_num_splits(1, 1, 100, num_sms=132) == 1  # too short to split
+    assert choose_num_splits(256, 8, 4096, num_sms=132) <= 2  # batch already fills it
+
+
+def test_rejects_bad_inputs():
+    q = _randn(2, 4, 64, dtype=torch.float16, seed=12)
+    k_cache = _randn(2, 2, 16, 64, dtype=torch.float16, seed=13)
+    with pytest.raises(ValueError, match="seq_lens must be int32"):
+        flash_decode(q, k_cache, k_cache, torch.tensor([1, 2], dtype=torch.int64, device=DEVICE))
+    with pytest.raises(ValueError, match="multiple of Hkv"):
+        flash_decode(q[:, :3], k_cache, k_cache, _lens([1, 2]))
+    pages = _randn(4, 16, 2, 64, dtype=torch.float16, seed=14)
+    with pytest.raises(ValueError, match="block_table must be int32"):
+        paged_flash_decode(q, pages, pages, torch.zeros(2, 2, dtype=torch.int64, device=DEVICE), _lens([1, 2]))
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+
+@gpu_only
+@pytest.mark.parametrize("block_size", [16, 64])
+def test_gpu_large_paged(block_size):
+    B, Hq, Hkv, D, S_max = 8, 32, 8, 128, 4103
+    seq_lens = _lens([4103, 1, 4096, 2000, 777, 3000, 129, 4000])
+    q = _randn(B, Hq, D, dtype=torch.bfloat16, seed=21)
+    k_cache = _randn(B, Hkv, S_max, D, dtype=torch.bfloat16, seed=22)
+    v_cache = _randn(B, Hkv, S_max, D, dtype=torch.bfloat16, seed=23)
+    want = _contiguous_ref(q, k_cache, v_cache, seq_lens)
+    _check(flash_decode(q, k_cache, v_cache, seq_lens, out=torch.full_like(q, float("nan"))), want, torch.bfloat16)
+    k_pages, v_pages, block_table = _paged(k_cache, v_cache, block_size, seed=block_size)
+    got = paged_flash_decode(q, k_pages, v_pages, block_table, seq_lens, out=torch.full_like(q, float("nan")))
+    _check(got, want, torch.bfloat16)
