@@ -3,8 +3,12 @@
 Timing (`time_fn`): each iteration optionally runs an untimed `before()` (reset
 in-place inputs), then writes a 256 MB buffer to evict the GPU L2 (H100 L2 is 50
 MB) so every iteration reads its inputs from HBM, then times one call of `fn`.
-On CUDA the call sits between two CUDA events: the flush keeps the GPU busy while
-the host queues the call, so the figure is device time, not launch latency. On CPU
+On CUDA the call sits between two CUDA events: the flush (~85 us on an H100) keeps
+the GPU busy while the host queues the call, so the figure is device time, not
+launch latency, for any call the host can queue within that time; a call with
+more host work than that (eager PyTorch's chain of small kernels at decode sizes,
+a guard-heavy compiled wrapper) shows its host cost too, as it would in a model
+without CUDA graphs. On CPU
 it is `time.perf_counter` around the call (plus an optional `sync`). We report
 percentiles (p10/p50/p90) in microseconds, never a single number.
 
@@ -409,7 +413,8 @@ def check_close(
 # ----------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A table cell: blank for None, yes/no for bools, 3-4 significant digits for floats."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -433,7 +438,7 @@ def _fmt(value: Any) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str | tuple[str, str]]) -> str:
     """Fixed-width text table; a column is a row key or (key, header)."""
     cols = [(c, c) if isinstance(c, str) else c for c in columns]
-    cells = [[_fmt(row.get(key)) for key, _ in cols] for row in rows]
+    cells = [[fmt(row.get(key)) for key, _ in cols] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, (_, h) in enumerate(cols)]
 
     def line(values: Iterable[str]) -> str:
@@ -544,9 +549,12 @@ def plot_panels(
     `title`, `xlabel`, `ylabel`, `logx`, `logy` and `hlines` ({label: y}, drawn
     dashed: the roofline). Points whose y is None are skipped.
     """
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # absl would print its font cache INFO
     import matplotlib.pyplot as plt
 
     n = max(1, len(panels))

@@ -1,0 +1,1 @@
+"""CPU tests of the benchmark harness (timing, results files, correctness gate)."""
