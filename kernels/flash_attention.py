@@ -50,8 +50,12 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 # Interpreter runs use one small fixed tile (autotuning under the interpreter would take
 # minutes). 32x16 still gives several query tiles and both loop halves at seq 37-64.
 _INTERPRET_META = dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1)
-# Shared-memory budget used to prune configs before compiling them (H100: 227 KB/block).
-_SMEM_BUDGET_BYTES = 220 * 1024
+# Short sequences (both <= this) skip autotuning and use _SMALL_META: the problem is tiny,
+# and tuning every (head dim, group, causal) variant would cost far more than it saves.
+_SMALL_SEQ = 256
+_SMALL_META = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+# Shared-memory bound used to prune configs before compiling them (H100: 227 KB per block).
+_SMEM_BUDGET_BYTES = 227 * 1024
 
 
 # --------------------------------------------------------------------------- helpers
@@ -108,8 +112,11 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
 
 
 def _keep_config(conf: triton.Config, head_dim: int) -> bool:
+    """Drop configs that cannot win on Hopper before paying for their compilation."""
     bm, bn = conf.kwargs["BLOCK_M"], conf.kwargs["BLOCK_N"]
     if bm == 64 and conf.num_warps == 8:  # one 64-row wgmma tile per 4 warps; 8 warps idle half the time
+        return False
+    if bm == 128 and bn == 32:  # too little work per K/V tile to hide its load
         return False
     smem = conf.num_stages * 2 * bn * head_dim * 2 + bm * head_dim * 2  # K+V ring + Q tile, 2-byte elements
     return smem <= _SMEM_BUDGET_BYTES
@@ -384,9 +391,11 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         _raise("flash_attention", ["use_tma=True needs sm_90+, 16-byte-aligned pointers and strides, "
                                    "and not the interpreter"])
     tma = tma_possible if use_tma is None else bool(use_tma)
+    fixed = _INTERPRET_META if interpreting() else (_SMALL_META if max(S_q, S_kv) <= _SMALL_SEQ else None)
     descs = [None] * 4
-    if tma:  # block shapes are placeholders; the autotune pre-hook sets them per config
-        descs = [TensorDescriptor.from_tensor(t, [1, 1, 64, D]) for t in (q, k, v, out)]
+    if tma:  # with autotuning the pre-hook resets block shapes per config
+        bm, bn = (fixed["BLOCK_M"], fixed["BLOCK_N"]) if fixed else (64, 64)
+        descs = [TensorDescriptor.from_tensor(t, [1, 1, b, D]) for t, b in ((q, bm), (k, bn), (v, bn), (out, bm))]
 
     args = (q, k, v, out, *descs,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -394,9 +403,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             scale * LOG2E, Hq, S_q, S_kv, _seq_bucket(S_q), _seq_bucket(S_kv))
     consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), USE_TMA=tma, UPCAST=interpret_upcast(q))
     with device_guard(q):
-        if interpreting():
-            grid = (triton.cdiv(S_q, _INTERPRET_META["BLOCK_M"]), B * Hq)
-            _flash_fwd_kernel[grid](*args, **consts, **_INTERPRET_META)
+        if fixed:
+            grid = (triton.cdiv(S_q, fixed["BLOCK_M"]), B * Hq)
+            _flash_fwd_kernel[grid](*args, **consts, **fixed)
         else:
             grid = lambda meta: (triton.cdiv(S_q, meta["BLOCK_M"]), B * Hq)  # noqa: E731
             _flash_fwd_tuned[grid](*args, **consts)
@@ -443,10 +452,12 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
             out.stride(0), out.stride(1), scale * LOG2E, Hq,
             _seq_bucket(max_seqlen_q), _seq_bucket(max_seqlen_k))
     consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), UPCAST=interpret_upcast(q))
+    fixed = _INTERPRET_META if interpreting() else (
+        _SMALL_META if max(max_seqlen_q, max_seqlen_k) <= _SMALL_SEQ else None)
     with device_guard(q):
-        if interpreting():
-            grid = (triton.cdiv(max_seqlen_q, _INTERPRET_META["BLOCK_M"]), num_seqs * Hq)
-            _flash_varlen_kernel[grid](*args, **consts, **_INTERPRET_META)
+        if fixed:
+            grid = (triton.cdiv(max_seqlen_q, fixed["BLOCK_M"]), num_seqs * Hq)
+            _flash_varlen_kernel[grid](*args, **consts, **fixed)
         else:
             grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), num_seqs * Hq)  # noqa: E731
             _flash_varlen_tuned[grid](*args, **consts)

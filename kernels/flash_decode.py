@@ -30,6 +30,7 @@ Reference: kernels/attention_ref.py (attention_ref, paged_decode_ref).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -42,7 +43,9 @@ from kernels.flash_attention import (LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIM
 MIN_TOKENS_PER_SPLIT = 128  # below this a split's fixed cost (q load, partial write) dominates
 MAX_SPLITS = 64
 _INTERPRET_META = dict(BLOCK_N=16, num_warps=4, num_stages=1)
-_SMEM_BUDGET_BYTES = 220 * 1024
+_SMALL_KV = 256  # caches this short skip autotuning and use _SMALL_META
+_SMALL_META = dict(BLOCK_N=32, num_warps=4, num_stages=2)
+_SMEM_BUDGET_BYTES = 227 * 1024
 
 DECODE_CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -153,24 +156,35 @@ _decode_split_tuned = triton.autotune(
 # --------------------------------------------------------------------------- host side
 
 
+@functools.lru_cache(maxsize=4096)
 def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int = 132,
                       programs_per_sm: int = 2) -> int:
     """Splits per (sequence, kv head) so phase 1 fills the GPU in as few, even waves as possible.
 
-    Cost model: time ~ waves * tokens_per_split, waves = cdiv(B * Hkv * s, num_sms * programs_per_sm),
+    Cost model: time ~ waves * tokens_per_split / min(1, programs / num_sms),
+    programs = B * Hkv * s, waves = cdiv(programs, num_sms * programs_per_sm),
     plus a small per-split term for phase 2; s is capped so a split keeps >= MIN_TOKENS_PER_SPLIT
-    tokens, and the fewest splits within 10% of the cheapest win. E.g. B=8, Hkv=8, L=4096 on 132 SMs -> 4 splits (256 programs, one wave).
+    tokens, and the fewest splits within 10% of the cheapest win.
+    E.g. B=8, Hkv=8, L=4096 on 132 SMs -> 4 splits (256 programs, one wave).
     """
     work = max(batch * num_kv_heads, 1)
     slots = max(num_sms * programs_per_sm, 1)
     cap = max(1, min(MAX_SPLITS, triton.cdiv(max(max_kv_len, 1), MIN_TOKENS_PER_SPLIT)))
-    costs = [triton.cdiv(work * s, slots) * triton.cdiv(max_kv_len, s) + 8 * s for s in range(1, cap + 1)]
+    # An underfilled single wave also loses bandwidth: scale by the fraction of SMs left idle.
+    costs = [triton.cdiv(work * s, slots) * triton.cdiv(max_kv_len, s) / min(1.0, work * s / num_sms) + 8 * s
+             for s in range(1, cap + 1)]
     # Fewest splits within 10% of the best: past a few waves, quantization gains are noise.
     return next(s for s, c in enumerate(costs, start=1) if c <= 1.1 * min(costs))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _num_sms(t: torch.Tensor) -> int:
-    return torch.cuda.get_device_properties(t.device).multi_processor_count if t.is_cuda else 132
+    return _sm_count(t.device.index if t.device.index is not None else torch.cuda.current_device()) \
+        if t.is_cuda else 132
 
 
 def _check(name: str, q, k_cache, v_cache, seq_lens, out, extra: dict) -> list[str]:
@@ -188,7 +202,8 @@ def _check(name: str, q, k_cache, v_cache, seq_lens, out, extra: dict) -> list[s
         problems.append(f"head dim must be one of {SUPPORTED_HEAD_DIMS} and equal for q and the cache, "
                         f"got {q.shape[-1]} and {k_cache.shape[-1]}")
     if seq_lens.dtype != torch.int32 or tuple(seq_lens.shape) != (q.shape[0],):
-        problems.append(f"seq_lens must be int32 of shape ({q.shape[0]},), got {seq_lens.dtype} {tuple(seq_lens.shape)}")
+        problems.append(f"seq_lens must be int32 of shape ({q.shape[0]},), "
+                        f"got {seq_lens.dtype} {tuple(seq_lens.shape)}")
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype):
         problems.append(f"out must match q: {tuple(q.shape)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
     not_contig = [n for n in ("q", "k_cache", "v_cache", "out") if n in tensors and tensors[n].stride(-1) != 1]
@@ -222,8 +237,9 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
                   PAGED=paged, PAGE_SIZE=page_size, UPCAST=interpret_upcast(q))
     with device_guard(q):
         grid = (B, num_kv_heads, num_splits)
-        if interpreting():
-            _decode_split_kernel[grid](*args, **consts, **_INTERPRET_META)
+        fixed = _INTERPRET_META if interpreting() else (_SMALL_META if max_kv_len <= _SMALL_KV else None)
+        if fixed:
+            _decode_split_kernel[grid](*args, **consts, **fixed)
         else:
             _decode_split_tuned[grid](*args, **consts)
         _decode_reduce_kernel[(B, Hq)](o_part, lse_part, out, Hq * num_splits, num_splits,
