@@ -7,8 +7,10 @@ import os
 import sys
 from types import ModuleType
 
+import torch
+
 # Must match lab::DType in csrc/ops.h.
-DTYPE_CODES = {"torch.float32": 0, "torch.float16": 1, "torch.bfloat16": 2}
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 _module: ModuleType | None = None
 _error: Exception | None = None
@@ -52,6 +54,20 @@ def load() -> ModuleType:
 def dtype_code(dtype) -> int:
     """Maps a torch dtype to the extension's dtype code, or raises TypeError."""
     try:
-        return DTYPE_CODES[str(dtype)]
+        return DTYPE_CODES[dtype]
     except KeyError:
         raise TypeError(f"CUDA kernels support float32, float16 and bfloat16, got {dtype}") from None
+
+
+def launch(t: torch.Tensor, fn) -> None:
+    """Calls fn(raw_stream) with t's device current and its current CUDA stream.
+
+    Cheap on the hot path (no Stream object; a device guard only when t is not on the
+    current device): decode-sized launches are dominated by host overhead.
+    """
+    index = t.device.index
+    if index is None or index == torch.cuda.current_device():
+        fn(torch._C._cuda_getCurrentRawStream(torch.cuda.current_device() if index is None else index))
+        return
+    with torch.cuda.device(index):
+        fn(torch._C._cuda_getCurrentRawStream(index))

@@ -89,9 +89,8 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
     ext = _ext.load()
     out = torch.empty_like(x) if out is None else out
     rows = x.numel() // x.shape[-1]
-    with torch.cuda.device(x.device):
-        ext.rms_norm(out.data_ptr(), x.data_ptr(), weight.data_ptr(), rows, x.shape[-1], float(eps),
-                     _ext.dtype_code(x.dtype), torch.cuda.current_stream().cuda_stream)
+    _ext.launch(x, lambda stream: ext.rms_norm(out.data_ptr(), x.data_ptr(), weight.data_ptr(), rows, x.shape[-1],
+                                               float(eps), _ext.dtype_code(x.dtype), stream))
     return out
 
 
@@ -101,8 +100,7 @@ def fused_add_rms_norm_cuda(x: torch.Tensor, residual: torch.Tensor, weight: tor
     ext = _ext.load()
     out = torch.empty_like(x) if out is None else out
     rows = x.numel() // x.shape[-1]
-    with torch.cuda.device(x.device):
-        ext.fused_add_rms_norm(out.data_ptr(), residual.data_ptr(), x.data_ptr(), weight.data_ptr(), rows,
-                               x.shape[-1], float(eps), _ext.dtype_code(x.dtype),
-                               torch.cuda.current_stream().cuda_stream)
+    _ext.launch(x, lambda stream: ext.fused_add_rms_norm(out.data_ptr(), residual.data_ptr(), x.data_ptr(),
+                                                         weight.data_ptr(), rows, x.shape[-1], float(eps),
+                                                         _ext.dtype_code(x.dtype), stream))
     return out

@@ -63,9 +63,10 @@ def silu_and_mul_cuda(gate_up: torch.Tensor, out: torch.Tensor | None = None) ->
     x2 = gate_up.reshape(-1, 2 * inter)
     out = _out(x2, inter, out)
     code = _ext.dtype_code(gate_up.dtype)
-    with torch.cuda.device(gate_up.device):
-        stream = torch.cuda.current_stream().cuda_stream
+    def run(stream: int) -> None:
         for start in range(0, x2.shape[0], _CUDA_MAX_ROWS):
             rows = min(_CUDA_MAX_ROWS, x2.shape[0] - start)
             ext.silu_and_mul(out[start].data_ptr(), x2[start].data_ptr(), rows, inter, code, stream)
+
+    _ext.launch(gate_up, run)
     return out.view(*gate_up.shape[:-1], inter)

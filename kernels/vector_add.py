@@ -23,8 +23,6 @@ def vector_add_cuda(x: torch.Tensor, y: torch.Tensor, alpha: float = 1.0) -> tor
         raise ValueError("vector_add_cuda: inputs must be contiguous (call .contiguous())")
     ext = _ext.load()
     out = torch.empty_like(x)
-    with torch.cuda.device(x.device):
-        stream = torch.cuda.current_stream().cuda_stream
-        ext.vector_add(out.data_ptr(), x.data_ptr(), y.data_ptr(), x.numel(), float(alpha),
-                       _ext.dtype_code(x.dtype), stream)
+    _ext.launch(x, lambda stream: ext.vector_add(out.data_ptr(), x.data_ptr(), y.data_ptr(), x.numel(),
+                                                 float(alpha), _ext.dtype_code(x.dtype), stream))
     return out
