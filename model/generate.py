@@ -93,7 +93,6 @@ def _parse_ids(text: str) -> list[int]:
 
 def run(argv) -> dict:
     """Do the work of main; return the result record (raises on bad input)."""
-    import torch
     from decoding.generate import generate
     from model.tokenizer import ByteTokenizer, load_tokenizer
     from model.weights import load_model

@@ -23,7 +23,6 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from decoding.generate import generate
-from model.config import ModelConfig
 from model.weights import load_model, save_model
 
 FP32_TOL = 1e-5

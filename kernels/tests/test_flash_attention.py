@@ -14,31 +14,21 @@ averaging out over keys). That is <= ~1.6e-2 for bf16 and ~2e-3 for fp16 in the 
 (a row that sees one key returns that v row, rounded), hence TOL: bf16 2e-2, fp16 5e-3.
 """
 
-import os
 
 import pytest
 import torch
 
+from kernels.tests.attention_cases import DEVICE, TOL, gpu_only, needs_backend, randn
+
 from kernels.attention_ref import attention_ref, varlen_attention_ref
 from kernels.flash_attention import flash_attention, flash_attention_varlen
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-ON_GPU = torch.cuda.is_available() and not INTERPRET
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET),
-                                reason="needs a CUDA GPU or TRITON_INTERPRET=1")
-DEVICE = "cuda" if ON_GPU else "cpu"
-TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
-gpu_only = pytest.mark.skipif(not ON_GPU, reason="large shapes: CUDA GPU only (not the interpreter)")
-
-
-def _randn(*shape, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
+pytestmark = needs_backend
 
 
 def _qkv(B, Hq, Hkv, S_q, S_kv, D, dtype, seed=0):
-    return (_randn(B, Hq, S_q, D, dtype=dtype, seed=seed), _randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 1),
-            _randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 2))
+    return (randn(B, Hq, S_q, D, dtype=dtype, seed=seed), randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 1),
+            randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 2))
 
 
 def _poisoned_like(t):
@@ -91,9 +81,9 @@ def test_non_causal_unequal_lengths():
 def test_bshd_strided_view(causal):
     """(B, S, H, D) storage passed as a transposed view; the output keeps q's strides."""
     B, S, Hq, Hkv, D = 2, 41, 4, 2, 64
-    q = _randn(B, S, Hq, D, dtype=torch.bfloat16, seed=11).transpose(1, 2)  # (B, Hq, S, D) view
-    k = _randn(B, S, Hkv, D, dtype=torch.bfloat16, seed=12).transpose(1, 2)
-    v = _randn(B, S, Hkv, D, dtype=torch.bfloat16, seed=13).transpose(1, 2)
+    q = randn(B, S, Hq, D, dtype=torch.bfloat16, seed=11).transpose(1, 2)  # (B, Hq, S, D) view
+    k = randn(B, S, Hkv, D, dtype=torch.bfloat16, seed=12).transpose(1, 2)
+    v = randn(B, S, Hkv, D, dtype=torch.bfloat16, seed=13).transpose(1, 2)
     want = attention_ref(q.float(), k.float(), v.float(), causal)
     got = flash_attention(q, k, v, causal)
     assert got.stride() == q.stride()
@@ -119,9 +109,9 @@ def _cu(lens):
 def test_varlen_matches_reference(dtype, causal, D):
     lens_q, lens_k = [5, 37, 20], [5, 50, 20]  # chunked-prefill style: seq 1 has 13 cached tokens
     Hq, Hkv = 4, 2
-    q = _randn(sum(lens_q), Hq, D, dtype=dtype, seed=21)
-    k = _randn(sum(lens_k), Hkv, D, dtype=dtype, seed=22)
-    v = _randn(sum(lens_k), Hkv, D, dtype=dtype, seed=23)
+    q = randn(sum(lens_q), Hq, D, dtype=dtype, seed=21)
+    k = randn(sum(lens_k), Hkv, D, dtype=dtype, seed=22)
+    v = randn(sum(lens_k), Hkv, D, dtype=dtype, seed=23)
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
     want = varlen_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, causal)
     out = _poisoned_like(q)
@@ -132,9 +122,9 @@ def test_varlen_matches_reference(dtype, causal, D):
 def test_varlen_agrees_with_padded_batch():
     """Reference ladder: the varlen kernel on one sequence == the batched kernel on it."""
     lens = [9, 33, 17]
-    q = _randn(sum(lens), 4, 64, dtype=torch.float16, seed=31)
-    k = _randn(sum(lens), 2, 64, dtype=torch.float16, seed=32)
-    v = _randn(sum(lens), 2, 64, dtype=torch.float16, seed=33)
+    q = randn(sum(lens), 4, 64, dtype=torch.float16, seed=31)
+    k = randn(sum(lens), 2, 64, dtype=torch.float16, seed=32)
+    v = randn(sum(lens), 2, 64, dtype=torch.float16, seed=33)
     cu = _cu(lens)
     got = flash_attention_varlen(q, k, v, cu, cu, max(lens), max(lens), causal=True)
     s0, s1 = cu[1].item(), cu[2].item()
@@ -177,9 +167,9 @@ def test_gpu_large(causal, S):
 @gpu_only
 def test_gpu_varlen_large():
     lens_q, lens_k = [700, 1, 1500], [900, 129, 1500]
-    q = _randn(sum(lens_q), 16, 128, dtype=torch.float16, seed=41)
-    k = _randn(sum(lens_k), 4, 128, dtype=torch.float16, seed=42)
-    v = _randn(sum(lens_k), 4, 128, dtype=torch.float16, seed=43)
+    q = randn(sum(lens_q), 16, 128, dtype=torch.float16, seed=41)
+    k = randn(sum(lens_k), 4, 128, dtype=torch.float16, seed=42)
+    v = randn(sum(lens_k), 4, 128, dtype=torch.float16, seed=43)
     cu_q, cu_k = _cu(lens_q), _cu(lens_k)
     want = varlen_attention_ref(q.float(), k.float(), v.float(), cu_q, cu_k, causal=True)
     got = flash_attention_varlen(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=True,

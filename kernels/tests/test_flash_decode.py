@@ -10,26 +10,16 @@ bf16 2e-2, fp16 5e-3. A length-1 sequence returns v[0] itself, the worst case fo
 output's rounding (|v| up to ~4: bf16 half-ulp 1.6e-2, fp16 2e-3).
 """
 
-import os
 
 import pytest
 import torch
 
+from kernels.tests.attention_cases import DEVICE, TOL, gpu_only, needs_backend, randn
+
 from kernels.attention_ref import attention_ref, paged_decode_ref
 from kernels.flash_decode import choose_num_splits, flash_decode, paged_flash_decode
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-ON_GPU = torch.cuda.is_available() and not INTERPRET
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET),
-                                reason="needs a CUDA GPU or TRITON_INTERPRET=1")
-DEVICE = "cuda" if ON_GPU else "cpu"
-TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
-gpu_only = pytest.mark.skipif(not ON_GPU, reason="large shapes: CUDA GPU only (not the interpreter)")
-
-
-def _randn(*shape, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(device=DEVICE, dtype=dtype)
+pytestmark = needs_backend
 
 
 def _lens(values):
@@ -79,9 +69,9 @@ def test_flash_decode_matches_reference(dtype, heads, D, num_splits):
     Hq, Hkv = heads
     S_max, seq_lens = 70, _lens([1, 37, 70, 16])  # 1, non-multiples of BLOCK_N, full, exact multiple
     B = seq_lens.numel()
-    q = _randn(B, Hq, D, dtype=dtype, seed=1)
-    k_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=2)
-    v_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=3)
+    q = randn(B, Hq, D, dtype=dtype, seed=1)
+    k_cache = randn(B, Hkv, S_max, D, dtype=dtype, seed=2)
+    v_cache = randn(B, Hkv, S_max, D, dtype=dtype, seed=3)
     k_cache[0, :, 1:] = float("nan")  # tokens past seq_lens must never be read
     v_cache[0, :, 1:] = float("nan")
     want = _contiguous_ref(q, k_cache, v_cache, seq_lens)
@@ -97,9 +87,9 @@ def test_paged_decode_matches_reference(dtype, block_size):
     Hq, Hkv, D, S_max = 4, 2, 128, 80
     seq_lens = _lens([1, 37, 80, 50])
     B = seq_lens.numel()
-    q = _randn(B, Hq, D, dtype=dtype, seed=5)
-    k_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=6)
-    v_cache = _randn(B, Hkv, S_max, D, dtype=dtype, seed=7)
+    q = randn(B, Hq, D, dtype=dtype, seed=5)
+    k_cache = randn(B, Hkv, S_max, D, dtype=dtype, seed=6)
+    v_cache = randn(B, Hkv, S_max, D, dtype=dtype, seed=7)
     k_pages, v_pages, block_table = _paged(k_cache, v_cache, block_size, seed=block_size)
     want = paged_decode_ref(q.float(), k_pages.float(), v_pages.float(), block_table, seq_lens)
     # Reference ladder: paged reference == contiguous reference on the same tokens.
@@ -113,9 +103,9 @@ def test_paged_decode_matches_reference(dtype, block_size):
 
 
 def test_empty_sequence_gives_zero():
-    q = _randn(2, 4, 64, dtype=torch.float16, seed=9)
-    k_cache = _randn(2, 2, 24, 64, dtype=torch.float16, seed=10)
-    v_cache = _randn(2, 2, 24, 64, dtype=torch.float16, seed=11)
+    q = randn(2, 4, 64, dtype=torch.float16, seed=9)
+    k_cache = randn(2, 2, 24, 64, dtype=torch.float16, seed=10)
+    v_cache = randn(2, 2, 24, 64, dtype=torch.float16, seed=11)
     seq_lens = _lens([0, 24])
     got = flash_decode(q, k_cache, v_cache, seq_lens, out=torch.full_like(q, float("nan")), num_splits=2)
     assert (got[0] == 0).all()
@@ -131,13 +121,13 @@ def test_choose_num_splits_fills_the_gpu():
 
 
 def test_rejects_bad_inputs():
-    q = _randn(2, 4, 64, dtype=torch.float16, seed=12)
-    k_cache = _randn(2, 2, 16, 64, dtype=torch.float16, seed=13)
+    q = randn(2, 4, 64, dtype=torch.float16, seed=12)
+    k_cache = randn(2, 2, 16, 64, dtype=torch.float16, seed=13)
     with pytest.raises(ValueError, match="seq_lens must be int32"):
         flash_decode(q, k_cache, k_cache, torch.tensor([1, 2], dtype=torch.int64, device=DEVICE))
     with pytest.raises(ValueError, match="multiple of Hkv"):
         flash_decode(q[:, :3], k_cache, k_cache, _lens([1, 2]))
-    pages = _randn(4, 16, 2, 64, dtype=torch.float16, seed=14)
+    pages = randn(4, 16, 2, 64, dtype=torch.float16, seed=14)
     with pytest.raises(ValueError, match="block_table must be int32"):
         paged_flash_decode(q, pages, pages, torch.zeros(2, 2, dtype=torch.int64, device=DEVICE), _lens([1, 2]))
 
@@ -150,9 +140,9 @@ def test_rejects_bad_inputs():
 def test_gpu_large_paged(block_size):
     B, Hq, Hkv, D, S_max = 8, 32, 8, 128, 4103
     seq_lens = _lens([4103, 1, 4096, 2000, 777, 3000, 129, 4000])
-    q = _randn(B, Hq, D, dtype=torch.bfloat16, seed=21)
-    k_cache = _randn(B, Hkv, S_max, D, dtype=torch.bfloat16, seed=22)
-    v_cache = _randn(B, Hkv, S_max, D, dtype=torch.bfloat16, seed=23)
+    q = randn(B, Hq, D, dtype=torch.bfloat16, seed=21)
+    k_cache = randn(B, Hkv, S_max, D, dtype=torch.bfloat16, seed=22)
+    v_cache = randn(B, Hkv, S_max, D, dtype=torch.bfloat16, seed=23)
     want = _contiguous_ref(q, k_cache, v_cache, seq_lens)
     _check(flash_decode(q, k_cache, v_cache, seq_lens, out=torch.full_like(q, float("nan"))), want, torch.bfloat16)
     k_pages, v_pages, block_table = _paged(k_cache, v_cache, block_size, seed=block_size)

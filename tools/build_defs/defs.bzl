@@ -5,6 +5,7 @@
 - `cuda_library`: .cu files compiled by nvcc for sm_80 and sm_90 plus sm_90 PTX.
 - `pybind_extension`: a Python extension (.so) linking pybind11 and the static
   CUDA runtime, with no libtorch dependency.
+- `if_cuda`: pick a list depending on whether a CUDA toolkit was found.
 
 Without a CUDA toolkit the CUDA targets are incompatible and skipped.
 """
@@ -34,6 +35,18 @@ GPU_TAGS = ["requires-gpu"]
 
 def _cuda_compat():
     return [] if CUDA_FOUND else ["@platforms//:incompatible"]
+
+def if_cuda(if_true, if_false = []):
+    """`if_true` when a CUDA toolkit was found, else `if_false` (for data/deps lists).
+
+    Args:
+      if_true: value used with CUDA.
+      if_false: value used without CUDA.
+
+    Returns:
+      One of the two.
+    """
+    return if_true if CUDA_FOUND else if_false
 
 def lab_py_test(name, srcs, deps = [], data = [], gpu = False, tags = [], size = "medium", **kwargs):
     """A py_test that runs `srcs` under pytest.
