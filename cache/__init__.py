@@ -1,5 +1,11 @@
-"""KV storage for attention: contiguous static cache (paged cache to follow)."""
+"""KV storage for attention: the contiguous static cache and the paged cache with its block pool."""
 
+from cache.block_pool import NULL_BLOCK_ID, BlockPool, hash_block_tokens
+from cache.kv_manager import BlockTable, KVCacheManager, slot_mapping
+from cache.paged_cache import (KVCapacity, KVCapacityError, PagedAttentionMetadata, PagedKVCache,
+                               PagedLayerCache, kv_capacity)
 from cache.static_cache import StaticKVCache
 
-__all__ = ["StaticKVCache"]
+__all__ = ["NULL_BLOCK_ID", "BlockPool", "hash_block_tokens", "BlockTable", "KVCacheManager", "slot_mapping",
+           "KVCapacity", "KVCapacityError", "PagedAttentionMetadata", "PagedKVCache", "PagedLayerCache",
+           "kv_capacity", "StaticKVCache"]

@@ -15,6 +15,7 @@ from torch import nn
 
 from kernels import ops
 from model.config import ModelConfig
+from model.paged_attention import paged_attention
 
 
 def make_linear(in_features: int, out_features: int, bias: bool = False) -> nn.Module:
@@ -93,7 +94,8 @@ class Attention(nn.Module):
         self.k_proj = make_linear(config.dim, config.n_kv_heads * config.head_dim)
         self.v_proj = make_linear(config.dim, config.n_kv_heads * config.head_dim)
         self.o_proj = make_linear(config.n_heads * config.head_dim, config.dim)
-        self.kv_cache: Optional[nn.Module] = None  # installed by Transformer.setup_caches
+        # StaticKVCache (setup_caches) or cache.PagedLayerCache (setup_paged_caches); None = no cache.
+        self.kv_cache: Optional[nn.Module] = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: Optional[torch.Tensor], input_pos: Optional[torch.Tensor]) -> torch.Tensor:
@@ -104,6 +106,9 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q: (B, n_heads, T, head_dim); k, v: (B, n_kv_heads, T, head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if getattr(self.kv_cache, "paged", False):  # engine: flat batch (B=1) over a PagedKVCache
+            y = paged_attention(q, k, v, self.kv_cache)  # (1, n_heads, T, head_dim)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_heads, S, head_dim)
         if mask is None:

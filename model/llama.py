@@ -57,6 +57,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", None, persistent=False)
         self.max_batch_size = -1
         self.max_seq_len = -1  # cache length; -1 means no caches installed
+        self.paged_kv = None  # cache.PagedKVCache installed by setup_paged_caches (the engine)
 
     def tie_weights(self) -> None:
         """Make lm_head share embed_tokens' weight when the config ties them (re-run after load)."""
@@ -79,6 +80,15 @@ class Transformer(nn.Module):
                 dtype=dtype, device=device)
         self.setup_rope(max_seq_len, device)
 
+    def setup_paged_caches(self, paged_kv) -> None:
+        """Attend over a cache.PagedKVCache: each layer gets its view; forward then takes a flat
+        batch (1, N) whose addressing the runner binds with paged_kv.bind(meta) first."""
+        self.remove_caches()
+        self.paged_kv = paged_kv
+        for layer, view in zip(self.model.layers, paged_kv.layer_views()):
+            layer.self_attn.kv_cache = view
+        self.setup_rope(None, paged_kv.k[0].device)
+
     def setup_rope(self, max_seq_len: Optional[int] = None, device=None) -> None:
         """Build the RoPE cos/sin tables (fp32) for positions < max_seq_len (default config's).
 
@@ -94,22 +104,28 @@ class Transformer(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.kv_cache = None
         self.max_batch_size = self.max_seq_len = -1
+        self.paged_kv = None
         self.rope_cos = self.rope_sin = None
 
-    def forward(self, input_ids: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Return logits (B, T, vocab_size) in the weights' dtype.
+    def forward(self, input_ids: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
+                output_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return logits (B, T, vocab_size) in the weights' dtype (T = len(output_index) if given).
 
         input_ids: (B, T) long. input_pos: (T,) long positions of these tokens.
         With caches installed input_pos is required; attention then covers every
         cached position <= each token's position. Without caches attention is causal
         over the given tokens, at positions input_pos (default 0..T-1).
+        With a paged cache (setup_paged_caches) B is 1, T tokens of several requests lie
+        flat, and input_pos holds each token's own position. output_index (K,) long picks
+        the rows that get logits (the engine's last token per request).
         RoPE tables are built on first use; call setup_rope/setup_caches before export.
         """
         assert input_ids.dim() == 2, f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}"
         B, T = input_ids.shape
         cached = self.max_seq_len > 0
         if input_pos is None:
-            assert not cached, "input_pos (T,) is required once caches are installed"
+            assert not cached and self.paged_kv is None, (
+                "input_pos (T,) is required once caches are installed")
             input_pos = torch.arange(T, device=input_ids.device)
         assert input_pos.shape == (T,), f"input_pos must be ({T},), got {tuple(input_pos.shape)}"
         if (self.rope_cos is None or self.rope_cos.device != input_ids.device
@@ -123,4 +139,6 @@ class Transformer(nn.Module):
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, input_pos if cached else None)
-        return self.lm_head(self.model.norm(x))  # (B, T, vocab_size)
+        if output_index is not None:
+            x = x[:, output_index]  # (B, K, dim)
+        return self.lm_head(self.model.norm(x))  # (B, T or K, vocab_size)

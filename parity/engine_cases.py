@@ -1,0 +1,49 @@
+"""Shared cases for the engine parity tests: a tiny random Llama with varied logits, random requests."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from model.config import ModelConfig
+from model.llama import Transformer
+
+VOCAB = 512
+
+
+def make_tiny_model(seed: int = 0, **overrides) -> Transformer:
+    """The "tiny" preset (4 layers, GQA 4/2, context 256), fp32, weights scaled so logits are
+    far from uniform: the 0.02 init makes greedy decoding repeat one token, and a
+    degenerate model would let a broken engine pass."""
+    config = ModelConfig.from_name("tiny").replace(**overrides)
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+    return model.eval()
+
+
+def random_requests(n: int, seed: int, max_prompt: int = 40, max_new: int = 24,
+                    vocab: int = VOCAB) -> list[tuple[list[int], int]]:
+    """n (prompt ids, max_tokens) pairs with prompt length in [1, max_prompt], max_tokens in [1, max_new]."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        t = int(torch.randint(1, max_prompt + 1, (1,), generator=g))
+        m = int(torch.randint(1, max_new + 1, (1,), generator=g))
+        out.append((torch.randint(1, vocab, (t,), generator=g).tolist(), m))
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|b| in fp64."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max()).item()

@@ -1,0 +1,214 @@
+"""LLMEngine (schedule -> execute -> update) and the LLM front door.
+
+    llm = LLM(model_or_path, policy="chunked", kv_budget_bytes=64 << 20)
+    outs = llm.generate(["Hello", [1, 2, 3]], SamplingParams(max_tokens=32))
+    outs[0].token_ids, outs[0].text, outs[0].ttft_s, outs[0].token_latencies_s
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from cache.block_pool import BlockPool
+from cache.paged_cache import KVCapacity, PagedKVCache, kv_capacity, resolve_budget
+from decoding.generate import ContextLengthError
+from scheduler.params import Request, RequestStatus, SamplingParams
+from scheduler.runner import ModelRunner
+from scheduler.scheduler import Scheduler, SchedulerConfig
+
+DEFAULT_GPU_MEMORY_FRACTION = 0.9  # of free memory after the weights, as vLLM's default
+
+
+@dataclass
+class RequestOutput:
+    """A request's outputs so far (cumulative; final when `finished`). Times in seconds."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]  # generated ids (a stop token is kept, as decoding.generate does)
+    text: Optional[str]  # decoded generated text, cut before a matched stop string; None without tokenizer
+    finished: bool
+    finish_reason: Optional[str]  # "stop", "length", "abort"
+    ttft_s: Optional[float]  # arrival -> first token
+    token_latencies_s: list[float] = field(default_factory=list)  # gaps between consecutive tokens
+    num_preemptions: int = 0
+    num_prefix_hit_tokens: int = 0
+
+
+class LLMEngine:
+    """Owns the three nouns: a Scheduler (ids, counts, blocks), a ModelRunner (tensors), and
+    the output step in between (stop strings, streaming, timings)."""
+
+    def __init__(self, model, tokenizer=None, *, policy: str = "chunked", block_size: int = 16,
+                 num_blocks: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
+                 gpu_memory_fraction: Optional[float] = None, kv_dtype: Optional[torch.dtype] = None,
+                 max_num_seqs: int = 64, max_num_batched_tokens: Optional[int] = None,
+                 max_model_len: Optional[int] = None, enable_prefix_caching: bool = True):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        config = model.config
+        weight = model.model.embed_tokens.weight
+        device, dtype = weight.device, kv_dtype or weight.dtype
+        max_model_len = max_model_len or config.max_seq_len
+        if max_model_len > config.max_seq_len:
+            raise ContextLengthError(f"max_model_len {max_model_len} exceeds the model context "
+                                     f"{config.max_seq_len}")
+        if max_num_batched_tokens is None:
+            max_num_batched_tokens = 512 if policy == "chunked" else max_model_len
+        if num_blocks is not None:
+            per_block = kv_capacity(config, dtype, 1 << 62, block_size).bytes_per_block
+            self.capacity = KVCapacity(num_blocks, block_size, per_block)
+        else:
+            if kv_budget_bytes is None and gpu_memory_fraction is None:
+                if device.type == "cuda":
+                    gpu_memory_fraction = DEFAULT_GPU_MEMORY_FRACTION
+                else:  # CPU: room for max_num_seqs full-length requests
+                    per_tok = kv_capacity(config, dtype, 1 << 62, 1).bytes_per_block
+                    kv_budget_bytes = per_tok * (max_num_seqs * max_model_len + 2 * block_size)
+            budget = resolve_budget(device, kv_budget_bytes, gpu_memory_fraction)
+            self.capacity = kv_capacity(config, dtype, budget, block_size)
+        self.paged_kv = PagedKVCache.allocate(config, self.capacity.num_blocks, block_size, dtype, device)
+        self.pool = BlockPool(self.capacity.num_blocks, block_size, enable_prefix_caching)
+        self.scheduler = Scheduler(SchedulerConfig(policy, max_num_seqs, max_num_batched_tokens, max_model_len),
+                                   self.pool)
+        self.runner = ModelRunner(model, self.paged_kv)
+        self._ids = itertools.count()
+        self._live: dict[str, Request] = {}
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, prompt: Union[str, Sequence[int]], params: Optional[SamplingParams] = None,
+                    request_id: Optional[str] = None, on_token: Optional[Callable] = None) -> str:
+        """Queue a request; raise (ValueError subclasses) for one that can never run."""
+        params = params or SamplingParams()
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("a text prompt needs a tokenizer; pass token ids or give LLM a tokenizer")
+            prompt_ids = self.tokenizer.encode(prompt, bos=True)
+        else:
+            prompt_ids = [int(t) for t in prompt]
+        vocab = self.model.config.vocab_size
+        if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError(f"prompt ids must be a non-empty list in [0, {vocab}), got {prompt_ids[:8]}")
+        cfg = self.scheduler.config
+        total = len(prompt_ids) + params.max_tokens
+        if len(prompt_ids) >= cfg.max_model_len or total > cfg.max_model_len:
+            raise ContextLengthError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = "
+                                     f"{total} exceeds the context of {cfg.max_model_len} tokens")
+        self.capacity.check_fits(total)
+        if cfg.policy != "chunked" and total > cfg.max_num_batched_tokens:
+            raise ValueError(f"policy {cfg.policy!r} runs a prompt in one step, but {total} tokens exceed "
+                             f"max_num_batched_tokens={cfg.max_num_batched_tokens}; use policy='chunked'")
+        eos = getattr(self.tokenizer, "eos_id", None)
+        if eos is not None and not params.ignore_eos and eos not in params.stop_token_ids:
+            params = dataclasses.replace(params, stop_token_ids=params.stop_token_ids + (eos,))
+        request_id = str(next(self._ids)) if request_id is None else request_id
+        if request_id in self._live:
+            raise ValueError(f"request id {request_id!r} is already running")
+        req = Request(request_id, prompt_ids, params, on_token=on_token)
+        self._live[request_id] = req
+        self.scheduler.add_request(req)
+        return request_id
+
+    def abort_request(self, request_id: str) -> Optional[RequestOutput]:
+        """Cancel a request: its blocks return to the pool now."""
+        req = self.scheduler.abort_request(request_id)
+        self._live.pop(request_id, None)
+        return None if req is None else self._output(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> list[RequestOutput]:
+        """One iteration: schedule -> execute -> update. Returns the outputs that changed."""
+        sched = self.scheduler.schedule()
+        result = self.runner.execute(sched)
+        now = time.perf_counter()
+        changed = []
+        for req in self.scheduler.update_from_output(sched, result):
+            if req.first_token_time is None:
+                req.first_token_time = now
+            req.token_times.append(now)
+            if not req.status.finished and req.params.stop and self._hit_stop_string(req):
+                self.scheduler.finish_request(req, RequestStatus.FINISHED_STOPPED)
+            out = self._output(req)
+            if out.finished:
+                self._live.pop(req.request_id, None)
+            if req.on_token is not None:
+                req.on_token(out)
+            changed.append(out)
+        return changed
+
+    def _hit_stop_string(self, req: Request) -> bool:
+        if self.tokenizer is None:
+            return False
+        text = self.tokenizer.decode(req.output_token_ids)  # uncut; re-decoded each token (O(n^2))
+        return any(s in text for s in req.params.stop)
+
+    def _text(self, req: Request) -> Optional[str]:
+        if self.tokenizer is None:
+            return None
+        text = self.tokenizer.decode(req.output_token_ids)
+        cuts = [text.find(s) for s in req.params.stop if s in text]
+        return text[:min(cuts)] if cuts else text
+
+    def _output(self, req: Request) -> RequestOutput:
+        t = req.token_times
+        return RequestOutput(
+            request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
+            token_ids=list(req.output_token_ids), text=self._text(req), finished=req.status.finished,
+            finish_reason=req.status.value if req.status.finished else None,
+            ttft_s=None if req.first_token_time is None else req.first_token_time - req.arrival_time,
+            token_latencies_s=[b - a for a, b in zip(t, t[1:])], num_preemptions=req.num_preemptions,
+            num_prefix_hit_tokens=req.num_prefix_hit_tokens)
+
+
+class LLM:
+    """vLLM-style front door: LLM(model_or_path, ...).generate(prompts, sampling_params)."""
+
+    def __init__(self, model_or_path, tokenizer=None, *, device=None, dtype=None, **engine_kwargs):
+        if isinstance(model_or_path, (str, os.PathLike)):
+            from model.tokenizer import load_tokenizer
+            from model.weights import load_model
+
+            path = os.fspath(model_or_path)
+            model = load_model(path, device=device or "cpu", dtype=dtype)
+            tok_path = os.path.join(path, "tokenizer.json")
+            if tokenizer is None and os.path.isfile(tok_path):
+                tokenizer = load_tokenizer(tok_path)
+        else:
+            model = model_or_path
+            if device is not None or dtype is not None:
+                model = model.to(device=device, dtype=dtype)
+        self.engine = LLMEngine(model, tokenizer, **engine_kwargs)
+
+    def generate(self, prompts, sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+                 on_token: Optional[Callable] = None) -> list[RequestOutput]:
+        """Run every prompt (text, or a list of ids; or one of either) to completion; outputs in input order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params or SamplingParams()] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
+        # Validate every request before queueing any, so a bad one leaves nothing behind.
+        ids = []
+        try:
+            for prompt, params in zip(prompts, sampling_params):
+                ids.append(self.engine.add_request(prompt, params, on_token=on_token))
+        except ValueError:
+            for rid in ids:
+                self.engine.abort_request(rid)
+            raise
+        final: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                if out.finished:
+                    final[out.request_id] = out
+        return [final[rid] for rid in ids]
