@@ -31,7 +31,6 @@ flags.DEFINE_string("dtype", "auto", "float32, bfloat16, float16 or auto (float3
 flags.DEFINE_bool("json", False, "Print one JSON object instead of text and a stats line.")
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-EMBEDDED_SEED = 0
 
 
 class UsageError(ValueError):
@@ -66,23 +65,6 @@ def resolve_dtype(name: str, device):
     return getattr(torch, name)
 
 
-def build_embedded_model():
-    """The default tiny model: byte-level vocab (258), seeded normal(0, 0.02) init, on CPU fp32."""
-    import torch
-    from model.config import ModelConfig
-    from model.llama import Transformer
-
-    config = ModelConfig.from_name("tiny").replace(vocab_size=258, tie_word_embeddings=True)
-    torch.manual_seed(EMBEDDED_SEED)
-    model = Transformer(config)
-    for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            torch.nn.init.ones_(p)
-        else:
-            torch.nn.init.normal_(p, mean=0.0, std=0.02)
-    return model.eval()
-
-
 def _parse_ids(text: str) -> list[int]:
     """Parse '1,2,3' into [1, 2, 3]."""
     try:
@@ -93,6 +75,7 @@ def _parse_ids(text: str) -> list[int]:
 
 def run(argv) -> dict:
     """Do the work of main; return the result record (raises on bad input)."""
+    from model.embedded import build_embedded_model
     from decoding.generate import generate
     from model.tokenizer import ByteTokenizer, load_tokenizer
     from model.weights import load_model

@@ -1,0 +1,66 @@
+"""AOTInductor packages of the prefill and decode steps, and a greedy runner over them.
+
+Two programs, both KVCacheStep (export/kv_step.py) with the caches as inputs/outputs,
+so the two compiled artifacts share one cache that the runner owns:
+  prefill.pt2  ids (1, T) for 2 <= T <= max_len (T is dynamic: one compile for every prompt)
+  decode.pt2   ids (1, 1)
+Each is torch.export'ed, then torch._inductor.aoti_compile_and_package'd (C++ and a
+shared library on CPU; compile time is reported separately from run time).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from export.kv_step import KVCacheStep, empty_caches, greedy_with_step
+
+
+def export_programs(model, max_len: int) -> dict:
+    """torch.export the prefill (dynamic T) and decode (T = 1) steps; model fp32/bf16, CPU or CUDA."""
+    model.setup_caches(1, max_len)
+    step = KVCacheStep(model).eval()
+    k, v = empty_caches(model, 1, max_len)
+    T = torch.export.Dim("T", min=2, max=max_len)
+    pre_args = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4), k, v)
+    dec_args = (torch.zeros(1, 1, dtype=torch.long), torch.tensor([4]), k, v)
+    with torch.no_grad():
+        prefill = torch.export.export(step, pre_args, dynamic_shapes=({1: T}, {0: T}, None, None))
+        decode = torch.export.export(step, dec_args)
+    return {"prefill": prefill, "decode": decode}
+
+
+def compile_packages(model, out_dir: str, max_len: int) -> dict:
+    """Write out_dir/{prefill,decode}.pt2; return {name: path} plus per-stage seconds."""
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    programs = export_programs(model, max_len)
+    times = {"export_s": time.perf_counter() - t0}
+    paths = {}
+    for name, ep in programs.items():
+        t0 = time.perf_counter()
+        paths[name] = torch._inductor.aoti_compile_and_package(
+            ep, package_path=os.path.join(out_dir, f"{name}.pt2"))
+        times[f"compile_{name}_s"] = time.perf_counter() - t0
+    return {"paths": paths, "times": times}
+
+
+class AOTIRunner:
+    """Greedy generation over the two packages; owns the KV cache tensors."""
+
+    def __init__(self, out_dir: str):
+        self.prefill = torch._inductor.aoti_load_package(os.path.join(out_dir, "prefill.pt2"))
+        self.decode = torch._inductor.aoti_load_package(os.path.join(out_dir, "decode.pt2"))
+
+    def step(self, ids, pos, k, v):
+        fn = self.prefill if ids.shape[1] > 1 else self.decode
+        return fn(ids, pos, k, v)
+
+    def generate(self, model_config, prompt: list[int], n_new: int, max_len: int,
+                 dtype=torch.float32):
+        """Greedy ids and per-step last logits; prompt + n_new must fit max_len."""
+        shape = (model_config.n_layers, 1, model_config.n_kv_heads, max_len, model_config.head_dim)
+        k, v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+        return greedy_with_step(self.step, prompt, n_new, k, v)

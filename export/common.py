@@ -1,0 +1,92 @@
+"""What every export binary shares: the source model, the git revision, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Optional
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ExportError(ValueError):
+    """Bad input to an export (flags, shapes, checkpoint); reported as `error: ...`, exit 2."""
+
+
+def embedded_model() -> torch.nn.Module:
+    """The tiny model `//model:generate` runs without --checkpoint (model/embedded.py), fp32 CPU."""
+    from model.embedded import build_embedded_model
+
+    return build_embedded_model()
+
+
+def load_source_model(checkpoint: Optional[str], dtype: torch.dtype = torch.float32,
+                      device="cpu") -> torch.nn.Module:
+    """The embedded tiny model (checkpoint None) or an HF-layout checkpoint, in eval mode."""
+    from model.weights import load_model
+
+    if checkpoint is None:
+        return embedded_model().to(device=device, dtype=dtype)
+    if not os.path.isdir(checkpoint):
+        raise ExportError(f"checkpoint directory not found: {checkpoint}")
+    return load_model(checkpoint, device=device, dtype=dtype)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ExportError(f"unknown --dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def git_revision() -> str:
+    """`git rev-parse HEAD` of the repo this file sits in (+"-dirty"), or "unknown"."""
+    root = os.environ.get("BUILD_WORKSPACE_DIRECTORY") or os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
+
+
+def greedy_tokens(step, prompt: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Greedy ids from `step(ids (1, T), input_pos (T,)) -> logits (1, T, V)` with a cache.
+
+    The first call is the prefill of the prompt; each later call feeds one token.
+    """
+    ids, T = prompt, prompt.shape[1]
+    pos = torch.arange(T)
+    out = []
+    for i in range(max_new_tokens):
+        logits = step(ids, pos)
+        nxt = int(logits[0, -1].argmax())
+        out.append(nxt)
+        ids = torch.tensor([[nxt]])
+        pos = torch.tensor([T + i])
+    return out
+
+
+def run_main(main_fn) -> None:
+    """absl entry: run main_fn(argv); ExportError and friends become one `error:` line, exit 2."""
+    from absl import app
+
+    from model.config import ConfigError
+    from model.weights import CheckpointError
+
+    def wrapped(argv):
+        if len(argv) > 1:
+            print(f"error: unexpected arguments {argv[1:]}; pass flags only", file=sys.stderr)
+            return 2
+        try:
+            return main_fn(argv) or 0
+        except (ExportError, ConfigError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    app.run(wrapped)

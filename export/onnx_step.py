@@ -1,0 +1,75 @@
+"""ONNX export of the KV-cache decoder step, onnxruntime sessions, and the INT8 variant.
+
+Graph (export/kv_step.py KVCacheStep, opset 18, torch.onnx.export with dynamo=True):
+  inputs   input_ids (1, T) int64, input_pos (T,) int64,
+           past_k, past_v (n_layers, 1, n_kv_heads, S, head_dim) float32
+  outputs  logits (1, T, vocab) float32, present_k, present_v (same shape as past_*)
+T is dynamic (prefill: the prompt; decode: 1); S, the cache length, is static.
+INT8: onnxruntime.quantization.quantize_dynamic (int8 weights of MatMul/Gemm, per
+channel; activations quantized per call), run by onnxruntime's CPU provider.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from export.kv_step import KVCacheStep, empty_caches, greedy_with_step
+
+INPUTS = ["input_ids", "input_pos", "past_k", "past_v"]
+OUTPUTS = ["logits", "present_k", "present_v"]
+
+
+def export_onnx(model, path: str, max_len: int) -> str:
+    """Export the fp32 step to `path` (an .onnx file, weights inline); return path."""
+    import onnx
+
+    model.setup_caches(1, max_len)
+    step = KVCacheStep(model).eval()
+    k, v = empty_caches(model, 1, max_len)
+    args = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4), k, v)
+    T = torch.export.Dim("T", min=1, max=max_len)
+    with torch.no_grad():
+        prog = torch.onnx.export(step, args, input_names=INPUTS, output_names=OUTPUTS,
+                                 dynamic_shapes=({1: T}, {0: T}, None, None), dynamo=True,
+                                 opset_version=18, external_data=False)
+    prog.save(path)
+    onnx.checker.check_model(path)
+    return path
+
+
+def quantize_onnx_int8(src: str, dst: str) -> str:
+    """Dynamic INT8 quantization of src's MatMul weights (per channel) into dst."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
+    return dst
+
+
+class OrtStep:
+    """(ids, pos, past_k, past_v) -> (logits, present_k, present_v) through onnxruntime CPU."""
+
+    def __init__(self, path: str, threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
+        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, ids, pos, k, v):
+        feeds = {"input_ids": np.asarray(ids, dtype=np.int64), "input_pos": np.asarray(pos, dtype=np.int64),
+                 "past_k": np.asarray(k, dtype=np.float32), "past_v": np.asarray(v, dtype=np.float32)}
+        return self.session.run(OUTPUTS, feeds)
+
+
+def ort_greedy(path: str, config, prompt: list[int], n_new: int, max_len: int):
+    """Greedy ids and per-step last logits from an exported step."""
+    shape = (config.n_layers, 1, config.n_kv_heads, max_len, config.head_dim)
+    k = np.zeros(shape, dtype=np.float32)
+    return greedy_with_step(OrtStep(path), prompt, n_new, k, k.copy())
+
+
+def file_mb(path: str) -> float:
+    return os.path.getsize(path) / 1e6
