@@ -18,15 +18,7 @@ from absl import flags
 from export import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
-                    "tiny model of model/embedded.py (compiles in about a minute on 2 CPU cores).")
-flags.DEFINE_string("output", "/tmp/lab_aoti", "Directory for prefill.pt2/decode.pt2. Default under "
-                    "/tmp so a run never writes into the source tree.")
-flags.DEFINE_integer("max_seq_len", 64, "KV cache length in tokens (static: baked into the graph). "
-                     "Default 64: prompt + new tokens of the parity check, small and quick.")
-flags.DEFINE_string("prompt_ids", "256,72,101,108,108,111", "Comma-separated prompt ids. Default: "
-                    "BOS + 'Hello' in the byte tokenizer of the embedded model.")
-flags.DEFINE_integer("max_new_tokens", 16, "Greedy tokens compared with eager. Default 16.")
+common.define_step_flags("/tmp/lab_aoti", "Directory for prefill.pt2/decode.pt2.")
 
 
 def main(argv) -> int:

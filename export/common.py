@@ -90,3 +90,18 @@ def run_main(main_fn) -> None:
             return 2
 
     app.run(wrapped)
+
+
+def define_step_flags(output_default: str, output_help: str) -> None:
+    """The flags the KV-step exporters (AOTI, ONNX) share: source model, output, cache, prompt."""
+    from absl import flags
+
+    flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
+                        "tiny model of model/embedded.py.")
+    flags.DEFINE_string("output", output_default, output_help + " Default under /tmp so a run never "
+                        "writes into the source tree.")
+    flags.DEFINE_integer("max_seq_len", 64, "KV cache length in tokens (static: baked into the graph). "
+                         "Default 64: prompt + new tokens of the parity check, small and quick.")
+    flags.DEFINE_string("prompt_ids", "256,72,101,108,108,111", "Comma-separated prompt ids. Default: "
+                        "BOS + 'Hello' in the byte tokenizer of the embedded model.")
+    flags.DEFINE_integer("max_new_tokens", 16, "Greedy tokens compared with eager. Default 16.")

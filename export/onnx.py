@@ -26,15 +26,7 @@ from absl import flags  # noqa: E402
 from export import common  # noqa: E402  (first of ours: generate's builder before our flags)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
-                    "tiny model of model/embedded.py.")
-flags.DEFINE_string("output", "/tmp/lab_onnx", "Directory for step.onnx and step_int8.onnx. "
-                    "Default under /tmp so a run never writes into the source tree.")
-flags.DEFINE_integer("max_seq_len", 64, "KV cache length in tokens (static in the graph). "
-                     "Default 64: prompt + new tokens of the parity check.")
-flags.DEFINE_string("prompt_ids", "256,72,101,108,108,111", "Comma-separated prompt ids. Default: "
-                    "BOS + 'Hello' in the byte tokenizer of the embedded model.")
-flags.DEFINE_integer("max_new_tokens", 16, "Greedy tokens compared with eager. Default 16.")
+common.define_step_flags("/tmp/lab_onnx", "Directory for step.onnx and step_int8.onnx.")
 
 # fp32 ORT vs eager fp32: same math, different kernels and summation order; measured
 # max |diff| 4e-7 on logits of magnitude ~1 (tiny model).

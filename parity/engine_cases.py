@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from model.config import ModelConfig
 from model.llama import Transformer
+from parity.random_weights import randomize_
 
 VOCAB = 512
 
@@ -18,16 +17,7 @@ def make_tiny_model(seed: int = 0, **overrides) -> Transformer:
     degenerate model would let a broken engine pass."""
     config = ModelConfig.from_name("tiny").replace(**overrides)
     torch.manual_seed(seed)
-    model = Transformer(config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            elif "embed_tokens" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+    model = randomize_(Transformer(config), seed)
     return model.eval()
 
 

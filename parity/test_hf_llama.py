@@ -13,7 +13,6 @@ Tolerances, with rel_err(a, b) = max|a - b| / max|b|:
 """
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 from decoding.generate import generate
 from model.weights import load_model, save_model
+from parity.random_weights import randomize_
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2
@@ -52,20 +52,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
-    """Weights with O(1) activations and varied logits (HF's 0.02 init is near-degenerate)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            elif "embed_tokens" in name:
-                # Small, so a tied lm_head does not just echo the last input token.
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
-
-
 def make_hf(case: str, seed: int = 0):
     """A random tiny HF causal LM for CASES[case], eval mode, fp32."""
     kw = {**BASE, **CASES[case]}
@@ -76,7 +62,7 @@ def make_hf(case: str, seed: int = 0):
         cls_cfg, cls_model = transformers.LlamaConfig, transformers.LlamaForCausalLM
     torch.manual_seed(seed)
     model = cls_model(cls_cfg(**kw)).eval()
-    _randomize(model, seed)
+    randomize_(model, seed)
     if kw.get("tie_word_embeddings"):
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     return model

@@ -80,12 +80,12 @@ def test_no_safetensors_mentions_pickle(tmp_path):
 def test_shape_mismatch_names_tensor(tmp_path):
     path = saved(tmp_path)
     cfg = json.loads((path / "config.json").read_text())
-    cfg["intermediate_size"] = 200  # checkpoint has 172
+    cfg["intermediate_size"] = 200  # checkpoint has 192
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as e:
         load_model(path)
     msg = one_line(e)
-    assert "model.layers.0.mlp.down_proj.weight" in msg and "(64, 200)" in msg and "(64, 172)" in msg
+    assert "model.layers.0.mlp.down_proj.weight" in msg and "(64, 200)" in msg and "(64, 192)" in msg
 
 
 def test_missing_and_unexpected_tensors(tmp_path):
