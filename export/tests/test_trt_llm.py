@@ -157,7 +157,11 @@ def test_binary_default_and_errors(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "2 rank(s)" in proc.stdout and "trtllm-build" in proc.stdout
     assert (tmp_path / "ckpt" / "rank1.safetensors").is_file()
+    # The command: the embedded model exports as W8A16 out of the box.
+    proc = run_cli("trt_llm", "--output", str(tmp_path / "int8"), "--quant", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert "quant_algo W8A16" in proc.stdout
     for args, msg in [(("--tp_size", "3"), "not divisible by --tp_size=3"),
-                      (("--quant", "int8"), "cannot be exported as W8A16")]:
+                      (("--quant", "int8", "--dtype", "float32"), "needs --dtype float16 or bfloat16")]:
         line = error_line(run_cli("trt_llm", "--output", str(tmp_path / "bad"), *args))
         assert msg in line
