@@ -12,14 +12,33 @@
 namespace lab {
 namespace {
 
+// Sum over the threads of one row (threadIdx.y) of the block; all threads get it.
+__device__ __forceinline__ float row_sum(float value, float (*scratch)[32]) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int n_warps = (blockDim.x + 31) >> 5;
+  if (lane == 0) scratch[threadIdx.y][warp] = value;
+  __syncthreads();
+  value = lane < n_warps ? scratch[threadIdx.y][lane] : 0.f;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// blockDim = (threads per row, rows per block); blockDim.y <= kMaxRowsPerBlock.
+constexpr int kMaxRowsPerBlock = 4;
+
 template <typename T, int VEC, int VPT, bool kFusedAdd>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, T* __restrict__ residual,
                                                        const T* __restrict__ x, const T* __restrict__ weight,
-                                                       int hidden, float eps) {
+                                                       int64_t rows, int hidden, float eps) {
   using V = Vec<T, VEC>;
-  __shared__ float scratch[32];
-  const int64_t row = blockIdx.x;
-  const int n_vec = hidden / VEC;
+  __shared__ float scratch[kMaxRowsPerBlock][32];
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  // Rows past the end still take part in the block's barrier, with nothing to load.
+  const int n_vec = row < rows ? hidden / VEC : 0;
   const V* xr = reinterpret_cast<const V*>(x + row * hidden);
   V* rr = reinterpret_cast<V*>(residual + row * hidden);
   V* outr = reinterpret_cast<V*>(out + row * hidden);
@@ -46,7 +65,7 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(T* __restrict__ out, T* 
       }
     }
   }
-  const float rstd = rsqrtf(block_sum(sumsq, scratch) / static_cast<float>(hidden) + eps);
+  const float rstd = rsqrtf(row_sum(sumsq, scratch) / static_cast<float>(hidden) + eps);
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int idx = threadIdx.x + i * blockDim.x;
@@ -81,9 +100,17 @@ cudaError_t launch_vec(T* out, T* residual, const T* x, const T* w, int64_t rows
     vpt = (n_vec + threads - 1) / threads;
   }
   if (vpt > 32) return cudaErrorInvalidValue;  // > 32K vectors per row: not supported
-  const dim3 grid(static_cast<unsigned>(rows));
+  // Narrow rows share a block (LAB_RMS_ROWS rows of `threads` each, at most 1024 threads).
+  static const int kRowsTarget = [] {
+    const char* env = std::getenv("LAB_RMS_ROWS");
+    return env ? std::max(1, std::min(kMaxRowsPerBlock, std::atoi(env))) : 1;
+  }();
+  int rows_per_block = 1;
+  while (rows_per_block * 2 <= kRowsTarget && threads * rows_per_block * 2 <= 1024) rows_per_block *= 2;
+  const dim3 block(threads, rows_per_block);
+  const dim3 grid(static_cast<unsigned>((rows + rows_per_block - 1) / rows_per_block));
 #define LAB_LAUNCH(N) \
-  rms_norm_kernel<T, VEC, N, kFusedAdd><<<grid, threads, 0, stream>>>(out, residual, x, w, hidden, eps)
+  rms_norm_kernel<T, VEC, N, kFusedAdd><<<grid, block, 0, stream>>>(out, residual, x, w, rows, hidden, eps)
   if (vpt <= 1) LAB_LAUNCH(1);
   else if (vpt <= 2) LAB_LAUNCH(2);
   else if (vpt <= 4) LAB_LAUNCH(4);
