@@ -10,7 +10,6 @@ seconds on CPU; its text is noise, its numbers are real.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 
@@ -77,7 +76,7 @@ def run(argv) -> dict:
     """Do the work of main; return the result record (raises on bad input)."""
     from model.embedded import build_embedded_model
     from decoding.generate import generate
-    from model.tokenizer import ByteTokenizer, load_tokenizer
+    from model.tokenizer import ByteTokenizer, has_tokenizer, load_tokenizer
     from model.weights import load_model
 
     if FLAGS.max_new_tokens < 1:
@@ -89,13 +88,12 @@ def run(argv) -> dict:
         tokenizer = ByteTokenizer()
     else:
         model = load_model(FLAGS.checkpoint, device=device, dtype=dtype)
-        tok_path = os.path.join(FLAGS.checkpoint, "tokenizer.json")
-        tokenizer = load_tokenizer(tok_path) if os.path.isfile(tok_path) else (
+        tokenizer = load_tokenizer(FLAGS.checkpoint) if has_tokenizer(FLAGS.checkpoint) else (
             ByteTokenizer() if model.config.vocab_size >= ByteTokenizer.vocab_size else None)
     if FLAGS.prompt_ids is not None:
         prompt_ids = _parse_ids(FLAGS.prompt_ids)
     elif tokenizer is None:
-        raise UsageError("the checkpoint has no tokenizer.json; pass --prompt_ids")
+        raise UsageError("the checkpoint has no tokenizer.json or tokenizer.model; pass --prompt_ids")
     else:
         prompt_ids = tokenizer.encode(FLAGS.prompt, bos=True)
     vocab = model.config.vocab_size

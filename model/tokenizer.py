@@ -1,13 +1,20 @@
-"""Tokenizers: Hugging Face `tokenizer.json` files, and a byte-level fallback.
+"""Tokenizers: the three real checkpoint formats, and a byte-level fallback.
 
-Both expose encode(text, bos=...) -> list[int], decode(ids) -> str, bos_id, eos_id.
+`load_tokenizer` reads a Hugging Face `tokenizer.json`, a SentencePiece
+`tokenizer.model` (Llama 2) or a tiktoken BPE-ranks `tokenizer.model` (Llama 3),
+telling them apart by content. Every tokenizer here exposes
+encode(text, bos=...) -> list[int], decode(ids) -> str, bos_id, eos_id, vocab_size.
+The SentencePiece and tiktoken tokenizers read encode's text as plain text: "<s>"
+or "<|eot_id|>" written in a prompt never becomes a special id.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-from typing import Optional
+import re
+from typing import Optional, Union
 
 
 class HFTokenizer:
@@ -75,11 +82,137 @@ class ByteTokenizer:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
-def load_tokenizer(path: str) -> HFTokenizer:
-    """Load tokenizer.json from a file path or a directory holding one."""
+class SentencePieceTokenizer:
+    """A SentencePiece `tokenizer.model` (Llama 2: 32000 pieces, BOS 1, EOS 2)."""
+
+    def __init__(self, path: str):
+        import sentencepiece
+
+        self.path = path
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self.vocab_size = self._sp.get_piece_size()
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        """Token ids of text, with a leading BOS when bos is True."""
+        ids = self._sp.encode(text)
+        return [self.bos_id] + ids if bos else ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ids; BOS/EOS and other control pieces decode to nothing."""
+        return self._sp.decode(list(ids))
+
+
+# Llama 3's pre-tokenizer split: contractions, letter runs, 1-3 digit groups,
+# punctuation, newlines, other whitespace (the cl100k pattern Meta uses).
+LLAMA3_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Named special tokens at their offset past the base vocabulary; the other
+# offsets below 256 are <|reserved_special_token_N|>, N counting up from 0.
+LLAMA3_NAMED_SPECIALS = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 6: "<|start_header_id|>",
+                         7: "<|end_header_id|>", 9: "<|eot_id|>"}
+LLAMA3_NUM_SPECIALS = 256
+# tiktoken slows badly on very long runs of (non-)whitespace; cut such runs here.
+_MAX_RUN_CHARS = 25_000
+
+
+class TiktokenTokenizer:
+    """A tiktoken BPE-ranks `tokenizer.model` (Llama 3: 128000 ranks + 256 specials)."""
+
+    def __init__(self, path: str):
+        import tiktoken
+
+        self.path = path
+        with open(path, "rb") as f:
+            rows = (line.split() for line in f if line.strip())  # b"<base64 token> <rank>"
+            ranks = {base64.b64decode(tok): int(rank) for tok, rank in rows}
+        self.special_tokens = _llama3_specials(len(ranks))
+        self._enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=LLAMA3_SPLIT_PATTERN,
+                                      mergeable_ranks=ranks, special_tokens=self.special_tokens)
+        self.num_base_tokens = len(ranks)
+        self.bos_id = self.special_tokens["<|begin_of_text|>"]
+        self.eos_id = self.special_tokens["<|end_of_text|>"]
+        self.vocab_size = self._enc.n_vocab
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        """Token ids of text read as plain text (special-token strings stay text), BOS first when bos."""
+        ids = [self.bos_id] if bos else []
+        for piece in _cut_long_runs(text, _MAX_RUN_CHARS):
+            ids.extend(self._enc.encode_ordinary(piece))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of ids, special tokens dropped, invalid UTF-8 replaced."""
+        return self._enc.decode([i for i in ids if 0 <= i < self.num_base_tokens])
+
+
+def _llama3_specials(num_base: int) -> dict[str, int]:
+    """Meta's 256 Llama 3 special tokens, numbered from num_base (128000 for the real file)."""
+    names, reserved = {}, 0
+    for offset in range(LLAMA3_NUM_SPECIALS):
+        name = LLAMA3_NAMED_SPECIALS.get(offset)
+        if name is None:
+            name, reserved = f"<|reserved_special_token_{reserved}|>", reserved + 1
+        names[name] = num_base + offset
+    return names
+
+
+def _cut_long_runs(text: str, limit: int):
+    """Yield text in pieces so that no piece holds more than limit consecutive (non-)space chars."""
+    start = 0
+    for run in re.finditer(r"\s+|\S+", text):
+        for cut in range(run.start() + limit, run.end(), limit):
+            yield text[start:cut]
+            start = cut
+    yield text[start:]
+
+
+Tokenizer = Union[HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer]
+_TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+=* [0-9]+\r?\n")
+
+
+def detect_format(path: str) -> str:
+    """The format of a tokenizer file, judged from its first bytes: json, sentencepiece or tiktoken."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if head.lstrip().startswith(b"{"):
+        return "json"
+    if _TIKTOKEN_LINE.match(head):
+        return "tiktoken"
+    # A SentencePiece ModelProto opens with field 1, a repeated piece message (tag 0x0A,
+    # a one-byte length), whose own field 1 is the piece string (tag 0x0A again).
+    if head[:1] == b"\x0a" and head[2:3] == b"\x0a":
+        return "sentencepiece"
+    raise ValueError(f"unknown tokenizer format: {path}; expected a tokenizer.json, "
+                     "a SentencePiece model or a tiktoken BPE-ranks file")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def has_tokenizer(directory) -> bool:
+    """True if `directory` holds a tokenizer.json or tokenizer.model."""
+    return any(os.path.isfile(os.path.join(os.fspath(directory), n)) for n in TOKENIZER_FILES)
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """Load a tokenizer from a file, or a directory with tokenizer.json or tokenizer.model.
+
+    The format is read from the content, not the name; raises FileNotFoundError when
+    nothing is there and ValueError for a file in no known format.
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
+        found = [os.path.join(path, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {path}")
+        path = found[0]
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer file not found: {path}; expected a tokenizer.json")
-    return HFTokenizer(path)
+        raise FileNotFoundError(
+            f"tokenizer file not found: {path}; expected a tokenizer.json or tokenizer.model")
+    kind = detect_format(path)
+    if kind == "json":
+        return HFTokenizer(path)
+    return SentencePieceTokenizer(path) if kind == "sentencepiece" else TiktokenTokenizer(path)

@@ -174,14 +174,13 @@ class LLM:
 
     def __init__(self, model_or_path, tokenizer=None, *, device=None, dtype=None, **engine_kwargs):
         if isinstance(model_or_path, (str, os.PathLike)):
-            from model.tokenizer import load_tokenizer
+            from model.tokenizer import has_tokenizer, load_tokenizer
             from model.weights import load_model
 
             path = os.fspath(model_or_path)
             model = load_model(path, device=device or "cpu", dtype=dtype)
-            tok_path = os.path.join(path, "tokenizer.json")
-            if tokenizer is None and os.path.isfile(tok_path):
-                tokenizer = load_tokenizer(tok_path)
+            if tokenizer is None and has_tokenizer(path):
+                tokenizer = load_tokenizer(path)
         else:
             model = model_or_path
             if device is not None or dtype is not None:
