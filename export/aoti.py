@@ -15,12 +15,13 @@ import time
 
 from absl import flags
 
-from export import common
+from export import common, failures
 
 FLAGS = flags.FLAGS
 common.define_step_flags("/tmp/lab_aoti", "Directory for prefill.pt2/decode.pt2.")
 
 
+@failures.capture("export.aoti", dtype="float32", quant="none")
 def main(argv) -> int:
     import torch
 

@@ -23,7 +23,7 @@ import time  # noqa: E402
 
 from absl import flags  # noqa: E402
 
-from export import common  # noqa: E402  (first of ours: generate's builder before our flags)
+from export import common, failures  # noqa: E402  (first of ours: generate's builder before our flags)
 
 FLAGS = flags.FLAGS
 common.define_step_flags("/tmp/lab_onnx", "Directory for step.onnx and step_int8.onnx.")
@@ -38,6 +38,7 @@ INT8_RTOL = 0.1
 INT8_MIN_AGREEMENT = 0.75
 
 
+@failures.capture("export.onnx", dtype="float32", quant="none+int8")
 def main(argv) -> int:
     from export.kv_step import eager_greedy
     from export.onnx_step import export_onnx, file_mb, ort_greedy, quantize_onnx_int8

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from export import common
+from export import common, failures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
@@ -37,6 +37,7 @@ PROMPT = [256, 72, 101, 108, 108, 111]
 FP32_ATOL = 1e-3  # TensorRT fp32 (TF32 off) vs eager: kernel/summation-order differences
 
 
+@failures.capture("export.torch_trt", quant="none")
 def main(argv) -> int:
     try:
         import torch_tensorrt

@@ -20,7 +20,7 @@ import time
 
 from absl import flags
 
-from export import common
+from export import common, failures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
@@ -79,6 +79,7 @@ def _cached_step(model, max_len):
     return lambda ids, pos: model(ids, pos)
 
 
+@failures.capture("export.trt_llm")
 def main(argv) -> int:
     from export.trt_llm_ckpt import validate_checkpoint, write_checkpoint
 

@@ -1,0 +1,151 @@
+"""Token-level perplexity of a checkpoint on the lab's held-out split and on WikiText-2 test.
+
+    python3 -m bench.perplexity --checkpoint runs/lab-small/best --window 512
+    python3 -m bench.perplexity --checkpoint /path/to/hf-dir --splits wikitext2_test --device cuda
+
+Protocol (printed beside every number): the split's documents are encoded with the
+checkpoint's own tokenizer.json (no BOS, EOS after each document: data.corpus's
+token_stream) and cut into fixed, non-overlapping windows of --window tokens; a
+trailing partial window is dropped. Each window is scored on its own (no context
+carried over): its first token is context only, the other window - 1 tokens are
+scored, unless --bos prepends BOS so all window tokens are scored.
+Perplexity = exp(total NLL / tokens scored). WikiText-2 here is the word-level
+tokenized version (<unk>, @-@): the numbers are not comparable with published
+wikitext-2-raw perplexities.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "HF-layout directory (config.json + safetensors + tokenizer.json): "
+                    "ours (runs/<preset>/best) or any Llama/Mistral one. Required.")
+flags.DEFINE_string("tokenizer", None, "tokenizer.json path or folder; default None: the checkpoint's own.")
+flags.DEFINE_list("splits", ["heldout", "wikitext2_test"], "Corpus splits to score (data.corpus.SPLITS). "
+                  "Default: the held-out split and WikiText-2 test (never trained on).")
+flags.DEFINE_integer("window", 512, "Tokens per scoring window (default 512: the lab models' context).")
+flags.DEFINE_integer("batch_size", 8, "Windows per forward pass (default 8: bounded memory, any model).")
+flags.DEFINE_integer("max_windows", 0, "Score at most this many windows per split; 0 = all (default).")
+flags.DEFINE_bool("bos", False, "Prepend BOS to each window so every window token is scored "
+                  "(default off: matches how the lab models were trained, without BOS).")
+flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
+flags.DEFINE_string("weights_dtype", "float32", "float32, bfloat16 or float16 for the weights (default float32: "
+                    "exact log-probabilities).")
+
+
+def perplexity(model, token_ids, window: int, device="cpu", batch_size: int = 8,
+               bos_id=None, max_windows: int = 0, progress: bool = False) -> dict:
+    """Perplexity of `model` over non-overlapping windows of `window` tokens of `token_ids`.
+
+    model: a callable taking input_ids (B, T) long and returning logits (B, T, V), or an
+    object with `.logits` (transformers). token_ids: a 1-D sequence of ints.
+    Without bos_id each window scores its last window - 1 tokens; with bos_id the input
+    is [BOS] + window[:-1] and all `window` tokens are scored. Windows never overlap and
+    the trailing partial window is dropped.
+    Returns {"perplexity", "nll", "tokens_scored", "windows", "window", "tokens_total"}.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    if window < 2:
+        raise ValueError(f"window must be at least 2 tokens, got {window}")
+    ids = torch.as_tensor(list(token_ids) if not torch.is_tensor(token_ids) else token_ids, dtype=torch.long)
+    n_windows = len(ids) // window
+    if max_windows:
+        n_windows = min(n_windows, max_windows)
+    if n_windows == 0:
+        raise ValueError(f"{len(ids)} tokens are fewer than one window of {window}")
+    windows = ids[:n_windows * window].view(n_windows, window)  # (N, window), disjoint rows
+    nll, scored = 0.0, 0
+    with torch.no_grad():
+        for i in tqdm(range(0, n_windows, batch_size), desc="perplexity", unit="batch",
+                      disable=not progress, leave=False):
+            rows = windows[i:i + batch_size].to(device)  # (b, window)
+            if bos_id is not None:
+                bos = torch.full((rows.shape[0], 1), bos_id, dtype=torch.long, device=device)
+                inputs, targets = torch.cat([bos, rows[:, :-1]], dim=1), rows  # (b, window) each
+            else:
+                inputs, targets = rows[:, :-1], rows[:, 1:]  # (b, window - 1) each
+            out = model(inputs)
+            logits = getattr(out, "logits", out)  # (b, T, V)
+            token_nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                        targets.reshape(-1), reduction="none")  # (b * T,)
+            nll += float(token_nll.double().sum())  # fp64 sum: 300K tokens stay exact
+            scored += targets.numel()
+    return {"perplexity": math.exp(nll / scored), "nll": nll / scored, "tokens_scored": scored,
+            "windows": n_windows, "window": window, "tokens_total": len(ids)}
+
+
+def protocol(result: dict, split: str, tokenizer_path: str, bos: bool) -> str:
+    """One line saying what a perplexity figure means."""
+    return (f"split={split}, tokenizer={tokenizer_path}, {result['windows']} non-overlapping windows "
+            f"of {result['window']} tokens ({result['tokens_scored']:,} of {result['tokens_total']:,} "
+            f"tokens scored, {'BOS prepended' if bos else 'first token of each window is context'}), "
+            "token-level, no context carried across windows")
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault("LAB_KERNEL_BACKEND", "torch")  # exact fp32 reference ops for scoring
+    import torch
+
+    from bench import common
+    from data import corpus
+    from model.tokenizer import load_tokenizer
+    from model.weights import load_model
+
+    if not FLAGS.checkpoint:
+        print("error: --checkpoint is required (an HF-layout directory with tokenizer.json)", file=sys.stderr)
+        return 2
+    root = common.repo_root()
+    ckpt = FLAGS.checkpoint if os.path.isabs(FLAGS.checkpoint) else str(root / FLAGS.checkpoint)
+    tok_path = FLAGS.tokenizer or ckpt
+    if not os.path.isabs(tok_path):
+        tok_path = str(root / tok_path)
+    device = common.default_device() if FLAGS.device == "auto" else FLAGS.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {device} requested but CUDA is not available; use --device cpu", file=sys.stderr)
+        return 2
+    try:
+        tokenizer = load_tokenizer(tok_path)
+        model = load_model(ckpt, device=device, dtype=FLAGS.weights_dtype)
+        bad = [s for s in FLAGS.splits if s not in corpus.SPLITS]
+        if bad:
+            raise ValueError(f"unknown split(s) {bad}; choose from {', '.join(corpus.SPLITS)}")
+        if FLAGS.window > model.config.max_seq_len:
+            raise ValueError(f"--window {FLAGS.window} exceeds the model context {model.config.max_seq_len}")
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bos_id = tokenizer.bos_id if FLAGS.bos else None
+    if FLAGS.bos and bos_id is None:
+        print("error: --bos given but the tokenizer has no BOS token", file=sys.stderr)
+        return 2
+    name = os.path.basename(os.path.normpath(ckpt))
+    rows, summary = [], []
+    for split in FLAGS.splits:
+        ids = corpus.token_stream(tokenizer, split)
+        r = perplexity(model, ids, FLAGS.window, device, FLAGS.batch_size, bos_id, FLAGS.max_windows,
+                       progress=True)
+        tok_name = os.path.relpath(tokenizer.path, root)
+        proto = protocol(r, split, tokenizer.path if tok_name.startswith("..") else tok_name, FLAGS.bos)
+        print(f"{split}: perplexity {r['perplexity']:.3f} (NLL {r['nll']:.4f} nats/token)  [{proto}]")
+        rows.append({"checkpoint": ckpt, "split": split, **r, "dtype": FLAGS.weights_dtype, "protocol": proto})
+        summary.append({"name": f"perplexity/{name}/{split}/w{FLAGS.window}", "value": r["perplexity"],
+                        "unit": "perplexity", "protocol": proto, "checkpoint": ckpt,
+                        "tokens_scored": r["tokens_scored"]})
+    out = common.results_dir("perplexity", device)
+    paths = common.write_results(out, "perplexity", rows, summary,
+                                 command=common.command_line("perplexity"), device=common.device_name(device))
+    print(f"wrote {paths['json']} and {paths['summary']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
