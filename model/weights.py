@@ -117,6 +117,20 @@ def _short(names: list[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + more
 
 
+def split_shards(tensors: dict, max_shard_bytes=None) -> list[dict]:
+    """Split named tensors, in order, into shards of at most max_shard_bytes (None: one shard)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    return shards
+
+
 def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = None) -> None:
     """Write config.json and safetensors weights in the Hugging Face layout.
 
@@ -137,15 +151,7 @@ def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = N
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
 
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in state.items():
-        nbytes = t.numel() * t.element_size()
-        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
+    shards = split_shards(state, max_shard_bytes)
     meta = {"format": "pt"}
     if len(shards) == 1:
         save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata=meta)

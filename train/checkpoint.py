@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.weights import load_model, save_model
+from model.weights import load_model, save_model, split_shards
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"  # or optimizer-0000i-of-0000n.safetensors
@@ -37,15 +37,7 @@ def save_train_state(path: str, model, optimizer: torch.optim.Optimizer, state: 
     for name in os.listdir(path):  # drop shards of an earlier, differently sharded save
         if name.startswith("optimizer") and name.endswith(".safetensors"):
             os.remove(os.path.join(path, name))
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
+    shards = split_shards(tensors, max_shard_bytes)
     files = []
     for i, shard in enumerate(shards, 1):
         fname = OPTIMIZER_FILE if len(shards) == 1 else f"optimizer-{i:05d}-of-{len(shards):05d}.safetensors"
