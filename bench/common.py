@@ -588,3 +588,8 @@ def plot_panels(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def int_list(values: list[str] | None, default) -> list[int]:
+    """Integers of a comma-list flag, or `default` when the flag was not given."""
+    return [int(v) for v in values] if values else list(default)

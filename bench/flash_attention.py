@@ -950,10 +950,6 @@ def profile(out_dir: Path, s: Setup, rows: list[dict[str, Any]], variants: list[
 # ----------------------------------------------------------------------------
 
 
-def _ints(values: list[str] | None, default: tuple[int, ...]) -> list[int]:
-    return [int(v) for v in values] if values else list(default)
-
-
 def main(argv: list[str]) -> None:
     del argv
     device = common.default_device()
@@ -1004,20 +1000,20 @@ def main(argv: list[str]) -> None:
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     if "seq" in sweeps and prefill_variants:
-        for S in _ints(FLAGS.seq_lens, preset["seq_lens"]):
+        for S in common.int_list(FLAGS.seq_lens, preset["seq_lens"]):
             B = max(1, tokens // S) if tokens else preset["seq_batch"]
             for causal in masks:
                 rows += run_prefill(s, "seq", S, B, causal, prefill_variants)
                 print(f"  done seq S={S} B={B} {'causal' if causal else 'noncausal'}", flush=True)
     if "batch" in sweeps and prefill_variants:
         S = FLAGS.batch_seq_len or preset["batch_seq_len"]
-        for B in _ints(FLAGS.batches, preset["batches"]):
+        for B in common.int_list(FLAGS.batches, preset["batches"]):
             for causal in masks:
                 rows += run_prefill(s, "batch", S, B, causal, prefill_variants)
                 print(f"  done batch S={S} B={B} {'causal' if causal else 'noncausal'}", flush=True)
     if "decode" in sweeps and decode_variants:
-        for L in _ints(FLAGS.kv_lens, preset["kv_lens"]):
-            for B in _ints(FLAGS.decode_batches, preset["decode_batches"]):
+        for L in common.int_list(FLAGS.kv_lens, preset["kv_lens"]):
+            for B in common.int_list(FLAGS.decode_batches, preset["decode_batches"]):
                 rows += run_decode(s, L, B, decode_variants)
                 print(f"  done decode L={L} B={B}", flush=True)
     if cpu and _interpreting():

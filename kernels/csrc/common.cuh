@@ -1,4 +1,4 @@
-// Shared device helpers: dtype conversion, 16-byte vectors, block reductions.
+// Shared device helpers: dtype conversion, 16-byte vectors, alignment checks.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,21 +21,6 @@ template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
-
-// Sum over the block; every thread gets the result. `scratch` holds >= 32 floats.
-__device__ __forceinline__ float block_sum(float value, float* scratch) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
-  const int n_warps = (blockDim.x + 31) >> 5;
-  if (lane == 0) scratch[warp] = value;
-  __syncthreads();
-  value = lane < n_warps ? scratch[lane] : 0.f;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
-  return value;
-}
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
