@@ -254,6 +254,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.checkpoint_activations:
         enable_activation_checkpointing(model)
     model.setup_rope(cfg.seq_len, device)  # built before compile so tracing never sees the lazy path
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     step_loss = torch.compile(loss_of) if cfg.compile else loss_of
 
     def save(path: str, with_optimizer: bool) -> None:
@@ -361,6 +363,7 @@ def train(cfg: TrainConfig) -> dict:
         "compile_seconds": compile_seconds,
         "tokens_per_s": state.get("last_tokens_per_s"),
         "flops_per_token": flops_token,
+        "peak_memory_gib": (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None),
         "device": device_label(device),
         "torch": torch.__version__,
         "final_train_loss": train_loss,
@@ -407,6 +410,7 @@ Train split: {s['train_tokens_in_split']:,} tokens; held-out split: {s['heldout_
 - steps: {s['steps']:,}; tokens seen: {s['tokens_seen']:,} ({s['epochs']:.1f} epochs of the train split)
 - wall time (training loop): {s['train_seconds']:.1f} s; compile (first step): {f"{s['compile_seconds']:.1f} s" if s['compile_seconds'] is not None else 'n/a'}
 - throughput (last window): {tok_s} tokens/s; {s['flops_per_token'] / 1e6:.1f} MFLOP/token
+- peak GPU memory allocated: {f"{s['peak_memory_gib']:.2f} GiB" if s.get('peak_memory_gib') is not None else 'n/a (CPU run)'}
 - device: {s['device']}; torch {s['torch']}
 - flags: `{flags_line}`
 

@@ -70,6 +70,7 @@ flags.DEFINE_bool("resume", False, "Continue from <out_dir>/last (default off: s
 flags.DEFINE_integer("seed", 0, "Seed for init and batch sampling (default 0: reproducible).")
 flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
 flags.DEFINE_integer("log_every", 10, "Progress-bar loss/tokens-per-s refresh interval in steps (default 10).")
+flags.DEFINE_bool("progress", True, "Show the tqdm progress bar (default on; --noprogress for log files).")
 flags.DEFINE_integer("inject_nan_step", -1, "Testing: make the loss NaN at this step to exercise "
                      "the NaN/inf stop (default -1: never).")
 
