@@ -24,19 +24,29 @@ def error_line(proc) -> str:
     return lines[0]
 
 
+def test_default_is_lab_small_and_prints_text():
+    proc = run_cli("--max_new_tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ROMEO:")  # the default prompt, then the continuation
+    assert "[lab-small on cpu float32] 24 tokens" in proc.stderr
+    words = proc.stdout.split()
+    assert len(words) >= 8 and sum(w.isalpha() for w in words) >= len(words) // 2  # words, not bytes
+
+
 def test_json_output_embedded_model():
-    proc = run_cli("--json", "--prompt", "Hi", "--max_new_tokens", "8")
+    proc = run_cli("--checkpoint", "embedded", "--json", "--prompt", "Hi", "--max_new_tokens", "8")
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(proc.stdout)
     assert {"prompt_ids", "output_ids", "text", "tokens_per_s"} <= set(rec)
     assert rec["prompt_ids"] == [256, ord("H"), ord("i")]  # byte tokenizer with BOS
     assert len(rec["output_ids"]) <= 8 and rec["tokens_per_s"] >= 0
-    again = json.loads(run_cli("--json", "--prompt", "Hi", "--max_new_tokens", "8").stdout)
+    again = json.loads(run_cli("--checkpoint", "embedded", "--json", "--prompt", "Hi",
+                               "--max_new_tokens", "8").stdout)
     assert again["output_ids"] == rec["output_ids"]  # deterministic embedded model
 
 
 def test_prompt_ids_and_sampling_flags():
-    proc = run_cli("--json", "--prompt_ids", "1,2,3", "--max_new_tokens", "4",
+    proc = run_cli("--checkpoint", "embedded", "--json", "--prompt_ids", "1,2,3", "--max_new_tokens", "4",
                    "--temperature", "0.8", "--top_k", "20", "--top_p", "0.9", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(proc.stdout)
@@ -49,7 +59,7 @@ def test_missing_checkpoint_dir(tmp_path):
 
 
 def test_prompt_longer_than_context():
-    line = error_line(run_cli("--prompt", "x" * 300, "--max_new_tokens", "4"))
+    line = error_line(run_cli("--checkpoint", "embedded", "--prompt", "x" * 300, "--max_new_tokens", "4"))
     assert "exceeds the model context" in line
 
 
