@@ -23,6 +23,21 @@ def make_linear(in_features: int, out_features: int, bias: bool = False) -> nn.M
     return nn.Linear(in_features, out_features, bias=bias)
 
 
+def _fuse(module: nn.Module, parts: tuple[str, ...], fused_name: str) -> bool:
+    """Concatenate the output rows of module.<parts> (plain bias-free Linears) into module.<fused_name>."""
+    linears = [getattr(module, p) for p in parts]
+    if not all(type(m) is nn.Linear and m.bias is None for m in linears):
+        return False
+    w = torch.cat([m.weight.detach() for m in linears], dim=0)
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    setattr(module, fused_name, fused)
+    for p in parts:
+        delattr(module, p)  # frees the originals unless someone else holds them
+        setattr(module, p, None)
+    return True
+
+
 class RMSNorm(nn.Module):
     """y = weight * (x / sqrt(mean(x^2) + eps)), normalised in fp32 and cast back (as HF)."""
 
@@ -96,14 +111,24 @@ class Attention(nn.Module):
         self.o_proj = make_linear(config.n_heads * config.head_dim, config.dim)
         # StaticKVCache (setup_caches) or cache.PagedLayerCache (setup_paged_caches); None = no cache.
         self.kv_cache: Optional[nn.Module] = None
+        self.qkv_proj: Optional[nn.Module] = None  # set by fuse(); replaces q/k/v_proj
+        self.qkv_sizes = (config.n_heads * config.head_dim,) + (config.n_kv_heads * config.head_dim,) * 2
+
+    def fuse(self) -> bool:
+        """Replace q/k/v_proj by one qkv_proj (concatenated weights); False if not plain Linear."""
+        return _fuse(self, ("q_proj", "k_proj", "v_proj"), "qkv_proj")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: Optional[torch.Tensor], input_pos: Optional[torch.Tensor]) -> torch.Tensor:
         """x (B, T, dim); cos/sin (T, head_dim); mask bool (T, S) or None for causal."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_proj is not None:  # fused (fuse_projections): one matmul, then views
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q: (B, n_heads, T, head_dim); k, v: (B, n_kv_heads, T, head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if getattr(self.kv_cache, "paged", False):  # engine: flat batch (B=1) over a PagedKVCache
@@ -127,9 +152,16 @@ class MLP(nn.Module):
         self.gate_proj = make_linear(config.dim, config.intermediate_size)
         self.up_proj = make_linear(config.dim, config.intermediate_size)
         self.down_proj = make_linear(config.intermediate_size, config.dim)
+        self.gate_up_proj: Optional[nn.Module] = None  # set by fuse(); replaces gate/up_proj
+
+    def fuse(self) -> bool:
+        """Replace gate/up_proj by one gate_up_proj ([gate | up] weights); False if not plain Linear."""
+        return _fuse(self, ("gate_proj", "up_proj"), "gate_up_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, dim) -> (B, T, dim)."""
+        if self.gate_up_proj is not None:
+            return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
         if x.is_cuda and not torch.compiler.is_compiling():
             # One fused activation kernel over [gate | up] (B, T, 2 * intermediate).
             gate_up = torch.cat((self.gate_proj(x), self.up_proj(x)), dim=-1)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cache.static_cache import StaticKVCache
+from kernels import ops
 from model.config import ModelConfig
 from model.layers import MLP, Attention, RMSNorm, make_linear, precompute_rope
 
@@ -30,6 +31,19 @@ class TransformerBlock(nn.Module):
         """x (B, T, dim) -> (B, T, dim)."""
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
         return h + self.mlp(self.post_attention_layernorm(h))
+
+    def forward_residual(self, x, residual, cos, sin, mask, input_pos):
+        """Inference form (as vLLM's): the residual stream rides beside x and each norm is fused
+        with the add before it. (x, residual) -> (mlp_out, residual); residual None on layer 0.
+        Same arithmetic as forward; residual is updated in place, so no autograd here."""
+        n1, n2 = self.input_layernorm, self.post_attention_layernorm
+        if residual is None:
+            residual, h = x, n1(x)
+        else:
+            h = ops.fused_add_rms_norm(x, residual, n1.weight, n1.eps)  # residual += x
+        a = self.self_attn(h, cos, sin, mask, input_pos)
+        h = ops.fused_add_rms_norm(a, residual, n2.weight, n2.eps)
+        return self.mlp(h), residual
 
 
 class Decoder(nn.Module):
@@ -137,8 +151,28 @@ class Transformer(nn.Module):
             key_pos = torch.arange(self.max_seq_len, device=input_ids.device)
             mask = key_pos[None, :] <= input_pos[:, None]  # (T, max_seq_len) bool
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
+        pos = input_pos if cached else None
+        if torch.is_grad_enabled():  # training / autograd: the plain pre-norm blocks
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, mask, pos)
+            if output_index is not None:
+                x = x[:, output_index]  # (B, K, dim)
+            return self.lm_head(self.model.norm(x))  # (B, T or K, vocab_size)
+        residual = None  # inference: fused add + RMSNorm between blocks
         for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, input_pos if cached else None)
+            x, residual = layer.forward_residual(x, residual, cos, sin, mask, pos)
         if output_index is not None:
-            x = x[:, output_index]  # (B, K, dim)
-        return self.lm_head(self.model.norm(x))  # (B, T or K, vocab_size)
+            x, residual = x[:, output_index].contiguous(), residual[:, output_index].contiguous()
+        norm = self.model.norm
+        return self.lm_head(ops.fused_add_rms_norm(x, residual, norm.weight, norm.eps))
+
+    def fuse_projections(self) -> int:
+        """Inference only: one qkv matmul and one gate_up matmul per layer (fewer, larger GEMVs).
+
+        State-dict keys change (qkv_proj, gate_up_proj), so fuse after loading; quantized or
+        otherwise non-plain Linears are left alone. Returns how many modules were fused.
+        """
+        n = 0
+        for layer in self.model.layers:
+            n += layer.self_attn.fuse() + layer.mlp.fuse()
+        return n
