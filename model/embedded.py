@@ -41,3 +41,29 @@ def build_embedded_model() -> Transformer:
         else:
             torch.nn.init.normal_(p, mean=0.0, std=0.02)
     return model.eval()
+
+
+def random_model(name: str = "llama3-8b", device="cpu", dtype=torch.float32, seed: int = 0,
+                 **overrides) -> Transformer:
+    """A preset's shape (config.py name, e.g. llama3-8b) with random weights made on `device`.
+
+    Built on the meta device and filled in place, so an 8B model never touches host memory:
+    norms 1, embeddings N(0, 0.1), other matrices N(0, 1/fan_in) (O(1) activations, varied
+    logits). `overrides` replace config fields (n_layers=2 to shrink). For benchmarks that
+    only need the shape; parity tests use parity.random_weights on the CPU.
+    """
+    config = ModelConfig.from_name(name).replace(**overrides)
+    with torch.device("meta"):
+        model = Transformer(config)
+    model = model.to_empty(device=device).to(dtype)
+    model.tie_weights()
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif "embed_tokens" in pname:
+                p.normal_(0.0, 0.1, generator=g)
+            else:
+                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
+    return model.eval()

@@ -1,0 +1,314 @@
+"""Decode throughput against the memory roofline, ours against Hugging Face in the same run.
+
+    python3 -m bench.decode                          # GPU: Llama-3-8B shape, random bf16 weights
+    python3 -m bench.decode --batch_sizes 1 --variants graph,hf
+    bazel run //bench:decode                         # CPU: the tiny shape, a small sweep
+
+Variants (each over prompt_len prompt tokens, then new_tokens greedy tokens, no early stop):
+  hf       transformers LlamaForCausalLM.generate with its static cache (same weights)
+  eager    our model, decoding.generate (StaticKVCache, one launch per op)
+  fused    decoding.fast.FastGenerator without CUDA graphs: fused qkv / gate_up, fused add+RMSNorm
+  graph    the same with a CUDA graph per batch size (GPU only)
+  compile  the same with the decode step torch.compile'd before capture (--compile_mode)
+Decode tok/s counts every generated token after the first (batch x (new_tokens - 1) / decode time).
+The roofline is the measured device copy bandwidth over the bytes a step must read: every
+weight once (the embedding table only one row per token) plus the KV written so far.
+
+Every variant is checked before it is timed: on a 32-token run the reference model (HF, no
+cache, whole sequence) must pick the same next token at >= 90% of the generated positions
+(bf16 random weights leave a few near-ties), and for fused/graph/compile the first steps'
+logits must match the reference's within a bf16 tolerance. A variant that fails is reported
+WRONG and never timed; the timed run must then reproduce the checked run's tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from absl import app, flags
+
+from bench import common
+
+FLAGS = flags.FLAGS
+VARIANTS = ("hf", "eager", "fused", "graph", "compile")
+flags.DEFINE_string("preset", None, "Model shape (model/config.py). Default: llama3-8b on a GPU, tiny on a CPU.")
+flags.DEFINE_integer("n_layers", None, "Override the preset's layer count (default None: the preset's).")
+flags.DEFINE_string("dtype", None, "bf16, fp16 or fp32 (default bf16 on a GPU, fp32 on a CPU).")
+flags.DEFINE_string("device", "auto", "cuda, cpu or auto.")
+flags.DEFINE_integer("prompt_len", 128, "Prompt tokens per sequence (default 128, as the issue's goal).")
+flags.DEFINE_integer("new_tokens", None, "Tokens generated per sequence (default 256 on a GPU, 24 on a CPU).")
+flags.DEFINE_list("batch_sizes", None, "Batch sizes (default 1,2,4,8,16,32,64 on a GPU, 1,4 on a CPU).")
+flags.DEFINE_list("variants", None, f"Subset of {', '.join(VARIANTS)} (default: all that run here).")
+flags.DEFINE_list("eager_batch_sizes", ["1", "16"], "GPU batch sizes for the slow eager and fused "
+                  "variants (default 1,16; a CPU runs them at every batch size).")
+flags.DEFINE_list("compile_batch_sizes", ["1"], "Batch sizes for compile (each compiles anew; default 1).")
+flags.DEFINE_string("compile_mode", "max-autotune-no-cudagraphs", "torch.compile mode for the compile variant.")
+flags.DEFINE_float("min_agreement", 0.9, "Least fraction of positions where the reference picks our token.")
+flags.DEFINE_integer("seed", 0, "Seed for weights and prompts.")
+
+LOGIT_STEPS = 8  # first decode steps whose logits are compared with the reference
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes every decode step reads: each parameter once, the embedding table only one row."""
+    seen, total = set(), 0
+    emb = model.model.embed_tokens.weight
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel() * p.element_size()
+    if not model.config.tie_word_embeddings:  # a tied table is read in full by lm_head
+        total -= emb.numel() * emb.element_size() - emb.shape[1] * emb.element_size()
+    return total
+
+
+def kv_bytes_per_step(config, batch: int, positions: float, dtype: torch.dtype) -> float:
+    """KV bytes a step needs (keys and values at `positions` cached positions, all layers)."""
+    elt = torch.tensor([], dtype=dtype).element_size()
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * positions * batch * elt
+
+
+def build_hf(model, dtype, device):
+    """transformers' LlamaForCausalLM holding the very same weight tensors as ours."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(**model.config.to_hf_config())
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # allocate in the target dtype (8B in fp32 would be 32 GB)
+    try:
+        with torch.device(device):
+            hf = transformers.LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False, assign=True)
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise RuntimeError(f"HF model keys differ: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+class Reference:
+    """Teacher-forced checks of a run against the reference model (no cache, whole sequence)."""
+
+    def __init__(self, hf):
+        self.hf = hf
+
+    @torch.inference_mode()
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.hf(tokens).logits  # (B, L, V)
+
+    def check(self, tokens: torch.Tensor, prompt_len: int, step_logits: list | None) -> dict[str, Any]:
+        """Agreement of greedy choices and, when given, max relative error of the first steps' logits."""
+        ref = self.logits(tokens)
+        pred = ref[:, prompt_len - 1:-1].argmax(-1)  # reference's choice for each generated token
+        agreement = float((pred == tokens[:, prompt_len:]).float().mean())
+        out = {"agreement": agreement}
+        if step_logits:
+            errs = []
+            for i, lg in enumerate(step_logits):
+                r = ref[:, prompt_len - 1 + i].float()
+                errs.append(float((lg.float() - r).abs().max() / r.abs().max()))
+            out["logit_rel_err"] = max(errs)
+        return out
+
+
+def logit_tolerance(dtype: torch.dtype) -> float:
+    """bf16 keeps 8 bits of mantissa: 32 layers of rounding leave ~1e-2 of the logit scale."""
+    return {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]
+
+
+def time_hf(hf, prompt, new_tokens: int, device) -> tuple[torch.Tensor, float, float]:
+    """HF generate with its static cache: (tokens, prefill s, decode s), decode from a 1-token run."""
+    kw = dict(do_sample=False, cache_implementation="static", eos_token_id=None, pad_token_id=0,
+              attention_mask=torch.ones_like(prompt))
+
+    def run(n):
+        common_sync(device)
+        t0 = time.perf_counter()
+        out = hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kw)
+        common_sync(device)
+        return out, time.perf_counter() - t0
+
+    run(2)  # warm up (static cache allocation, kernels)
+    _, t1 = run(1)
+    out, tn = run(new_tokens)
+    return out, t1, max(tn - t1, 1e-9)
+
+
+def common_sync(device) -> None:
+    if common.is_cuda(device):
+        torch.cuda.synchronize()
+
+
+def _generate(name: str, model, gen, ref: Reference, prompt, n: int, device, on_logits=None):
+    """One run of a variant: (tokens (B, T + n), prefill s, decode s)."""
+    from decoding.generate import generate
+
+    if name == "hf":
+        return time_hf(ref.hf, prompt, n, device)
+    if name == "eager":
+        r = generate(model, prompt, n)
+    else:
+        r = gen.generate(prompt, n, on_logits=on_logits)
+    return r.tokens, r.prefill_s, r.decode_s
+
+
+def run_variant(name: str, model, gen, ref: Reference, prompt, new_tokens: int, dtype, device) -> dict[str, Any]:
+    """Check a short run against the reference; only if it passes, time the full run."""
+    B, T = prompt.shape
+    row: dict[str, Any] = {"variant": name, "batch": B}
+    step_logits: list = []
+    n_check = min(new_tokens, 32)
+    hook = None if name in ("hf", "eager") else (
+        lambda i, lg: step_logits.append(lg.clone()) if i < LOGIT_STEPS else None)
+    try:
+        if gen is not None:
+            gen.step_for(B)  # capture (and compile) outside any timing
+            row["capture_s"] = gen.capture_s.get(B)
+        checked, _, _ = _generate(name, model, gen, ref, prompt, n_check, device, hook)
+        check = ref.check(checked, T, step_logits or None)
+        row.update(check)
+        bad = [f"agreement {check['agreement']:.2f} < {FLAGS.min_agreement}"] if (
+            check["agreement"] < FLAGS.min_agreement) else []
+        if check.get("logit_rel_err", 0.0) > logit_tolerance(dtype):
+            bad.append(f"logit error {check['logit_rel_err']:.2e} > {logit_tolerance(dtype):.0e}")
+        if bad:
+            row["status"] = "WRONG: " + "; ".join(bad)  # never timed
+            return row
+        tokens, prefill_s, decode_s = _generate(name, model, gen, ref, prompt, new_tokens, device)
+    except Exception as e:  # noqa: BLE001 - a failing variant is reported, the others go on
+        row["status"] = f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        return row
+    if not torch.equal(tokens[:, :T + n_check], checked):
+        row["status"] = "WRONG: the timed run's tokens differ from the checked run's"
+        return row
+    row["status"] = "ok"
+    row.update(prefill_ms=prefill_s * 1e3, decode_s=decode_s, tok_s=B * (new_tokens - 1) / decode_s,
+               ms_per_step=decode_s / (new_tokens - 1) * 1e3)
+    return row
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from decoding.fast import FastGenerator
+    from model.embedded import random_model
+
+    device = FLAGS.device if FLAGS.device not in (None, "", "auto") else common.default_device()
+    cuda = common.is_cuda(device)
+    dtype = common.parse_dtype(FLAGS.dtype or ("bf16" if cuda else "fp32"))
+    preset = FLAGS.preset or ("llama3-8b" if cuda else "tiny")
+    new_tokens = FLAGS.new_tokens or (256 if cuda else 24)
+    batch_sizes = common.int_list(FLAGS.batch_sizes, [1, 2, 4, 8, 16, 32, 64] if cuda else [1, 4])
+    names = list(FLAGS.variants or VARIANTS)
+    for n in names:
+        if n not in VARIANTS:
+            raise app.UsageError(f"--variants: unknown {n!r}; expected some of {', '.join(VARIANTS)}")
+    if not cuda:
+        names = [n for n in names if n not in ("graph", "compile")]  # CUDA graphs need a GPU
+        print("CPU run: graph and compile variants need a GPU; the fused variant runs without graphs")
+    if new_tokens < 2 or FLAGS.prompt_len < 1:
+        raise app.UsageError("--new_tokens >= 2 and --prompt_len >= 1 required")
+    overrides = {"n_layers": FLAGS.n_layers} if FLAGS.n_layers else {}
+    max_len = FLAGS.prompt_len + new_tokens
+
+    dev_name = common.device_name(device)
+    copy_gbs = common.measure_copy_bandwidth(device)
+    model = random_model(preset, device=device, dtype=dtype, seed=FLAGS.seed, **overrides)
+    config = model.config
+    if max_len > config.max_seq_len:
+        raise app.UsageError(f"--prompt_len + --new_tokens = {max_len} exceeds the {preset} context "
+                             f"{config.max_seq_len}")
+    w_bytes = weight_bytes_per_token(model)
+    print(f"decode on {dev_name}, {common.today()}, torch {torch.__version__}: {preset}"
+          f"{' n_layers=' + str(FLAGS.n_layers) if FLAGS.n_layers else ''} random weights "
+          f"{common.dtype_name(dtype)}, {w_bytes / 1e9:.2f} GB read per step, prompt {FLAGS.prompt_len}, "
+          f"{new_tokens} new tokens; copy bandwidth {copy_gbs:,.0f} GB/s", flush=True)
+    try:
+        hf = build_hf(model, dtype, device)
+    except ImportError:
+        raise SystemExit("error: bench.decode checks against transformers; pip install transformers")
+    ref = Reference(hf)
+    g = torch.Generator().manual_seed(FLAGS.seed + 1)
+    prompts = {b: torch.randint(2, config.vocab_size, (b, FLAGS.prompt_len), generator=g).to(device)
+               for b in batch_sizes}
+    eager_bs = set(common.int_list(FLAGS.eager_batch_sizes, [1, 16]))
+    compile_bs = set(common.int_list(FLAGS.compile_batch_sizes, [1]))
+
+    rows: list[dict[str, Any]] = []
+
+    def record(row):
+        b = row["batch"]
+        kv = kv_bytes_per_step(config, b, FLAGS.prompt_len + new_tokens / 2, dtype)
+        row["roofline_tok_s"] = b * copy_gbs * 1e9 / (w_bytes + kv)
+        if row.get("tok_s"):
+            row["pct_roofline"] = 100 * row["tok_s"] / row["roofline_tok_s"]
+            row["achieved_gbs"] = row["tok_s"] / b * (w_bytes + kv) / 1e9
+        rows.append(row)
+        print("  " + ", ".join(f"{k}={common.fmt(v)}" for k, v in row.items()), flush=True)
+
+    # hf and eager use the unfused weights; graph and compile fuse them (HF keeps its own copies).
+    for name in [n for n in ("hf", "eager") if n in names]:
+        for b in batch_sizes:
+            if name == "eager" and cuda and b not in eager_bs:
+                continue
+            record(run_variant(name, model, None, ref, prompts[b], new_tokens, dtype, device))
+    for name in [n for n in ("fused", "graph", "compile") if n in names]:
+        gen = FastGenerator(model, max_batch_size=max(batch_sizes), max_seq_len=max_len,
+                            cuda_graph=name != "fused",
+                            compile_mode=FLAGS.compile_mode if name == "compile" else None)
+        for b in batch_sizes:
+            if (name == "compile" and b not in compile_bs) or (name == "fused" and cuda and b not in eager_bs):
+                continue
+            record(run_variant(name, model, gen, ref, prompts[b], new_tokens, dtype, device))
+        gen.close()
+        if name == "compile":
+            torch._dynamo.reset()
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    summary = [{"name": f"decode/{preset}/{r['variant']}/bs{r['batch']}/tok_s", "value": r["tok_s"],
+                "unit": "tok/s"} for r in ok]
+    summary.append({"name": "decode/copy_bandwidth", "value": copy_gbs, "unit": "GB/s"})
+    for b in batch_sizes:
+        ours = [r for r in ok if r["batch"] == b and r["variant"] != "hf"]
+        hf_row = next((r for r in ok if r["batch"] == b and r["variant"] == "hf"), None)
+        if ours:
+            best = max(ours, key=lambda r: r["tok_s"])
+            summary.append({"name": f"decode/{preset}/best_ours/bs{b}/pct_roofline",
+                            "value": best["pct_roofline"], "unit": "%", "variant": best["variant"]})
+            if hf_row:
+                summary.append({"name": f"decode/{preset}/best_ours_vs_hf/bs{b}",
+                                "value": best["tok_s"] / hf_row["tok_s"], "unit": "x", "variant": best["variant"]})
+    cols = ["variant", "batch", "status", "tok_s", "ms_per_step", "pct_roofline", "achieved_gbs", "prefill_ms",
+            "agreement", "logit_rel_err", "capture_s"]
+    title = (f"bench.decode: {preset} {common.dtype_name(dtype)} on {dev_name}, {common.today()} "
+             f"(roofline: {copy_gbs:,.0f} GB/s copy over {w_bytes / 1e9:.2f} GB weights + KV)")
+    common.print_table(rows, cols, title=title)
+    out_dir = common.results_dir("decode", device)
+    paths = common.write_results(out_dir, "decode", rows, summary, command=common.command_line("decode"),
+                                 device=dev_name)
+    series = {}
+    for name in names:
+        pts = sorted((r["batch"], r["tok_s"]) for r in ok if r["variant"] == name)
+        if pts:
+            series[name] = ([p[0] for p in pts], [p[1] for p in pts])
+    roof = sorted({(r["batch"], r["roofline_tok_s"]) for r in rows})
+    series["roofline"] = ([p[0] for p in roof], [p[1] for p in roof])
+    pct = {name: ([r["batch"] for r in ok if r["variant"] == name],
+                  [r["pct_roofline"] for r in ok if r["variant"] == name]) for name in names}
+    common.plot_panels(out_dir / "decode.png", [
+        {"title": "decode tokens/s (all sequences)", "series": series, "xlabel": "batch", "ylabel": "tok/s",
+         "logx": True, "logy": True},
+        {"title": "% of the copy-bandwidth roofline", "series": pct, "xlabel": "batch", "ylabel": "%",
+         "logx": True}], title=title)
+    wrong = [f"{r['variant']}@{r['batch']}" for r in rows if r["status"] != "ok"]
+    if wrong:
+        print(f"not counted (wrong or failed): {', '.join(wrong)}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()) + f", {out_dir / 'decode.png'}")
+
+
+if __name__ == "__main__":
+    app.run(main)

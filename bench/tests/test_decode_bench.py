@@ -1,0 +1,50 @@
+"""bench.decode on a CPU: a whole run writes checked rows; a wrong variant is never timed."""
+
+import json
+
+import torch
+from absl import flags
+
+from bench import decode as bd
+
+
+def _flags(**kw):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["bench.decode"])
+    for k, v in kw.items():
+        setattr(flags.FLAGS, k, v)
+
+
+def test_cpu_run_writes_checked_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    _flags(device="cpu", prompt_len=8, new_tokens=6, batch_sizes=["1", "2"])
+    bd.main(["bench.decode"])
+    rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    got = {(r["variant"], r["batch"]) for r in rows}
+    assert got == {(v, b) for v in ("hf", "eager", "fused") for b in (1, 2)}
+    for r in rows:
+        assert r["status"] == "ok" and r["tok_s"] > 0 and r["agreement"] >= 0.9, r
+    assert (tmp_path / "decode.png").stat().st_size > 0
+
+
+def test_wrong_variant_is_never_timed(monkeypatch):
+    _flags(device="cpu")
+    from decoding.fast import FastGenerator
+    from model.embedded import random_model
+
+    model = random_model("tiny", seed=3)
+    ref = bd.Reference(bd.build_hf(model, torch.float32, "cpu"))
+    gen = FastGenerator(model, max_batch_size=1, max_seq_len=64, cuda_graph=False)
+    real = gen.generate
+    timed = []
+
+    def broken(prompt, n, on_logits=None):  # a shifted logit: what a bad cache write looks like
+        timed.append(n)
+        return real(prompt, n, on_logits=None if on_logits is None else
+                    (lambda i, lg: on_logits(i, lg + 0.5 * lg.abs().max())))
+
+    monkeypatch.setattr(gen, "generate", broken)
+    prompt = torch.randint(2, model.config.vocab_size, (1, 8))
+    row = bd.run_variant("fused", model, gen, ref, prompt, 40, torch.float32, "cpu")
+    assert row["status"].startswith("WRONG: logit error"), row
+    assert "tok_s" not in row and timed == [32]  # the check run only
