@@ -593,3 +593,20 @@ def plot_panels(
 def int_list(values: list[str] | None, default) -> list[int]:
     """Integers of a comma-list flag, or `default` when the flag was not given."""
     return [int(v) for v in values] if values else list(default)
+
+
+# Flags several lab modules define with the same meaning (bench.*, train.*): defined once per
+# process, so pytest can import the modules side by side. A module's default may differ from
+# the first definer's, so each reads None/"auto" as "pick my default".
+SHARED_FLAGS = ("variants", "dtype", "device", "warmup", "iters", "seed", "plot", "checkpoint", "preset",
+                "n_layers", "block_size")
+
+
+def define_flag(kind: str, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
+    """absl flags.DEFINE_<kind>, yielding to a SHARED_FLAGS flag defined before; always overridable."""
+    from absl import flags
+
+    if name in SHARED_FLAGS and name in flags.FLAGS:
+        return
+    kwargs["allow_override"] = True
+    getattr(flags, f"DEFINE_{kind}")(name, default, help=help_text, **kwargs)

@@ -71,15 +71,7 @@ FLAGS = flags.FLAGS
 # bench.perplexity), with the same meaning: defined once per process, so pytest can
 # import every bench module side by side. All of ours allow override, so a module
 # imported later may redefine any of them without a DuplicateFlagError.
-_SHARED_FLAGS = ("variants", "dtype", "device", "warmup", "iters", "seed", "plot", "checkpoint")
-
-
-def _define(kind: str, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
-    """flags.DEFINE_<kind>, reusing a flag of _SHARED_FLAGS that another module defined first."""
-    if name in _SHARED_FLAGS and name in FLAGS:
-        return
-    kwargs["allow_override"] = True
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=help_text, **kwargs)
+_define = common.define_flag
 
 
 _define("list", "variants", None, "Variants to run (default: all on a GPU; on a CPU " + ", ".join(DEFAULT_CPU)

@@ -2,7 +2,7 @@
 # The engine's GPU session in one go (no Bazel): build the extension, run the engine/decoding
 # GPU tests, then the engine benchmarks. From the repo root:  OUT=/path bash bench/gpu_engine.sh
 # LAB_ENGINE_BENCHES picks benchmarks (default "decode prefill serving compile"); LAB_<NAME>_FLAGS
-# (e.g. LAB_DECODE_FLAGS) passes flags. $OUT gets logs and results.tar.gz.
+# (e.g. LAB_DECODE_FLAGS) passes flags, LAB_<NAME>_TIMEOUT bounds one (seconds). $OUT gets logs and results.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
@@ -17,9 +17,9 @@ log="$OUT/engine_run.log"
 echo "== GPU tests" | tee -a "$log"
 python3 -m pytest -q -p no:cacheprovider ${LAB_ENGINE_TESTS:-decoding/tests/test_fast_gpu.py parity/test_paged_attention.py parity/test_engine.py} 2>&1 | tail -n 15 | tee -a "$log"
 for b in ${LAB_ENGINE_BENCHES:-decode prefill serving compile}; do
-  var="LAB_$(echo "$b" | tr a-z A-Z)_FLAGS"
+  var="LAB_$(echo "$b" | tr a-z A-Z)_FLAGS" tvar="LAB_$(echo "$b" | tr a-z A-Z)_TIMEOUT"
   echo "== bench.$b ${!var:-}" | tee -a "$log"
-  timeout "${LAB_BENCH_TIMEOUT:-420}" python3 -m "bench.$b" ${!var:-} 2>&1 | grep -v -i warn | tee "$OUT/bench_$b.log" | tail -n 40 >>"$log"
+  timeout "${!tvar:-${LAB_BENCH_TIMEOUT:-420}}" python3 -m "bench.$b" ${!var:-} 2>&1 | grep -v -i warn | tee "$OUT/bench_$b.log" | tail -n 40 >>"$log"
 done
 tar -C "$stage" -czf "$OUT/results.tar.gz" results
 echo "results: $OUT/results.tar.gz" | tee -a "$log"

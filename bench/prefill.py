@@ -100,14 +100,7 @@ FLAGS = flags.FLAGS
 # Flags other lab modules define too (bench.compile, bench.kernels, bench.perplexity,
 # train.*), with the same types: defined once per process so pytest can import the bench
 # modules side by side. Ours yields to one made before and allows override by one made after.
-_SHARED_FLAGS = ("device", "dtype", "warmup", "iters", "seed", "plot", "preset", "n_layers")
-
-
-def _define(kind: str, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
-    if name in _SHARED_FLAGS and name in FLAGS:
-        return
-    kwargs["allow_override"] = True
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=help_text, **kwargs)
+_define = common.define_flag
 
 
 _define("list", "experiments", list(EXPERIMENTS), "Experiments to run, of: " + ", ".join(EXPERIMENTS)

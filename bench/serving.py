@@ -100,14 +100,7 @@ FLAGS = flags.FLAGS
 # pytest can import the bench modules side by side. Ours yields to one made before and
 # allows override by one made after. Our other names are our own (--prompt_median, not
 # bench.decode's --prompt_len).
-_SHARED_FLAGS = ("dtype", "device", "seed", "plot", "checkpoint", "preset", "n_layers", "block_size")
-
-
-def _define(kind: str, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
-    if name in _SHARED_FLAGS and name in FLAGS:
-        return
-    kwargs["allow_override"] = True
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=help_text, **kwargs)
+_define = common.define_flag
 
 
 _define("list", "policies", list(POLICIES), "Scheduling policies to run, in order: " + ", ".join(POLICIES) + ".")
