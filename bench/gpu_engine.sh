@@ -20,6 +20,6 @@ for b in ${LAB_ENGINE_BENCHES:-decode prefill serving compile}; do
   var="LAB_$(echo "$b" | tr a-z A-Z)_FLAGS" tvar="LAB_$(echo "$b" | tr a-z A-Z)_TIMEOUT"
   echo "== bench.$b ${!var:-}" | tee -a "$log"
   timeout "${!tvar:-${LAB_BENCH_TIMEOUT:-420}}" python3 -m "bench.$b" ${!var:-} 2>&1 | grep -v -i warn | tee "$OUT/bench_$b.log" | tail -n 40 >>"$log"
+  tar -C "$stage" -czf "$OUT/results.tar.gz" results  # after each, so a cut-off run keeps the rest
 done
-tar -C "$stage" -czf "$OUT/results.tar.gz" results
 echo "results: $OUT/results.tar.gz" | tee -a "$log"

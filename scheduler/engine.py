@@ -50,7 +50,8 @@ class LLMEngine:
                  num_blocks: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
                  gpu_memory_fraction: Optional[float] = None, kv_dtype: Optional[torch.dtype] = None,
                  max_num_seqs: int = 64, max_num_batched_tokens: Optional[int] = None,
-                 max_model_len: Optional[int] = None, enable_prefix_caching: bool = True):
+                 max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
+                 cuda_graph: Optional[bool] = None, fuse_projections: Optional[bool] = None):
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config
         weight = model.model.embed_tokens.weight
@@ -77,7 +78,22 @@ class LLMEngine:
         self.pool = BlockPool(self.capacity.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(policy, max_num_seqs, max_num_batched_tokens, max_model_len),
                                    self.pool)
-        self.runner = ModelRunner(model, self.paged_kv)
+        on_gpu = device.type == "cuda"
+        if cuda_graph and not on_gpu:
+            raise ValueError("cuda_graph=True needs the model on a CUDA device; leave it None on a CPU")
+        if fuse_projections if fuse_projections is not None else on_gpu:
+            model.fuse_projections()  # inference only: one qkv and one gate_up matmul per layer
+        graphs = None
+        # Graphs replay the flash-decode path (the gather path needs host lengths per step).
+        from model.paged_attention import FLASH_DECODE_DTYPES, FLASH_DECODE_HEAD_DIMS
+        graphable = on_gpu and dtype in FLASH_DECODE_DTYPES and config.head_dim in FLASH_DECODE_HEAD_DIMS
+        if cuda_graph and not graphable:
+            raise ValueError(f"cuda_graph=True replays the flash-decode kernel, which needs a CUDA model in "
+                             f"fp16/bf16 with head_dim 64 or 128 (got {dtype}, head_dim {config.head_dim})")
+        if cuda_graph if cuda_graph is not None else graphable:
+            from scheduler.graphs import DecodeGraphs
+            graphs = DecodeGraphs(model, self.paged_kv, max_model_len, max_num_seqs)
+        self.runner = ModelRunner(model, self.paged_kv, graphs)
         self._ids = itertools.count()
         self._live: dict[str, Request] = {}
 

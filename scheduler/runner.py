@@ -18,8 +18,10 @@ from scheduler.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 
 
 class ModelRunner:
-    def __init__(self, model, paged_kv: PagedKVCache):
+    def __init__(self, model, paged_kv: PagedKVCache, graphs=None):
+        """graphs: a scheduler.graphs.DecodeGraphs to replay decode-only steps (None: all eager)."""
         self.model = model
+        self.graphs = graphs
         self.kv = paged_kv
         self.device = paged_kv.k[0].device
         self.block_size = paged_kv.block_size
@@ -46,6 +48,10 @@ class ModelRunner:
             return ModelRunnerOutput()
         self.kv.copy_blocks(sched.block_copies)  # copy-on-write before this step's writes
 
+        decode_only = all(len(s.token_ids) == 1 for s in sched.scheduled)
+        if (self.graphs is not None and decode_only and all(s.sample for s in sched.scheduled)
+                and self.graphs.bucket_for(len(sched.scheduled)) is not None):
+            return ModelRunnerOutput(self._sample(sched, self._graph_step(sched)))
         ids, positions, slots, qsl, seq_lens, out_rows = [], [], [], [0], [], []
         max_blocks = max(len(s.block_ids) for s in sched.scheduled)
         table = []
@@ -63,13 +69,25 @@ class ModelRunner:
             positions=self._tensor(positions), slot_mapping=self._tensor(slots),
             block_tables=self._tensor(table, torch.int32), seq_lens=self._tensor(seq_lens, torch.int32),
             query_start_loc=qsl, seq_lens_host=seq_lens,
-            decode_only=all(len(s.token_ids) == 1 for s in sched.scheduled))
+            decode_only=decode_only)
         self.kv.bind(meta)
         try:
             logits = self.model(self._tensor(ids)[None], meta.positions, self._tensor(out_rows))[0]  # (K, V)
         finally:
             self.kv.bind(None)
         return ModelRunnerOutput(self._sample(sched, logits))
+
+    def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:
+        """Logits (R, V) of a decode-only step, replayed from the CUDA graph of its bucket."""
+        ids, positions, slots, tables, seq_lens = [], [], [], [], []
+        for s in sched.scheduled:
+            pos = s.start_pos
+            ids.append(s.token_ids[0])
+            positions.append(pos)
+            slots.extend(slot_mapping(s.block_ids, pos, pos + 1, self.block_size))
+            tables.append(s.block_ids)
+            seq_lens.append(pos + 1)
+        return self.graphs.run(ids, positions, slots, tables, seq_lens)
 
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, int]:
         rids = [s.request_id for s in sched.scheduled if s.sample]

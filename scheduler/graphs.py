@@ -1,0 +1,113 @@
+"""CUDA graphs for the engine's decode-only steps, one per bucketed batch size (as vLLM does).
+
+A decode-only step of R requests is padded to the next bucket Rb >= R and replayed from
+a graph captured once for Rb. Everything the forward reads is a static buffer filled
+before the replay: token ids, positions, slots to write, block tables (padded to the
+widest table max_model_len allows) and sequence lengths. Padding rows write their K/V
+into the null block (never read as a real token) and attend to one null position; their
+logits are dropped. Steps with prefill tokens, or more requests than the largest bucket,
+run eagerly.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from cache.block_pool import NULL_BLOCK_ID
+from cache.paged_cache import PagedAttentionMetadata, PagedKVCache
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+class _Bucket:
+    """Static inputs of one bucket and the graph that reads them."""
+
+    def __init__(self, size: int, max_blocks: int, device):
+        z = dict(device=device)
+        self.size = size
+        self.ids = torch.zeros(1, size, dtype=torch.long, **z)
+        self.positions = torch.zeros(size, dtype=torch.long, **z)
+        self.slots = torch.zeros(size, dtype=torch.long, **z)
+        self.tables = torch.full((size, max_blocks), NULL_BLOCK_ID, dtype=torch.int32, **z)
+        self.seq_lens = torch.ones(size, dtype=torch.int32, **z)
+        self.rows = torch.arange(size, dtype=torch.long, **z)
+        # One pinned host staging area, copied over in four non-blocking transfers.
+        self.host_long = torch.zeros(3, size, dtype=torch.long).pin_memory()
+        self.host_tables = torch.zeros(size, max_blocks, dtype=torch.int32).pin_memory()
+        self.host_lens = torch.zeros(size, dtype=torch.int32).pin_memory()
+        self.meta = PagedAttentionMetadata(
+            positions=self.positions, slot_mapping=self.slots, block_tables=self.tables, seq_lens=self.seq_lens,
+            query_start_loc=list(range(size + 1)), seq_lens_host=[1] * size, decode_only=True)
+        self.graph = None
+        self.logits = None
+
+
+class DecodeGraphs:
+    """Captures and replays decode steps of a model over a PagedKVCache."""
+
+    def __init__(self, model, kv: PagedKVCache, max_model_len: int, max_num_seqs: int,
+                 buckets: tuple[int, ...] = DEFAULT_BUCKETS):
+        self.model, self.kv = model, kv
+        self.device = kv.k[0].device
+        self.block_size = kv.block_size
+        self.max_blocks = -(-max_model_len // kv.block_size)
+        self.buckets = tuple(b for b in buckets if b < max_num_seqs) + (max_num_seqs,)
+        self._graphs: dict[int, _Bucket] = {}
+        self.capture_s = 0.0
+
+    def bucket_for(self, num_requests: int):
+        """The smallest bucket holding num_requests, or None (too many: run eagerly)."""
+        return next((b for b in self.buckets if b >= num_requests), None)
+
+    def _capture(self, size: int) -> _Bucket:
+        t0 = time.perf_counter()
+        b = _Bucket(size, self.max_blocks, self.device)
+        # Padding rows: write to the null block's slot 0, attend to one null position.
+        b.slots.fill_(NULL_BLOCK_ID * self.block_size)
+        self.kv.bind(b.meta)
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm up: cuBLAS, Triton autotune and JIT outside the capture
+                    self.model(b.ids, b.positions, b.rows)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            b.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(b.graph):
+                b.logits = self.model(b.ids, b.positions, b.rows)[0]  # (size, V)
+        finally:
+            self.kv.bind(None)
+        torch.cuda.synchronize(self.device)
+        self.capture_s += time.perf_counter() - t0
+        return b
+
+    def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
+            seq_lens: list[int]) -> torch.Tensor:
+        """Logits (R, V) of one decode-only step of R requests (R <= max bucket). Valid until the next run."""
+        r = len(ids)
+        size = self.bucket_for(r)
+        if size not in self._graphs:
+            self._graphs[size] = self._capture(size)
+        b = self._graphs[size]
+        hl, ht, hs = b.host_long, b.host_tables, b.host_lens
+        hl.zero_()
+        hl[2].fill_(NULL_BLOCK_ID * self.block_size)
+        hl[0, :r] = torch.tensor(ids)
+        hl[1, :r] = torch.tensor(positions)
+        hl[2, :r] = torch.tensor(slots)
+        ht.fill_(NULL_BLOCK_ID)
+        for i, row in enumerate(tables):
+            ht[i, :len(row)] = torch.tensor(row, dtype=torch.int32)
+        hs.fill_(1)
+        hs[:r] = torch.tensor(seq_lens, dtype=torch.int32)
+        b.ids[0].copy_(hl[0], non_blocking=True)
+        b.positions.copy_(hl[1], non_blocking=True)
+        b.slots.copy_(hl[2], non_blocking=True)
+        b.tables.copy_(ht, non_blocking=True)
+        b.seq_lens.copy_(hs, non_blocking=True)
+        b.graph.replay()
+        out = b.logits[:r]
+        torch.cuda.current_stream(self.device).synchronize()  # the pinned buffers are reused next step
+        return out
