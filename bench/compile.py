@@ -123,13 +123,20 @@ class Built:
     note: str = ""
 
 
-def make_case(checkpoint: str | None, device: str, dtype: torch.dtype, prefill_len: int, cache_len: int,
-              seed: int, work_dir: str) -> Case:
-    """Load the model, build both phases' inputs and run eager once on each (the reference)."""
+def make_case(checkpoint: str | None, device: str, dtype: torch.dtype, prefill_len: int | None,
+              cache_len: int | None, seed: int, work_dir: str) -> Case:
+    """Load the model, build both phases' inputs and run eager once on each (the reference).
+
+    prefill_len / cache_len None: the device's default (GPU 512 / 2048, CPU 16 / 64), within
+    the model's context (the embedded model's is 256)."""
     from export.common import load_source_model
     from export.kv_step import KVCacheStep, empty_caches
 
     model = load_source_model(checkpoint, dtype=dtype, device=device)
+    if cache_len is None or prefill_len is None:  # defaults, bounded by this model's context
+        cpu = not common.is_cuda(device)
+        cache_len = cache_len or min(64 if cpu else 2048, model.config.max_seq_len)
+        prefill_len = prefill_len or min(16 if cpu else 512, cache_len // 2)
     if cache_len > model.config.max_seq_len:
         raise app.UsageError(f"--cache_len {cache_len} exceeds the model context {model.config.max_seq_len}")
     if not 2 <= prefill_len < cache_len:
@@ -444,8 +451,6 @@ def main(argv: list[str]) -> None:
     device = FLAGS.device if FLAGS.device not in (None, "", "auto") else common.default_device()
     cpu = not common.is_cuda(device)
     dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if cpu else "bf16"))
-    prefill_len = FLAGS.prefill_len or (16 if cpu else 512)
-    cache_len = FLAGS.cache_len or (64 if cpu else 2048)
     warmup = FLAGS.warmup if FLAGS.warmup is not None else (3 if cpu else 10)
     iters = FLAGS.iters if FLAGS.iters is not None else (20 if cpu else 50)
     for name in FLAGS.variants or []:
@@ -455,14 +460,15 @@ def main(argv: list[str]) -> None:
 
     dev_name = common.device_name(device)
     out_dir = common.results_dir("compile", device)
-    print(f"compile on {dev_name}, {common.today()}, torch {torch.__version__}; "
-          f"{FLAGS.checkpoint or 'embedded tiny model'}, {common.dtype_name(dtype)}, "
-          f"prefill {prefill_len} tokens, decode 1 token at position {prefill_len}, cache {cache_len}")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
     with tempfile.TemporaryDirectory(prefix="lab_bench_compile_") as tmp:
         work_dir = FLAGS.work_dir or tmp
-        case = make_case(FLAGS.checkpoint, device, dtype, prefill_len, cache_len, FLAGS.seed, work_dir)
+        case = make_case(FLAGS.checkpoint, device, dtype, FLAGS.prefill_len, FLAGS.cache_len, FLAGS.seed, work_dir)
+        prefill_len, cache_len = case.prefill_len, case.cache_len
+        print(f"compile on {dev_name}, {common.today()}, torch {torch.__version__}; "
+              f"{FLAGS.checkpoint or 'embedded tiny model'}, {common.dtype_name(dtype)}, "
+              f"prefill {prefill_len} tokens, decode 1 token at position {prefill_len}, cache {cache_len}")
         rows = run_all(case, names, warmup, iters)
     rows += [{"variant": n, "phase": p, "dtype": common.dtype_name(dtype), "device": device,
               "status": f"skipped: {why}"} for n, why in skipped for p in PHASES]

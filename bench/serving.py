@@ -832,7 +832,12 @@ def run(opts: Options, out_dir: Optional[Path] = None, log: Callable[[str], None
         torch.set_num_threads(threads)
 
 
-def _run(opts: Options, out_dir: Optional[Path], log: Callable[[str], None]) -> dict[str, Any]:
+def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]) -> dict[str, Any]:
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:  # elapsed seconds first: where a long GPU run spends its time
+        log_line(f"[{time.perf_counter() - t_start:7.1f} s] {msg}")
+
     cuda = common.is_cuda(opts.device)
     dev_name = common.device_name(opts.device)
     copy_gbps = common.measure_copy_bandwidth(opts.device)  # before the engines take the memory
@@ -878,6 +883,7 @@ def _run(opts: Options, out_dir: Optional[Path], log: Callable[[str], None]) -> 
     rate, capacity = opts.rate, None
     if rate == 0:
         warm = draw_requests(2 * settings.max_num_seqs, opts.prompt, opts.output, vocab, opts.seed + 1)
+        log(f"measuring capacity: {len(warm)} requests at t = 0 under continuous ...")
         capacity, how = measure_capacity(model, settings, warm, stats["output_mean"])
         rate = opts.load * capacity
         log(f"measured capacity: {capacity:.2f} requests/s ({how}); rate = {opts.load:g} x capacity = "
@@ -905,6 +911,7 @@ def _run(opts: Options, out_dir: Optional[Path], log: Callable[[str], None]) -> 
         finally:
             close_engine(engine)
         results.append(res)
+        log(f"{policy} done")
         row = summarize(res)
         c = checks.get(policy)
         row["check"] = "not run" if c is None else f"ok, {len(c['near_ties'])} near tie(s)" if c["near_ties"] else "ok"
