@@ -4,8 +4,12 @@ Two faces, chosen once per call, visibly:
 - gather (any device, any dtype; the readable path and the CPU path): for each request,
   gather its blocks into contiguous K/V (1, Hkv, L, D) and run SDPA with the bool mask
   key_pos <= query_pos, the same mask and op the contiguous StaticKVCache path uses.
-- flash decode (CUDA, fp16/bf16, head_dim 64/128, every request has one new token):
-  kernels.flash_decode.paged_flash_decode reads the blocks in place.
+- flash (CUDA, or Triton's interpreter; fp16/bf16, head_dim 64/128): the requests with one
+  new token go to kernels.flash_decode.paged_flash_decode in one launch (it reads the
+  blocks in place); the others (prefill chunks) have their whole K/V gathered into one
+  packed tensor by a single index op and go to kernels.flash_attention_varlen in one launch
+  (causal bottom-right per request: a chunk after a cached prefix sees that prefix).
+  A handful of launches per layer whatever the batch, instead of a loop over requests.
 """
 
 from __future__ import annotations
@@ -32,9 +36,74 @@ def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int) 
     return cache[blocks].reshape(-1, hkv, d)[:seq_len].transpose(0, 1)[None]
 
 
-def use_flash_decode(q: torch.Tensor, meta) -> bool:
-    return (q.is_cuda and meta.decode_only and q.dtype in FLASH_DECODE_DTYPES
-            and q.shape[-1] in FLASH_DECODE_HEAD_DIMS)
+def use_flash(q: torch.Tensor) -> bool:
+    """The flash face runs here: a Triton-capable tensor of a dtype and head size the kernels take."""
+    from kernels import _triton
+
+    return _triton.can_run(q) and q.dtype in FLASH_DECODE_DTYPES and q.shape[-1] in FLASH_DECODE_HEAD_DIMS
+
+
+class _Split:
+    """A step's requests split into decodes (one new token) and prefills, as device indices.
+
+    Built once per step (cached on the metadata object) and shared by every layer.
+    """
+
+    def __init__(self, meta, block_size: int, device):
+        qsl, lens = meta.query_start_loc, meta.seq_lens_host
+        n_new = [qsl[r + 1] - qsl[r] for r in range(len(lens))]
+        dec = [r for r, n in enumerate(n_new) if n == 1]
+        pre = [r for r, n in enumerate(n_new) if n != 1]
+        t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+        self.dec_reqs, self.dec_rows = t(dec), t([qsl[r] for r in dec])
+        self.pre_reqs = pre
+        if pre:
+            self.pre_rows = torch.cat([torch.arange(qsl[r], qsl[r + 1], device=device) for r in pre])
+            q_lens, k_lens = [n_new[r] for r in pre], [lens[r] for r in pre]
+            self.cu_q = torch.tensor([0] + _cumsum(q_lens), dtype=torch.int32, device=device)
+            self.cu_k = torch.tensor([0] + _cumsum(k_lens), dtype=torch.int32, device=device)
+            self.max_q, self.max_k = max(q_lens), max(k_lens)
+            # Flat cache slot of every key of every prefill request, in request order.
+            k_lens_t = t(k_lens)
+            req = torch.repeat_interleave(t(pre), k_lens_t)
+            start = torch.repeat_interleave(self.cu_k[:-1].long(), k_lens_t)
+            pos = torch.arange(int(sum(k_lens)), device=device) - start
+            blocks = meta.block_tables[req, pos // block_size].long()
+            self.key_slots = blocks * block_size + pos % block_size
+
+
+def _cumsum(xs: list[int]) -> list[int]:
+    out, acc = [], 0
+    for x in xs:
+        acc += x
+        out.append(acc)
+    return out
+
+
+def _flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:
+    """Decodes through paged flash decode, prefills through varlen flash attention. (1, Hq, N, D)."""
+    from kernels.flash_attention import flash_attention_varlen
+    from kernels.flash_decode import paged_flash_decode
+
+    _, bs, hkv, d = k_cache.shape
+    split = getattr(meta, "_flash_split", None)
+    if split is None:
+        split = _Split(meta, bs, q.device)
+        meta._flash_split = split
+    qt = q[0].transpose(0, 1)  # (N, Hq, D) view
+    out = torch.empty_like(qt)
+    if split.dec_rows.numel():
+        qd = qt.index_select(0, split.dec_rows)  # (Rd, Hq, D)
+        tables = meta.block_tables.index_select(0, split.dec_reqs)
+        lens = meta.seq_lens.index_select(0, split.dec_reqs)
+        out.index_copy_(0, split.dec_rows, paged_flash_decode(qd, k_cache, v_cache, tables, lens))
+    if split.pre_reqs:
+        qp = qt.index_select(0, split.pre_rows)  # (Nq, Hq, D)
+        kp = k_cache.view(-1, hkv, d).index_select(0, split.key_slots)  # (Nk, Hkv, D)
+        vp = v_cache.view(-1, hkv, d).index_select(0, split.key_slots)
+        op = flash_attention_varlen(qp, kp, vp, split.cu_q, split.cu_k, split.max_q, split.max_k, causal=True)
+        out.index_copy_(0, split.pre_rows, op)
+    return out.transpose(0, 1)[None]  # (1, Hq, N, D)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_cache) -> torch.Tensor:
@@ -47,12 +116,19 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_cac
     meta = layer_cache.meta
     k_cache, v_cache = layer_cache.k_cache, layer_cache.v_cache
     write_kv(k_cache, v_cache, meta.slot_mapping, k[0].transpose(0, 1), v[0].transpose(0, 1))  # (N, Hkv, D)
-    if use_flash_decode(q, meta):
-        from kernels.flash_decode import paged_flash_decode
+    if use_flash(q):
+        if meta.decode_only:  # the common step (and the CUDA-graph one): one launch, no indexing
+            from kernels.flash_decode import paged_flash_decode
 
-        qd = q[0].transpose(0, 1).contiguous()  # (R, Hq, D): one token per request
-        out = paged_flash_decode(qd, k_cache, v_cache, meta.block_tables, meta.seq_lens)
-        return out.transpose(0, 1)[None]  # (1, Hq, R, D)
+            qd = q[0].transpose(0, 1).contiguous()  # (R, Hq, D): one token per request
+            out = paged_flash_decode(qd, k_cache, v_cache, meta.block_tables, meta.seq_lens)
+            return out.transpose(0, 1)[None]  # (1, Hq, R, D)
+        return _flash_paged_attention(q, k_cache, v_cache, meta)
+    return gather_paged_attention(q, k_cache, v_cache, meta)
+
+
+def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:
+    """The gather face: per request, contiguous K/V and SDPA with the position mask. (1, Hq, N, D)."""
     outs = []
     qsl = meta.query_start_loc
     for r, seq_len in enumerate(meta.seq_lens_host):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cache import PagedAttentionMetadata
 from model.config import ModelConfig
 from model.llama import Transformer
 from parity.random_weights import randomize_
@@ -37,3 +38,31 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a - b| / max|b| in fp64."""
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def scattered_tables(seq_lens, block_size, num_blocks, seed):
+    """Block tables using a random permutation of blocks 1.. (block 0 is the null block)."""
+    g = torch.Generator().manual_seed(seed)
+    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
+    tables = []
+    for n in seq_lens:
+        k = -(-n // block_size)
+        tables.append([perm.pop() for _ in range(k)])
+    return tables
+
+
+def make_meta(tables, starts, news, block_size, device="cpu"):
+    """Metadata for requests that already hold starts[r] tokens and add news[r]."""
+    positions, slots, qsl, seq_lens = [], [], [0], []
+    width = max(len(t) for t in tables)
+    for t, s, n in zip(tables, starts, news):
+        positions += list(range(s, s + n))
+        slots += [t[p // block_size] * block_size + p % block_size for p in range(s, s + n)]
+        qsl.append(qsl[-1] + n)
+        seq_lens.append(s + n)
+    tensor = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
+    return PagedAttentionMetadata(
+        positions=tensor(positions), slot_mapping=tensor(slots),
+        block_tables=tensor([t + [0] * (width - len(t)) for t in tables], torch.int32),
+        seq_lens=tensor(seq_lens, torch.int32), query_start_loc=qsl, seq_lens_host=seq_lens,
+        decode_only=all(n == 1 for n in news))

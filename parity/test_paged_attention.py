@@ -14,38 +14,10 @@ import torch
 from cache import PagedAttentionMetadata, PagedKVCache
 from kernels.attention_ref import paged_decode_ref
 from model.paged_attention import gather_kv, paged_attention
-from parity.engine_cases import make_tiny_model, rel_err
+from parity.engine_cases import make_meta, make_tiny_model, rel_err, scattered_tables
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2
-
-
-def scattered_tables(seq_lens, block_size, num_blocks, seed):
-    """Block tables using a random permutation of blocks 1.. (block 0 is the null block)."""
-    g = torch.Generator().manual_seed(seed)
-    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-    tables = []
-    for n in seq_lens:
-        k = -(-n // block_size)
-        tables.append([perm.pop() for _ in range(k)])
-    return tables
-
-
-def make_meta(tables, starts, news, block_size, device="cpu"):
-    """Metadata for requests that already hold starts[r] tokens and add news[r]."""
-    positions, slots, qsl, seq_lens = [], [], [0], []
-    width = max(len(t) for t in tables)
-    for t, s, n in zip(tables, starts, news):
-        positions += list(range(s, s + n))
-        slots += [t[p // block_size] * block_size + p % block_size for p in range(s, s + n)]
-        qsl.append(qsl[-1] + n)
-        seq_lens.append(s + n)
-    tensor = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
-    return PagedAttentionMetadata(
-        positions=tensor(positions), slot_mapping=tensor(slots),
-        block_tables=tensor([t + [0] * (width - len(t)) for t in tables], torch.int32),
-        seq_lens=tensor(seq_lens, torch.int32), query_start_loc=qsl, seq_lens_host=seq_lens,
-        decode_only=all(n == 1 for n in news))
 
 
 class _Cfg:
