@@ -152,7 +152,8 @@ class Transformer(nn.Module):
             mask = key_pos[None, :] <= input_pos[:, None]  # (T, max_seq_len) bool
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         pos = input_pos if cached else None
-        if torch.is_grad_enabled():  # training / autograd: the plain pre-norm blocks
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+            # training, autograd or autocast (mixed dtypes in the residual): the plain pre-norm blocks
             for layer in self.model.layers:
                 x = layer(x, cos, sin, mask, pos)
             if output_index is not None:

@@ -37,3 +37,15 @@ def test_fused_projections_match_and_free_the_originals():
     assert "model.layers.0.self_attn.qkv_proj.weight" in model.state_dict()
     # fp32: a concatenated matmul may block its reduction differently; 1e-5 of the logit scale.
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_autocast_inference_takes_the_plain_path():
+    """Under bf16 autocast the residual would mix dtypes; eval (no grad) must still run."""
+    model = _model(4)
+    x = torch.randint(0, 300, (1, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    ref = model(x).detach()
+    assert torch.isfinite(out).all()
+    # bf16 autocast against fp32: 8 mantissa bits over 2 layers, 5e-2 of the logit scale.
+    assert (out.float() - ref).abs().max() <= 5e-2 * ref.abs().max()
