@@ -52,7 +52,9 @@ KV tile even at long S, where non-causal outputs average ~S values and shrink as
 and never timed; one that raises is FAILED.
 
 Timing (bench.common.time_fn): CUDA events around one call, a 256 MB L2 flush before
-each, p10/p50/p90 over --iters calls. The first call (the check) autotunes our Triton
+each, p10/p50/p90 over --iters calls. Decode cases are timed a second way too: the call
+captured once into a CUDA graph and replayed (bench.common.time_cuda_graph), which is
+what a kernel costs inside a graphed decode step, without Python launch overhead. The first call (the check) autotunes our Triton
 kernels and compiles flex; it is untimed and reported as first_call_s.
 
 On a CPU (the default there is --quick): fp32, B = 2, 4 / 2 heads, d = 64, S = 128..512;
@@ -649,6 +651,14 @@ def run_case(case: dict[str, Any], variants: list[Variant], checker: ReferenceCh
                 torch.cuda.empty_cache()
             continue
         row.update({"p10_us": t["p10"], "p50_us": t["p50"], "p90_us": t["p90"]})
+        if case["sweep"] == "decode" and common.is_cuda(device):
+            # The same call replayed from a CUDA graph, as it runs inside a graphed decode step.
+            try:
+                with v.ctx() if v.ctx else contextlib.nullcontext():
+                    row["graph_p50_us"] = common.time_cuda_graph(fn, warmup, iters, device=device)["p50"]
+            except Exception as e:  # noqa: BLE001 - some variants cannot be captured; say so
+                row["graph_note"] = f"not capturable: {type(e).__name__}"
+                torch.cuda.synchronize()
     return rows
 
 
@@ -744,6 +754,9 @@ def run_decode(s: Setup, L: int, B: int, variants: list[Variant], sweep: str = "
         if r["status"] == "ok":
             r["gbps"] = nbytes / r["p50_us"] / 1e3
             r["pct_copy"] = 100 * r["gbps"] / s.copy_gbps
+            if r.get("graph_p50_us"):
+                r["graph_gbps"] = nbytes / r["graph_p50_us"] / 1e3
+                r["graph_pct_copy"] = 100 * r["graph_gbps"] / s.copy_gbps
     mark_best(rows)
     return rows
 
@@ -809,6 +822,19 @@ def report(rows: list[dict[str, Any]], s: Setup, cpu: bool) -> None:
             if sweep.startswith("interpreter"):
                 title += "\n  (Triton's interpreter on a CPU: a correctness run, the times are not kernel figures)"
             common.print_table(table, cols, title=title)
+    graphed = [r for r in rows if r["sweep"] == "decode" and (r.get("graph_p50_us") or r.get("graph_note"))]
+    if graphed:
+        table = []
+        for key in dict.fromkeys((r["L"], r["B"]) for r in graphed):
+            line: dict[str, Any] = {"L": key[0], "B": key[1]}
+            for r in graphed:
+                if (r["L"], r["B"]) == key:
+                    line[r["variant"]] = (f"{common.fmt(r['graph_p50_us'])}us {common.fmt(r['graph_pct_copy'])}%"
+                                          if r.get("graph_p50_us") else r["graph_note"])
+            table.append(line)
+        cols = ["L", "B"] + list(dict.fromkeys(r["variant"] for r in graphed))
+        common.print_table(table, cols, title=f"\ndecode, each call replayed from a CUDA graph (no launch cost): "
+                           f"p50 and % of copy bandwidth ({s.copy_gbps:,.0f} GB/s){tag}")
     print("\nours x = fastest alternative's p50 / ours' p50 (> 1: ours is faster); the fp32 reference is not an "
           "alternative.")
     firsts = [r for r in rows if r["status"] == "ok" and r["variant"] in ("ours", "ours_paged", "flex")]
@@ -856,6 +882,9 @@ def summary_records(rows: list[dict[str, Any]], s: Setup, cpu: bool, tag: str) -
             out.append({"name": f"{case} us", "value": r["p50_us"], "unit": "us", **timing, **base})
             out.append({"name": f"{case} GB/s", "value": r["gbps"], "unit": "GB/s", "pct_of_copy": r["pct_copy"],
                         **timing, **base})
+            if r.get("graph_p50_us"):
+                out.append({"name": f"{case} graph GB/s", "value": r["graph_gbps"], "unit": "GB/s",
+                            "pct_of_copy": r["graph_pct_copy"], "graph_p50_us": r["graph_p50_us"], **base})
         else:
             shape = f"S={r['S']}" + (f",B={r['B']}" if r["sweep"] == "batch" else "")
             case = f"flash_attention/{tag}{r['variant']}/{r['mask']}/{shape}"
