@@ -44,7 +44,13 @@ class RequestOutput:
 
 class LLMEngine:
     """Owns the three nouns: a Scheduler (ids, counts, blocks), a ModelRunner (tensors), and
-    the output step in between (stop strings, streaming, timings)."""
+    the output step in between (stop strings, streaming, timings).
+
+    On a GPU (defaults None = on there) it fuses the model's qkv and gate/up projections
+    (`fuse_projections`; this changes the model's state-dict keys) and replays decode-only
+    steps from CUDA graphs per bucketed batch size (`cuda_graph`; needs fp16/bf16 and head
+    dim 64 or 128, the flash-decode kernel's). Pass False to run every step eagerly.
+    """
 
     def __init__(self, model, tokenizer=None, *, policy: str = "chunked", block_size: int = 16,
                  num_blocks: Optional[int] = None, kv_budget_bytes: Optional[int] = None,
