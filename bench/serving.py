@@ -26,10 +26,10 @@ with vocab 258, on a CPU; llama3-8b on a GPU) in --dtype (fp32 on a CPU, bf16 on
 with random weights: norms U(0.5, 1.5), embeddings N(0, 0.1), other matrices
 N(0, 1/fan_in), the recipe of parity/random_weights.py that the engine parity tests use,
 since it gives varied logits: the embedded model's 0.02 init makes greedy decoding
-repeat the last token, and so do unit norms on the tied tiny model
-(model.embedded.random_model) more often, and a degenerate model lets a broken engine
-pass the gate. Built on the meta device and materialised on the device in --dtype
-(to_empty: no host copy, no fp32 detour), so an 8B model is ready in seconds;
+repeat the last token, and so do unit norms on the tied tiny model more often, and a
+degenerate model lets a broken engine pass the gate. Built by
+model.embedded.random_model(vary_norms=True) on the meta device and materialised on the
+device in --dtype (no host copy, no fp32 detour), so an 8B model is ready in seconds;
 --n_layers shrinks it. --weights=embedded serves the embedded weights themselves;
 --checkpoint an HF-layout checkpoint. Step times do not depend on the weights' values.
 
@@ -246,31 +246,12 @@ def trace_stats(trace: list[TraceRequest]) -> dict[str, float]:
 # ----------------------------------------------------------------------------
 
 
-def randomize_weights_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """In place, on the weights' device: norms U(0.5, 1.5), embeddings N(0, 0.1), the rest N(0, 1/fan_in).
-
-    parity/random_weights.randomize_'s recipe (O(1) activations, varied logits; on a CPU
-    it draws the same numbers), drawn where the weights live so an 8B model does not go
-    through the host. (//parity:random_weights is private to parity/, hence the copy.)
-    """
-    device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5, generator=g)
-            elif "embed_tokens" in name:
-                p.normal_(0.0, 0.1, generator=g)
-            else:
-                p.normal_(0.0, 1.0 / math.sqrt(p.shape[1]), generator=g)
-    return model
-
-
 def model_config(preset: str, n_layers: Optional[int]):
     from model.config import ConfigError, ModelConfig
+    from model.embedded import embedded_config
 
     if preset == EMBEDDED:
-        config = ModelConfig.from_name("tiny").replace(vocab_size=258, tie_word_embeddings=True)  # model/embedded.py
+        config = embedded_config()
     else:
         try:
             config = ModelConfig.from_name(preset)
@@ -296,14 +277,9 @@ def build_model(preset: str, n_layers: Optional[int], weights: str, device: str,
         from model.embedded import build_embedded_model
 
         return build_embedded_model().to(device=device, dtype=dtype).eval()
-    from model.llama import Transformer
+    from model.embedded import random_model
 
-    config = model_config(preset, n_layers)
-    with torch.device("meta"):
-        model = Transformer(config)
-    model = model.to(dtype=dtype).to_empty(device=device)  # no host copy, no fp32 detour
-    model.tie_weights()  # to_empty gave lm_head and embed_tokens separate storage
-    return randomize_weights_(model, seed).eval()
+    return random_model(model_config(preset, n_layers), device=device, dtype=dtype, seed=seed, vary_norms=True)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
