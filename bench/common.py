@@ -244,6 +244,18 @@ def flush_cache(device: str | torch.device) -> None:
     _flush_buffer(str(torch.device(device))).zero_()
 
 
+def sync(device: str | torch.device) -> None:
+    """Wait for queued GPU work (no-op on a CPU), so wall-clock timings are real."""
+    if is_cuda(device):
+        torch.cuda.synchronize()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters, each shared tensor (a tied lm_head) counted once."""
+    unique = {id(p): p for p in model.parameters()}
+    return sum(p.numel() * p.element_size() for p in unique.values())
+
+
 def time_cuda(
     fn: Callable[[], Any],
     warmup: int = 10,

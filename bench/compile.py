@@ -158,10 +158,6 @@ def make_case(checkpoint: str | None, device: str, dtype: torch.dtype, prefill_l
     return case
 
 
-def _sync(device: str) -> None:
-    if common.is_cuda(device):
-        torch.cuda.synchronize()
-
 
 def build_eager(case: Case) -> Built:
     from export.kv_step import KVCacheStep
@@ -188,7 +184,7 @@ def build_torch_compile(case: Case, mode: str) -> Built:
         for phase in PHASES:
             t0 = time.perf_counter()
             call(*case.inputs[phase])
-            _sync(case.device)
+            common.sync(case.device)
             seconds[f"compile {phase}"] = time.perf_counter() - t0
     note = "no CUDA graphs on a CPU" if mode == "reduce-overhead" and not cuda_graphs else ""
     return Built({p: call for p in PHASES}, seconds, note)
@@ -334,7 +330,7 @@ def run_variant(case: Case, name: str, warmup: int, iters: int) -> list[dict[str
     with torch.no_grad():
         for phase in PHASES:
             got = _logits(built.steps[phase](*case.inputs[phase])).to(torch.float32).cpu()
-            _sync(case.device)
+            common.sync(case.device)
             want = case.reference[phase]
             err = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
             try:

@@ -59,15 +59,10 @@ LOGIT_STEPS = 8  # first decode steps whose logits are compared with the referen
 
 def weight_bytes_per_token(model) -> int:
     """Bytes every decode step reads: each parameter once, the embedding table only one row."""
-    seen, total = set(), 0
+    total = common.weight_bytes(model)
     emb = model.model.embed_tokens.weight
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel() * p.element_size()
     if not model.config.tie_word_embeddings:  # a tied table is read in full by lm_head
-        total -= emb.numel() * emb.element_size() - emb.shape[1] * emb.element_size()
+        total -= (emb.shape[0] - 1) * emb.shape[1] * emb.element_size()
     return total
 
 
@@ -132,10 +127,10 @@ def time_hf(hf, prompt, new_tokens: int, device) -> tuple[torch.Tensor, float, f
               attention_mask=torch.ones_like(prompt))
 
     def run(n):
-        common_sync(device)
+        common.sync(device)
         t0 = time.perf_counter()
         out = hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, **kw)
-        common_sync(device)
+        common.sync(device)
         return out, time.perf_counter() - t0
 
     run(2)  # warm up (static cache allocation, kernels)
@@ -143,10 +138,6 @@ def time_hf(hf, prompt, new_tokens: int, device) -> tuple[torch.Tensor, float, f
     out, tn = run(new_tokens)
     return out, t1, max(tn - t1, 1e-9)
 
-
-def common_sync(device) -> None:
-    if common.is_cuda(device):
-        torch.cuda.synchronize()
 
 
 def _generate(name: str, model, gen, ref: Reference, prompt, n: int, device, on_logits=None):

@@ -602,10 +602,6 @@ def _status(e: BaseException) -> str:
     return f"FAILED: {type(e).__name__}: {msg}"[:400]
 
 
-def _sync(device: str) -> None:
-    if common.is_cuda(device):
-        torch.cuda.synchronize()
-
 
 def run_case(case: dict[str, Any], variants: list[Variant], checker: ReferenceCheck, warmup: int,
              iters: int) -> list[dict[str, Any]]:
@@ -636,7 +632,7 @@ def run_case(case: dict[str, Any], variants: list[Variant], checker: ReferenceCh
                     warnings.simplefilter("always")
                     t0 = time.perf_counter()
                     got = fn()
-                    _sync(device)
+                    common.sync(device)
                 row["first_call_s"] = time.perf_counter() - t0
                 row.update(checker.check(got, label))
                 del got
@@ -960,11 +956,11 @@ def profile(out_dir: Path, s: Setup, rows: list[dict[str, Any]], variants: list[
             with v.ctx() if v.ctx else contextlib.nullcontext():
                 fn = v.make(case)
                 fn()  # compiled / autotuned already in this process; settle outside the label
-                _sync(s.device)
+                common.sync(s.device)
                 with torch.profiler.record_function(f"variant {v.name}"):
                     for _ in range(3):
                         fn()
-                    _sync(s.device)
+                    common.sync(s.device)
     path = out_dir / f"flash_attention_profile_{mask}_S{S}.json"
     prof.export_chrome_trace(str(path))
     sort = "self_cpu_time_total" if cpu else "self_device_time_total"

@@ -282,15 +282,6 @@ def build_model(preset: str, n_layers: Optional[int], weights: str, device: str,
     return random_model(model_config(preset, n_layers), device=device, dtype=dtype, seed=seed, vary_norms=True)
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel() * p.element_size()
-    return total
-
-
 @dataclass(frozen=True)
 class EngineSettings:
     block_size: int
@@ -820,7 +811,7 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
     model = build_model(opts.preset, opts.n_layers, opts.weights, opts.device, opts.dtype, opts.seed, opts.checkpoint)
     settings = resolve_settings(opts, model)
     vocab = model.config.vocab_size
-    wbytes = weight_bytes(model)
+    wbytes = common.weight_bytes(model)
     model_name = opts.checkpoint or (opts.preset + (f" ({model.config.n_layers} layers)" if opts.n_layers else ""))
     model_desc = (f"{model_name}, {opts.weights if not opts.checkpoint else 'checkpoint'} weights, "
                   f"{common.dtype_name(opts.dtype)}, {wbytes / 2**20:,.1f} MiB of weights, vocab {vocab}")

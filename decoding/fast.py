@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from decoding.generate import ContextLengthError, GenerationResult
+from decoding.generate import ContextLengthError, GenerationResult, _sync
 from decoding.sampling import sample
 
 
@@ -85,8 +85,7 @@ class FastGenerator:
             t0 = time.perf_counter()
             with torch.inference_mode():
                 self._steps[batch_size] = _DecodeStep(self._fn, batch_size, self.device, self.cuda_graph)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            _sync(self.device)
             self.capture_s[batch_size] = time.perf_counter() - t0
         return self._steps[batch_size]
 
@@ -112,8 +111,7 @@ class FastGenerator:
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         tokens = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=self.device)
         tokens[:, :T] = prompt
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda *a: None)
-        sync()
+        _sync(self.device)
         t0 = time.perf_counter()
         logits = self.model(prompt, torch.arange(T, device=self.device))[:, -1]
         for i in range(max_new_tokens):
@@ -122,11 +120,11 @@ class FastGenerator:
             nxt = sample(logits, temperature, top_k, top_p, generator)
             tokens[:, T + i] = nxt
             if i == 0:
-                sync()
+                _sync(self.device)
                 t_first = time.perf_counter()
             if i + 1 < max_new_tokens:
                 logits = step(nxt, T + i)
-        sync()
+        _sync(self.device)
         t_end = time.perf_counter()
         return GenerationResult(tokens=tokens, new_ids=tokens[:, T:].tolist(), prefill_s=t_first - t0,
                                 decode_s=t_end - t_first, n_new=max_new_tokens)
