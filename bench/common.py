@@ -152,13 +152,13 @@ def results_dir(command_name: str, device: str | torch.device | None = None) -> 
     return path
 
 
-def command_line(command_name: str, argv: Sequence[str] | None = None) -> str:
-    """How to rerun this benchmark: `bazel run //bench:x -- ...` or `python3 -m bench.x ...`."""
+def command_line(command_name: str, argv: Sequence[str] | None = None, package: str = "bench") -> str:
+    """How to rerun this binary: `bazel run //bench:x -- ...` or `python3 -m bench.x ...` (or `package`'s)."""
     args = list(sys.argv[1:] if argv is None else argv)
     tail = (" " + shlex.join(args)) if args else ""
     if os.environ.get("BUILD_WORKSPACE_DIRECTORY"):
-        return f"bazel run //bench:{command_name}" + (" --" + tail if args else "")
-    return f"python3 -m bench.{command_name}" + tail
+        return f"bazel run //{package}:{command_name}" + (" --" + tail if args else "")
+    return f"python3 -m {package}.{command_name}" + tail
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str | None:

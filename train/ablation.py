@@ -87,7 +87,7 @@ def main(argv):
     cols = ["variant", "batch_size", "grad_accum", "tokens_per_s", "speedup_vs_first", "peak_memory_gib",
             "compile_seconds", "final_heldout_loss"]
     common.print_table(rows, cols)
-    cmd = common.command_line("ablation").replace("//bench:", "//train:").replace("bench.", "train.")
+    cmd = common.command_line("ablation", package="train")
     summary = [{"name": f"train_ablation/{FLAGS.preset}/{r['variant']}/tokens_per_s", "value": r["tokens_per_s"],
                 "unit": "tok/s"} for r in rows]
     common.write_results(out, "train_ablation", rows, summary, command=cmd, device=device)
