@@ -14,8 +14,12 @@ Two faces, chosen once per call, visibly:
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
+
+from kernels import _triton
 
 FLASH_DECODE_DTYPES = (torch.float16, torch.bfloat16)
 FLASH_DECODE_HEAD_DIMS = (64, 128)
@@ -38,8 +42,6 @@ def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int) 
 
 def use_flash(q: torch.Tensor) -> bool:
     """The flash face runs here: a Triton-capable tensor of a dtype and head size the kernels take."""
-    from kernels import _triton
-
     return _triton.can_run(q) and q.dtype in FLASH_DECODE_DTYPES and q.shape[-1] in FLASH_DECODE_HEAD_DIMS
 
 
@@ -60,8 +62,8 @@ class _Split:
         if pre:
             self.pre_rows = torch.cat([torch.arange(qsl[r], qsl[r + 1], device=device) for r in pre])
             q_lens, k_lens = [n_new[r] for r in pre], [lens[r] for r in pre]
-            self.cu_q = torch.tensor([0] + _cumsum(q_lens), dtype=torch.int32, device=device)
-            self.cu_k = torch.tensor([0] + _cumsum(k_lens), dtype=torch.int32, device=device)
+            self.cu_q = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32, device=device)
+            self.cu_k = torch.tensor([0, *itertools.accumulate(k_lens)], dtype=torch.int32, device=device)
             self.max_q, self.max_k = max(q_lens), max(k_lens)
             # Flat cache slot of every key of every prefill request, in request order.
             k_lens_t = t(k_lens)
@@ -70,14 +72,6 @@ class _Split:
             pos = torch.arange(int(sum(k_lens)), device=device) - start
             blocks = meta.block_tables[req, pos // block_size].long()
             self.key_slots = blocks * block_size + pos % block_size
-
-
-def _cumsum(xs: list[int]) -> list[int]:
-    out, acc = [], 0
-    for x in xs:
-        acc += x
-        out.append(acc)
-    return out
 
 
 def _flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:
