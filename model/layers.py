@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import ops
+from model import decode_attention
 from model.config import ModelConfig
 from model.paged_attention import paged_attention
 
@@ -136,7 +137,9 @@ class Attention(nn.Module):
             return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_heads, S, head_dim)
-        if mask is None:
+        if self.kv_cache is not None and decode_attention.usable(q, k):  # one token: split-KV flash decode
+            y = decode_attention.attend(q, k, v, input_pos)
+        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)

@@ -1,0 +1,47 @@
+"""One-token attention over the contiguous StaticKVCache through our split-KV Triton kernel.
+
+A decode step (T = 1) with SDPA and a position mask reads the whole max_seq_len cache and,
+with grouped-query heads and a mask, runs PyTorch's math path: about ten small kernels per
+layer. kernels.flash_decode reads only the valid prefix in two launches, takes the GQA
+heads without expanding K/V, and is graph-safe (lengths live on the device). It is wrapped
+as the custom op lab::flash_decode so torch.compile keeps it as one opaque call. Exports
+(torch.export, AOTInductor, ONNX) keep SDPA: their runtimes cannot call a Python op.
+LAB_ATTENTION=sdpa turns it off (to compare, or to rule it out).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels import _triton
+
+DTYPES = (torch.float16, torch.bfloat16)
+HEAD_DIMS = (64, 128)
+
+
+def usable(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """True if a (B, Hq, 1, D) query and its cache can take the flash decode path here and now."""
+    return (q.shape[2] == 1 and q.dtype in DTYPES and k_cache.dtype == q.dtype and q.shape[-1] in HEAD_DIMS and _triton.can_run(q)
+            and os.environ.get("LAB_ATTENTION", "auto") != "sdpa" and not torch.compiler.is_exporting())
+
+
+@torch.library.custom_op("lab::flash_decode", mutates_args=())
+def _flash_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     seq_lens: torch.Tensor) -> torch.Tensor:
+    from kernels.flash_decode import flash_decode
+
+    return flash_decode(q, k_cache, v_cache, seq_lens)
+
+
+@_flash_decode_op.register_fake
+def _(q, k_cache, v_cache, seq_lens):
+    return torch.empty_like(q)
+
+
+def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """q (B, Hq, 1, D) at position input_pos (1,) over caches (B, Hkv, S, D) -> (B, Hq, 1, D)."""
+    B = q.shape[0]
+    seq_lens = (input_pos.to(torch.int32) + 1).expand(B).contiguous()
+    return _flash_decode_op(q[:, :, 0].contiguous(), k_cache, v_cache, seq_lens)[:, :, None]

@@ -1,0 +1,69 @@
+"""Decode steps over the StaticKVCache: the split-KV flash decode path against SDPA.
+
+The model's one-token attention goes through kernels.flash_decode (model/decode_attention.py)
+wherever Triton runs; LAB_ATTENTION=sdpa forces the masked SDPA path. Both run the same
+random bf16/fp16 model from the same prefilled cache; the logits of several decode steps
+must agree within 2e-2 of max|logit| for bf16 (8-bit mantissa: each path rounds q, k, v and
+its output once, and the kernel's online softmax sums in another order), 5e-3 for fp16.
+Cache slots past the current position are poisoned, so reading them fails the test.
+Runs on the GPU, or on the CPU through Triton's interpreter (CI sets TRITON_INTERPRET=1).
+"""
+
+import pytest
+import torch
+
+from kernels import _triton
+from model.embedded import random_model
+
+TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def _device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if _triton.HAVE_TRITON and _triton.interpreting():
+        return "cpu"
+    pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+
+
+def _decode_logits(model, prompt, steps, max_seq_len):
+    """Prefill prompt (B, T), then `steps` greedy decode steps; logits (steps, B, V) in fp32."""
+    B, T = prompt.shape
+    model.setup_caches(max_batch_size=B, max_seq_len=max_seq_len)
+    for layer in model.model.layers:  # poison every slot; prefill and decode overwrite what is read
+        layer.self_attn.kv_cache.k_cache.fill_(1e3)
+        layer.self_attn.kv_cache.v_cache.fill_(-1e3)
+    with torch.inference_mode():
+        logits = model(prompt, torch.arange(T, device=prompt.device))[:, -1]
+        out = []
+        for i in range(steps):
+            nxt = logits.argmax(-1, keepdim=True)
+            logits = model(nxt, torch.tensor([T + i], device=prompt.device))[:, -1]
+            out.append(logits.float())
+    model.remove_caches()
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_flash_decode_path_matches_sdpa(dtype, monkeypatch):
+    device = _device()
+    model = random_model("tiny", device=device, dtype=dtype, seed=int(torch.randint(1 << 30, ())),
+                         vary_norms=True, n_layers=2, dim=256, n_heads=4, n_kv_heads=2, head_dim=64)
+    prompt = torch.randint(0, model.config.vocab_size, (2, 11), device=device)
+    got = _decode_logits(model, prompt, steps=4, max_seq_len=64)
+    monkeypatch.setenv("LAB_ATTENTION", "sdpa")
+    want = _decode_logits(model, prompt, steps=4, max_seq_len=64)
+    assert torch.isfinite(got).all() and want.abs().max() > 0.1
+    err = (got - want).abs().max() / want.abs().max()
+    assert err <= TOL[dtype], f"{dtype}: flash decode vs SDPA logits differ by {err:.3g} of max|logit|"
+
+
+def test_sdpa_override_and_export_keep_sdpa(monkeypatch):
+    from model import decode_attention
+
+    q = torch.zeros(1, 4, 1, 64, dtype=torch.bfloat16)
+    monkeypatch.setenv("LAB_ATTENTION", "sdpa")
+    assert not decode_attention.usable(q, q)
+    monkeypatch.delenv("LAB_ATTENTION")
+    assert not decode_attention.usable(q.float(), q.float())  # fp32: SDPA
+    assert not decode_attention.usable(torch.zeros(1, 4, 2, 64, dtype=torch.bfloat16), q)  # two tokens
