@@ -96,6 +96,12 @@ def _seq_bucket(n: int) -> int:
     return max(64, triton.next_power_of_2(max(int(n), 1)))
 
 
+def _coarse_bucket(n: int) -> int:
+    """Varlen autotune key: three length classes. An engine's steps bring ever new maxima;
+    power-of-two buckets made it re-tune (seconds each) in the middle of serving."""
+    return 512 if n <= 512 else 4096 if n <= 4096 else 32768
+
+
 def _tma_ok(*tensors: torch.Tensor) -> bool:
     """TMA descriptors need sm_90+, a 16-byte-aligned base and 16-byte-aligned strides."""
     if TensorDescriptor is None or interpreting():
@@ -468,7 +474,7 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     args = (q, k, v, out, cu_seqlens_q, cu_seqlens_k,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), scale * LOG2E, Hq,
-            _seq_bucket(max_seqlen_q), _seq_bucket(max_seqlen_k))
+            _coarse_bucket(max_seqlen_q), _coarse_bucket(max_seqlen_k))
     consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), UPCAST=interpret_upcast(q))
     fixed = _INTERPRET_META if interpreting() else (
         _SMALL_META if max(max_seqlen_q, max_seqlen_k) <= _SMALL_SEQ else None)
