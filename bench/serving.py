@@ -150,6 +150,9 @@ _define("integer", "cpu_threads", 1, "CPU: torch intra-op threads during the run
         "model's ops are too small to split, and a second thread waiting on a busy core makes steps 10x slower.")
 _define("integer", "check_requests", 4, "Requests of the correctness gate (each policy, before timing).")
 _define("integer", "check_tokens", 32, "Output tokens per gate request, at most.")
+_define("integer", "profile_steps", 0, "After the policies, profile this many steps of a loaded continuous engine "
+        "(torch.profiler; mixed prefill+decode steps told from decode-only ones; top ops in the log, Chrome trace "
+        "serving_profile.json.gz). 0: no profile.")
 _define("boolean", "plot", True, "Write serving.png (throughput, TTFT, TPOT, latency per policy; KV use over time).")
 
 
@@ -705,6 +708,7 @@ class Options:
     seed: int
     plot: bool
     cpu_threads: Optional[int] = 1
+    profile_steps: int = 0
 
 
 def options_from_flags() -> Options:
@@ -751,6 +755,8 @@ def options_from_flags() -> Options:
         v = getattr(FLAGS, name)
         if v is not None and v < 1:
             raise ServingUsageError(f"--{name} must be >= 1, got {v}")
+    if FLAGS.profile_steps < 0:
+        raise ServingUsageError(f"--profile_steps must be >= 0, got {FLAGS.profile_steps}")
     if FLAGS.check_requests < 0:
         raise ServingUsageError(f"--check_requests must be >= 0, got {FLAGS.check_requests}")
     if not 0 < FLAGS.gpu_memory_fraction <= 1:
@@ -762,7 +768,7 @@ def options_from_flags() -> Options:
                     gpu_memory_fraction=FLAGS.gpu_memory_fraction if cuda else None)
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint, policies, num, rate,
                    FLAGS.load, prompt, output, settings, FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed,
-                   FLAGS.plot, FLAGS.cpu_threads)
+                   FLAGS.plot, FLAGS.cpu_threads, FLAGS.profile_steps)
 
 
 def resolve_settings(opts: Options, model) -> EngineSettings:
@@ -914,8 +920,19 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
         if opts.plot:
             paths["png"] = plot(out_dir / "serving.png", rows, results, title)
         log("wrote " + ", ".join(str(p) for p in paths.values()))
+    profile = None
+    if opts.profile_steps:
+        from bench.serving_profile import profile_steps
+
+        reqs = draw_requests(2 * settings.max_num_seqs, opts.prompt, opts.output, vocab, opts.seed + 3)
+        engine = make_engine(model, "continuous", settings)
+        try:
+            log(f"profiling {opts.profile_steps} steps of continuous at full load ...")
+            profile = profile_steps(engine, reqs, settings.max_num_seqs, opts.profile_steps, out_dir, log)
+        finally:
+            close_engine(engine)
     return {"rows": rows, "results": results, "paths": paths, "rate": rate, "checks": checks, "trace": trace,
-            "meta": meta}
+            "meta": meta, "profile": profile}
 
 
 def report_lines(rows: list[dict[str, Any]], settings: EngineSettings, stats: dict[str, float],

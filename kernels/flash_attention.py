@@ -256,7 +256,7 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
                       stride_vb, stride_vh, stride_vn,
                       stride_ob, stride_oh, stride_om,
                       qk_scale, H_Q, S_Q, S_KV,
-                      S_Q_BUCKET, S_KV_BUCKET,  # autotune key only
+                      S_Q_BUCKET, S_KV_BUCKET, BH_BUCKET,  # autotune key only
                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
                       USE_TMA: tl.constexpr, UPCAST: tl.constexpr, M_SLOW: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -331,7 +331,7 @@ def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
 
 
 _KEY = ["S_Q_BUCKET", "S_KV_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL"]
-_flash_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY + ["USE_TMA", "M_SLOW"],
+_flash_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY + ["BH_BUCKET", "USE_TMA", "M_SLOW"],
                                    prune_configs_by={"early_config_prune": _prune})(_flash_fwd_kernel)
 _flash_varlen_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY,
                                       prune_configs_by={"early_config_prune": _prune})(_flash_varlen_kernel)
@@ -419,7 +419,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     args = (q, k, v, out, *descs,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            scale * LOG2E, Hq, S_q, S_kv, _seq_bucket(S_q), _seq_bucket(S_kv))
+            scale * LOG2E, Hq, S_q, S_kv, _seq_bucket(S_q), _seq_bucket(S_kv),
+            triton.next_power_of_2(B * Hq))  # batch x heads: how many tiles fill the GPU
     m_slow = grid_order() == "m_slow"
     consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), USE_TMA=tma, UPCAST=interpret_upcast(q),
                   M_SLOW=m_slow)

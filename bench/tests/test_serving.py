@@ -172,3 +172,15 @@ def test_cli_error_is_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["error: --policies: expected some of static, continuous, chunked, "
                                                "got fifo"]
+
+
+def test_profile_steps_tags_mixed_and_decode_steps(tmp_path):
+    logs = []
+    res = sv.run(_options(policies=["continuous"], profile_steps=12), out_dir=tmp_path, log=logs.append)
+    prof = res["profile"]
+    assert len(prof["mixed"]) + len(prof["decode"]) == 12
+    assert prof["mixed"] and prof["decode"]  # 12 requests on 6 slots: admissions and plain decodes
+    assert all(ms > 0 for ms in prof["mixed"] + prof["decode"])
+    assert prof["trace"].exists() and prof["trace"].stat().st_size > 1000
+    text = "\n".join(logs)
+    assert "top ops by self host time" in text and "aten::" in text
