@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 
 from bench import common
 
