@@ -59,6 +59,16 @@ class _Split:
         t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
         self.dec_reqs, self.dec_rows = t(dec), t([qsl[r] for r in dec])
         self.pre_reqs = pre
+        # The usual order (running decodes, then new prompts) makes each group one run of
+        # requests: then rows are a slice and the kernels write their part of the output in
+        # place, with no gather/scatter of q and out per layer.
+        self.dec_slice = self.pre_slice = None
+        if dec and dec == list(range(dec[0], dec[-1] + 1)):
+            self.dec_slice = slice(qsl[dec[0]], qsl[dec[-1] + 1])
+            self.dec_tables = meta.block_tables[dec[0]:dec[-1] + 1]
+            self.dec_lens = meta.seq_lens[dec[0]:dec[-1] + 1]
+        if pre and pre == list(range(pre[0], pre[-1] + 1)):
+            self.pre_slice = slice(qsl[pre[0]], qsl[pre[-1] + 1])
         if pre:
             self.pre_rows = torch.cat([torch.arange(qsl[r], qsl[r + 1], device=device) for r in pre])
             q_lens, k_lens = [n_new[r] for r in pre], [lens[r] for r in pre]
@@ -84,19 +94,26 @@ def _flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if split is None:
         split = _Split(meta, bs, q.device)
         meta._flash_split = split
-    qt = q[0].transpose(0, 1)  # (N, Hq, D) view
+    qt = q[0].transpose(0, 1).contiguous()  # (N, Hq, D)
     out = torch.empty_like(qt)
-    if split.dec_rows.numel():
+    if split.dec_slice is not None:  # one run of decode requests: read q, write out in place
+        sl = split.dec_slice
+        paged_flash_decode(qt[sl], k_cache, v_cache, split.dec_tables, split.dec_lens, out=out[sl])
+    elif split.dec_rows.numel():
         qd = qt.index_select(0, split.dec_rows)  # (Rd, Hq, D)
         tables = meta.block_tables.index_select(0, split.dec_reqs)
         lens = meta.seq_lens.index_select(0, split.dec_reqs)
         out.index_copy_(0, split.dec_rows, paged_flash_decode(qd, k_cache, v_cache, tables, lens))
     if split.pre_reqs:
-        qp = qt.index_select(0, split.pre_rows)  # (Nq, Hq, D)
         kp = k_cache.view(-1, hkv, d).index_select(0, split.key_slots)  # (Nk, Hkv, D)
         vp = v_cache.view(-1, hkv, d).index_select(0, split.key_slots)
-        op = flash_attention_varlen(qp, kp, vp, split.cu_q, split.cu_k, split.max_q, split.max_k, causal=True)
-        out.index_copy_(0, split.pre_rows, op)
+        args = (split.cu_q, split.cu_k, split.max_q, split.max_k)
+        if split.pre_slice is not None:
+            sl = split.pre_slice
+            flash_attention_varlen(qt[sl], kp, vp, *args, causal=True, out=out[sl])
+        else:
+            qp = qt.index_select(0, split.pre_rows)  # (Nq, Hq, D)
+            out.index_copy_(0, split.pre_rows, flash_attention_varlen(qp, kp, vp, *args, causal=True))
     return out.transpose(0, 1)[None]  # (1, Hq, N, D)
 
 

@@ -27,14 +27,23 @@ def _device():
     pytest.skip("needs a GPU or TRITON_INTERPRET=1")
 
 
+# (start positions, new tokens) per request. The engine's usual order is running decodes,
+# then new prompts (each group one run: sliced in place); the others go through gathers.
+ORDERS = {
+    "prefills_then_decodes": ([0, 9, 0, 17, 30], [7, 5, 1, 1, 1]),  # fresh prefill, chunk after a prefix, decodes
+    "decodes_then_prefills": ([12, 17, 30, 0, 9], [1, 1, 1, 7, 5]),
+    "interleaved": ([12, 0, 17, 9, 30], [1, 7, 1, 5, 1]),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("block_size", [4, 16])
-def test_flash_face_matches_gather_on_a_mixed_step(dtype, block_size):
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_flash_face_matches_gather_on_a_mixed_step(dtype, block_size, order):
     device = _device()
     g = torch.Generator().manual_seed(block_size)
     hq, hkv, d = 4, 2, 64
-    starts = [0, 9, 0, 17, 30]  # fresh prefill, chunk after a prefix, decodes
-    news = [7, 5, 1, 1, 1]
+    starts, news = ORDERS[order]
     lens = [s + n for s, n in zip(starts, news)]
     num_blocks = sum(-(-n // block_size) for n in lens) + 4
     tables = scattered_tables(lens, block_size, num_blocks, seed=3)
@@ -57,6 +66,8 @@ def test_flash_face_matches_gather_on_a_mixed_step(dtype, block_size):
     want = gather_paged_attention(q.float(), k_cache.float(), v_cache.float(), meta)
     got = _flash_paged_attention(q, k_cache, v_cache, meta)
     assert got.shape == want.shape and torch.isfinite(got).all()
+    split = meta._flash_split  # runs of decodes / prefills are sliced in place, others gathered
+    assert (split.dec_slice is not None and split.pre_slice is not None) == (order != "interleaved")
     assert want.abs().max() > 0.1
     err = rel_err(got.float(), want)
     assert err <= TOL[dtype], f"flash vs gather rel err {err:.2e} > {TOL[dtype]}"
