@@ -143,6 +143,8 @@ _define("integer", "max_num_batched_tokens", None, "Token budget per step of sta
         "2048 on a CPU, 16384 on a GPU): a static batch of many prompts, up to --max_num_seqs.")
 _define("integer", "chunk_tokens", None, "Token budget per step of chunked (decodes plus prefill chunks). "
         "Default 512 on a GPU (the engine's), 128 on a CPU.")
+_define("integer", "admission_batch", 1, "Continuous and chunked: once max_num_seqs run, wait until this many slots "
+        "are free before admitting again (prompts join in groups; fewer eager mixed steps). 1: admit at once.")
 _define("integer", "num_blocks", None, "KV blocks, the null block included (small: forces preemption). Default: the "
         "engine's sizing (GPU: --gpu_memory_fraction of free memory; CPU: --max_num_seqs full-length requests).")
 _define("float", "gpu_memory_fraction", 0.9, "GPU: KV budget as a fraction of free memory after the weights.")
@@ -294,10 +296,11 @@ class EngineSettings:
     chunk_tokens: int  # chunked
     num_blocks: Optional[int] = None
     gpu_memory_fraction: Optional[float] = None
+    admission_batch: int = 1  # continuous and chunked
 
     def kwargs(self, policy: str) -> dict[str, Any]:
         kw = dict(block_size=self.block_size, max_num_seqs=self.max_num_seqs,
-                  max_model_len=self.max_model_len,
+                  max_model_len=self.max_model_len, admission_batch=1 if policy == "static" else self.admission_batch,
                   max_num_batched_tokens=self.chunk_tokens if policy == "chunked" else self.max_num_batched_tokens)
         if self.num_blocks is not None:
             kw["num_blocks"] = self.num_blocks
@@ -751,7 +754,7 @@ def options_from_flags() -> Options:
     prompt = dist("prompt", *((48, 4, 144) if cpu else (256, 16, 1024)))
     output = dist("output", *((48, 4, 104) if cpu else (128, 16, 512)))
     for name in ("cpu_threads", "block_size", "max_num_seqs", "max_model_len", "max_num_batched_tokens", "chunk_tokens",
-                 "num_blocks", "check_tokens"):
+                 "num_blocks", "check_tokens", "admission_batch"):
         v = getattr(FLAGS, name)
         if v is not None and v < 1:
             raise ServingUsageError(f"--{name} must be >= 1, got {v}")
@@ -765,7 +768,8 @@ def options_from_flags() -> Options:
     settings = dict(block_size=FLAGS.block_size, max_num_seqs=FLAGS.max_num_seqs or (16 if cpu else 64),
                     max_model_len=FLAGS.max_model_len, max_num_batched_tokens=FLAGS.max_num_batched_tokens,
                     chunk_tokens=FLAGS.chunk_tokens or (128 if cpu else 512), num_blocks=FLAGS.num_blocks,
-                    gpu_memory_fraction=FLAGS.gpu_memory_fraction if cuda else None)
+                    gpu_memory_fraction=FLAGS.gpu_memory_fraction if cuda else None,
+                    admission_batch=FLAGS.admission_batch)
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint, policies, num, rate,
                    FLAGS.load, prompt, output, settings, FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed,
                    FLAGS.plot, FLAGS.cpu_threads, FLAGS.profile_steps)
@@ -779,6 +783,8 @@ def resolve_settings(opts: Options, model) -> EngineSettings:
     if s["max_model_len"] > context:
         raise ServingUsageError(f"--max_model_len {s['max_model_len']} exceeds the model context {context}")
     s["max_num_batched_tokens"] = s["max_num_batched_tokens"] or max(s["max_model_len"], 16384 if cuda else 2048)
+    if s.get("admission_batch", 1) > s["max_num_seqs"]:
+        raise ServingUsageError(f"--admission_batch {s['admission_batch']} exceeds --max_num_seqs {s['max_num_seqs']}")
     longest = opts.prompt.hi + opts.output.hi
     if longest > s["max_model_len"]:
         raise ServingUsageError(f"--prompt_max + --output_max = {longest} tokens exceeds --max_model_len "
@@ -873,7 +879,8 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
         f"{stats['output_p50']:.0f}, max {stats['output_max']}; greedy, EOS ignored\n"
         f"engine: block {settings.block_size}, max_num_seqs {settings.max_num_seqs}, max_model_len "
         f"{settings.max_model_len}, step budget {settings.max_num_batched_tokens} tokens (static, continuous), "
-        f"{settings.chunk_tokens} (chunked), KV {kv}")
+        f"{settings.chunk_tokens} (chunked), KV {kv}"
+        + (f", admission batch {settings.admission_batch}" if settings.admission_batch > 1 else ""))
 
     rows, results = [], []
     for policy in opts.policies:

@@ -50,6 +50,7 @@ class LLMEngine:
     (`fuse_projections`; this changes the model's state-dict keys) and replays decode-only
     steps from CUDA graphs per bucketed batch size (`cuda_graph`; needs fp16/bf16 and head
     dim 64 or 128, the flash-decode kernel's). Pass False to run every step eagerly.
+    admission_batch > 1: a full engine admits new prompts in groups (scheduler.SchedulerConfig).
     """
 
     def __init__(self, model, tokenizer=None, *, policy: str = "chunked", block_size: int = 16,
@@ -57,7 +58,8 @@ class LLMEngine:
                  gpu_memory_fraction: Optional[float] = None, kv_dtype: Optional[torch.dtype] = None,
                  max_num_seqs: int = 64, max_num_batched_tokens: Optional[int] = None,
                  max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
-                 cuda_graph: Optional[bool] = None, fuse_projections: Optional[bool] = None):
+                 cuda_graph: Optional[bool] = None, fuse_projections: Optional[bool] = None,
+                 admission_batch: int = 1):
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config
         weight = model.model.embed_tokens.weight
@@ -82,8 +84,8 @@ class LLMEngine:
             self.capacity = kv_capacity(config, dtype, budget, block_size)
         self.paged_kv = PagedKVCache.allocate(config, self.capacity.num_blocks, block_size, dtype, device)
         self.pool = BlockPool(self.capacity.num_blocks, block_size, enable_prefix_caching)
-        self.scheduler = Scheduler(SchedulerConfig(policy, max_num_seqs, max_num_batched_tokens, max_model_len),
-                                   self.pool)
+        self.scheduler = Scheduler(SchedulerConfig(policy, max_num_seqs, max_num_batched_tokens, max_model_len,
+                                                   admission_batch), self.pool)
         on_gpu = device.type == "cuda"
         if cuda_graph and not on_gpu:
             raise ValueError("cuda_graph=True needs the model on a CUDA device; leave it None on a CPU")

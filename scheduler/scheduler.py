@@ -10,6 +10,12 @@ prefill, everything again after preemption. The policies differ only in two knob
 - "chunked": like continuous, but a prefill may be cut to the budget left (decode
   tokens and prefill chunks share a step).
 
+admission_batch (continuous and chunked; default 1) makes a full engine wait until that
+many sequence slots are free before it admits again, so new prompts join in groups: a
+step that mixes prefills with decodes cannot replay a decode graph and costs several
+decode steps, so a saturated engine pays for fewer of them (at some TTFT; in the spirit
+of vLLM's scheduler_delay_factor). An engine with fewer running admits at once as before.
+
 No tensors here: the KV side is KVCacheManager (block ids), the model side gets a
 SchedulerOutput. When the pool is short, the newest running request is preempted
 (its blocks freed, its counters reset, back to the head of the queue); no request is
@@ -38,10 +44,14 @@ class SchedulerConfig:
     # so the engine requires it >= the model context for "static" and "continuous".
     max_num_batched_tokens: int = 512
     max_model_len: int = 2048  # prompt + outputs never exceed this
+    admission_batch: int = 1  # free sequence slots a running engine waits for before admitting
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {self.policy!r}; choose one of {POLICIES}")
+        if not 1 <= self.admission_batch <= self.max_num_seqs:
+            raise ValueError(f"admission_batch must be in [1, max_num_seqs={self.max_num_seqs}], "
+                             f"got {self.admission_batch}")
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_seqs and max_num_batched_tokens must be >= 1, got "
                              f"{self.max_num_seqs}, {self.max_num_batched_tokens}")
@@ -144,6 +154,8 @@ class Scheduler:
         # 2. Waiting requests, first come first served, while blocks and budget last.
         # Not after a preemption (the pool is tight), and a static batch admits only when empty.
         may_admit = not out.preempted_request_ids and (cfg.policy != "static" or not self.running)
+        if self.running and cfg.max_num_seqs - len(self.running) < cfg.admission_batch:
+            may_admit = False  # admission_batch: let more slots free up, then admit a group
         while may_admit and self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
             hit = self.kv.get_computed_blocks(req.request_id, req.token_ids)

@@ -154,6 +154,8 @@ def test_trace_is_poisson_with_bounded_lengths():
     (["--prompt_min=0"], "--prompt_min/--prompt_max"),
     (["--num_blocks=3"], "cannot hold the longest request"),
     (["--preset=nope"], "unknown preset"),
+    (["--admission_batch=0"], "--admission_batch must be >= 1"),
+    (["--admission_batch=99"], "exceeds --max_num_seqs"),
 ])
 def test_usage_errors(tmp_path, monkeypatch, bad, msg):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
@@ -172,6 +174,14 @@ def test_cli_error_is_one_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == ["error: --policies: expected some of static, continuous, chunked, "
                                                "got fifo"]
+
+
+def test_admission_batch_runs_every_request_with_fewer_admission_steps():
+    base = sv.run(_options(policies=["continuous"]), out_dir=None, log=lambda s: None)
+    grouped = sv.run(_options(policies=["continuous"], settings={"admission_batch": 3}), out_dir=None,
+                     log=lambda s: None)
+    assert grouped["rows"][0]["completed"] == 12
+    assert grouped["results"][0].outputs == base["results"][0].outputs  # fp32 greedy: same tokens
 
 
 def test_profile_steps_tags_mixed_and_decode_steps(tmp_path):

@@ -126,3 +126,22 @@ def test_config_and_params_validation():
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
     assert SamplingParams(stop="x").stop == ("x",)
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked"])
+def test_admission_batch_admits_groups_once_full_and_finishes_everything(policy):
+    def admissions(batch):
+        s = Scheduler(SchedulerConfig(policy, 4, 64, max_model_len=256, admission_batch=batch), BlockPool(256, 4))
+        reqs = [add(s, f"r{i}", 3, 2 + (i * 7) % 11, first=1 + 10 * i) for i in range(20)]
+        steps = drain(s)
+        assert all(r.status == RequestStatus.FINISHED_LENGTH and len(r.output_token_ids) == r.params.max_tokens
+                   for r in reqs)
+        new_per_step = [len(o.new_requests) for o in steps if o.new_requests]
+        return new_per_step
+
+    one, two = admissions(1), admissions(2)
+    assert sum(one) == sum(two) == 20
+    assert max(two[1:]) >= 2 and len(two) < len(one)  # fewer, larger admissions once the engine was full
+    assert all(n >= 2 for n in two[1:-1])  # while full, never one at a time (the last may be a lone straggler)
+    with pytest.raises(ValueError, match="admission_batch"):
+        SchedulerConfig(policy, 4, 64, admission_batch=5)
