@@ -11,7 +11,6 @@ poisoned outside the written slots so a wrong slot shows.
 import pytest
 import torch
 
-from cache import PagedKVCache
 from kernels import _triton
 from model.paged_attention import _flash_paged_attention, gather_paged_attention, write_kv
 from parity.engine_cases import make_meta, rel_err, scattered_tables
