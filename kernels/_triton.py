@@ -22,3 +22,10 @@ def interpreting() -> bool:
 def can_run(t: torch.Tensor) -> bool:
     """True if a Triton kernel can take `t`: CUDA tensors, or CPU tensors when interpreting."""
     return HAVE_TRITON and (t.is_cuda or (interpreting() and t.device.type == "cpu"))
+
+
+def run_device():
+    """Where Triton kernels run on this machine: "cuda", "cpu" under TRITON_INTERPRET=1, else None."""
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if HAVE_TRITON and interpreting() else None

@@ -15,15 +15,12 @@ import os
 
 import torch
 
-from kernels import _triton
-
-DTYPES = (torch.float16, torch.bfloat16)
-HEAD_DIMS = (64, 128)
+from model.paged_attention import use_flash
 
 
 def usable(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """True if a (B, Hq, 1, D) query and its cache can take the flash decode path here and now."""
-    return (q.shape[2] == 1 and q.dtype in DTYPES and k_cache.dtype == q.dtype and q.shape[-1] in HEAD_DIMS and _triton.can_run(q)
+    return (q.shape[2] == 1 and k_cache.dtype == q.dtype and use_flash(q)
             and os.environ.get("LAB_ATTENTION", "auto") != "sdpa" and not torch.compiler.is_exporting())
 
 

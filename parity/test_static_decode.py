@@ -19,11 +19,7 @@ TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 def _device():
-    if torch.cuda.is_available():
-        return "cuda"
-    if _triton.HAVE_TRITON and _triton.interpreting():
-        return "cpu"
-    pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    return _triton.run_device() or pytest.skip("needs a GPU or TRITON_INTERPRET=1")
 
 
 def _decode_logits(model, prompt, steps, max_seq_len):
