@@ -296,11 +296,11 @@ class EngineSettings:
     chunk_tokens: int  # chunked
     num_blocks: Optional[int] = None
     gpu_memory_fraction: Optional[float] = None
-    admission_batch: int = 1  # continuous and chunked
+    admission_batch: int = 1  # continuous and chunked (a static batch admits only when empty anyway)
 
     def kwargs(self, policy: str) -> dict[str, Any]:
         kw = dict(block_size=self.block_size, max_num_seqs=self.max_num_seqs,
-                  max_model_len=self.max_model_len, admission_batch=1 if policy == "static" else self.admission_batch,
+                  max_model_len=self.max_model_len, admission_batch=self.admission_batch,
                   max_num_batched_tokens=self.chunk_tokens if policy == "chunked" else self.max_num_batched_tokens)
         if self.num_blocks is not None:
             kw["num_blocks"] = self.num_blocks
@@ -783,7 +783,7 @@ def resolve_settings(opts: Options, model) -> EngineSettings:
     if s["max_model_len"] > context:
         raise ServingUsageError(f"--max_model_len {s['max_model_len']} exceeds the model context {context}")
     s["max_num_batched_tokens"] = s["max_num_batched_tokens"] or max(s["max_model_len"], 16384 if cuda else 2048)
-    if s.get("admission_batch", 1) > s["max_num_seqs"]:
+    if s.setdefault("admission_batch", 1) > s["max_num_seqs"]:
         raise ServingUsageError(f"--admission_batch {s['admission_batch']} exceeds --max_num_seqs {s['max_num_seqs']}")
     longest = opts.prompt.hi + opts.output.hi
     if longest > s["max_model_len"]:
