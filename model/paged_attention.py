@@ -46,9 +46,12 @@ def use_flash(q: torch.Tensor) -> bool:
 
 
 class _Split:
-    """A step's requests split into decodes (one new token) and prefills, as device indices.
+    """A step's requests split into decodes (one new token) and prefills.
 
-    Built once per step (cached on the metadata object) and shared by every layer.
+    Built once per step (cached on the metadata object) and shared by every layer. The
+    rows of each group are a slice when its requests are one run (the engine's usual
+    order: running decodes, then new prompts), so the kernels read q and write their part
+    of the output in place; otherwise a device index (gathered and scattered per layer).
     """
 
     def __init__(self, meta, block_size: int, device):
@@ -57,20 +60,19 @@ class _Split:
         dec = [r for r, n in enumerate(n_new) if n == 1]
         pre = [r for r, n in enumerate(n_new) if n != 1]
         t = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-        self.dec_reqs, self.dec_rows = t(dec), t([qsl[r] for r in dec])
-        self.pre_reqs = pre
-        # The usual order (running decodes, then new prompts) makes each group one run of
-        # requests: then rows are a slice and the kernels write their part of the output in
-        # place, with no gather/scatter of q and out per layer.
-        self.dec_slice = self.pre_slice = None
-        if dec and dec == list(range(dec[0], dec[-1] + 1)):
-            self.dec_slice = slice(qsl[dec[0]], qsl[dec[-1] + 1])
-            self.dec_tables = meta.block_tables[dec[0]:dec[-1] + 1]
-            self.dec_lens = meta.seq_lens[dec[0]:dec[-1] + 1]
-        if pre and pre == list(range(pre[0], pre[-1] + 1)):
-            self.pre_slice = slice(qsl[pre[0]], qsl[pre[-1] + 1])
+
+        def rows(reqs):
+            if reqs == list(range(reqs[0], reqs[-1] + 1)):
+                return slice(qsl[reqs[0]], qsl[reqs[-1] + 1])
+            return torch.cat([torch.arange(qsl[r], qsl[r + 1], device=device) for r in reqs])
+
+        self.dec_rows = rows(dec) if dec else None
+        if dec:
+            run = isinstance(self.dec_rows, slice)
+            sel = slice(dec[0], dec[-1] + 1) if run else t(dec)
+            self.dec_tables, self.dec_lens = meta.block_tables[sel], meta.seq_lens[sel]
+        self.pre_rows = rows(pre) if pre else None
         if pre:
-            self.pre_rows = torch.cat([torch.arange(qsl[r], qsl[r + 1], device=device) for r in pre])
             q_lens, k_lens = [n_new[r] for r in pre], [lens[r] for r in pre]
             self.cu_q = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32, device=device)
             self.cu_k = torch.tensor([0, *itertools.accumulate(k_lens)], dtype=torch.int32, device=device)
@@ -84,6 +86,14 @@ class _Split:
             self.key_slots = blocks * block_size + pos % block_size
 
 
+def _run_rows(kernel, qt: torch.Tensor, out: torch.Tensor, rows) -> None:
+    """out[rows] = kernel(qt[rows], out=...): in place for a slice, gather/scatter for an index."""
+    if isinstance(rows, slice):
+        kernel(qt[rows], out=out[rows])
+    else:
+        out.index_copy_(0, rows, kernel(qt.index_select(0, rows)))
+
+
 def _flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:
     """Decodes through paged flash decode, prefills through varlen flash attention. (1, Hq, N, D)."""
     from kernels.flash_attention import flash_attention_varlen
@@ -94,26 +104,17 @@ def _flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if split is None:
         split = _Split(meta, bs, q.device)
         meta._flash_split = split
-    qt = q[0].transpose(0, 1).contiguous()  # (N, Hq, D)
+    qt = q[0].transpose(0, 1)  # (N, Hq, D) view
     out = torch.empty_like(qt)
-    if split.dec_slice is not None:  # one run of decode requests: read q, write out in place
-        sl = split.dec_slice
-        paged_flash_decode(qt[sl], k_cache, v_cache, split.dec_tables, split.dec_lens, out=out[sl])
-    elif split.dec_rows.numel():
-        qd = qt.index_select(0, split.dec_rows)  # (Rd, Hq, D)
-        tables = meta.block_tables.index_select(0, split.dec_reqs)
-        lens = meta.seq_lens.index_select(0, split.dec_reqs)
-        out.index_copy_(0, split.dec_rows, paged_flash_decode(qd, k_cache, v_cache, tables, lens))
-    if split.pre_reqs:
+    if split.dec_rows is not None:
+        _run_rows(lambda x, out=None: paged_flash_decode(x, k_cache, v_cache, split.dec_tables, split.dec_lens,
+                                                         out=out), qt, out, split.dec_rows)
+    if split.pre_rows is not None:
         kp = k_cache.view(-1, hkv, d).index_select(0, split.key_slots)  # (Nk, Hkv, D)
         vp = v_cache.view(-1, hkv, d).index_select(0, split.key_slots)
-        args = (split.cu_q, split.cu_k, split.max_q, split.max_k)
-        if split.pre_slice is not None:
-            sl = split.pre_slice
-            flash_attention_varlen(qt[sl], kp, vp, *args, causal=True, out=out[sl])
-        else:
-            qp = qt.index_select(0, split.pre_rows)  # (Nq, Hq, D)
-            out.index_copy_(0, split.pre_rows, flash_attention_varlen(qp, kp, vp, *args, causal=True))
+        _run_rows(lambda x, out=None: flash_attention_varlen(x, kp, vp, split.cu_q, split.cu_k, split.max_q,
+                                                             split.max_k, causal=True, out=out),
+                  qt, out, split.pre_rows)
     return out.transpose(0, 1)[None]  # (1, Hq, N, D)
 
 
