@@ -258,17 +258,13 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
                       qk_scale, H_Q, S_Q, S_KV,
                       S_Q_BUCKET, S_KV_BUCKET, BH_BUCKET,  # autotune key only
                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                      USE_TMA: tl.constexpr, UPCAST: tl.constexpr, M_SLOW: tl.constexpr,
+                      USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (cdiv(S_q, BLOCK_M), B * Hq), or (B * Hq, cdiv(S_q, BLOCK_M)) with M_SLOW (query
-    tiles the slow axis: with causal, every head's heaviest tile in the first waves, the
-    lightest in the tail). Last dim of every tensor has stride 1."""
-    if M_SLOW:
-        pid_m, pid_bh, num_m = tl.program_id(1), tl.program_id(0), tl.num_programs(1)
-    else:
-        pid_m, pid_bh, num_m = tl.program_id(0), tl.program_id(1), tl.num_programs(0)
+    """Grid (cdiv(S_q, BLOCK_M), B * Hq). Last dim of every tensor has stride 1."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
     if IS_CAUSAL:  # heaviest query tiles first
-        pid_m = num_m - 1 - pid_m
+        pid_m = tl.num_programs(0) - 1 - pid_m
     b = pid_bh // H_Q
     h = pid_bh % H_Q
     h_kv = h // GROUP
@@ -331,7 +327,7 @@ def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
 
 
 _KEY = ["S_Q_BUCKET", "S_KV_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL"]
-_flash_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY + ["BH_BUCKET", "USE_TMA", "M_SLOW"],
+_flash_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY + ["BH_BUCKET", "USE_TMA"],
                                    prune_configs_by={"early_config_prune": _prune})(_flash_fwd_kernel)
 _flash_varlen_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY,
                                       prune_configs_by={"early_config_prune": _prune})(_flash_varlen_kernel)
@@ -366,15 +362,6 @@ def _check_common(name: str, q, k, v, out, q_rank: int, head_axis: int) -> list[
 def _raise(name: str, problems: list[str]) -> None:
     if problems:
         raise ValueError(f"{name}: " + "; ".join(problems))
-
-
-def grid_order() -> str:
-    """Launch order of flash_attention's programs: "m_fast" (default: a head's query tiles
-    side by side) or "m_slow" (query tiles the slow axis); LAB_FA_GRID overrides, to A/B time."""
-    order = os.environ.get("LAB_FA_GRID", "m_fast")
-    if order not in ("m_fast", "m_slow"):
-        raise ValueError(f"LAB_FA_GRID must be m_fast or m_slow, got {order!r}")
-    return order
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -421,14 +408,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             scale * LOG2E, Hq, S_q, S_kv, _seq_bucket(S_q), _seq_bucket(S_kv),
             triton.next_power_of_2(B * Hq))  # batch x heads: how many tiles fill the GPU
-    m_slow = grid_order() == "m_slow"
-    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), USE_TMA=tma, UPCAST=interpret_upcast(q),
-                  M_SLOW=m_slow)
-
-    def grid(meta):
-        tiles = triton.cdiv(S_q, meta["BLOCK_M"])
-        return (B * Hq, tiles) if m_slow else (tiles, B * Hq)
-
+    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), USE_TMA=tma, UPCAST=interpret_upcast(q))
+    grid = lambda meta: (triton.cdiv(S_q, meta["BLOCK_M"]), B * Hq)  # noqa: E731
     with device_guard(q):
         if fixed:
             _flash_fwd_kernel[grid(fixed)](*args, **consts, **fixed)
