@@ -20,8 +20,11 @@ from model.paged_attention import use_flash
 
 def usable(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """True if a (B, Hq, 1, D) query and its cache can take the flash decode path here and now."""
-    return (q.shape[2] == 1 and k_cache.dtype == q.dtype and use_flash(q)
-            and os.environ.get("LAB_ATTENTION", "auto") != "sdpa" and not torch.compiler.is_exporting())
+    choice = os.environ.get("LAB_ATTENTION", "auto")
+    if choice not in ("auto", "sdpa"):
+        raise ValueError(f"LAB_ATTENTION must be auto or sdpa, got {choice!r}")
+    return (choice == "auto" and q.shape[2] == 1 and k_cache.dtype == q.dtype and use_flash(q)
+            and not torch.compiler.is_exporting())
 
 
 @torch.library.custom_op("lab::flash_decode", mutates_args=())

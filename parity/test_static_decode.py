@@ -63,3 +63,6 @@ def test_sdpa_override_and_export_keep_sdpa(monkeypatch):
     monkeypatch.delenv("LAB_ATTENTION")
     assert not decode_attention.usable(q.float(), q.float())  # fp32: SDPA
     assert not decode_attention.usable(torch.zeros(1, 4, 2, 64, dtype=torch.bfloat16), q)  # two tokens
+    monkeypatch.setenv("LAB_ATTENTION", "spda")
+    with pytest.raises(ValueError, match="LAB_ATTENTION must be auto or sdpa"):
+        decode_attention.usable(q, q)
