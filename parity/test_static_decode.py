@@ -3,8 +3,11 @@
 The model's one-token attention goes through kernels.flash_decode (model/decode_attention.py)
 wherever Triton runs; LAB_ATTENTION=sdpa forces the masked SDPA path. Both run the same
 random bf16/fp16 model from the same prefilled cache; the logits of several decode steps
-must agree within 2e-2 of max|logit| for bf16 (8-bit mantissa: each path rounds q, k, v and
-its output once, and the kernel's online softmax sums in another order), 5e-3 for fp16.
+must agree within 3e-2 of max|logit| for bf16 (8-bit mantissa, eps 7.8e-3: each path rounds
+q, k, v and its output once, the kernel's online softmax sums in another order, and two layers
+compound it; 30 seeds measured at most 1.7e-2, so 3e-2 is about four ulps at the top logit),
+5e-3 for fp16 (eps 9.8e-4; 30 seeds measured at most 1.8e-3). Both paths are fed the same
+decode tokens: greedy inputs would let a near-tie argmax send them down different sequences.
 Cache slots past the current position are poisoned, so reading them fails the test.
 Runs on the GPU, or on the CPU through Triton's interpreter (CI sets TRITON_INTERPRET=1).
 """
@@ -15,15 +18,19 @@ import torch
 from kernels import _triton
 from model.embedded import random_model
 
-TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
+TOL = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
 def _device():
     return _triton.run_device() or pytest.skip("needs a GPU or TRITON_INTERPRET=1")
 
 
-def _decode_logits(model, prompt, steps, max_seq_len):
-    """Prefill prompt (B, T), then `steps` greedy decode steps; logits (steps, B, V) in fp32."""
+def _decode_logits(model, prompt, tokens, max_seq_len):
+    """Prefill prompt (B, T), then feed tokens (B, steps) one per step; logits (steps, B, V) in fp32.
+
+    The decode inputs are fixed, not greedy: a near-tie argmax that flips between the two paths
+    would feed them different tokens and compare unrelated logits.
+    """
     B, T = prompt.shape
     model.setup_caches(max_batch_size=B, max_seq_len=max_seq_len)
     for layer in model.model.layers:  # poison every slot; prefill and decode overwrite what is read
@@ -32,9 +39,8 @@ def _decode_logits(model, prompt, steps, max_seq_len):
     with torch.inference_mode():
         logits = model(prompt, torch.arange(T, device=prompt.device))[:, -1]
         out = []
-        for i in range(steps):
-            nxt = logits.argmax(-1, keepdim=True)
-            logits = model(nxt, torch.tensor([T + i], device=prompt.device))[:, -1]
+        for i in range(tokens.shape[1]):
+            logits = model(tokens[:, i:i + 1], torch.tensor([T + i], device=prompt.device))[:, -1]
             out.append(logits.float())
     model.remove_caches()
     return torch.stack(out)
@@ -46,9 +52,10 @@ def test_flash_decode_path_matches_sdpa(dtype, monkeypatch):
     model = random_model("tiny", device=device, dtype=dtype, seed=int(torch.randint(1 << 30, ())),
                          vary_norms=True, n_layers=2, dim=256, n_heads=4, n_kv_heads=2, head_dim=64)
     prompt = torch.randint(0, model.config.vocab_size, (2, 11), device=device)
-    got = _decode_logits(model, prompt, steps=4, max_seq_len=64)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 4), device=device)
+    got = _decode_logits(model, prompt, tokens, max_seq_len=64)
     monkeypatch.setenv("LAB_ATTENTION", "sdpa")
-    want = _decode_logits(model, prompt, steps=4, max_seq_len=64)
+    want = _decode_logits(model, prompt, tokens, max_seq_len=64)
     assert torch.isfinite(got).all() and want.abs().max() > 0.1
     err = (got - want).abs().max() / want.abs().max()
     assert err <= TOL[dtype], f"{dtype}: flash decode vs SDPA logits differ by {err:.3g} of max|logit|"
