@@ -86,17 +86,22 @@ def precompute_rope(config: ModelConfig, seq_len: int, device=None) -> tuple[tor
     return emb.cos(), emb.sin()
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Map the halves (x1, x2) of the last dim to (-x2, x1)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """(..., head_dim) HF sin table (equal halves s, s) -> (-s, s), the table apply_rope takes."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, H, T, head_dim) by position tables cos/sin (T, head_dim)."""
-    cos = cos.to(x.dtype)[None, None]  # (1, 1, T, head_dim)
-    sin = sin.to(x.dtype)[None, None]
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, head_dim) by tables (T, head_dim): cos and signed_sin(sin).
+
+    x * cos + roll(x, head_dim / 2) * (-s, s) is HF's x * cos + rotate_half(x) * sin to the
+    bit (negation is exact), in 4 ops instead of ~10 (no chunk, neg, cat per call). The
+    tables are cast to x's dtype unless they already match (the model casts them once).
+    """
+    if cos.dtype != x.dtype:
+        cos, sin_signed = cos.to(x.dtype), sin_signed.to(x.dtype)
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_signed
 
 
 class Attention(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 from cache.static_cache import StaticKVCache
 from kernels import ops
 from model.config import ModelConfig
-from model.layers import MLP, Attention, RMSNorm, make_linear, precompute_rope
+from model.layers import MLP, Attention, RMSNorm, make_linear, precompute_rope, signed_sin
 
 
 class TransformerBlock(nn.Module):
@@ -104,14 +104,14 @@ class Transformer(nn.Module):
         self.setup_rope(None, paged_kv.k[0].device)
 
     def setup_rope(self, max_seq_len: Optional[int] = None, device=None) -> None:
-        """Build the RoPE cos/sin tables (fp32) for positions < max_seq_len (default config's).
+        """Build the RoPE cos and signed sin tables (fp32) for positions < max_seq_len (default config's).
 
         forward builds them on first use; call this (or setup_caches) before
         torch.export / torch.compile so tracing never sees the lazy path.
         """
         device = device or self.model.embed_tokens.weight.device
-        self.rope_cos, self.rope_sin = precompute_rope(
-            self.config, max_seq_len or self.config.max_seq_len, device)
+        cos, sin = precompute_rope(self.config, max_seq_len or self.config.max_seq_len, device)
+        self.rope_cos, self.rope_sin = cos, signed_sin(sin)  # apply_rope's tables
 
     def remove_caches(self) -> None:
         """Drop the KV caches; forward goes back to plain causal attention."""
@@ -145,7 +145,7 @@ class Transformer(nn.Module):
         if (self.rope_cos is None or self.rope_cos.device != input_ids.device
                 or self.rope_cos.dtype != torch.float32):  # .to(dtype) may have cast them
             self.setup_rope(self.max_seq_len if cached else None, input_ids.device)
-        cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # (T, head_dim)
+        cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # (T, head_dim) fp32
         mask = None  # None = causal over the T given tokens
         if cached:
             key_pos = torch.arange(self.max_seq_len, device=input_ids.device)
@@ -160,6 +160,7 @@ class Transformer(nn.Module):
                 x = x[:, output_index]  # (B, K, dim)
             return self.lm_head(self.model.norm(x))  # (B, T or K, vocab_size)
         residual = None  # inference: fused add + RMSNorm between blocks
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once, not per layer (one residual dtype here)
         for layer in self.model.layers:
             x, residual = layer.forward_residual(x, residual, cos, sin, mask, pos)
         if output_index is not None:

@@ -158,6 +158,8 @@ class LLMEngine:
         for req in self.scheduler.update_from_output(sched, result):
             if req.first_token_time is None:
                 req.first_token_time = now
+            else:
+                req.token_latencies.append(now - req.token_times[-1])
             req.token_times.append(now)
             if not req.status.finished and req.params.stop and self._hit_stop_string(req):
                 self.scheduler.finish_request(req, RequestStatus.FINISHED_STOPPED)
@@ -183,13 +185,12 @@ class LLMEngine:
         return text[:min(cuts)] if cuts else text
 
     def _output(self, req: Request) -> RequestOutput:
-        t = req.token_times
-        return RequestOutput(
+        return RequestOutput(  # copies are C-level list copies; nothing here loops over past tokens
             request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
-            token_ids=list(req.output_token_ids), text=self._text(req), finished=req.status.finished,
+            token_ids=req.output_token_ids, text=self._text(req), finished=req.status.finished,
             finish_reason=req.status.value if req.status.finished else None,
             ttft_s=None if req.first_token_time is None else req.first_token_time - req.arrival_time,
-            token_latencies_s=[b - a for a, b in zip(t, t[1:])], num_preemptions=req.num_preemptions,
+            token_latencies_s=list(req.token_latencies), num_preemptions=req.num_preemptions,
             num_prefix_hit_tokens=req.num_prefix_hit_tokens)
 
 

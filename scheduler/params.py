@@ -46,8 +46,10 @@ class RequestStatus(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
-                        RequestStatus.FINISHED_ABORTED)
+        return self in _FINISHED
+
+
+_FINISHED = frozenset((RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED))
 
 
 @dataclass(eq=False)
@@ -74,6 +76,7 @@ class Request:
     sent_to_runner: bool = False
     first_token_time: Optional[float] = None
     token_times: list[float] = field(default_factory=list)
+    token_latencies: list[float] = field(default_factory=list)  # gaps, appended per token (O(1) a step)
 
     def __post_init__(self):
         self.prompt_token_ids = list(self.prompt_token_ids)

@@ -79,15 +79,11 @@ class ModelRunner:
 
     def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:
         """Logits (R, V) of a decode-only step, replayed from the CUDA graph of its bucket."""
-        ids, positions, slots, tables, seq_lens = [], [], [], [], []
-        for s in sched.scheduled:
-            pos = s.start_pos
-            ids.append(s.token_ids[0])
-            positions.append(pos)
-            slots.extend(slot_mapping(s.block_ids, pos, pos + 1, self.block_size))
-            tables.append(s.block_ids)
-            seq_lens.append(pos + 1)
-        return self.graphs.run(ids, positions, slots, tables, seq_lens)
+        bs, reqs = self.block_size, sched.scheduled
+        positions = [s.start_pos for s in reqs]
+        return self.graphs.run([s.token_ids[0] for s in reqs], positions,
+                               [s.block_ids[p // bs] * bs + p % bs for s, p in zip(reqs, positions)],
+                               [s.block_ids for s in reqs], [p + 1 for p in positions])
 
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, int]:
         rids = [s.request_id for s in sched.scheduled if s.sample]

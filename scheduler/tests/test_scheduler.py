@@ -145,3 +145,32 @@ def test_admission_batch_admits_groups_once_full_and_finishes_everything(policy)
     assert all(n >= 2 for n in two[1:-1])  # while full, never one at a time (the last may be a lone straggler)
     with pytest.raises(ValueError, match="admission_batch"):
         SchedulerConfig(policy, 4, 64, admission_batch=5)
+
+
+def test_graph_host_staging_writes_every_element():
+    """DecodeGraphs' host staging (numpy views): real rows as given, padding rows null, nothing stale."""
+    import random
+
+    import numpy as np
+
+    from scheduler.graphs import fill_host
+
+    rng = random.Random()
+    size, max_blocks, bs, null = 8, 12, 16, 0
+    for r in (size, 5, 1):
+        tables = [[rng.randrange(1, 500) for _ in range(rng.randint(1, max_blocks))] for _ in range(r)]
+        positions = [rng.randrange(len(t) * bs) for t in tables]
+        ids = [rng.randrange(1000) for _ in range(r)]
+        slots = [t[p // bs] * bs + p % bs for t, p in zip(tables, positions)]
+        lens = [p + 1 for p in positions]
+        longs = np.full((3, size), -7, dtype=np.int64)  # poisoned: every element must be written
+        tabs = np.full((size, max_blocks), -7, dtype=np.int32)
+        lens_a = np.full(size, -7, dtype=np.int32)
+        fill_host(longs, tabs, lens_a, ids, positions, slots, tables, lens, null, bs)
+        want_tabs = np.full((size, max_blocks), null, dtype=np.int32)
+        for i, t in enumerate(tables):
+            want_tabs[i, :len(t)] = t
+        pad = size - r
+        assert longs[0].tolist() == ids + [0] * pad and longs[1].tolist() == positions + [0] * pad
+        assert longs[2].tolist() == slots + [null * bs] * pad
+        assert (tabs == want_tabs).all() and lens_a.tolist() == lens + [1] * pad
