@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from cache import PagedAttentionMetadata, PagedKVCache
+from cache import PagedKVCache
 from kernels.attention_ref import paged_decode_ref
 from model.paged_attention import gather_kv, paged_attention
 from parity.engine_cases import make_meta, make_tiny_model, rel_err, scattered_tables
@@ -66,7 +66,7 @@ def test_gather_attention_matches_contiguous(block_size):
 
 def test_gather_decode_matches_paged_decode_ref():
     torch.manual_seed(1)
-    hq, hkv, d, bs = 4, 2, 16, 4
+    hq, d, bs = 4, 16, 4  # _Cfg has 2 KV heads
     lens = [1, 9, 17]
     tables = scattered_tables(lens, bs, 16, seed=3)
     cache = PagedKVCache.allocate(_Cfg, 16, bs, torch.float32)
