@@ -33,13 +33,21 @@ class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]
     token_ids: list[int]  # generated ids (a stop token is kept, as decoding.generate does)
-    text: Optional[str]  # decoded generated text, cut before a matched stop string; None without tokenizer
     finished: bool
     finish_reason: Optional[str]  # "stop", "length", "abort"
     ttft_s: Optional[float]  # arrival -> first token
     token_latencies_s: list[float] = field(default_factory=list)  # gaps between consecutive tokens
     num_preemptions: int = 0
     num_prefix_hit_tokens: int = 0
+    # Makes `text` on first read: an engine step decodes nothing for outputs nobody reads.
+    text_fn: Optional[Callable[[], Optional[str]]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def text(self) -> Optional[str]:
+        """Decoded generated text, cut before a matched stop string; None without a tokenizer."""
+        if self.text_fn is not None:
+            self._text, self.text_fn = self.text_fn(), None
+        return getattr(self, "_text", None)
 
 
 class LLMEngine:
@@ -177,17 +185,18 @@ class LLMEngine:
         text = self.tokenizer.decode(req.output_token_ids)  # uncut; re-decoded each token (O(n^2))
         return any(s in text for s in req.params.stop)
 
-    def _text(self, req: Request) -> Optional[str]:
+    def _text(self, ids: list[int], stop: Sequence[str]) -> Optional[str]:
         if self.tokenizer is None:
             return None
-        text = self.tokenizer.decode(req.output_token_ids)
-        cuts = [text.find(s) for s in req.params.stop if s in text]
+        text = self.tokenizer.decode(ids)
+        cuts = [text.find(s) for s in stop if s in text]
         return text[:min(cuts)] if cuts else text
 
     def _output(self, req: Request) -> RequestOutput:
-        return RequestOutput(  # copies are C-level list copies; nothing here loops over past tokens
+        ids, stop = req.output_token_ids, req.params.stop  # copies are C-level; no loop over past tokens
+        return RequestOutput(
             request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
-            token_ids=req.output_token_ids, text=self._text(req), finished=req.status.finished,
+            token_ids=ids, text_fn=lambda: self._text(ids, stop), finished=req.status.finished,
             finish_reason=req.status.value if req.status.finished else None,
             ttft_s=None if req.first_token_time is None else req.first_token_time - req.arrival_time,
             token_latencies_s=list(req.token_latencies), num_preemptions=req.num_preemptions,
