@@ -24,23 +24,16 @@ from scheduler.engine import LLMEngine
 from scheduler.outputs import ModelRunnerOutput
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokenizer", help="tokenizer file or folder (model.tokenizer.load_tokenizer)")
-    args = ap.parse_args()
-    tok = None
-    if args.tokenizer:
-        from model.tokenizer import load_tokenizer
-
-        tok = load_tokenizer(args.tokenizer)
+def measure(tok=None, num_requests: int = 256, seed: int = 0) -> list[float]:
+    """Run the stubbed trace; host milliseconds of each step with >= 60 running."""
     model = random_model("tiny", seed=0, max_seq_len=2048)
     vocab = model.config.vocab_size
     engine = LLMEngine(model, tok, policy="continuous", max_num_seqs=64, max_model_len=2048,
                        num_blocks=64 * 130 + 8, cuda_graph=False, fuse_projections=False)
     engine.runner.execute = lambda sched: ModelRunnerOutput({s.request_id: 7 for s in sched.scheduled if s.sample})
-    rng = random.Random(0)
+    rng = random.Random(seed)
     want = {}
-    for _ in range(256):
+    for _ in range(num_requests):
         n = rng.randint(64, 1024)
         rid = engine.add_request([rng.randrange(vocab) for _ in range(rng.randint(100, 600))],
                                  SamplingParams(max_tokens=n, ignore_eos=True))
@@ -55,6 +48,19 @@ def main() -> None:
         got.update({o.request_id: len(o.token_ids) for o in outs if o.finished})
     assert got == want, "a request finished with the wrong number of tokens"
     assert engine.pool.num_free_blocks == engine.pool.num_usable_blocks, "blocks left allocated"
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokenizer", help="tokenizer file or folder (model.tokenizer.load_tokenizer)")
+    args = ap.parse_args()
+    tok = None
+    if args.tokenizer:
+        from model.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(args.tokenizer)
+    times = measure(tok)
     print(f"host ms per engine step (>= 60 running, {len(times)} steps, tokenizer "
           f"{type(tok).__name__ if tok else 'none'}): p50 {statistics.median(times):.3f}, "
           f"mean {statistics.mean(times):.3f}; torch {torch.__version__}")
