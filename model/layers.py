@@ -95,13 +95,16 @@ def signed_sin(sin: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """Rotate x (B, H, T, head_dim) by tables (T, head_dim): cos and signed_sin(sin).
 
-    x * cos + roll(x, head_dim / 2) * (-s, s) is HF's x * cos + rotate_half(x) * sin to the
-    bit (negation is exact), in 4 ops instead of ~10 (no chunk, neg, cat per call). The
-    tables are cast to x's dtype unless they already match (the model casts them once).
+    x * cos + swap_halves(x) * (-s, s) is HF's x * cos + rotate_half(x) * sin to the bit
+    (negation is exact) in four kernels (cat, mul, mul, add) where rotate_half with per-call
+    table casts took seven. The swap is a cat of two slices, not torch.roll: CUDA's roll
+    copies a non-contiguous input (q and k are views of the qkv output) before rolling.
+    The tables are cast to x's dtype unless they already match (the model casts them once).
     """
     if cos.dtype != x.dtype:
         cos, sin_signed = cos.to(x.dtype), sin_signed.to(x.dtype)
-    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_signed
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * sin_signed
 
 
 class Attention(nn.Module):

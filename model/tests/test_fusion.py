@@ -49,3 +49,19 @@ def test_autocast_inference_takes_the_plain_path():
     assert torch.isfinite(out).all()
     # bf16 autocast against fp32: 8 mantissa bits over 2 layers, 5e-2 of the logit scale.
     assert (out.float() - ref).abs().max() <= 5e-2 * ref.abs().max()
+
+
+def test_rope_form_is_bit_identical_to_rotate_half():
+    """apply_rope's swap-halves form with the signed sin table equals HF's rotate_half form exactly."""
+    from model.layers import apply_rope, precompute_rope, signed_sin
+
+    config = ModelConfig.from_name("tiny")
+    cos, sin = precompute_rope(config, 64)
+    pos = torch.randperm(64)[:9]
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = torch.randn(2, 9, 3, config.head_dim, dtype=dtype).transpose(1, 2)  # a strided view, as q/k are
+        c, s = cos[pos].to(dtype), sin[pos].to(dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        want = x * c + torch.cat((-x2, x1), dim=-1) * s  # transformers' apply_rotary_pos_emb
+        got = apply_rope(x, cos[pos], signed_sin(sin)[pos])
+        assert got.dtype == dtype and torch.equal(got, want), dtype
