@@ -50,6 +50,31 @@ class RequestOutput:
         return getattr(self, "_text", None)
 
 
+# Decoding a token suffix garbles at most its first few characters: up to 3 orphaned UTF-8
+# continuation bytes (one U+FFFD each) or a dropped leading space (SentencePiece); after
+# them the text is an exact suffix of the whole decode (UTF-8 resynchronises).
+_GARBLE = 4
+
+
+def stop_string_hit(decode: Callable[[list[int]], str], ids: list[int], stops: Sequence[str]) -> bool:
+    """True if a stop string occurs in decode(ids), called once per new token (the last of ids).
+
+    Any earlier match was caught at its own token, so only one ending in the newest token's
+    text matters: decode a window of the last tokens holding at least max(len(stop)) + 8
+    characters before the newest one, and search it past its possibly garbled start.
+    O(longest stop) per call instead of re-decoding the whole output (O(n) per token).
+    """
+    need = max(map(len, stops)) + 2 * _GARBLE  # garble at the start and an unfinished last char
+    w = 2 * need + 2
+    while w < len(ids) and len(decode(ids[-w:-1])) < need:
+        w *= 2
+    if w >= len(ids):
+        text = decode(ids)
+        return any(s in text for s in stops)
+    tail = decode(ids[-w:])[_GARBLE:]
+    return any(s in tail for s in stops)
+
+
 class LLMEngine:
     """Owns the three nouns: a Scheduler (ids, counts, blocks), a ModelRunner (tensors), and
     the output step in between (stop strings, streaming, timings).
@@ -182,8 +207,7 @@ class LLMEngine:
     def _hit_stop_string(self, req: Request) -> bool:
         if self.tokenizer is None:
             return False
-        text = self.tokenizer.decode(req.output_token_ids)  # uncut; re-decoded each token (O(n^2))
-        return any(s in text for s in req.params.stop)
+        return stop_string_hit(self.tokenizer.decode, req.output_token_ids, req.params.stop)
 
     def _text(self, ids: list[int], stop: Sequence[str]) -> Optional[str]:
         if self.tokenizer is None:
