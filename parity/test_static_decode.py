@@ -3,10 +3,12 @@
 The model's one-token attention goes through kernels.flash_decode (model/decode_attention.py)
 wherever Triton runs; LAB_ATTENTION=sdpa forces the masked SDPA path. Both run the same
 random bf16/fp16 model from the same prefilled cache; the logits of several decode steps
-must agree within 3e-2 of max|logit| for bf16 (8-bit mantissa, eps 7.8e-3: each path rounds
-q, k, v and its output once, the kernel's online softmax sums in another order, and two layers
-compound it; 30 seeds measured at most 1.7e-2, so 3e-2 is about four ulps at the top logit),
-5e-3 for fp16 (eps 9.8e-4; 30 seeds measured at most 1.8e-3). Both paths are fed the same
+must agree within 4e-2 of max|logit| for bf16 (8-bit mantissa, eps 7.8e-3: each path rounds
+q, k, v and its output once, the kernel rounds its softmax weights to bf16 before P @ V, and
+two layers compound it; 180 fresh seeds measured at most 2.1e-2, about twice under the bound)
+and 5e-3 for fp16 (eps 9.8e-4; 90 seeds at most 1.8e-3). The bf16/fp16 ratio of about 8
+is their mantissa ratio: rounding, not a wrong kernel (which misses by O(1), as the
+argmax-flip failure this test once had did). Both paths are fed the same
 decode tokens: greedy inputs would let a near-tie argmax send them down different sequences.
 Cache slots past the current position are poisoned, so reading them fails the test.
 Runs on the GPU, or on the CPU through Triton's interpreter (CI sets TRITON_INTERPRET=1).
@@ -18,7 +20,7 @@ import torch
 from kernels import _triton
 from model.embedded import random_model
 
-TOL = {torch.float16: 5e-3, torch.bfloat16: 3e-2}
+TOL = {torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
 
 def _device():
