@@ -79,10 +79,10 @@ class ModelRunner:
 
     def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:
         """Logits (R, V) of a decode-only step, replayed from the CUDA graph of its bucket."""
-        bs, reqs = self.block_size, sched.scheduled
+        reqs = sched.scheduled
         positions = [s.start_pos for s in reqs]
-        return self.graphs.run([s.token_ids[0] for s in reqs], positions,
-                               [s.block_ids[p // bs] * bs + p % bs for s, p in zip(reqs, positions)],
+        slots = [slot_mapping(s.block_ids, p, p + 1, self.block_size)[0] for s, p in zip(reqs, positions)]
+        return self.graphs.run([s.token_ids[0] for s in reqs], positions, slots,
                                [s.block_ids for s in reqs], [p + 1 for p in positions])
 
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, int]:
