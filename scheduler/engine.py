@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import time
@@ -42,12 +43,10 @@ class RequestOutput:
     # Makes `text` on first read: an engine step decodes nothing for outputs nobody reads.
     text_fn: Optional[Callable[[], Optional[str]]] = field(default=None, repr=False, compare=False)
 
-    @property
+    @functools.cached_property
     def text(self) -> Optional[str]:
         """Decoded generated text, cut before a matched stop string; None without a tokenizer."""
-        if self.text_fn is not None:
-            self._text, self.text_fn = self.text_fn(), None
-        return getattr(self, "_text", None)
+        return None if self.text_fn is None else self.text_fn()
 
 
 # Decoding a token suffix garbles at most its first few characters: up to 3 orphaned UTF-8
@@ -62,7 +61,7 @@ def stop_string_hit(decode: Callable[[list[int]], str], ids: list[int], stops: S
     Any earlier match was caught at its own token, so only one ending in the newest token's
     text matters: decode a window of the last tokens holding at least max(len(stop)) + 8
     characters before the newest one, and search it past its possibly garbled start.
-    O(longest stop) per call instead of re-decoding the whole output (O(n) per token).
+    Decodes O(longest stop) tokens per call instead of the whole output (O(n) per token).
     """
     need = max(map(len, stops)) + 2 * _GARBLE  # garble at the start and an unfinished last char
     w = 2 * need + 2
