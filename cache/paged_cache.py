@@ -8,7 +8,7 @@ current batch (bound once per step by the model runner).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -88,6 +88,9 @@ class PagedAttentionMetadata:
     query_start_loc: list[int]  # R + 1 host ints, prefix sums of new tokens per request
     seq_lens_host: list[int]  # R host ints, = seq_lens
     decode_only: bool  # every request has exactly one new token
+    # The flash face's split of this step's requests (model.paged_attention._Split): built by
+    # the first layer that needs it, shared by the rest.
+    flash_split: Optional[object] = field(default=None, repr=False, compare=False)
 
     @property
     def num_requests(self) -> int:

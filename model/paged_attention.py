@@ -100,10 +100,9 @@ def _flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     from kernels.flash_decode import paged_flash_decode
 
     _, bs, hkv, d = k_cache.shape
-    split = getattr(meta, "_flash_split", None)
-    if split is None:
-        split = _Split(meta, bs, q.device)
-        meta._flash_split = split
+    if meta.flash_split is None:
+        meta.flash_split = _Split(meta, bs, q.device)
+    split = meta.flash_split
     qt = q[0].transpose(0, 1)  # (N, Hq, D) view
     out = torch.empty_like(qt)
     if split.dec_rows is not None:

@@ -61,7 +61,7 @@ def test_flash_face_matches_gather_on_a_mixed_step(dtype, block_size, order):
     want = gather_paged_attention(q.float(), k_cache.float(), v_cache.float(), meta)
     got = _flash_paged_attention(q, k_cache, v_cache, meta)
     assert got.shape == want.shape and torch.isfinite(got).all()
-    split = meta._flash_split  # runs of decodes / prefills are sliced in place, others gathered
+    split = meta.flash_split  # runs of decodes / prefills are sliced in place, others gathered
     sliced = isinstance(split.dec_rows, slice) and isinstance(split.pre_rows, slice)
     assert sliced == (order != "interleaved")
     assert want.abs().max() > 0.1
