@@ -468,7 +468,6 @@ class ReplayResult:
     preemptions: int
     usable_blocks: int
     block_size: int
-    duration_s: float
 
 
 def replay(engine, trace: list[TraceRequest], policy: str) -> ReplayResult:
@@ -501,7 +500,6 @@ def replay(engine, trace: list[TraceRequest], policy: str) -> ReplayResult:
         if idle_steps > 1000:
             raise RuntimeError(f"{policy}: the engine admitted nothing for 1000 steps with "
                                f"{len(sched.waiting)} requests waiting")
-    end = time.perf_counter() - t0
 
     records, outputs = [], {}
     for idx, r in enumerate(trace):
@@ -518,14 +516,14 @@ def replay(engine, trace: list[TraceRequest], policy: str) -> ReplayResult:
             "arrival_s": r.arrival_s, "first_token_s": first, "finish_s": last,
             "ttft_s": first - r.arrival_s, "e2e_s": last - r.arrival_s,
             "tpot_s": (last - first) / (n_out - 1) if n_out > 1 else None,
-            "itl_s": [b - a for a, b in zip(times, times[1:])],
+            "itl_s": list(req.token_latencies),
             "preemptions": req.num_preemptions,
         })
         outputs[idx] = list(req.output_token_ids)
     if blocks_in_use(engine):
         raise RuntimeError(f"{policy}: {blocks_in_use(engine)} KV blocks still in use after every request finished")
     return ReplayResult(policy, records, steps, outputs, engine.scheduler.num_preemptions - preempt0,
-                        engine.pool.num_usable_blocks, engine.pool.block_size, end)
+                        engine.pool.num_usable_blocks, engine.pool.block_size)
 
 
 def summarize(res: ReplayResult) -> dict[str, Any]:
