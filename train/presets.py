@@ -35,16 +35,6 @@ def build_config(preset: str, vocab_size: int, seq_len: int, bos_id, eos_id, **o
                        bos_token_id=bos_id, eos_token_id=eos_id, **fields)
 
 
-def count_params(config: ModelConfig) -> int:
-    """Parameters of a Transformer built from config (tied head counted once)."""
-    d, h, kv, hd = config.dim, config.n_heads, config.n_kv_heads, config.head_dim
-    attn = d * h * hd * 2 + d * kv * hd * 2
-    mlp = 3 * d * config.intermediate_size
-    per_layer = attn + mlp + 2 * d
-    head = 0 if config.tie_word_embeddings else config.vocab_size * d
-    return config.vocab_size * d + config.n_layers * per_layer + d + head
-
-
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     """Training FLOPs per token: 6 x matmul parameters (LM head included) + causal attention.
 
