@@ -59,7 +59,10 @@ def main() -> None:
     if args.tokenizer:
         from model.tokenizer import load_tokenizer
 
-        tok = load_tokenizer(args.tokenizer)
+        try:
+            tok = load_tokenizer(args.tokenizer)
+        except (OSError, ValueError) as e:
+            ap.error(f"--tokenizer: {e}")
     times = measure(tok)
     print(f"host ms per engine step (>= 60 running, {len(times)} steps, tokenizer "
           f"{type(tok).__name__ if tok else 'none'}): p50 {statistics.median(times):.3f}, "
