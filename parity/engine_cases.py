@@ -7,7 +7,7 @@ import torch
 from cache import PagedAttentionMetadata
 from model.config import ModelConfig
 from model.llama import Transformer
-from parity.random_weights import randomize_
+from model.random_weights import randomize_
 
 VOCAB = 512
 

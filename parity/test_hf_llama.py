@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 from decoding.generate import generate
 from model.weights import load_model, save_model
-from parity.random_weights import randomize_
+from model.random_weights import randomize_
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2

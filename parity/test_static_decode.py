@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from kernels import _triton
-from model.embedded import random_model
+from model.random_weights import random_model
 
 TOL = {torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
@@ -52,7 +52,7 @@ def _decode_logits(model, prompt, tokens, max_seq_len):
 def test_flash_decode_path_matches_sdpa(dtype, monkeypatch):
     device = _device()
     model = random_model("tiny", device=device, dtype=dtype, seed=int(torch.randint(1 << 30, ())),
-                         vary_norms=True, n_layers=2, dim=256, n_heads=4, n_kv_heads=2, head_dim=64)
+                         n_layers=2, dim=256, n_heads=4, n_kv_heads=2, head_dim=64)
     prompt = torch.randint(0, model.config.vocab_size, (2, 11), device=device)
     tokens = torch.randint(0, model.config.vocab_size, (2, 4), device=device)
     got = _decode_logits(model, prompt, tokens, max_seq_len=64)

@@ -30,7 +30,7 @@ def test_cpu_run_writes_checked_rows(tmp_path, monkeypatch):
 def test_wrong_variant_is_never_timed(monkeypatch):
     _flags(device="cpu")
     from decoding.fast import FastGenerator
-    from model.embedded import random_model
+    from model.random_weights import random_model
 
     model = random_model("tiny", seed=3)
     ref = bd.Reference(bd.build_hf(model, torch.float32, "cpu"))

@@ -7,7 +7,7 @@ from decoding.fast import FastGenerator
 from decoding.generate import ContextLengthError, generate
 from model.config import ModelConfig
 from model.llama import Transformer
-from parity.random_weights import randomize_
+from model.random_weights import randomize_
 
 
 def _model(seed):

@@ -5,7 +5,7 @@ import torch
 
 from decoding.fast import FastGenerator
 from decoding.generate import generate
-from model.embedded import random_model
+from model.random_weights import random_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -4,7 +4,7 @@ import torch
 
 from model.config import ModelConfig
 from model.llama import Transformer
-from parity.random_weights import randomize_
+from model.random_weights import randomize_
 
 
 def _model(seed):

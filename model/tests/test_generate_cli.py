@@ -1,9 +1,11 @@
-"""The model.generate binary: JSON output and one-line errors with exit code 2."""
+"""The model.generate binary: its run() on Options, and one-line errors with exit code 2."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from model.generate import Options, run
 
 # Not resolved: under Bazel this file is a symlink and the runfiles tree is the root.
 REPO = Path(__file__).absolute().parents[2]
@@ -33,24 +35,30 @@ def test_default_is_lab_small_and_prints_text():
     assert len(words) >= 8 and sum(w.isalpha() for w in words) >= len(words) // 2  # words, not bytes
 
 
-def test_json_output_embedded_model():
-    proc = run_cli("--checkpoint", "embedded", "--json", "--prompt", "Hi", "--max_new_tokens", "8")
-    assert proc.returncode == 0, proc.stderr
-    rec = json.loads(proc.stdout)
+def test_embedded_model_record():
+    rec = run(Options(checkpoint="embedded", prompt="Hi", max_new_tokens=8))
     assert {"prompt_ids", "output_ids", "text", "tokens_per_s"} <= set(rec)
     assert rec["prompt_ids"] == [256, ord("H"), ord("i")]  # byte tokenizer with BOS
     assert len(rec["output_ids"]) <= 8 and rec["tokens_per_s"] >= 0
-    again = json.loads(run_cli("--checkpoint", "embedded", "--json", "--prompt", "Hi",
-                               "--max_new_tokens", "8").stdout)
+    again = run(Options(checkpoint="embedded", prompt="Hi", max_new_tokens=8))
     assert again["output_ids"] == rec["output_ids"]  # deterministic embedded model
 
 
-def test_prompt_ids_and_sampling_flags():
-    proc = run_cli("--checkpoint", "embedded", "--json", "--prompt_ids", "1,2,3", "--max_new_tokens", "4",
-                   "--temperature", "0.8", "--top_k", "20", "--top_p", "0.9", "--seed", "3")
+def test_json_flag_prints_one_object():
+    proc = run_cli("--checkpoint", "embedded", "--json", "--prompt_ids", "1,2,3", "--max_new_tokens", "2")
     assert proc.returncode == 0, proc.stderr
-    rec = json.loads(proc.stdout)
+    assert json.loads(proc.stdout)["prompt_ids"] == [1, 2, 3]
+
+
+def test_prompt_ids_and_sampling_options():
+    rec = run(Options(checkpoint="embedded", prompt_ids="1,2,3", max_new_tokens=4, temperature=0.8, top_k=20,
+                      top_p=0.9, seed=3))
     assert rec["prompt_ids"] == [1, 2, 3] and 1 <= len(rec["output_ids"]) <= 4
+
+
+def test_preset_with_random_weights():
+    rec = run(Options(checkpoint="tiny", prompt_ids="1,2", max_new_tokens=3, dtype="bf16"))
+    assert rec["dtype"] == "bfloat16" and len(rec["output_ids"]) == 3
 
 
 def test_missing_checkpoint_dir(tmp_path):

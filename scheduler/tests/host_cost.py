@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from model.embedded import random_model
+from model.random_weights import random_model
 from scheduler import SamplingParams
 from scheduler.engine import LLMEngine
 from scheduler.outputs import ModelRunnerOutput
