@@ -9,36 +9,34 @@ from typing import Optional
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class ExportError(ValueError):
     """Bad input to an export (flags, shapes, checkpoint); reported as `error: ...`, exit 2."""
 
 
 def embedded_model() -> torch.nn.Module:
-    """The tiny model `//model:generate` runs without --checkpoint (model/embedded.py), fp32 CPU."""
-    from model.embedded import build_embedded_model
+    """The tiny model `--checkpoint embedded` names (model/embedded.py), fp32 CPU."""
+    import model
 
-    return build_embedded_model()
+    return model.load("embedded")
 
 
 def load_source_model(checkpoint: Optional[str], dtype: torch.dtype = torch.float32,
                       device="cpu") -> torch.nn.Module:
-    """The embedded tiny model (checkpoint None) or an HF-layout checkpoint, in eval mode."""
-    from model.weights import load_model
+    """model.load of --checkpoint (None: the embedded tiny model), in eval mode."""
+    import model
 
-    if checkpoint is None:
-        return embedded_model().to(device=device, dtype=dtype)
-    if not os.path.isdir(checkpoint):
-        raise ExportError(f"checkpoint directory not found: {checkpoint}")
-    return load_model(checkpoint, device=device, dtype=dtype)
+    return model.load(checkpoint or "embedded", dtype=dtype, device=device)
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ExportError(f"unknown --dtype {name!r}; expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    """The --dtype flag as a torch.dtype (model.device's table), or ExportError."""
+    from model.device import UsageError, parse_dtype as parse
+
+    try:
+        return parse(name)
+    except UsageError as e:
+        raise ExportError(str(e)) from None
 
 
 def git_revision() -> str:
@@ -96,8 +94,8 @@ def define_step_flags(output_default: str, output_help: str) -> None:
     """The flags the KV-step exporters (AOTI, ONNX) share: source model, output, cache, prompt."""
     from absl import flags
 
-    flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
-                        "tiny model of model/embedded.py.")
+    flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory or a model.load name (lab-small, "
+                        "lab-draft, a preset). Default None: the embedded tiny model of model/embedded.py.")
     flags.DEFINE_string("output", output_default, output_help + " Default under /tmp so a run never "
                         "writes into the source tree.")
     flags.DEFINE_integer("max_seq_len", 64, "KV cache length in tokens (static: baked into the graph). "

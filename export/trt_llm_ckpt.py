@@ -55,11 +55,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from export.common import ExportError
+from model.device import SHORT_NAMES, dtype_name
 from quant.int8 import quantize_int8_per_channel
 
 FORMAT_VERSION = 1  # of this exporter's output; bump when names/layout change
 QUANT_ALGOS = {"none": None, "int8": "W8A16"}
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 QUANTIZED = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 
 # preprocess_weights_for_mixed_gemm, int8 weights with 16-bit activations: rows (the
@@ -111,7 +111,7 @@ def trtllm_config(config, dtype: torch.dtype, tp: int, quant: str, revision: str
         scaling["type"] = scaling["rope_type"] = "llama3"  # older releases read "type"
     return {
         "architecture": "LlamaForCausalLM",
-        "dtype": DTYPE_NAMES[dtype],
+        "dtype": dtype_name(dtype),
         "logits_dtype": "float32",
         "vocab_size": config.vocab_size,
         "hidden_size": config.dim,
@@ -247,7 +247,7 @@ def write_checkpoint(model, out_dir: str, dtype: torch.dtype, tp: int = 1, quant
     """Write config.json and rank{r}.safetensors; return the config dict."""
     if quant not in QUANT_ALGOS:
         raise ExportError(f"unknown --quant {quant!r}; expected one of {', '.join(QUANT_ALGOS)}")
-    if dtype not in DTYPE_NAMES:
+    if dtype not in SHORT_NAMES:
         raise ExportError(f"unsupported dtype {dtype}")
     config = model.config
     _tp_checks(config, tp)
