@@ -76,8 +76,8 @@ _define = common.define_flag
 
 _define("list", "variants", None, "Variants to run (default: all on a GPU; on a CPU " + ", ".join(DEFAULT_CPU)
         + ", since max-autotune takes minutes there). Of: " + ", ".join(VARIANTS))
-_define("string", "checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded tiny model "
-        "(model/embedded.py), so the benchmark runs anywhere.")
+_define("string", "checkpoint", None, "HF-layout checkpoint directory, or a model.load name (lab-small, a "
+        "preset). Default None: the embedded tiny model (model/embedded.py), so the benchmark runs anywhere.")
 _define("string", "dtype", None, "Element type: bf16, fp16, fp32. Default bf16 on a GPU (what Llama runs in), fp32 on "
         "a CPU (CPU bf16 matmuls are slow emulations; onnxruntime runs fp32 only).")
 _define("string", "device", None, "cuda, cuda:N or cpu. Default (or auto) cuda when a GPU is visible, else cpu.")
@@ -129,10 +129,13 @@ def make_case(checkpoint: str | None, device: str, dtype: torch.dtype, prefill_l
 
     prefill_len / cache_len None: the device's default (GPU 512 / 2048, CPU 16 / 64), within
     the model's context (the embedded model's is 256)."""
-    from export.common import load_source_model
+    import model as lab_model
     from export.kv_step import KVCacheStep, empty_caches
 
-    model = load_source_model(checkpoint, dtype=dtype, device=device)
+    try:
+        model = lab_model.load(checkpoint or "embedded", dtype=dtype, device=device)
+    except ValueError as e:  # CheckpointError, ConfigError: one line
+        raise app.UsageError(f"--checkpoint: {e}") from None
     if cache_len is None or prefill_len is None:  # defaults, bounded by this model's context
         cpu = not common.is_cuda(device)
         cache_len = cache_len or min(64 if cpu else 2048, model.config.max_seq_len)

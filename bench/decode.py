@@ -192,8 +192,10 @@ def run_variant(name: str, model, gen, ref: Reference, prompt, new_tokens: int, 
 
 def main(argv: list[str]) -> None:
     del argv
+    import model as lab_model
     from decoding.fast import FastGenerator
-    from model.embedded import random_model
+    from model.config import ConfigError
+    from model.loader import random_config
 
     device = FLAGS.device if FLAGS.device not in (None, "", "auto") else common.default_device()
     cuda = common.is_cuda(device)
@@ -210,12 +212,15 @@ def main(argv: list[str]) -> None:
         print("CPU run: graph and compile variants need a GPU; the fused variant runs without graphs")
     if new_tokens < 2 or FLAGS.prompt_len < 1:
         raise app.UsageError("--new_tokens >= 2 and --prompt_len >= 1 required")
-    overrides = {"n_layers": FLAGS.n_layers} if FLAGS.n_layers else {}
     max_len = FLAGS.prompt_len + new_tokens
 
     dev_name = common.device_name(device)
     copy_gbs = common.measure_copy_bandwidth(device)
-    model = random_model(preset, device=device, dtype=dtype, seed=FLAGS.seed, **overrides)
+    try:
+        model = lab_model.load(random_config(preset), dtype=dtype, device=device, seed=FLAGS.seed,
+                               n_layers=FLAGS.n_layers)
+    except ConfigError as e:
+        raise app.UsageError(f"--preset/--n_layers: {e}") from None
     config = model.config
     if max_len > config.max_seq_len:
         raise app.UsageError(f"--prompt_len + --new_tokens = {max_len} exceeds the {preset} context "

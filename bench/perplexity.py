@@ -24,7 +24,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF-layout directory (config.json + safetensors + tokenizer.json): "
-                    "ours (runs/<preset>/best) or any Llama/Mistral one. Required.")
+                    "ours (runs/<preset>/best, lab-small, lab-draft) or any Llama/Mistral one; a relative path "
+                    "is from where you ran the command. Required.")
 flags.DEFINE_string("tokenizer", None, "tokenizer.json path or folder; default None: the checkpoint's own.")
 flags.DEFINE_list("splits", ["heldout", "wikitext2_test"], "Corpus splits to score (data.corpus.SPLITS). "
                   "Default: the held-out split and WikiText-2 test (never trained on).")
@@ -93,28 +94,25 @@ def protocol(result: dict, split: str, tokenizer_path: str, bos: bool) -> str:
 def main(argv):
     del argv
     os.environ.setdefault("LAB_KERNEL_BACKEND", "torch")  # exact fp32 reference ops for scoring
-    import torch
-
+    import model as lab_model
     from bench import common
     from data import corpus
+    from model.device import resolve_device
+    from model.loader import checkpoint_dir, user_path
     from model.tokenizer import load_tokenizer
-    from model.weights import load_model
 
     if not FLAGS.checkpoint:
         print("error: --checkpoint is required (an HF-layout directory with tokenizer.json)", file=sys.stderr)
         return 2
     root = common.repo_root()
-    ckpt = FLAGS.checkpoint if os.path.isabs(FLAGS.checkpoint) else str(root / FLAGS.checkpoint)
-    tok_path = FLAGS.tokenizer or ckpt
-    if not os.path.isabs(tok_path):
-        tok_path = str(root / tok_path)
-    device = common.default_device() if FLAGS.device == "auto" else FLAGS.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {device} requested but CUDA is not available; use --device cpu", file=sys.stderr)
-        return 2
     try:
-        tokenizer = load_tokenizer(tok_path)
-        model = load_model(ckpt, device=device, dtype=FLAGS.weights_dtype)
+        device = str(resolve_device(FLAGS.device))
+        ckpt = checkpoint_dir(FLAGS.checkpoint)
+        if ckpt is None:
+            raise ValueError(f"--checkpoint {FLAGS.checkpoint} has random weights; perplexity needs a trained "
+                             "checkpoint (a directory, lab-small or lab-draft)")
+        tokenizer = load_tokenizer(user_path(FLAGS.tokenizer) if FLAGS.tokenizer else ckpt)
+        model = lab_model.load(ckpt, dtype=FLAGS.weights_dtype, device=device)
         bad = [s for s in FLAGS.splits if s not in corpus.SPLITS]
         if bad:
             raise ValueError(f"unknown split(s) {bad}; choose from {', '.join(corpus.SPLITS)}")

@@ -42,7 +42,7 @@ Tolerance: every row (prompt, or generation step) must have a relative L2 error
 ||got - want|| / ||want|| over the vocabulary <= rtol (NaN/Inf fail); --rtol overrides.
 fp32 1e-4: batched vs single and cached vs recomputed differ only in summation order (GEMM
   blocking changes with the batch, masked vs causal SDPA kernels): measured <= 1.3e-6 on the
-  tiny shape with random_model weights at 4 to 32 layers, where a real bug gives 0.14 to 0.99
+  tiny shape with model.load's random weights at 4 to 32 layers, where a real bug gives 0.14 to 0.99
   (a pad token visible to the last token 0.14-0.28, the first token dropped so every
   position is off by one 0.43-0.67, the first token changed 0.53-0.99).
 bf16 5e-2: both sides run in bf16 (8 mantissa bits, 2^-9 per rounding), and a different batch
@@ -56,8 +56,8 @@ fp16 1e-2 (3 more mantissa bits than bf16).
 
 Model: on a CPU the embedded tiny model (model/embedded.py: 4 layers, dim 64, vocab 258);
 on a GPU --preset (default llama3-8b) with random weights made on the device
-(model.embedded.random_model: meta-device build, N(0, 1/fan_in) matrices, N(0, 0.1)
-embeddings, unit norms), --n_layers to shrink it. --preset=embedded runs the tiny model
+(model.load: meta-device build, model/random_weights.py's recipe: N(0, 1/fan_in) matrices,
+N(0, 0.1) embeddings, U(0.5, 1.5) norms), --n_layers to change its depth. --preset=embedded runs the tiny model
 anywhere; any model.config preset name runs anywhere (a CPU needs the memory).
 
 Timing (bench.common.time_fn): CUDA events after an L2 flush on a GPU, perf_counter on a
@@ -172,43 +172,32 @@ class Run:
 
 def model_context(preset: str) -> int:
     """The context (max_seq_len) of --preset, without building its weights; PrefillError for an unknown one."""
-    from model.config import PRESETS, ModelConfig
+    return _preset_config(preset).max_seq_len
 
-    if preset == "embedded":
-        from model.embedded import build_embedded_model
 
-        return build_embedded_model().config.max_seq_len  # a 0.2 M-parameter model: instant
-    if preset not in PRESETS:
-        raise PrefillError(f"unknown --preset {preset!r}; expected embedded or one of {', '.join(sorted(PRESETS))}")
-    return ModelConfig.from_name(preset).max_seq_len
+def _preset_config(preset: str, n_layers: Optional[int] = None):
+    """--preset's config ('embedded' or a model.config preset) with --n_layers, or PrefillError."""
+    from model.config import ConfigError
+    from model.loader import random_config
+
+    try:
+        return random_config(preset, n_layers=n_layers)
+    except ConfigError as e:
+        raise PrefillError(f"--preset/--n_layers: {e}") from None
 
 
 def build_model(preset: str, n_layers: Optional[int], device: str, dtype: torch.dtype,
                 seed: int) -> tuple[nn.Module, str]:
-    """(model in eval mode on device/dtype, a label). 'embedded' or a model.config preset (random weights)."""
-    from model.config import PRESETS
+    """(model in eval mode on device/dtype, a label): model.load of 'embedded' (its own weights) or of
+    a model.config preset with random weights (seed `seed`); --n_layers changes the layer count."""
+    import model
+    from model.embedded import EMBEDDED_SEED
 
-    if n_layers is not None and n_layers < 1:
-        raise PrefillError(f"--n_layers must be >= 1, got {n_layers}")
+    config = _preset_config(preset, n_layers)
     if preset == "embedded":
-        from model.embedded import build_embedded_model
-
-        model = build_embedded_model()
-        if n_layers is not None:
-            if n_layers > model.config.n_layers:
-                raise PrefillError(f"--n_layers {n_layers} exceeds the embedded model's {model.config.n_layers}")
-            model.model.layers = nn.ModuleList(list(model.model.layers)[:n_layers])
-            model.config = model.config.replace(n_layers=n_layers)
-        model = model.to(device=device, dtype=dtype).eval()
-        label = f"embedded tiny ({model.config.n_layers} layers)"
-        return model, label
-    if preset not in PRESETS:
-        raise PrefillError(f"unknown --preset {preset!r}; expected embedded or one of {', '.join(sorted(PRESETS))}")
-    from model.embedded import random_model
-
-    overrides = {} if n_layers is None else {"n_layers": n_layers}
-    model = random_model(preset, device=device, dtype=dtype, seed=seed, **overrides)
-    return model, f"{preset} ({model.config.n_layers} layers, random weights)"
+        return (model.load(config, dtype=dtype, device=device, seed=EMBEDDED_SEED),
+                f"embedded tiny ({config.n_layers} layers)")
+    return model.load(config, dtype=dtype, device=device, seed=seed), f"{preset} ({config.n_layers} layers, random weights)"
 
 
 def linear_weight_count(model: nn.Module) -> int:

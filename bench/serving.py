@@ -24,14 +24,14 @@ and every policy does the same work. The same trace (same seed) goes to every po
 The model. --preset (default: "embedded", the shape of model/embedded.py's tiny model
 with vocab 258, on a CPU; llama3-8b on a GPU) in --dtype (fp32 on a CPU, bf16 on a GPU)
 with random weights: norms U(0.5, 1.5), embeddings N(0, 0.1), other matrices
-N(0, 1/fan_in), the recipe of parity/random_weights.py that the engine parity tests use,
-since it gives varied logits: the embedded model's 0.02 init makes greedy decoding
-repeat the last token, and so do unit norms on the tied tiny model more often, and a
-degenerate model lets a broken engine pass the gate. Built by
-model.embedded.random_model(vary_norms=True) on the meta device and materialised on the
-device in --dtype (no host copy, no fp32 detour), so an 8B model is ready in seconds;
---n_layers shrinks it. --weights=embedded serves the embedded weights themselves;
---checkpoint an HF-layout checkpoint. Step times do not depend on the weights' values.
+N(0, 1/fan_in), the recipe of model/random_weights.py (the embedded model and the engine
+parity tests use it too), since it gives varied logits: a 0.02 init with unit norms makes
+greedy decoding repeat the last token, and a degenerate model lets a broken engine pass
+the gate. Built by model.load on the meta device and materialised on the device in
+--dtype (no host copy, no fp32 detour), so an 8B model is ready in seconds; --n_layers
+shrinks it; --seed picks the weights. --weights=embedded serves the embedded model itself
+(seed model.embedded.EMBEDDED_SEED); --checkpoint anything model.load takes (an HF-layout
+directory, lab-small, lab-draft). Step times do not depend on the weights' values.
 
 Replay. One engine per policy. Each loop: add every request whose arrival time has
 passed, then one engine step (schedule -> execute -> update); when nothing is queued or
@@ -131,7 +131,8 @@ _define("integer", "n_layers", None, "Override the preset's layer count (shrink 
 _define("enum", "weights", "random", "random: seeded weights with varied logits (norms U(0.5, 1.5), embeddings "
         "N(0, 0.1), others N(0, 1/fan_in)); embedded: model/embedded.py's own weights (--preset embedded only).",
         enum_values=list(WEIGHTS))
-_define("string", "checkpoint", None, "HF-layout checkpoint directory to serve instead of random weights.")
+_define("string", "checkpoint", None, "HF-layout checkpoint directory (or lab-small, lab-draft) to serve instead "
+        "of random weights.")
 _define("string", "dtype", None, "Element type: bf16, fp16, fp32. Default bf16 on a GPU, fp32 on a CPU.")
 _define("string", "device", None, "cuda, cuda:N or cpu. Default (or auto) cuda when a GPU is visible, else cpu.")
 _define("integer", "block_size", 16, "Tokens per KV block. 16: vLLM's default.")
@@ -251,40 +252,25 @@ def trace_stats(trace: list[TraceRequest]) -> dict[str, float]:
 # ----------------------------------------------------------------------------
 
 
-def model_config(preset: str, n_layers: Optional[int]):
-    from model.config import ConfigError, ModelConfig
-    from model.embedded import embedded_config
-
-    if preset == EMBEDDED:
-        config = embedded_config()
-    else:
-        try:
-            config = ModelConfig.from_name(preset)
-        except ConfigError as e:
-            raise ServingUsageError(f"--preset: {e}; or 'embedded'") from None
-    if n_layers is not None:
-        if n_layers < 1:
-            raise ServingUsageError(f"--n_layers must be >= 1, got {n_layers}")
-        config = config.replace(n_layers=n_layers)
-    return config
-
-
 def build_model(preset: str, n_layers: Optional[int], weights: str, device: str, dtype: torch.dtype,
                 seed: int, checkpoint: Optional[str] = None) -> torch.nn.Module:
-    """The served model, eval mode, on `device` in `dtype` (see the module docstring)."""
-    if checkpoint:
-        from model.weights import load_model
+    """The served model, eval mode, on `device` in `dtype` (see the module docstring): model.load of
+    --checkpoint, of the embedded model (--weights=embedded), or of --preset with random weights."""
+    import model
+    from model.config import ConfigError
+    from model.loader import random_config
+    from model.weights import CheckpointError
 
-        return load_model(checkpoint, device=device, dtype=dtype).eval()
-    if weights == "embedded":
-        if preset != EMBEDDED or n_layers is not None:
-            raise ServingUsageError("--weights=embedded needs --preset=embedded and no --n_layers")
-        from model.embedded import build_embedded_model
-
-        return build_embedded_model().to(device=device, dtype=dtype).eval()
-    from model.embedded import random_model
-
-    return random_model(model_config(preset, n_layers), device=device, dtype=dtype, seed=seed, vary_norms=True)
+    if weights == "embedded" and not checkpoint and (preset != EMBEDDED or n_layers is not None):
+        raise ServingUsageError("--weights=embedded needs --preset=embedded and no --n_layers")
+    try:
+        if checkpoint:
+            return model.load(checkpoint, dtype=dtype, device=device)
+        if weights == "embedded":
+            return model.load(EMBEDDED, dtype=dtype, device=device)
+        return model.load(random_config(preset), dtype=dtype, device=device, seed=seed, n_layers=n_layers)
+    except (CheckpointError, ConfigError) as e:
+        raise ServingUsageError(f"--checkpoint: {e}" if checkpoint else f"--preset/--n_layers: {e}") from None
 
 
 @dataclass(frozen=True)

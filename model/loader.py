@@ -49,16 +49,26 @@ def checkpoint_dir(source: Union[str, os.PathLike, ModelConfig]) -> Optional[str
         return str(shipped_model_dir(source))
     path = user_path(source)
     if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint directory not found: {path}; expected an HF-layout directory, "
-                              f"{', '.join(NAMES)}, or a preset ({', '.join(sorted(PRESETS))})")
+        what = ("checkpoint directory not found: " + path if os.sep in os.fspath(source)
+                else f"unknown preset or model {os.fspath(source)!r} (and no such directory)")
+        raise CheckpointError(f"{what}; expected an HF-layout directory, {', '.join(NAMES)}, or a preset "
+                              f"({', '.join(sorted(PRESETS))})")
     return path
 
 
-def _random_config(source: Union[str, ModelConfig], overrides: dict) -> ModelConfig:
-    """The config of a random-weights source with `overrides` applied (n_layers checked >= 1)."""
-    config = source if isinstance(source, ModelConfig) else (
-        embedded_config() if source == EMBEDDED else ModelConfig.from_name(source))
-    if overrides.get("n_layers") is not None and overrides["n_layers"] < 1:
+def random_config(source: Union[str, ModelConfig], **overrides) -> ModelConfig:
+    """The config of a random-weights source (`embedded`, a preset name or a ModelConfig) with
+    `overrides` applied; an override of None is ignored (a flag left unset). ConfigError if bad."""
+    if isinstance(source, ModelConfig):
+        config = source
+    elif source == EMBEDDED:
+        config = embedded_config()
+    elif source in PRESETS:
+        config = ModelConfig.from_name(source)
+    else:
+        raise ConfigError(f"unknown preset {source!r}; expected {EMBEDDED} or one of {', '.join(sorted(PRESETS))}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("n_layers", 1) < 1:
         raise ConfigError(f"n_layers must be >= 1, got {overrides['n_layers']}")
     try:
         return config.replace(**overrides)
@@ -81,11 +91,11 @@ def load(source: Union[str, os.PathLike, ModelConfig] = "lab-small", dtype=None,
     dtype = resolve_dtype(dtype, device) if dtype == "auto" else (None if dtype is None else parse_dtype(dtype))
     path = checkpoint_dir(source)
     if path is not None:
-        if overrides or seed is not None:
-            given = ", ".join([*overrides, *(["seed"] if seed is not None else [])])
-            raise CheckpointError(f"{given} apply to random weights only, not to the checkpoint {source}")
+        given = [k for k, v in overrides.items() if v is not None] + (["seed"] if seed is not None else [])
+        if given:
+            raise CheckpointError(f"{', '.join(given)} apply to random weights only, not to the checkpoint {source}")
         return load_model(path, device=device, dtype=dtype)
     if seed is None:
         seed = EMBEDDED_SEED if source == EMBEDDED else 0
-    config = _random_config(source, overrides)
+    config = random_config(source, **overrides)
     return random_model(config, device=device, dtype=dtype or torch.float32, seed=seed)

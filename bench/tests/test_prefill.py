@@ -102,7 +102,7 @@ def test_spread_lengths_keep_the_total():
     (["--prompt_len=300", "--experiments=batch_size"], "exceeds the model context of 256"),
     (["--gen_prompt_lens=250", "--gen_new_tokens=16", "--experiments=kv_cache"], "exceeds the model context"),
     (["--experiments=mixed,nope"], "unknown nope"),
-    (["--preset=nope"], "unknown --preset 'nope'"),
+    (["--preset=nope"], "--preset.*unknown preset 'nope'"),
     (["--device=tpu"], "--device 'tpu'"),
     (["--batch_sizes=0,2"], "--batch_sizes must be positive"),
 ])
