@@ -52,16 +52,6 @@ DEFAULT_RTOL = {
     torch.float32: 1e-5,
 }
 
-DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
-
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,7 +66,16 @@ def has_cuda() -> bool:
 
 
 def default_device() -> str:
+    """cuda when a GPU is visible, else cpu (without importing model/: host_copy runs as a script)."""
     return "cuda" if has_cuda() else "cpu"
+
+
+def resolve_device(name: str | None) -> str:
+    """--device (cpu, cuda, cuda:N; None, '' or auto: default_device) as a string, through
+    model.device.resolve_device: UsageError (a ValueError) naming --device if bad."""
+    from model.device import resolve_device as resolve  # lazily: bench/kernels.py shadows `kernels` in scripts
+
+    return str(resolve(name))
 
 
 def is_cuda(device: str | torch.device) -> bool:
@@ -84,16 +83,17 @@ def is_cuda(device: str | torch.device) -> bool:
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name.strip().lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+    """--dtype (bf16, fp16, fp32, float32, ...) through model.device's table; UsageError (a ValueError) if bad."""
+    from model.device import parse_dtype as parse
+
+    return parse(name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(
-        dtype, str(dtype).removeprefix("torch.")
-    )
+    """The short name results print: bf16, fp16, fp32."""
+    from model.device import dtype_name as name
+
+    return name(dtype, short=True)
 
 
 # ----------------------------------------------------------------------------

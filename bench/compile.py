@@ -447,9 +447,12 @@ COLUMNS = [("variant", "variant"), ("phase", "phase"), ("status", "status"), ("p
 
 def main(argv: list[str]) -> None:
     del argv
-    device = FLAGS.device if FLAGS.device not in (None, "", "auto") else common.default_device()
+    try:
+        device = common.resolve_device(FLAGS.device)
+        dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if device == "cpu" else "bf16"))
+    except ValueError as e:  # model.device.UsageError: names the flag
+        raise app.UsageError(str(e)) from None
     cpu = not common.is_cuda(device)
-    dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if cpu else "bf16"))
     warmup = FLAGS.warmup if FLAGS.warmup is not None else (3 if cpu else 10)
     iters = FLAGS.iters if FLAGS.iters is not None else (20 if cpu else 50)
     for name in FLAGS.variants or []:

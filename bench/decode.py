@@ -197,9 +197,12 @@ def main(argv: list[str]) -> None:
     from model.config import ConfigError
     from model.loader import random_config
 
-    device = FLAGS.device if FLAGS.device not in (None, "", "auto") else common.default_device()
+    try:
+        device = common.resolve_device(FLAGS.device)
+        dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if device == "cpu" else "bf16"))
+    except ValueError as e:  # model.device.UsageError: names the flag
+        raise app.UsageError(str(e)) from None
     cuda = common.is_cuda(device)
-    dtype = common.parse_dtype(FLAGS.dtype or ("bf16" if cuda else "fp32"))
     preset = FLAGS.preset or ("llama3-8b" if cuda else "tiny")
     new_tokens = FLAGS.new_tokens or (256 if cuda else 24)
     batch_sizes = common.int_list(FLAGS.batch_sizes, [1, 2, 4, 8, 16, 32, 64] if cuda else [1, 4])

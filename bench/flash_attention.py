@@ -68,7 +68,6 @@ import contextlib
 import dataclasses
 import importlib
 import math
-import os
 import sys
 import time
 import warnings
@@ -359,7 +358,10 @@ def _version(module: Any) -> str:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether Triton runs in its CPU interpreter (kernels._triton's test, read once it is importable)."""
+    from kernels._triton import interpreting
+
+    return interpreting()
 
 
 def _ours_unsupported(case: dict[str, Any]) -> str:

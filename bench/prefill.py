@@ -664,13 +664,10 @@ def _positive(name: str, value: int) -> int:
 
 def main(argv: list[str]) -> None:
     del argv
-    device = FLAGS.device if FLAGS.device not in (None, "", "auto") else common.default_device()
     try:
-        torch.device(device)
-    except RuntimeError:
-        raise PrefillError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-    if common.is_cuda(device) and not common.has_cuda():
-        raise PrefillError(f"--device={device} but no GPU is visible; use --device=cpu")
+        device = common.resolve_device(FLAGS.device)
+    except ValueError as e:  # model.device.UsageError: names the flag
+        raise PrefillError(str(e)) from None
     cpu = not common.is_cuda(device)
     d = CPU_DEFAULTS if cpu else GPU_DEFAULTS
 
@@ -684,8 +681,8 @@ def main(argv: list[str]) -> None:
         raise PrefillError(f"--experiments: unknown {', '.join(unknown)}; expected some of {', '.join(EXPERIMENTS)}")
     try:
         dtype = common.parse_dtype(FLAGS.dtype or d["dtype"])
-    except ValueError as e:
-        raise PrefillError(f"--dtype: {e}") from None
+    except ValueError as e:  # names the flag
+        raise PrefillError(str(e)) from None
     if dtype not in TOL:
         raise PrefillError(f"--dtype {FLAGS.dtype}: no check tolerance for it; use bf16, fp16 or fp32")
     length = _positive("prompt_len", flag("prompt_len"))

@@ -699,20 +699,13 @@ class Options:
 
 
 def options_from_flags() -> Options:
-    device = FLAGS.device if FLAGS.device not in (None, "", "auto") else common.default_device()
     try:
-        cuda = common.is_cuda(device)
-        if not cuda and torch.device(device).type != "cpu":
-            raise RuntimeError
-    except RuntimeError:
-        raise ServingUsageError(f"--device: expected cpu, cuda or cuda:N, got {device!r}") from None
-    if cuda and not common.has_cuda():
-        raise ServingUsageError(f"--device {device} requested but CUDA is not available; use --device cpu")
+        device = common.resolve_device(FLAGS.device)
+        dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if device == "cpu" else "bf16"))
+    except ValueError as e:  # model.device.UsageError: names the flag
+        raise ServingUsageError(str(e)) from None
+    cuda = common.is_cuda(device)
     cpu = not cuda
-    try:
-        dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if cpu else "bf16"))
-    except ValueError as e:
-        raise ServingUsageError(f"--dtype: {e}") from None
     policies = list(FLAGS.policies or [])
     bad = [p for p in policies if p not in POLICIES]
     if not policies or bad:

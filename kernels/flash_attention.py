@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels._triton import interpreting
 
 try:  # Triton >= 3.3; absent -> pointer path only.
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -59,11 +60,6 @@ _SMEM_BUDGET_BYTES = 227 * 1024
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def interpret_upcast(t: torch.Tensor) -> bool:

@@ -168,16 +168,13 @@ def evaluate(model, stream, seq_len: int, max_tokens: int, device, amp: bool, ba
 
 
 def resolve_device(name: str):
-    """torch.device for cpu/cuda/cuda:N/auto, or a one-line error."""
-    import torch
+    """torch.device for cpu/cuda/cuda:N/auto (model.device.resolve_device), or a TrainingError line."""
+    from model.device import UsageError, resolve_device as resolve
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"--device {name} requested but CUDA is not available; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise TrainingError(f"unknown --device {name!r}; expected cpu, cuda, cuda:N or auto")
-    return torch.device(name)
+    try:
+        return resolve(name)
+    except UsageError as e:
+        raise TrainingError(str(e)) from None
 
 
 def device_label(device) -> str:

@@ -5,12 +5,12 @@ fp32 reference for unit-normal inputs: bf16 keeps 8 mantissa bits (~4e-3 relativ
 per rounding, several roundings of P and the output), fp16 keeps 11.
 """
 
-import os
-
 import pytest
 import torch
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from kernels._triton import interpreting
+
+INTERPRET = interpreting()
 ON_GPU = torch.cuda.is_available() and not INTERPRET
 needs_backend = pytest.mark.skipif(not (torch.cuda.is_available() or INTERPRET),
                                    reason="needs a CUDA GPU or TRITON_INTERPRET=1")
