@@ -93,7 +93,7 @@ class FastGenerator:
         it every row runs max_new_tokens (fixed work, as a benchmark wants) with no host sync.
         on_logits(step, logits (B, V)) sees every step's logits (checks; costs a sync if it reads).
         """
-        prompt = prompt_tensor(prompt_ids, self.device)
+        prompt = prompt_tensor(prompt_ids, max_new_tokens, self.device)
         B, T = prompt.shape
         if B > self.max_batch_size:
             raise ValueError(f"batch of {B} exceeds max_batch_size={self.max_batch_size}")

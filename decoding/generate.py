@@ -38,8 +38,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def prompt_tensor(prompt_ids: Union[Sequence[int], torch.Tensor], device) -> torch.Tensor:
-    """A prompt (list of ints, or (B, T) long tensor) as a (B, T) long tensor on device; T >= 1."""
+def prompt_tensor(prompt_ids: Union[Sequence[int], torch.Tensor], max_new_tokens: int, device) -> torch.Tensor:
+    """A prompt (list of ints, or (B, T) long tensor) as a (B, T) long tensor on device; T >= 1.
+    Raises ValueError for an empty prompt or max_new_tokens < 1."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
     if prompt.dim() == 1:
         prompt = prompt[None]  # (1, T)
@@ -55,8 +58,9 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tenso
                 on_logits: Optional[Callable] = None) -> GenerationResult:
     """The one prefill/decode loop (generate and FastGenerator differ only in prefill and step).
 
-    prefill() -> logits (B, V) after the prompt (B, T); step(tokens, pos) -> logits (B, V) after
-    feeding tokens[:, pos] (tokens (B, T + max_new_tokens) holds every earlier id). Each step
+    prompt (B, T) and max_new_tokens >= 1, as prompt_tensor checks them. prefill() -> logits
+    (B, V) after the prompt; step(tokens, pos) -> logits (B, V) after feeding tokens[:, pos]
+    (tokens (B, T + max_new_tokens) holds every earlier id). Each step
     samples with decoding.sample and stops by decoding.stopping.stop_reason: a row that emits
     eos_id keeps it and is done (later ids repeat it); the loop ends when every row is done.
     With eos_id the rows are checked on the host every step (a sync); without, never.
@@ -111,9 +115,7 @@ def generate(model, prompt_ids: Union[Sequence[int], torch.Tensor], max_new_toke
     Generation stops early once every row has produced eos_id (decode_loop).
     """
     device = next(model.parameters()).device
-    prompt = prompt_tensor(prompt_ids, device)
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    prompt = prompt_tensor(prompt_ids, max_new_tokens, device)
     B, T = prompt.shape
     total = T + max_new_tokens
     limit = model.config.max_seq_len
