@@ -16,7 +16,7 @@ with q (B, Hq, T, D) and k, v (B, Hkv, T, D) after RoPE.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +29,6 @@ ENV = "LAB_ATTENTION"
 CHOICES = ("auto", "sdpa", "flash")
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 FLASH_HEAD_DIMS = (64, 128)
-
-Attend = Callable[..., torch.Tensor]
-
 
 def choose_attention(choice: Optional[str], cache: torch.Tensor, compute_dtype: torch.dtype) -> str:
     """"flash" or "sdpa" for a cache tensor (..., head_dim) read by activations of compute_dtype.

@@ -92,10 +92,10 @@ class Transformer(nn.Module):
         weight = self.model.embed_tokens.weight
         dtype = dtype or weight.dtype
         device = device or weight.device
+        self.remove_caches()  # old caches go before new ones are allocated
         caches = [StaticKVCache(max_batch_size, self.config.n_kv_heads, max_seq_len, self.config.head_dim,
                                 dtype=dtype, device=device) for _ in self.model.layers]
         name = choose_attention(attention, caches[0].k_cache, weight.dtype)
-        self.remove_caches()
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         for layer, cache in zip(self.model.layers, caches):
             layer.self_attn.set_cache(cache, STATIC[name])

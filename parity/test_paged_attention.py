@@ -90,7 +90,8 @@ def _paged_logits(model, tables, chunks, block_size, num_blocks):
     try:
         for step in chunks:
             rs = [r for r, c in enumerate(step) if c is not None]
-            meta = build_metadata([tables[r] for r in rs], [step[r][0] for r in rs], [step[r][1] for r in rs], block_size)
+            meta = build_metadata([tables[r] for r in rs], [step[r][0] for r in rs], [step[r][1] for r in rs],
+                                  block_size)
             ids = torch.cat([model._tokens[r][step[r][0]:sum(step[r])] for r in rs])
             meta.plan = face.plan(meta)  # the runner's plan step
             cache.bind(meta)
