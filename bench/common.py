@@ -306,16 +306,9 @@ def time_cuda_graph(
     side stream first (autotuners pick their configs there), then captured once; a fn that
     cannot be captured raises (torch's capture error), and callers report it as such.
     """
-    device = torch.device(device)
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    from decoding.cuda_graph import capture_graph
+
+    graph, _ = capture_graph(fn, device)
     return time_cuda(graph.replay, warmup, iters, flush_l2=flush_l2, device=device)
 
 

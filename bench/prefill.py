@@ -321,32 +321,17 @@ def single_prefill(run: Run, prompts: list[list[int]]) -> tuple[Callable, Callab
 def packed_prefill(run: Run, prompts: list[list[int]]) -> tuple[Callable, Callable]:
     """One flat (1, sum_len) forward over a PagedKVCache: what the engine's ModelRunner runs for a
     prefill-only step, with the metadata (positions, slots, block tables) built once, untimed."""
-    from cache.kv_manager import slot_mapping
-    from cache.paged_cache import PagedAttentionMetadata, PagedKVCache
+    from cache.paged_cache import PagedKVCache, build_metadata
 
     model, dev, bs = run.model, run.device, run.block_size
     need = [-(-len(p) // bs) for p in prompts]
     kv = PagedKVCache.allocate(run.config, 1 + sum(need), bs, run.dtype, dev)  # block 0: the null block
-    ids, positions, slots, qsl, table, out_rows = [], [], [], [0], [], []
-    next_block = 1
-    for p, n in zip(prompts, need):
-        blocks = list(range(next_block, next_block + n))
-        next_block += n
-        ids.extend(p)
-        positions.extend(range(len(p)))
-        slots.extend(slot_mapping(blocks, 0, len(p), bs))
-        qsl.append(qsl[-1] + len(p))
-        table.append(blocks + [0] * (max(need) - n))
-        out_rows.append(qsl[-1] - 1)
-    seq_lens = [len(p) for p in prompts]
-    meta = PagedAttentionMetadata(
-        positions=torch.tensor(positions, device=dev), slot_mapping=torch.tensor(slots, device=dev),
-        block_tables=torch.tensor(table, dtype=torch.int32, device=dev),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-        query_start_loc=qsl, seq_lens_host=seq_lens, decode_only=False)
-    flat = torch.tensor([ids], device=dev)
-    rows = torch.tensor(out_rows, device=dev)
-    model.setup_paged_caches(kv)
+    ends = torch.tensor(need).cumsum(0).tolist()
+    tables = [list(range(1 + end - n, 1 + end)) for n, end in zip(need, ends)]  # blocks 1.. in prompt order
+    meta = build_metadata(tables, [0] * len(prompts), [len(p) for p in prompts], bs, dev)
+    flat = torch.tensor([[t for p in prompts for t in p]], device=dev)
+    rows = torch.tensor(meta.query_start_loc[1:], device=dev) - 1  # each prompt's last token
+    meta.plan = model.setup_paged_caches(kv).plan(meta)
 
     def fn():
         kv.bind(meta)

@@ -35,11 +35,6 @@ class BlockTable:
     def __len__(self) -> int:
         return len(self.block_ids)
 
-    @property
-    def capacity(self) -> int:
-        """Tokens the table can hold without new blocks."""
-        return len(self.block_ids) * self.block_size
-
     def append(self, ids: Sequence[int]) -> None:
         self.block_ids.extend(ids)
 
@@ -47,10 +42,6 @@ class BlockTable:
         """Copy-on-write only: replace the last block, return the old one."""
         old, self.block_ids[-1] = self.block_ids[-1], block_id
         return old
-
-    def slots(self, start: int, end: int) -> list[int]:
-        assert end <= self.capacity, f"positions up to {end} but the table holds {self.capacity}"
-        return slot_mapping(self.block_ids, start, end, self.block_size)
 
 
 class KVCacheManager:
@@ -130,16 +121,6 @@ class KVCacheManager:
         hashes[:] = self._chain(token_ids, num_full, hashes)
         for i in range(start, num_full):
             self.pool.cache_block(table.block_ids[i], hashes[i])
-
-    def fork(self, parent_id: str, child_id: str) -> None:
-        """Share every block of parent with a new request (parallel sampling); the shared
-        partial last block is copied on the first write by either side."""
-        parent = self.tables[parent_id]
-        child = self.tables[child_id] = BlockTable(self.block_size)
-        for bid in parent.block_ids:
-            self.pool.ref(bid)
-        child.append(parent.block_ids)
-        self.hashes[child_id] = list(self.hashes[parent_id])
 
     def free(self, request_id: str) -> None:
         """Release every block of the request (preemption, finish or cancel)."""

@@ -3,16 +3,20 @@
 Sizing (`kv_capacity`) turns a memory budget into blocks; the block ids themselves are
 handed out by `cache.block_pool.BlockPool`. The model reads and writes the tensors
 through a `PagedLayerCache` per layer, addressed by the `PagedAttentionMetadata` of the
-current batch (bound once per step by the model runner).
+current batch (built by `build_metadata`, bound once per step by the model runner).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
+
+from cache.block_pool import NULL_BLOCK_ID
+from cache.kv_manager import slot_mapping
 
 
 class KVCapacityError(ValueError):
@@ -78,7 +82,7 @@ class PagedAttentionMetadata:
     """Addressing for one forward over a flat batch of N new tokens from R requests.
 
     Requests are laid out one after the other; request r owns new tokens
-    query_start_loc[r] : query_start_loc[r + 1].
+    query_start_loc[r] : query_start_loc[r + 1]. Made by `build_metadata`, the one place.
     """
 
     positions: torch.Tensor  # (N,) long: each new token's position in its sequence
@@ -88,22 +92,38 @@ class PagedAttentionMetadata:
     query_start_loc: list[int]  # R + 1 host ints, prefix sums of new tokens per request
     seq_lens_host: list[int]  # R host ints, = seq_lens
     decode_only: bool  # every request has exactly one new token
-    # The flash face's split of this step's requests (model.paged_attention._Split): built by
-    # the first layer that needs it, shared by the rest.
-    flash_split: Optional[object] = field(default=None, repr=False, compare=False)
+    # The attention face's plan of this step (model.paged_attention), made by the runner's plan
+    # step before the forward and read by every layer; None when the face needs none.
+    plan: Optional[object] = field(default=None, repr=False, compare=False)
 
-    @property
-    def num_requests(self) -> int:
-        return len(self.seq_lens_host)
+
+def build_metadata(block_tables: Sequence[Sequence[int]], starts: Sequence[int], num_new: Sequence[int],
+                   block_size: int, device=None, width: Optional[int] = None) -> PagedAttentionMetadata:
+    """Metadata for requests r that hold starts[r] tokens and add num_new[r] at positions starts[r]..
+
+    block_tables[r] must cover starts[r] + num_new[r] tokens; rows are padded with the null
+    block to `width` blocks (default: the longest table). Slots come from `slot_mapping`.
+    """
+    positions, slots, qsl, seq_lens = [], [], [0], []
+    for table, start, n in zip(block_tables, starts, num_new):
+        end = start + n
+        positions.extend(range(start, end))
+        slots.extend(slot_mapping(table, start, end, block_size))
+        qsl.append(qsl[-1] + n)
+        seq_lens.append(end)
+    width = max(len(t) for t in block_tables) if width is None else width
+    padded = [list(t) + [NULL_BLOCK_ID] * (width - len(t)) for t in block_tables]
+    tensor = functools.partial(torch.tensor, device=device)
+    return PagedAttentionMetadata(
+        positions=tensor(positions, dtype=torch.long), slot_mapping=tensor(slots, dtype=torch.long),
+        block_tables=tensor(padded, dtype=torch.int32), seq_lens=tensor(seq_lens, dtype=torch.int32),
+        query_start_loc=qsl, seq_lens_host=seq_lens, decode_only=all(n == 1 for n in num_new))
 
 
 class PagedLayerCache(nn.Module):
     """One layer's view of the paged cache: its k/v tensors and the batch's metadata.
-    `paged = True` is what the attention layer checks to take the paged path. A Module
-    (with no parameters or buffers) only so it can sit where a StaticKVCache sat; the
-    tensors belong to the PagedKVCache, so state_dict and .to() never see them."""
-
-    paged = True
+    A Module (with no parameters or buffers) only so it can sit where a StaticKVCache sat;
+    the tensors belong to the PagedKVCache, so state_dict and .to() never see them."""
 
     def __init__(self, owner: "PagedKVCache", layer: int):
         super().__init__()

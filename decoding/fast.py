@@ -4,10 +4,11 @@
     result = gen.generate(prompt_ids, max_new_tokens=256)   # decoding.generate.GenerationResult
 
 The decode step (B tokens at one shared position over the StaticKVCache) is captured
-once per batch size into a CUDA graph with static input buffers, then replayed: one
-launch per token instead of hundreds. With compile_mode set the step is first compiled by
-torch.compile (Inductor fuses RoPE, the norms and the residual adds) and the compiled
-step is captured the same way. Prefill runs eagerly. Caches live as long as the
+once per batch size into a CUDA graph with static input buffers (decoding/cuda_graph.py),
+then replayed: one launch per token instead of hundreds. With compile_mode set the step is
+first compiled by torch.compile (Inductor fuses RoPE, the norms and the residual adds) and
+the compiled step is captured the same way. Prefill runs eagerly. The loop around them
+(sample, stop, time) is decoding.generate's decode_loop. Caches live as long as the
 generator, so graphs stay valid across generate calls; writes past the prompt are
 masked by position, so stale entries from an earlier call are never read.
 """
@@ -19,8 +20,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from decoding.generate import ContextLengthError, GenerationResult, _sync
-from decoding.sampling import sample
+from decoding.cuda_graph import capture_graph
+from decoding.generate import ContextLengthError, GenerationResult, _sync, decode_loop, prompt_tensor
 
 
 class _DecodeStep:
@@ -32,16 +33,8 @@ class _DecodeStep:
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.graph = None
         self.logits = None
-        if cuda_graph:
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm up: cuBLAS handles, Triton autotune, compile
-                    self.fn(self.ids, self.pos)
-            torch.cuda.current_stream(device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self.fn(self.ids, self.pos)[:, -1]  # (B, V), a static output buffer
+        if cuda_graph:  # logits (B, V): a static output buffer each replay rewrites
+            self.graph, self.logits = capture_graph(lambda: self.fn(self.ids, self.pos)[:, -1], device)
 
     def __call__(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
         """Logits (B, V) of the tokens ids (B,) at position pos. Valid until the next call."""
@@ -92,15 +85,15 @@ class FastGenerator:
     @torch.inference_mode()
     def generate(self, prompt_ids: Union[Sequence[int], torch.Tensor], max_new_tokens: int,
                  temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 seed: Optional[int] = None, on_logits: Optional[Callable] = None) -> GenerationResult:
+                 seed: Optional[int] = None, eos_id: Optional[int] = None,
+                 on_logits: Optional[Callable] = None) -> GenerationResult:
         """Generate max_new_tokens after prompt_ids ((B, T) equal-length rows, or one list).
 
-        No early stop (every row runs max_new_tokens: fixed work, as a benchmark wants).
+        The loop is decoding.generate's (decode_loop): eos_id stops rows as generate does; without
+        it every row runs max_new_tokens (fixed work, as a benchmark wants) with no host sync.
         on_logits(step, logits (B, V)) sees every step's logits (checks; costs a sync if it reads).
         """
-        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.device)
-        if prompt.dim() == 1:
-            prompt = prompt[None]
+        prompt = prompt_tensor(prompt_ids, max_new_tokens, self.device)
         B, T = prompt.shape
         if B > self.max_batch_size:
             raise ValueError(f"batch of {B} exceeds max_batch_size={self.max_batch_size}")
@@ -108,23 +101,6 @@ class FastGenerator:
             raise ContextLengthError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the "
                                      f"generator's max_seq_len={self.max_seq_len}")
         step = self.step_for(B)  # capture before timing starts
-        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
-        tokens = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=self.device)
-        tokens[:, :T] = prompt
-        _sync(self.device)
-        t0 = time.perf_counter()
-        logits = self.model(prompt, torch.arange(T, device=self.device))[:, -1]
-        for i in range(max_new_tokens):
-            if on_logits is not None:
-                on_logits(i, logits)
-            nxt = sample(logits, temperature, top_k, top_p, generator)
-            tokens[:, T + i] = nxt
-            if i == 0:
-                _sync(self.device)
-                t_first = time.perf_counter()
-            if i + 1 < max_new_tokens:
-                logits = step(nxt, T + i)
-        _sync(self.device)
-        t_end = time.perf_counter()
-        return GenerationResult(tokens=tokens, new_ids=tokens[:, T:].tolist(), prefill_s=t_first - t0,
-                                decode_s=t_end - t_first, n_new=max_new_tokens)
+        return decode_loop(lambda: self.model(prompt, torch.arange(T, device=self.device))[:, -1],
+                           lambda tokens, pos: step(tokens[:, pos], pos), prompt, max_new_tokens,
+                           temperature, top_k, top_p, seed, eos_id, on_logits)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from decoding.sampling import sample
+from decoding.stopping import stop_reason
 
 
 class ContextLengthError(ValueError):
@@ -20,7 +21,7 @@ class GenerationResult:
     """Output of `generate`: ids (prompt + new, per row) and timings in seconds."""
 
     tokens: torch.Tensor  # (B, T_prompt + n_new) long: prompt then generated ids
-    new_ids: list  # per row, the generated ids (stopping after eos_id when given)
+    new_ids: list  # per row, the generated ids (ending at its eos_id when given)
     prefill_s: float  # time to first token: the prompt forward + first sample
     decode_s: float  # time of the remaining n_new - 1 steps
     n_new: int  # new tokens produced per row (the loop's step count)
@@ -37,6 +38,71 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def prompt_tensor(prompt_ids: Union[Sequence[int], torch.Tensor], max_new_tokens: int, device) -> torch.Tensor:
+    """A prompt (list of ints, or (B, T) long tensor) as a (B, T) long tensor on device; T >= 1.
+    Raises ValueError for an empty prompt or max_new_tokens < 1."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
+    if prompt.dim() == 1:
+        prompt = prompt[None]  # (1, T)
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt_ids must be a non-empty list or (B, T) tensor, got shape "
+                         f"{tuple(prompt.shape)}")
+    return prompt
+
+
+def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tensor, int], torch.Tensor],
+                prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, seed: Optional[int] = None, eos_id: Optional[int] = None,
+                on_logits: Optional[Callable] = None) -> GenerationResult:
+    """The one prefill/decode loop (generate and FastGenerator differ only in prefill and step).
+
+    prompt (B, T) and max_new_tokens >= 1, as prompt_tensor checks them. prefill() -> logits
+    (B, V) after the prompt; step(tokens, pos) -> logits (B, V) after feeding tokens[:, pos]
+    (tokens (B, T + max_new_tokens) holds every earlier id). Each step
+    samples with decoding.sample and stops by decoding.stopping.stop_reason: a row that emits
+    eos_id keeps it and is done (later ids repeat it); the loop ends when every row is done.
+    With eos_id the rows are checked on the host every step (a sync); without, never.
+    on_logits(step, logits (B, V)) sees every step's logits.
+    """
+    B, T = prompt.shape
+    device = prompt.device
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    stop_ids = () if eos_id is None else (eos_id,)
+    kept: list[Optional[int]] = [None] * B  # new ids a row keeps, once it has stopped
+    tokens = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=device)
+    tokens[:, :T] = prompt
+    _sync(device)
+    t0 = time.perf_counter()
+    logits = prefill()
+    for i in range(max_new_tokens):
+        n = i + 1
+        if on_logits is not None:
+            on_logits(i, logits)
+        tokens[:, T + i] = sample(logits, temperature, top_k, top_p, generator)  # (B,)
+        if i == 0:
+            _sync(device)
+            t_first = time.perf_counter()
+        if stop_ids:
+            for r, tok in enumerate(tokens[:, T + i].tolist()):
+                if kept[r] is None and stop_reason(tok, n, max_new_tokens, stop_ids) is not None:
+                    kept[r] = n
+            if all(k is not None for k in kept):
+                break
+        if n < max_new_tokens:
+            logits = step(tokens, T + i)
+    _sync(device)
+    t_end = time.perf_counter()
+    tokens = tokens[:, :T + n]
+    for r, k in enumerate(kept):
+        if k is not None:
+            tokens[r, T + k:] = tokens[r, T + k - 1]  # a stopped row repeats its stop token
+    new_ids = [row[:k] for row, k in zip(tokens[:, T:].tolist(), kept)]
+    return GenerationResult(tokens=tokens, new_ids=new_ids, prefill_s=t_first - t0, decode_s=t_end - t_first,
+                            n_new=n)
+
+
 @torch.inference_mode()
 def generate(model, prompt_ids: Union[Sequence[int], torch.Tensor], max_new_tokens: int,
              temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
@@ -46,67 +112,29 @@ def generate(model, prompt_ids: Union[Sequence[int], torch.Tensor], max_new_toke
 
     use_cache=True prefills a StaticKVCache then feeds one token per step;
     use_cache=False recomputes the whole sequence every step (the parity reference).
-    Generation stops early once every row has produced eos_id.
+    Generation stops early once every row has produced eos_id (decode_loop).
     """
     device = next(model.parameters()).device
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
-    if prompt.dim() == 1:
-        prompt = prompt[None]  # (1, T)
-    if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ValueError(f"prompt_ids must be a non-empty list or (B, T) tensor, got shape "
-                         f"{tuple(prompt.shape)}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    prompt = prompt_tensor(prompt_ids, max_new_tokens, device)
     B, T = prompt.shape
     total = T + max_new_tokens
     limit = model.config.max_seq_len
     if total > limit:
         raise ContextLengthError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) = {total} "
                                  f"exceeds the model context of {limit} tokens")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
 
-    tokens = torch.empty(B, total, dtype=torch.long, device=device)
-    tokens[:, :T] = prompt
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    if use_cache:
-        model.setup_caches(max_batch_size=B, max_seq_len=total)
+    def cached_step(tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        return model(tokens[:, pos:pos + 1], torch.tensor([pos], device=device))[:, -1]
+
+    def full_step(tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        return model(tokens[:, :pos + 1])[:, -1]
+
+    if not use_cache:
+        return decode_loop(lambda: model(prompt)[:, -1], full_step, prompt, max_new_tokens, temperature,
+                           top_k, top_p, seed, eos_id)
+    model.setup_caches(max_batch_size=B, max_seq_len=total)
     try:
-        _sync(device)
-        t0 = time.perf_counter()
-        t_first = t0
-        n = 0
-        for i in range(max_new_tokens):
-            cur = T + i
-            if not use_cache:
-                logits = model(tokens[:, :cur])[:, -1]  # (B, V)
-            elif i == 0:
-                logits = model(tokens[:, :T], torch.arange(T, device=device))[:, -1]
-            else:
-                pos = torch.tensor([cur - 1], device=device)
-                logits = model(tokens[:, cur - 1:cur], pos)[:, -1]
-            nxt = sample(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                done |= nxt == eos_id
-            tokens[:, cur] = nxt
-            n = i + 1
-            if i == 0:
-                _sync(device)
-                t_first = time.perf_counter()
-            if eos_id is not None and bool(done.all()):
-                break
-        _sync(device)
-        t_end = time.perf_counter()
+        return decode_loop(lambda: model(prompt, torch.arange(T, device=device))[:, -1], cached_step, prompt,
+                           max_new_tokens, temperature, top_k, top_p, seed, eos_id)
     finally:
-        if use_cache:
-            model.remove_caches()
-    tokens = tokens[:, :T + n]
-    new_ids = []
-    for row in tokens[:, T:].tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[:row.index(eos_id) + 1]
-        new_ids.append(row)
-    return GenerationResult(tokens=tokens, new_ids=new_ids, prefill_s=t_first - t0,
-                            decode_s=t_end - t_first, n_new=n)
+        model.remove_caches()

@@ -6,25 +6,13 @@ layer. kernels.flash_decode reads only the valid prefix in two launches, takes t
 heads without expanding K/V, and is graph-safe (lengths live on the device). It is wrapped
 as the custom op lab::flash_decode so torch.compile keeps it as one opaque call. Exports
 (torch.export, AOTInductor, ONNX) keep SDPA: their runtimes cannot call a Python op.
-LAB_ATTENTION=sdpa turns it off (to compare, or to rule it out).
+Whether a model uses it is chosen once at setup_caches (model/attention_backend.py;
+LAB_ATTENTION=sdpa turns it off, to compare or to rule it out).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
-
-from model.paged_attention import use_flash
-
-
-def usable(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """True if a (B, Hq, 1, D) query and its cache can take the flash decode path here and now."""
-    choice = os.environ.get("LAB_ATTENTION", "auto")
-    if choice not in ("auto", "sdpa"):
-        raise ValueError(f"LAB_ATTENTION must be auto or sdpa, got {choice!r}")
-    return (choice == "auto" and q.shape[2] == 1 and k_cache.dtype == q.dtype and use_flash(q)
-            and not torch.compiler.is_exporting())
 
 
 @torch.library.custom_op("lab::flash_decode", mutates_args=())

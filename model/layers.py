@@ -1,27 +1,23 @@
-"""Building blocks of the Llama decoder: Linear factory, RMSNorm, RoPE, attention, MLP.
+"""Building blocks of the Llama decoder: RMSNorm, RoPE, attention, MLP.
 
 Attribute names follow the Hugging Face Llama layout so state_dict keys match the
-checkpoint directly (q_proj, k_proj, ..., gate_proj, up_proj, down_proj).
+checkpoint directly (q_proj, k_proj, ..., gate_proj, up_proj, down_proj). Layers are plain
+nn.Linear; quantization swaps them on a built model (quant.quantize), fusion concatenates them
+(fuse_projections).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kernels import ops
-from model import decode_attention
+from model.attention_backend import static_sdpa
 from model.config import ModelConfig
-from model.paged_attention import paged_attention
-
-
-def make_linear(in_features: int, out_features: int, bias: bool = False) -> nn.Module:
-    """Create a Linear layer; the one place they are made, so quantization/TP can swap it."""
-    return nn.Linear(in_features, out_features, bias=bias)
 
 
 def _fuse(module: nn.Module, parts: tuple[str, ...], fused_name: str) -> bool:
@@ -114,12 +110,14 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
         self.head_dim = config.head_dim
-        self.q_proj = make_linear(config.dim, config.n_heads * config.head_dim)
-        self.k_proj = make_linear(config.dim, config.n_kv_heads * config.head_dim)
-        self.v_proj = make_linear(config.dim, config.n_kv_heads * config.head_dim)
-        self.o_proj = make_linear(config.n_heads * config.head_dim, config.dim)
+        self.q_proj = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         # StaticKVCache (setup_caches) or cache.PagedLayerCache (setup_paged_caches); None = no cache.
         self.kv_cache: Optional[nn.Module] = None
+        # attend(q, k, v, kv_cache, input_pos, mask), bound with the cache (model/attention_backend.py).
+        self.attend: Callable[..., torch.Tensor] = static_sdpa
         self.qkv_proj: Optional[nn.Module] = None  # set by fuse(); replaces q/k/v_proj
         self.qkv_sizes = (config.n_heads * config.head_dim,) + (config.n_kv_heads * config.head_dim,) * 2
 
@@ -127,9 +125,14 @@ class Attention(nn.Module):
         """Replace q/k/v_proj by one qkv_proj (concatenated weights); False if not plain Linear."""
         return _fuse(self, ("q_proj", "k_proj", "v_proj"), "qkv_proj")
 
+    def set_cache(self, kv_cache: Optional[nn.Module], attend: Callable[..., torch.Tensor] = static_sdpa) -> None:
+        """Attend over kv_cache (None: causal SDPA over the given tokens) with the function chosen at setup."""
+        self.kv_cache, self.attend = kv_cache, attend
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: Optional[torch.Tensor], input_pos: Optional[torch.Tensor]) -> torch.Tensor:
-        """x (B, T, dim); cos/sin (T, head_dim); mask bool (T, S) or None for causal."""
+        """x (B, T, dim); cos/sin (T, head_dim); mask bool (T, S) over a static cache, else None.
+        Over a paged cache B is 1 and T tokens of several requests lie flat."""
         B, T, _ = x.shape
         if self.qkv_proj is not None:  # fused (fuse_projections): one matmul, then views
             q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
@@ -140,17 +143,10 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q: (B, n_heads, T, head_dim); k, v: (B, n_kv_heads, T, head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if getattr(self.kv_cache, "paged", False):  # engine: flat batch (B=1) over a PagedKVCache
-            y = paged_attention(q, k, v, self.kv_cache)  # (1, n_heads, T, head_dim)
-            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_heads, S, head_dim)
-        if self.kv_cache is not None and decode_attention.usable(q, k):  # one token: split-KV flash decode
-            y = decode_attention.attend(q, k, v, input_pos)
-        elif mask is None:
+        if self.kv_cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        else:  # the static or paged cache's attention, bound once by setup_caches / setup_paged_caches
+            y = self.attend(q, k, v, self.kv_cache, input_pos, mask)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads*head_dim)
         return self.o_proj(y)
 
@@ -160,9 +156,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = make_linear(config.dim, config.intermediate_size)
-        self.up_proj = make_linear(config.dim, config.intermediate_size)
-        self.down_proj = make_linear(config.intermediate_size, config.dim)
+        self.gate_proj = nn.Linear(config.dim, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.dim, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.dim, bias=False)
         self.gate_up_proj: Optional[nn.Module] = None  # set by fuse(); replaces gate/up_proj
 
     def fuse(self) -> bool:

@@ -13,8 +13,9 @@ from torch import nn
 
 from cache.static_cache import StaticKVCache
 from kernels import ops
+from model.attention_backend import PAGED, STATIC, choose_attention
 from model.config import ModelConfig
-from model.layers import MLP, Attention, RMSNorm, make_linear, precompute_rope, signed_sin
+from model.layers import MLP, Attention, RMSNorm, precompute_rope, signed_sin
 
 
 class TransformerBlock(nn.Module):
@@ -63,7 +64,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = make_linear(config.dim, config.vocab_size)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.tie_weights()
         # RoPE tables are built lazily on the weights' device (never here), sized to
         # the cache length once caches exist, else to config.max_seq_len.
@@ -78,30 +79,42 @@ class Transformer(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def setup_caches(self, max_batch_size: int, max_seq_len: int,
-                     dtype: Optional[torch.dtype] = None, device=None) -> None:
-        """Install a StaticKVCache in every layer and build RoPE tables for max_seq_len."""
+    def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: Optional[torch.dtype] = None,
+                     device=None, attention: Optional[str] = None) -> str:
+        """Install a StaticKVCache in every layer and build RoPE tables for max_seq_len.
+
+        attention ("auto", "sdpa", "flash"; None reads $LAB_ATTENTION) picks the one-token
+        attention once, here (model/attention_backend.py); returns the name bound ("flash"/"sdpa").
+        """
         if max_seq_len > self.config.max_seq_len:
             raise ValueError(f"cache length {max_seq_len} exceeds the model context "
                              f"config.max_seq_len={self.config.max_seq_len}")
         weight = self.model.embed_tokens.weight
         dtype = dtype or weight.dtype
         device = device or weight.device
+        self.remove_caches()  # old caches go before new ones are allocated
+        caches = [StaticKVCache(max_batch_size, self.config.n_kv_heads, max_seq_len, self.config.head_dim,
+                                dtype=dtype, device=device) for _ in self.model.layers]
+        name = choose_attention(attention, caches[0].k_cache, weight.dtype)
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
-        for layer in self.model.layers:
-            layer.self_attn.kv_cache = StaticKVCache(
-                max_batch_size, self.config.n_kv_heads, max_seq_len, self.config.head_dim,
-                dtype=dtype, device=device)
+        for layer, cache in zip(self.model.layers, caches):
+            layer.self_attn.set_cache(cache, STATIC[name])
         self.setup_rope(max_seq_len, device)
+        return name
 
-    def setup_paged_caches(self, paged_kv) -> None:
-        """Attend over a cache.PagedKVCache: each layer gets its view; forward then takes a flat
-        batch (1, N) whose addressing the runner binds with paged_kv.bind(meta) first."""
+    def setup_paged_caches(self, paged_kv, attention: Optional[str] = None):
+        """Attend over a cache.PagedKVCache: each layer gets its view and the attention face chosen
+        here, once (attention as in setup_caches). forward then takes a flat batch (1, N) whose
+        addressing the runner binds with paged_kv.bind(meta) after meta.plan = face.plan(meta).
+        Returns the face (model.paged_attention.GatherFace or FlashFace)."""
+        face = PAGED[choose_attention(attention, paged_kv.k[0], self.model.embed_tokens.weight.dtype)](
+            paged_kv.block_size)
         self.remove_caches()
         self.paged_kv = paged_kv
         for layer, view in zip(self.model.layers, paged_kv.layer_views()):
-            layer.self_attn.kv_cache = view
+            layer.self_attn.set_cache(view, face)
         self.setup_rope(None, paged_kv.k[0].device)
+        return face
 
     def setup_rope(self, max_seq_len: Optional[int] = None, device=None) -> None:
         """Build the RoPE cos and signed sin tables (fp32) for positions < max_seq_len (default config's).
@@ -116,7 +129,7 @@ class Transformer(nn.Module):
     def remove_caches(self) -> None:
         """Drop the KV caches; forward goes back to plain causal attention."""
         for layer in self.model.layers:
-            layer.self_attn.kv_cache = None
+            layer.self_attn.set_cache(None)
         self.max_batch_size = self.max_seq_len = -1
         self.paged_kv = None
         self.rope_cos = self.rope_sin = None

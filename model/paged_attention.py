@@ -1,28 +1,28 @@
 """Attention over a paged KV cache for a flat batch of requests (prefill chunks and decodes).
 
-Two faces, chosen once per call, visibly:
-- gather (any device, any dtype; the readable path and the CPU path): for each request,
+Two faces, chosen once when the caches are set up (model/attention_backend.py), visibly:
+- GatherFace (any device, any dtype; the readable path and the CPU path): for each request,
   gather its blocks into contiguous K/V (1, Hkv, L, D) and run SDPA with the bool mask
   key_pos <= query_pos, the same mask and op the contiguous StaticKVCache path uses.
-- flash (CUDA, or Triton's interpreter; fp16/bf16, head_dim 64/128): the requests with one
+- FlashFace (CUDA, or Triton's interpreter; fp16/bf16, head_dim 64/128): the requests with one
   new token go to kernels.flash_decode.paged_flash_decode in one launch (it reads the
   blocks in place); the others (prefill chunks) have their whole K/V gathered into one
   packed tensor by a single index op and go to kernels.flash_attention_varlen in one launch
   (causal bottom-right per request: a chunk after a cached prefix sees that prefix).
   A handful of launches per layer whatever the batch, instead of a loop over requests.
+
+Each face splits planning from running, as FlashInfer does: `face.plan(meta)` once per step
+(the runner calls it before the forward; the result goes in meta.plan), then `face(q, k, v,
+layer_cache, ...)` per layer.
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-from kernels import _triton
-
-FLASH_DECODE_DTYPES = (torch.float16, torch.bfloat16)
-FLASH_DECODE_HEAD_DIMS = (64, 128)
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
@@ -40,21 +40,20 @@ def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int) 
     return cache[blocks].reshape(-1, hkv, d)[:seq_len].transpose(0, 1)[None]
 
 
-def use_flash(q: torch.Tensor) -> bool:
-    """The flash face runs here: a Triton-capable tensor of a dtype and head size the kernels take."""
-    return _triton.can_run(q) and q.dtype in FLASH_DECODE_DTYPES and q.shape[-1] in FLASH_DECODE_HEAD_DIMS
+class FlashPlan:
+    """A mixed step's requests split into decodes (one new token) and prefills: FlashFace's plan.
 
-
-class _Split:
-    """A step's requests split into decodes (one new token) and prefills.
-
-    Built once per step (cached on the metadata object) and shared by every layer. The
-    rows of each group are a slice when its requests are one run (the engine's usual
-    order: running decodes, then new prompts), so the kernels read q and write their part
-    of the output in place; otherwise a device index (gathered and scattered per layer).
+    Built once per step, before the forward, and shared by every layer. The rows of each
+    group are a slice when its requests are one run (the engine's usual order: running
+    decodes, then new prompts), so the kernels read q and write their part of the output in
+    place; otherwise a device index (gathered and scattered per layer).
+    dec_tables (R_dec, max_blocks) int32, dec_lens (R_dec,) int32: the decodes' rows of the
+    metadata. cu_q, cu_k (R_pre + 1,) int32: prefix sums of the prefills' new and total tokens;
+    key_slots (sum of their lengths,) long: the flat cache slot of every key, in request order.
     """
 
-    def __init__(self, meta, block_size: int, device):
+    def __init__(self, meta, block_size: int):
+        device = meta.block_tables.device
         qsl, lens = meta.query_start_loc, meta.seq_lens_host
         n_new = [qsl[r + 1] - qsl[r] for r in range(len(lens))]
         dec = [r for r, n in enumerate(n_new) if n == 1]
@@ -94,48 +93,77 @@ def _run_rows(kernel, qt: torch.Tensor, out: torch.Tensor, rows) -> None:
         out.index_copy_(0, rows, kernel(qt.index_select(0, rows)))
 
 
-def _flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:
+def flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          plan: FlashPlan) -> torch.Tensor:
     """Decodes through paged flash decode, prefills through varlen flash attention. (1, Hq, N, D)."""
     from kernels.flash_attention import flash_attention_varlen
     from kernels.flash_decode import paged_flash_decode
 
-    _, bs, hkv, d = k_cache.shape
-    if meta.flash_split is None:
-        meta.flash_split = _Split(meta, bs, q.device)
-    split = meta.flash_split
+    _, _, hkv, d = k_cache.shape
     qt = q[0].transpose(0, 1)  # (N, Hq, D) view
     out = torch.empty_like(qt)
-    if split.dec_rows is not None:
-        _run_rows(lambda x, out=None: paged_flash_decode(x, k_cache, v_cache, split.dec_tables, split.dec_lens,
-                                                         out=out), qt, out, split.dec_rows)
-    if split.pre_rows is not None:
-        kp = k_cache.view(-1, hkv, d).index_select(0, split.key_slots)  # (Nk, Hkv, D)
-        vp = v_cache.view(-1, hkv, d).index_select(0, split.key_slots)
-        _run_rows(lambda x, out=None: flash_attention_varlen(x, kp, vp, split.cu_q, split.cu_k, split.max_q,
-                                                             split.max_k, causal=True, out=out),
-                  qt, out, split.pre_rows)
+    if plan.dec_rows is not None:
+        _run_rows(lambda x, out=None: paged_flash_decode(x, k_cache, v_cache, plan.dec_tables, plan.dec_lens,
+                                                         out=out), qt, out, plan.dec_rows)
+    if plan.pre_rows is not None:
+        kp = k_cache.view(-1, hkv, d).index_select(0, plan.key_slots)  # (Nk, Hkv, D)
+        vp = v_cache.view(-1, hkv, d).index_select(0, plan.key_slots)
+        _run_rows(lambda x, out=None: flash_attention_varlen(x, kp, vp, plan.cu_q, plan.cu_k, plan.max_q,
+                                                             plan.max_k, causal=True, out=out),
+                  qt, out, plan.pre_rows)
     return out.transpose(0, 1)[None]  # (1, Hq, N, D)
 
 
-def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_cache) -> torch.Tensor:
-    """Write this step's k/v to the cache, then attend every new token to its sequence.
-
-    q (1, Hq, N, D), k/v (1, Hkv, N, D), RoPE applied; layer_cache: cache.PagedLayerCache
-    whose `meta` (PagedAttentionMetadata) describes the N tokens. Returns (1, Hq, N, D).
-    All writes happen before any read, so a request may read blocks written this step.
-    """
-    meta = layer_cache.meta
-    k_cache, v_cache = layer_cache.k_cache, layer_cache.v_cache
+def _write(k: torch.Tensor, v: torch.Tensor, layer_cache):
+    """Store this step's k/v (1, Hkv, N, D) at the metadata's slots; return (meta, k_cache, v_cache).
+    Every face writes before it reads, so a request may read blocks written this step."""
+    meta, k_cache, v_cache = layer_cache.meta, layer_cache.k_cache, layer_cache.v_cache
     write_kv(k_cache, v_cache, meta.slot_mapping, k[0].transpose(0, 1), v[0].transpose(0, 1))  # (N, Hkv, D)
-    if use_flash(q):
+    return meta, k_cache, v_cache
+
+
+class GatherFace:
+    """The readable face: per request, gathered K/V and masked SDPA. Nothing to plan."""
+
+    name = "sdpa"
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+
+    def plan(self, meta) -> None:
+        """This face reads the metadata as it is."""
+        return None
+
+    def __call__(self, q, k, v, layer_cache, input_pos=None, mask=None) -> torch.Tensor:
+        """q (1, Hq, N, D), k/v (1, Hkv, N, D) after RoPE over a cache.PagedLayerCache -> (1, Hq, N, D)."""
+        meta, k_cache, v_cache = _write(k, v, layer_cache)
+        return gather_paged_attention(q, k_cache, v_cache, meta)
+
+
+class FlashFace:
+    """The flash face: one paged flash-decode launch for a decode-only step (the CUDA-graph one);
+    a mixed step runs flash_paged_attention over the FlashPlan made by plan()."""
+
+    name = "flash"
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+
+    def plan(self, meta) -> Optional[FlashPlan]:
+        """The step's FlashPlan; None for a decode-only step, which reads the metadata directly."""
+        return None if meta.decode_only else FlashPlan(meta, self.block_size)
+
+    def __call__(self, q, k, v, layer_cache, input_pos=None, mask=None) -> torch.Tensor:
+        """q (1, Hq, N, D), k/v (1, Hkv, N, D) after RoPE over a cache.PagedLayerCache -> (1, Hq, N, D)."""
+        meta, k_cache, v_cache = _write(k, v, layer_cache)
         if meta.decode_only:  # the common step (and the CUDA-graph one): one launch, no indexing
             from kernels.flash_decode import paged_flash_decode
 
             qd = q[0].transpose(0, 1).contiguous()  # (R, Hq, D): one token per request
             out = paged_flash_decode(qd, k_cache, v_cache, meta.block_tables, meta.seq_lens)
             return out.transpose(0, 1)[None]  # (1, Hq, R, D)
-        return _flash_paged_attention(q, k_cache, v_cache, meta)
-    return gather_paged_attention(q, k_cache, v_cache, meta)
+        assert meta.plan is not None, "a mixed step needs meta.plan = face.plan(meta) before the forward"
+        return flash_paged_attention(q, k_cache, v_cache, meta.plan)
 
 
 def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:

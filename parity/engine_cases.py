@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from cache import PagedAttentionMetadata
 from model.config import ModelConfig
 from model.llama import Transformer
 from model.random_weights import randomize_
@@ -50,19 +49,3 @@ def scattered_tables(seq_lens, block_size, num_blocks, seed):
         tables.append([perm.pop() for _ in range(k)])
     return tables
 
-
-def make_meta(tables, starts, news, block_size, device="cpu"):
-    """Metadata for requests that already hold starts[r] tokens and add news[r]."""
-    positions, slots, qsl, seq_lens = [], [], [0], []
-    width = max(len(t) for t in tables)
-    for t, s, n in zip(tables, starts, news):
-        positions += list(range(s, s + n))
-        slots += [t[p // block_size] * block_size + p % block_size for p in range(s, s + n)]
-        qsl.append(qsl[-1] + n)
-        seq_lens.append(s + n)
-    tensor = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
-    return PagedAttentionMetadata(
-        positions=tensor(positions), slot_mapping=tensor(slots),
-        block_tables=tensor([t + [0] * (width - len(t)) for t in tables], torch.int32),
-        seq_lens=tensor(seq_lens, torch.int32), query_start_loc=qsl, seq_lens_host=seq_lens,
-        decode_only=all(n == 1 for n in news))

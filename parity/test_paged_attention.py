@@ -1,4 +1,4 @@
-"""Paged attention (gather path; flash decode on CUDA) against the contiguous StaticKVCache path.
+"""Paged attention (the gather face; flash decode on CUDA) against the contiguous StaticKVCache path.
 
 Tolerance, rel_err = max|a - b| / max|b|: fp32 1e-5. The gather path runs the same SDPA
 with the same bool mask as the contiguous path, on the same K/V values; only the key
@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from cache import PagedKVCache
+from cache import PagedKVCache, build_metadata
 from kernels.attention_ref import paged_decode_ref
-from model.paged_attention import gather_kv, paged_attention
-from parity.engine_cases import make_meta, make_tiny_model, rel_err, scattered_tables
+from model.paged_attention import FlashFace, GatherFace, gather_kv
+from parity.engine_cases import make_tiny_model, rel_err, scattered_tables
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2
@@ -38,7 +38,7 @@ def test_gather_attention_matches_contiguous(block_size):
     full_k = [torch.randn(1, hkv, n, d) for n in lens]
     full_v = [torch.randn(1, hkv, n, d) for n in lens]
     # The cached prefixes (tokens < start) are written by an earlier "step".
-    pre = make_meta(tables, [0] * 3, starts, block_size)
+    pre = build_metadata(tables, [0] * 3, starts, block_size)
     view = cache.layer_views()[0]
     if sum(starts):
         cache.bind(pre)
@@ -46,12 +46,12 @@ def test_gather_attention_matches_contiguous(block_size):
         write_kv(cache.k[0], cache.v[0], pre.slot_mapping,
                  torch.cat([k[0, :, :s].transpose(0, 1) for k, s in zip(full_k, starts)]),
                  torch.cat([v[0, :, :s].transpose(0, 1) for v, s in zip(full_v, starts)]))
-    meta = make_meta(tables, starts, news, block_size)
+    meta = build_metadata(tables, starts, news, block_size)
     cache.bind(meta)
     q = [torch.randn(1, hq, n, d) for n in news]
     k_new = torch.cat([k[:, :, s:] for k, s in zip(full_k, starts)], dim=2)
     v_new = torch.cat([v[:, :, s:] for v, s in zip(full_v, starts)], dim=2)
-    got = paged_attention(torch.cat(q, dim=2), k_new, v_new, view)  # (1, hq, N, d)
+    got = GatherFace(block_size)(torch.cat(q, dim=2), k_new, v_new, view)  # (1, hq, N, d)
     outs = []
     for qr, kr, vr, s in zip(q, full_k, full_v, starts):
         n = qr.shape[2]
@@ -72,12 +72,12 @@ def test_gather_decode_matches_paged_decode_ref():
     cache = PagedKVCache.allocate(_Cfg, 16, bs, torch.float32)
     cache.k[0].normal_()
     cache.v[0].normal_()
-    meta = make_meta(tables, [n - 1 for n in lens], [1, 1, 1], bs)
+    meta = build_metadata(tables, [n - 1 for n in lens], [1, 1, 1], bs)
     cache.bind(meta)
     q = torch.randn(1, hq, 3, d)
     k_last = torch.stack([gather_kv(cache.k[0], meta.block_tables[r], n)[0, :, -1] for r, n in enumerate(lens)], 1)
     v_last = torch.stack([gather_kv(cache.v[0], meta.block_tables[r], n)[0, :, -1] for r, n in enumerate(lens)], 1)
-    got = paged_attention(q, k_last[None], v_last[None], cache.layer_views()[0])[0].transpose(0, 1)
+    got = GatherFace(bs)(q, k_last[None], v_last[None], cache.layer_views()[0])[0].transpose(0, 1)
     ref = paged_decode_ref(q[0].transpose(0, 1), cache.k[0], cache.v[0], meta.block_tables, meta.seq_lens)
     assert rel_err(got, ref) <= FP32_TOL
 
@@ -85,13 +85,15 @@ def test_gather_decode_matches_paged_decode_ref():
 def _paged_logits(model, tables, chunks, block_size, num_blocks):
     """Run the model over a paged cache, one flat batch per step; chunks[step][r] = (start, n)."""
     cache = PagedKVCache.allocate(model.config, num_blocks, block_size, torch.float32)
-    model.setup_paged_caches(cache)
+    face = model.setup_paged_caches(cache)
     logits = [[] for _ in tables]
     try:
         for step in chunks:
             rs = [r for r, c in enumerate(step) if c is not None]
-            meta = make_meta([tables[r] for r in rs], [step[r][0] for r in rs], [step[r][1] for r in rs], block_size)
+            meta = build_metadata([tables[r] for r in rs], [step[r][0] for r in rs], [step[r][1] for r in rs],
+                                  block_size)
             ids = torch.cat([model._tokens[r][step[r][0]:sum(step[r])] for r in rs])
+            meta.plan = face.plan(meta)  # the runner's plan step
             cache.bind(meta)
             with torch.no_grad():
                 out = model(ids[None], meta.positions)[0]
@@ -138,14 +140,13 @@ def test_flash_decode_path_matches_gather_cuda(dtype):
     cache = PagedKVCache.allocate(Cfg, 64, bs, dtype, "cuda")
     cache.k[0].normal_()
     cache.v[0].normal_()
-    meta = make_meta(tables, [n - 1 for n in lens], [1] * 4, bs, "cuda")
+    meta = build_metadata(tables, [n - 1 for n in lens], [1] * 4, bs, "cuda")
     cache.bind(meta)
     view = cache.layer_views()[0]
     q = torch.randn(1, hq, 4, d, device="cuda", dtype=dtype)
     k_new = torch.randn(1, hkv, 4, d, device="cuda", dtype=dtype)
     v_new = torch.randn(1, hkv, 4, d, device="cuda", dtype=dtype)
-    got = paged_attention(q, k_new, v_new, view)  # flash decode
-    meta.decode_only = False  # force the gather path on the same cache contents
-    ref = paged_attention(q, k_new, v_new, view)
+    got = FlashFace(bs)(q, k_new, v_new, view)  # flash decode
+    ref = GatherFace(bs)(q, k_new, v_new, view)  # the gather face on the same cache contents
     assert rel_err(got.float(), ref.float()) <= BF16_TOL
     assert math.isfinite(got.float().abs().max().item())

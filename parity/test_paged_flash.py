@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from kernels import _triton
-from model.paged_attention import _flash_paged_attention, gather_paged_attention, write_kv
-from parity.engine_cases import make_meta, rel_err, scattered_tables
+from cache import build_metadata
+from model.paged_attention import FlashFace, flash_paged_attention, gather_paged_attention, write_kv
+from parity.engine_cases import rel_err, scattered_tables
 
 TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
@@ -42,7 +43,7 @@ def test_flash_face_matches_gather_on_a_mixed_step(dtype, block_size, order):
     lens = [s + n for s, n in zip(starts, news)]
     num_blocks = sum(-(-n // block_size) for n in lens) + 4
     tables = scattered_tables(lens, block_size, num_blocks, seed=3)
-    meta = make_meta(tables, starts, news, block_size, device)
+    meta = build_metadata(tables, starts, news, block_size, device)
     k_cache = torch.full((num_blocks, block_size, hkv, d), 1e4, dtype=dtype)  # poison: unwritten slots
     v_cache = torch.full((num_blocks, block_size, hkv, d), -1e4, dtype=dtype)
     k_cache, v_cache = k_cache.to(device), v_cache.to(device)
@@ -59,10 +60,11 @@ def test_flash_face_matches_gather_on_a_mixed_step(dtype, block_size, order):
     v = torch.randn(n, hkv, d, generator=g).to(device, dtype)
     write_kv(k_cache, v_cache, meta.slot_mapping, k, v)
     want = gather_paged_attention(q.float(), k_cache.float(), v_cache.float(), meta)
-    got = _flash_paged_attention(q, k_cache, v_cache, meta)
+    plan = FlashFace(block_size).plan(meta)  # what the runner does before the forward
+    got = flash_paged_attention(q, k_cache, v_cache, plan)
     assert got.shape == want.shape and torch.isfinite(got).all()
-    split = meta.flash_split  # runs of decodes / prefills are sliced in place, others gathered
-    sliced = isinstance(split.dec_rows, slice) and isinstance(split.pre_rows, slice)
+    # runs of decodes / prefills are sliced in place, others gathered
+    sliced = isinstance(plan.dec_rows, slice) and isinstance(plan.pre_rows, slice)
     assert sliced == (order != "interleaved")
     assert want.abs().max() > 0.1
     err = rel_err(got.float(), want)

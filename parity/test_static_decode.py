@@ -1,7 +1,7 @@
 """Decode steps over the StaticKVCache: the split-KV flash decode path against SDPA.
 
 The model's one-token attention goes through kernels.flash_decode (model/decode_attention.py)
-wherever Triton runs; LAB_ATTENTION=sdpa forces the masked SDPA path. Both run the same
+wherever Triton runs; LAB_ATTENTION=sdpa, read once by setup_caches, forces the masked SDPA path. Both run the same
 random bf16/fp16 model from the same prefilled cache; the logits of several decode steps
 must agree within 4e-2 of max|logit| for bf16 (8-bit mantissa, eps 7.8e-3: each path rounds
 q, k, v and its output once, the kernel rounds its softmax weights to bf16 before P @ V, and
@@ -63,15 +63,26 @@ def test_flash_decode_path_matches_sdpa(dtype, monkeypatch):
     assert err <= TOL[dtype], f"{dtype}: flash decode vs SDPA logits differ by {err:.3g} of max|logit|"
 
 
-def test_sdpa_override_and_export_keep_sdpa(monkeypatch):
-    from model import decode_attention
+def test_attention_is_chosen_once_at_setup(monkeypatch):
+    from model.attention_backend import choose_attention, static_flash, static_sdpa
 
-    q = torch.zeros(1, 4, 1, 64, dtype=torch.bfloat16)
+    cache = torch.zeros(1, 2, 8, 64, dtype=torch.bfloat16)
+    if _triton.can_run(cache):
+        assert choose_attention(None, cache, torch.bfloat16) == "flash"
     monkeypatch.setenv("LAB_ATTENTION", "sdpa")
-    assert not decode_attention.usable(q, q)
+    assert choose_attention(None, cache, torch.bfloat16) == "sdpa"
+    assert choose_attention("auto", cache.float(), torch.float32) == "sdpa"  # fp32: SDPA
+    assert choose_attention("auto", cache, torch.float32) == "sdpa"  # cache and activations differ
+    with pytest.raises(ValueError, match="attention=flash, but the flash kernels cannot run here"):
+        choose_attention("flash", cache.float(), torch.float32)
+    model = random_model("tiny", n_layers=2)
+    monkeypatch.setenv("LAB_ATTENTION", "spda")  # a typo: one error at setup, not at the first step
+    with pytest.raises(ValueError, match="LAB_ATTENTION must be one of auto, sdpa, flash, got 'spda'"):
+        model.setup_caches(1, 8)
     monkeypatch.delenv("LAB_ATTENTION")
-    assert not decode_attention.usable(q.float(), q.float())  # fp32: SDPA
-    assert not decode_attention.usable(torch.zeros(1, 4, 2, 64, dtype=torch.bfloat16), q)  # two tokens
-    monkeypatch.setenv("LAB_ATTENTION", "spda")
-    with pytest.raises(ValueError, match="LAB_ATTENTION must be auto or sdpa"):
-        decode_attention.usable(q, q)
+    assert model.setup_caches(1, 8, attention="sdpa") == "sdpa"
+    assert all(layer.self_attn.attend is static_sdpa for layer in model.model.layers)
+    name = model.setup_caches(1, 8, attention="auto")
+    want = static_flash if name == "flash" else static_sdpa
+    assert all(layer.self_attn.attend is want for layer in model.model.layers)
+    model.remove_caches()

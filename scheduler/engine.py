@@ -20,6 +20,7 @@ import torch
 from cache.block_pool import BlockPool
 from cache.paged_cache import KVCapacity, PagedKVCache, kv_capacity, resolve_budget
 from decoding.generate import ContextLengthError
+from decoding.stopping import stop_string_hit
 from scheduler.params import Request, RequestStatus, SamplingParams
 from scheduler.runner import ModelRunner
 from scheduler.scheduler import Scheduler, SchedulerConfig
@@ -49,31 +50,6 @@ class RequestOutput:
         return None if self.text_fn is None else self.text_fn()
 
 
-# Decoding a token suffix garbles at most its first few characters: up to 3 orphaned UTF-8
-# continuation bytes (one U+FFFD each) or a dropped leading space (SentencePiece); after
-# them the text is an exact suffix of the whole decode (UTF-8 resynchronises).
-_GARBLE = 4
-
-
-def stop_string_hit(decode: Callable[[list[int]], str], ids: list[int], stops: Sequence[str]) -> bool:
-    """True if a stop string occurs in decode(ids), called once per new token (the last of ids).
-
-    Any earlier match was caught at its own token, so only one ending in the newest token's
-    text matters: decode a window of the last tokens holding at least max(len(stop)) + 8
-    characters before the newest one, and search it past its possibly garbled start.
-    Decodes O(longest stop) tokens per call instead of the whole output (O(n) per token).
-    """
-    need = max(map(len, stops)) + 2 * _GARBLE  # garble at the start and an unfinished last char
-    w = 2 * need + 2
-    while w < len(ids) and len(decode(ids[-w:-1])) < need:
-        w *= 2
-    if w >= len(ids):
-        text = decode(ids)
-        return any(s in text for s in stops)
-    tail = decode(ids[-w:])[_GARBLE:]
-    return any(s in tail for s in stops)
-
-
 class LLMEngine:
     """Owns the three nouns: a Scheduler (ids, counts, blocks), a ModelRunner (tensors), and
     the output step in between (stop strings, streaming, timings).
@@ -83,6 +59,8 @@ class LLMEngine:
     steps from CUDA graphs per bucketed batch size (`cuda_graph`; needs fp16/bf16 and head
     dim 64 or 128, the flash-decode kernel's). Pass False to run every step eagerly.
     admission_batch > 1: a full engine admits new prompts in groups (scheduler.SchedulerConfig).
+    attention ("auto", "sdpa", "flash"; None reads $LAB_ATTENTION): the paged attention face,
+    chosen once here (model/attention_backend.py).
     """
 
     def __init__(self, model, tokenizer=None, *, policy: str = "chunked", block_size: int = 16,
@@ -91,7 +69,7 @@ class LLMEngine:
                  max_num_seqs: int = 64, max_num_batched_tokens: Optional[int] = None,
                  max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
                  cuda_graph: Optional[bool] = None, fuse_projections: Optional[bool] = None,
-                 admission_batch: int = 1):
+                 admission_batch: int = 1, attention: Optional[str] = None):
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config
         weight = model.model.embed_tokens.weight
@@ -123,17 +101,19 @@ class LLMEngine:
             raise ValueError("cuda_graph=True needs the model on a CUDA device; leave it None on a CPU")
         if fuse_projections if fuse_projections is not None else on_gpu:
             model.fuse_projections()  # inference only: one qkv and one gate_up matmul per layer
-        graphs = None
-        # Graphs replay the flash-decode path (the gather path needs host lengths per step).
-        from model.paged_attention import FLASH_DECODE_DTYPES, FLASH_DECODE_HEAD_DIMS
-        graphable = on_gpu and dtype in FLASH_DECODE_DTYPES and config.head_dim in FLASH_DECODE_HEAD_DIMS
+        face = model.setup_paged_caches(self.paged_kv, attention)  # the attention face, chosen once
+        # Graphs replay the flash face's decode (the gather face needs host lengths per step).
+        graphable = on_gpu and face.name == "flash"
         if cuda_graph and not graphable:
+            model.remove_caches()
             raise ValueError(f"cuda_graph=True replays the flash-decode kernel, which needs a CUDA model in "
-                             f"fp16/bf16 with head_dim 64 or 128 (got {dtype}, head_dim {config.head_dim})")
+                             f"fp16/bf16 with head_dim 64 or 128 and attention auto or flash (got {dtype}, "
+                             f"head_dim {config.head_dim}, the {face.name} face)")
+        graphs = None
         if cuda_graph if cuda_graph is not None else graphable:
             from scheduler.graphs import DecodeGraphs
             graphs = DecodeGraphs(model, self.paged_kv, max_model_len, max_num_seqs)
-        self.runner = ModelRunner(model, self.paged_kv, graphs)
+        self.runner = ModelRunner(model, self.paged_kv, face, graphs)
         self._ids = itertools.count()
         self._live: dict[str, Request] = {}
 

@@ -16,7 +16,8 @@ import time
 import torch
 
 from cache.block_pool import NULL_BLOCK_ID
-from cache.paged_cache import PagedAttentionMetadata, PagedKVCache
+from cache.paged_cache import PagedKVCache, build_metadata
+from decoding.cuda_graph import capture_graph
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
@@ -24,15 +25,14 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 class _Bucket:
     """Static inputs of one bucket and the graph that reads them."""
 
-    def __init__(self, size: int, max_blocks: int, device):
-        z = dict(device=device)
+    def __init__(self, size: int, max_blocks: int, block_size: int, device):
         self.size = size
-        self.ids = torch.zeros(1, size, dtype=torch.long, **z)
-        self.positions = torch.zeros(size, dtype=torch.long, **z)
-        self.slots = torch.zeros(size, dtype=torch.long, **z)
-        self.tables = torch.full((size, max_blocks), NULL_BLOCK_ID, dtype=torch.int32, **z)
-        self.seq_lens = torch.ones(size, dtype=torch.int32, **z)
-        self.rows = torch.arange(size, dtype=torch.long, **z)
+        self.ids = torch.zeros(1, size, dtype=torch.long, device=device)
+        self.rows = torch.arange(size, dtype=torch.long, device=device)
+        # Every row starts as padding: one token at position 0 written to the null block's slot 0,
+        # tables of max_blocks null blocks, length 1. Its tensors are the graph's static inputs.
+        self.meta = build_metadata([[NULL_BLOCK_ID]] * size, [0] * size, [1] * size, block_size, device,
+                                   width=max_blocks)
         # One pinned host staging area, copied over in non-blocking transfers; filled through
         # numpy views (a row assignment from a list is ~1 us; a torch.tensor per row, ~8).
         self.host_long = torch.zeros(3, size, dtype=torch.long).pin_memory()
@@ -40,9 +40,6 @@ class _Bucket:
         self.host_lens = torch.zeros(size, dtype=torch.int32).pin_memory()
         self.np_long, self.np_tables, self.np_lens = (self.host_long.numpy(), self.host_tables.numpy(),
                                                       self.host_lens.numpy())
-        self.meta = PagedAttentionMetadata(
-            positions=self.positions, slot_mapping=self.slots, block_tables=self.tables, seq_lens=self.seq_lens,
-            query_start_loc=list(range(size + 1)), seq_lens_host=[1] * size, decode_only=True)
         self.graph = None
         self.logits = None
 
@@ -66,20 +63,12 @@ class DecodeGraphs:
 
     def _capture(self, size: int) -> _Bucket:
         t0 = time.perf_counter()
-        b = _Bucket(size, self.max_blocks, self.device)
-        # Padding rows: write to the null block's slot 0, attend to one null position.
-        b.slots.fill_(NULL_BLOCK_ID * self.block_size)
-        self.kv.bind(b.meta)
+        b = _Bucket(size, self.max_blocks, self.block_size, self.device)
+        self.kv.bind(b.meta)  # decode-only: the flash face reads it with no plan
         try:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm up: cuBLAS, Triton autotune and JIT outside the capture
-                    self.model(b.ids, b.positions, b.rows)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            b.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(b.graph):
-                b.logits = self.model(b.ids, b.positions, b.rows)[0]  # (size, V)
+            # warm-up outside the capture: cuBLAS, Triton autotune and JIT
+            b.graph, b.logits = capture_graph(lambda: self.model(b.ids, b.meta.positions, b.rows)[0], self.device,
+                                              warmup=2)  # logits (size, V)
         finally:
             self.kv.bind(None)
         torch.cuda.synchronize(self.device)
@@ -96,11 +85,12 @@ class DecodeGraphs:
         b = self._graphs[size]
         fill_host(b.np_long, b.np_tables, b.np_lens, ids, positions, slots, tables, seq_lens,
                   NULL_BLOCK_ID, self.block_size)
+        m = b.meta
         b.ids[0].copy_(b.host_long[0], non_blocking=True)
-        b.positions.copy_(b.host_long[1], non_blocking=True)
-        b.slots.copy_(b.host_long[2], non_blocking=True)
-        b.tables.copy_(b.host_tables, non_blocking=True)
-        b.seq_lens.copy_(b.host_lens, non_blocking=True)
+        m.positions.copy_(b.host_long[1], non_blocking=True)
+        m.slot_mapping.copy_(b.host_long[2], non_blocking=True)
+        m.block_tables.copy_(b.host_tables, non_blocking=True)
+        m.seq_lens.copy_(b.host_lens, non_blocking=True)
         b.graph.replay()
         out = b.logits[:r]
         torch.cuda.current_stream(self.device).synchronize()  # the pinned buffers are reused next step

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from decoding.stopping import LENGTH, STOP
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,8 +42,8 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     PREEMPTED = "preempted"  # waiting again, its KV freed; it recomputes from token 0
-    FINISHED_STOPPED = "stop"  # a stop token or stop string
-    FINISHED_LENGTH = "length"  # max_tokens or the model context
+    FINISHED_STOPPED = STOP  # a stop token or stop string
+    FINISHED_LENGTH = LENGTH  # max_tokens or the model context
     FINISHED_ABORTED = "abort"  # cancelled
 
     @property

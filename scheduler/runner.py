@@ -1,7 +1,8 @@
 """ModelRunner: turns a SchedulerOutput into one forward over a PagedKVCache, and samples.
 
 It sees block ids (inside ScheduledRequest) but never the BlockPool; the scheduler
-never sees its tensors.
+never sees its tensors. A step is build_metadata -> plan (the attention face's, once per
+step) -> bind -> forward -> sample.
 """
 
 from __future__ import annotations
@@ -10,33 +11,32 @@ from typing import Optional
 
 import torch
 
-from cache.block_pool import NULL_BLOCK_ID
 from cache.kv_manager import slot_mapping
-from cache.paged_cache import PagedAttentionMetadata, PagedKVCache
+from cache.paged_cache import PagedKVCache, build_metadata
 from decoding.sampling import sample
 from scheduler.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 
 
 class ModelRunner:
-    def __init__(self, model, paged_kv: PagedKVCache, graphs=None):
-        """graphs: a scheduler.graphs.DecodeGraphs to replay decode-only steps (None: all eager)."""
+    def __init__(self, model, paged_kv: PagedKVCache, face, graphs=None):
+        """model already set up over paged_kv (`face = model.setup_paged_caches(paged_kv)`);
+        graphs: a scheduler.graphs.DecodeGraphs to replay decode-only steps (None: all eager)."""
         self.model = model
+        self.face = face
         self.graphs = graphs
         self.kv = paged_kv
         self.device = paged_kv.k[0].device
         self.block_size = paged_kv.block_size
-        model.setup_paged_caches(paged_kv)
         self.params: dict[str, NewRequestData] = {}
         self.generators: dict[str, Optional[torch.Generator]] = {}
 
     def close(self) -> None:
+        """Take the paged caches out of the model (the KV memory goes with the engine)."""
         self.model.remove_caches()
-
-    def _tensor(self, values, dtype=torch.long) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.device)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Run one scheduled step and return the token sampled for each request that samples."""
         for rid in sched.finished_request_ids:
             self.params.pop(rid, None)
             self.generators.pop(rid, None)
@@ -48,31 +48,20 @@ class ModelRunner:
             return ModelRunnerOutput()
         self.kv.copy_blocks(sched.block_copies)  # copy-on-write before this step's writes
 
-        decode_only = all(len(s.token_ids) == 1 for s in sched.scheduled)
-        if (self.graphs is not None and decode_only and all(s.sample for s in sched.scheduled)
-                and self.graphs.bucket_for(len(sched.scheduled)) is not None):
+        reqs = sched.scheduled
+        if (self.graphs is not None and all(len(s.token_ids) == 1 and s.sample for s in reqs)
+                and self.graphs.bucket_for(len(reqs)) is not None):
             return ModelRunnerOutput(self._sample(sched, self._graph_step(sched)))
-        ids, positions, slots, qsl, seq_lens, out_rows = [], [], [], [0], [], []
-        max_blocks = max(len(s.block_ids) for s in sched.scheduled)
-        table = []
-        for s in sched.scheduled:
-            n, end = len(s.token_ids), s.start_pos + len(s.token_ids)
-            ids.extend(s.token_ids)
-            positions.extend(range(s.start_pos, end))
-            slots.extend(slot_mapping(s.block_ids, s.start_pos, end, self.block_size))
-            qsl.append(qsl[-1] + n)
-            seq_lens.append(end)
-            table.append(s.block_ids + [NULL_BLOCK_ID] * (max_blocks - len(s.block_ids)))
-            if s.sample:
-                out_rows.append(qsl[-1] - 1)
-        meta = PagedAttentionMetadata(
-            positions=self._tensor(positions), slot_mapping=self._tensor(slots),
-            block_tables=self._tensor(table, torch.int32), seq_lens=self._tensor(seq_lens, torch.int32),
-            query_start_loc=qsl, seq_lens_host=seq_lens,
-            decode_only=decode_only)
+        meta = build_metadata([s.block_ids for s in reqs], [s.start_pos for s in reqs],
+                              [len(s.token_ids) for s in reqs], self.block_size, self.device)
+        meta.plan = self.face.plan(meta)  # once per step, shared by every layer
+        qsl = meta.query_start_loc
+        ids = torch.tensor([t for s in reqs for t in s.token_ids], dtype=torch.long, device=self.device)
+        out_rows = torch.tensor([qsl[r + 1] - 1 for r, s in enumerate(reqs) if s.sample], dtype=torch.long,
+                                device=self.device)  # (K,): each sampling request's last token
         self.kv.bind(meta)
         try:
-            logits = self.model(self._tensor(ids)[None], meta.positions, self._tensor(out_rows))[0]  # (K, V)
+            logits = self.model(ids[None], meta.positions, out_rows)[0]  # (K, V)
         finally:
             self.kv.bind(None)
         return ModelRunnerOutput(self._sample(sched, logits))
@@ -86,8 +75,10 @@ class ModelRunner:
                                [s.block_ids for s in reqs], [p + 1 for p in positions])
 
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, int]:
+        """decoding.sample per request: every row greedy in one call (one transfer), then the
+        rows with a temperature sampled with their own settings and generator."""
         rids = [s.request_id for s in sched.scheduled if s.sample]
-        greedy = logits.argmax(dim=-1).tolist()  # (K,)
+        greedy = sample(logits).tolist()  # (K,)
         out = {}
         for row, rid in enumerate(rids):
             p = self.params[rid]

@@ -30,6 +30,7 @@ from typing import Optional
 
 from cache.block_pool import BlockPool
 from cache.kv_manager import KVCacheManager
+from decoding.stopping import LENGTH, stop_reason
 from scheduler.outputs import ModelRunnerOutput, NewRequestData, ScheduledRequest, SchedulerOutput
 from scheduler.params import Request, RequestStatus
 
@@ -197,9 +198,9 @@ class Scheduler:
             tok = result.sampled_token_ids[s.request_id]
             req.token_ids.append(tok)
             touched.append(req)
-            if tok in req.params.stop_token_ids:
-                self.finish_request(req, RequestStatus.FINISHED_STOPPED)
-            elif (req.num_output_tokens >= req.params.max_tokens
-                  or req.num_tokens >= self.config.max_model_len):
-                self.finish_request(req, RequestStatus.FINISHED_LENGTH)
+            reason = stop_reason(tok, req.num_output_tokens, req.params.max_tokens, req.params.stop_token_ids)
+            if reason is None and req.num_tokens >= self.config.max_model_len:
+                reason = LENGTH
+            if reason is not None:
+                self.finish_request(req, RequestStatus(reason))  # FINISHED_STOPPED or FINISHED_LENGTH
         return touched

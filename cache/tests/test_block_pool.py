@@ -77,23 +77,6 @@ def test_manager_prefix_sharing_and_cow_on_full_hit():
     pool.check_invariants()
 
 
-def test_manager_fork_copies_shared_partial_block_on_write():
-    pool = BlockPool(num_blocks=8, block_size=4)
-    kv = KVCacheManager(pool)
-    kv.get_computed_blocks("p", [1, 2, 3, 4, 5, 6])
-    kv.allocate_slots("p", 0, 6)  # 2 blocks, the second half full
-    kv.fork("p", "q")
-    last = kv.block_ids("p")[-1]
-    assert pool.ref_cnt(last) == 2
-    copies = kv.allocate_slots("q", 6, 1)  # q writes token 6 into the shared partial block
-    assert copies == [(last, kv.block_ids("q")[-1])] and pool.ref_cnt(last) == 1
-    assert kv.allocate_slots("p", 6, 1) == []  # p's block is private again: written in place
-    kv.free("p")
-    kv.free("q")
-    assert pool.num_free_blocks == 7
-    pool.check_invariants()
-
-
 def test_allocate_slots_none_changes_nothing():
     pool = BlockPool(num_blocks=3, block_size=2)
     kv = KVCacheManager(pool)

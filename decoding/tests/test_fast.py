@@ -36,3 +36,17 @@ def test_limits_are_clear_errors():
         gen.generate(torch.ones(3, 2, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="cuda_graph=False"):
         FastGenerator(_model(1), max_batch_size=1, max_seq_len=8, cuda_graph=True)
+
+
+def test_eos_stops_rows_as_generate_does():
+    """FastGenerator runs generate's loop: a row keeps its eos and repeats it; the loop ends once all rows stopped."""
+    prompt = torch.randint(0, 300, (3, 7), generator=torch.Generator().manual_seed(4))
+    free = generate(_model(5), prompt, 10).new_ids
+    eos = free[1][3]  # row 1 emits it at its 4th new token (others maybe later, maybe never)
+    ref = generate(_model(5), prompt, 10, eos_id=eos)
+    assert ref.new_ids[1] == free[1][:free[1].index(eos) + 1]
+    gen = FastGenerator(_model(5), max_batch_size=4, max_seq_len=64, cuda_graph=False)
+    out = gen.generate(prompt, 10, eos_id=eos)
+    assert out.new_ids == ref.new_ids and out.n_new == ref.n_new
+    assert torch.equal(out.tokens, ref.tokens)
+    assert gen.generate(prompt, 10).new_ids == free  # no eos: every row runs max_new_tokens

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from model.tokenizer import load_tokenizer
-from scheduler.engine import stop_string_hit
+from decoding.stopping import stop_string_hit
 
 TOKENIZERS = Path(__file__).absolute().parents[2] / "third_party/tokenizers"
 TEXT = ("Grüße, naïve café — 日本語のテキスト, Привет, مرحبا, 👋🏽 👨‍👩‍👧 ok!\n\ttabs  and  spaces. "

@@ -1,0 +1,78 @@
+"""Which attention a layer runs over its cache: chosen once, where the caches are set up.
+
+`Transformer.setup_caches` and `setup_paged_caches` take `attention=` (else they read
+$LAB_ATTENTION, once; unset means auto) and bind one function per layer:
+  auto   the flash kernels where they run, else SDPA
+  sdpa   the readable path: masked SDPA over the static cache, the gather face over the paged cache
+  flash  the flash kernels, or a ValueError at setup saying why they cannot run
+The flash kernels run on a Triton-capable device (CUDA, or the CPU under TRITON_INTERPRET=1)
+for fp16/bf16 caches in the activations' dtype with head_dim 64 or 128. A bad value is one
+ValueError at setup; nothing is read or sniffed per layer per step.
+
+Every bound function has one signature: attend(q, k, v, cache, input_pos, mask) -> (B, Hq, T, D),
+with q (B, Hq, T, D) and k, v (B, Hkv, T, D) after RoPE.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from kernels import _triton
+from model import decode_attention
+from model.paged_attention import FlashFace, GatherFace
+
+ENV = "LAB_ATTENTION"
+CHOICES = ("auto", "sdpa", "flash")
+FLASH_DTYPES = (torch.float16, torch.bfloat16)
+FLASH_HEAD_DIMS = (64, 128)
+
+def choose_attention(choice: Optional[str], cache: torch.Tensor, compute_dtype: torch.dtype) -> str:
+    """"flash" or "sdpa" for a cache tensor (..., head_dim) read by activations of compute_dtype.
+
+    choice None reads $LAB_ATTENTION (unset: "auto"). Raises ValueError for a value not in
+    CHOICES, or for "flash" where the kernels cannot run.
+    """
+    source = "attention" if choice is not None else ENV
+    choice = choice if choice is not None else os.environ.get(ENV, "auto")
+    if choice not in CHOICES:
+        raise ValueError(f"{source} must be one of {', '.join(CHOICES)}, got {choice!r}")
+    why_not = _flash_unavailable(cache, compute_dtype)
+    if choice == "flash" and why_not:
+        raise ValueError(f"{source}=flash, but the flash kernels cannot run here: {why_not}")
+    return "flash" if choice != "sdpa" and not why_not else "sdpa"
+
+
+def _flash_unavailable(cache: torch.Tensor, compute_dtype: torch.dtype) -> str:
+    """Why the flash kernels cannot read this cache ("" when they can)."""
+    if not _triton.can_run(cache):
+        return f"Triton cannot run on {cache.device} (a CUDA device, or the CPU with TRITON_INTERPRET=1)"
+    if cache.dtype not in FLASH_DTYPES or cache.dtype != compute_dtype:
+        return f"the cache is {cache.dtype} for {compute_dtype} activations; both must be fp16 or both bf16"
+    if cache.shape[-1] not in FLASH_HEAD_DIMS:
+        return f"head_dim is {cache.shape[-1]}, not one of {FLASH_HEAD_DIMS}"
+    return ""
+
+
+def static_sdpa(q, k, v, cache, input_pos, mask) -> torch.Tensor:
+    """Write k, v into a StaticKVCache, then masked SDPA over its whole length (GQA, no expand)."""
+    k, v = cache.update(input_pos, k, v)  # (B, Hkv, S, D)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def static_flash(q, k, v, cache, input_pos, mask) -> torch.Tensor:
+    """static_sdpa, but a one-token step reads only the valid prefix through kernels.flash_decode.
+
+    torch.export keeps SDPA: the runtimes of the exports built on it cannot call a Python op.
+    """
+    if q.shape[2] != 1 or torch.compiler.is_exporting():
+        return static_sdpa(q, k, v, cache, input_pos, mask)
+    k, v = cache.update(input_pos, k, v)
+    return decode_attention.attend(q, k, v, input_pos)
+
+
+STATIC = {"sdpa": static_sdpa, "flash": static_flash}  # name -> attend over a StaticKVCache
+PAGED = {"sdpa": GatherFace, "flash": FlashFace}  # name -> face class (of block_size) over a PagedKVCache
