@@ -16,11 +16,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.config import ModelConfig
+from model.device import SHORT_NAMES, UsageError, dtype_name, parse_dtype
 from model.llama import Transformer
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CheckpointError(ValueError):
@@ -53,13 +53,10 @@ def _weight_files(path: str) -> dict[str, str]:
 
 def _resolve_dtype(dtype, config: ModelConfig) -> torch.dtype:
     """Turn a dtype name, torch.dtype or None (= the checkpoint's dtype) into a torch.dtype."""
-    if dtype is None:
-        dtype = config.torch_dtype
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise CheckpointError(f"unsupported dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
+    try:
+        return parse_dtype(config.torch_dtype if dtype is None else dtype, flag="dtype")
+    except UsageError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def load_model(path: str, device="cpu", dtype=None) -> Transformer:
@@ -147,7 +144,7 @@ def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = N
         state.pop("lm_head.weight", None)
     hf = config.to_hf_config()
     weight_dtype = model.model.embed_tokens.weight.dtype
-    hf["dtype"] = next((k for k, d in DTYPES.items() if d == weight_dtype), hf["dtype"])
+    hf["dtype"] = dtype_name(weight_dtype) if weight_dtype in SHORT_NAMES else hf["dtype"]
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
 

@@ -145,7 +145,7 @@ def load_quantized(path: str, device="cpu", dtype=None) -> nn.Module:
     floating-point tensors only (int8 weights stay int8, scales stay fp32)."""
     from model.config import ModelConfig
     from model.llama import Transformer
-    from model.weights import DTYPES
+    from model.device import DTYPES
 
     path = os.fspath(path)
     cfg_path = os.path.join(path, "config.json")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from model.embedded import random_model
+from model.random_weights import random_model
 from scheduler import LLM, SamplingParams
 
 
