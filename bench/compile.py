@@ -193,74 +193,30 @@ def build_torch_compile(case: Case, mode: str) -> Built:
     return Built({p: call for p in PHASES}, seconds, note)
 
 
-def _aoti_packages(case: Case, out_dir: str) -> dict:
-    """export/aoti_package.compile_packages on a CPU; on a GPU the same two programs with CUDA inputs."""
-    from export import aoti_package
-
-    if not common.is_cuda(case.device):
-        return aoti_package.compile_packages(case.model, out_dir, case.cache_len)
-    # aoti_package builds its example inputs on the CPU; the CUDA graph needs CUDA ones.
-    from export.kv_step import KVCacheStep
-
-    os.makedirs(out_dir, exist_ok=True)
-    step = KVCacheStep(case.model).eval()
-    _, _, k, v = case.inputs["prefill"]
-    dev = case.device
-    T = torch.export.Dim("T", min=2, max=case.cache_len)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        programs = {
-            "prefill": torch.export.export(step, (torch.zeros(1, 4, dtype=torch.long, device=dev),
-                                                  torch.arange(4, device=dev), k, v),
-                                           dynamic_shapes=({1: T}, {0: T}, None, None)),
-            "decode": torch.export.export(step, (torch.zeros(1, 1, dtype=torch.long, device=dev),
-                                                 torch.tensor([4], device=dev), k, v)),
-        }
-    times, paths = {"export_s": time.perf_counter() - t0}, {}
-    for name, ep in programs.items():
-        t0 = time.perf_counter()
-        paths[name] = torch._inductor.aoti_compile_and_package(ep, package_path=os.path.join(out_dir, f"{name}.pt2"))
-        times[f"compile_{name}_s"] = time.perf_counter() - t0
-    return {"paths": paths, "times": times}
-
-
 def build_aoti(case: Case) -> Built:
+    """export/aoti_package.py's two packages on the case's device (its compile is timed there)."""
+    from export.aoti_package import AOTIRunner, compile_packages
+
     out_dir = os.path.join(case.work_dir, "aoti")
-    built = _aoti_packages(case, out_dir)
-    t = built["times"]
-    pkgs = {p: torch._inductor.aoti_load_package(built["paths"][p]) for p in PHASES}
+    t = compile_packages(case.model, out_dir, case.cache_len)["times"]
+    runner = AOTIRunner(out_dir)
     seconds = {"export": t["export_s"], "compile decode": t["compile_decode_s"],
                "compile prefill": t["compile_prefill_s"]}
-    return Built({p: pkgs[p] for p in PHASES}, seconds)
+    return Built({"prefill": runner.prefill, "decode": runner.decode}, seconds)
 
 
 def build_onnxruntime(case: Case) -> Built:
+    """export/onnx_step.py's graph in an onnxruntime session, each phase's inputs bound once."""
     from export.onnx_step import OrtStep, export_onnx
-
-    import logging
 
     path = os.path.join(case.work_dir, "step.onnx")
     t0 = time.perf_counter()
-    logging.disable(logging.INFO)  # the exporter's passes log one INFO line per initializer under absl
-    try:
-        export_onnx(case.model, path, case.cache_len)
-    finally:
-        logging.disable(logging.NOTSET)
+    export_onnx(case.model, path, case.cache_len)
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     ort_step = OrtStep(path)
     session_s = time.perf_counter() - t0
-    # Feeds as numpy once, outside the timed call: the figure is onnxruntime's, not a copy's.
-    feeds = {}
-    for phase in PHASES:
-        ids, pos, k, v = (t.cpu().numpy() for t in case.inputs[phase])
-        feeds[phase] = {"input_ids": ids, "input_pos": pos, "past_k": k, "past_v": v}
-
-    def runner(phase):
-        sess = ort_step.session
-        return lambda *_: [torch.from_numpy(a) for a in sess.run(["logits", "present_k", "present_v"], feeds[phase])]
-
-    return Built({p: runner(p) for p in PHASES}, {"export": export_s, "session": session_s})
+    return Built({p: ort_step.bind(*case.inputs[p]) for p in PHASES}, {"export": export_s, "session": session_s})
 
 
 # name -> builder(case) -> Built. Tests replace entries.
@@ -277,13 +233,9 @@ def unavailable(name: str, device: str, dtype: torch.dtype) -> str | None:
     if name not in VARIANTS:
         return f"unknown variant (expected one of {', '.join(VARIANTS)})"
     if name == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ImportError as e:
-            return f"not installed ({e.name})"
-        if dtype != torch.float32 or common.is_cuda(device):
-            return "export/onnx_step.py exports fp32 for onnxruntime's CPU provider: --device=cpu --dtype=fp32 only"
+        from export.onnx_step import unavailable as onnx_unavailable
+
+        return onnx_unavailable(dtype, device)
     return None
 
 

@@ -5,7 +5,8 @@ so the two compiled artifacts share one cache that the runner owns:
   prefill.pt2  ids (1, T) for 2 <= T <= max_len (T is dynamic: one compile for every prompt)
   decode.pt2   ids (1, 1)
 Each is torch.export'ed, then torch._inductor.aoti_compile_and_package'd (C++ and a
-shared library on CPU; compile time is reported separately from run time).
+shared library on CPU, CUDA kernels on a GPU: the example inputs live on the model's
+device, so the package targets it; compile time is reported separately from run time).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from export.kv_step import KVCacheStep, empty_caches, greedy_with_step
 
 
 def export_programs(model, max_len: int) -> dict:
-    """torch.export the prefill (dynamic T) and decode (T = 1) steps; model fp32/bf16, CPU or CUDA."""
+    """torch.export the prefill (dynamic T) and decode (T = 1) steps on the model's device and dtype."""
     model.setup_caches(1, max_len)
     step = KVCacheStep(model).eval()
-    k, v = empty_caches(model, 1, max_len)
+    k, v = empty_caches(model, 1, max_len)  # on the weights' device, in their dtype
+    dev = k.device
     T = torch.export.Dim("T", min=2, max=max_len)
-    pre_args = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4), k, v)
-    dec_args = (torch.zeros(1, 1, dtype=torch.long), torch.tensor([4]), k, v)
+    pre_args = (torch.zeros(1, 4, dtype=torch.long, device=dev), torch.arange(4, device=dev), k, v)
+    dec_args = (torch.zeros(1, 1, dtype=torch.long, device=dev), torch.tensor([4], device=dev), k, v)
     with torch.no_grad():
         prefill = torch.export.export(step, pre_args, dynamic_shapes=({1: T}, {0: T}, None, None))
         decode = torch.export.export(step, dec_args)
@@ -55,12 +57,13 @@ class AOTIRunner:
         self.decode = torch._inductor.aoti_load_package(os.path.join(out_dir, "decode.pt2"))
 
     def step(self, ids, pos, k, v):
+        """One call of the prefill (T > 1) or decode (T = 1) package: (logits, k, v)."""
         fn = self.prefill if ids.shape[1] > 1 else self.decode
         return fn(ids, pos, k, v)
 
     def generate(self, model_config, prompt: list[int], n_new: int, max_len: int,
-                 dtype=torch.float32):
-        """Greedy ids and per-step last logits; prompt + n_new must fit max_len."""
+                 dtype=torch.float32, device="cpu"):
+        """Greedy ids and per-step last logits; prompt + n_new must fit max_len; device: the packages'."""
         shape = (model_config.n_layers, 1, model_config.n_kv_heads, max_len, model_config.head_dim)
-        k, v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-        return greedy_with_step(self.step, prompt, n_new, k, v)
+        k = torch.zeros(shape, dtype=dtype, device=device)
+        return greedy_with_step(self.step, prompt, n_new, k, torch.zeros_like(k), device=device)

@@ -16,7 +16,7 @@ Format (JSON Lines, UTF-8, one object per line, appended; "schema" is bumped onl
 when a field changes meaning or disappears, new fields may appear at any time):
   schema       1
   time         UTC ISO-8601 with seconds, "2025-01-31T12:00:00+00:00"
-  binary       "export.trt_llm", "export.aoti", "export.onnx", "export.torch_trt"
+  binary       "export.trt_llm", "export.aoti", "export.onnx_export", "export.torch_trt"
   kind         "usage" (ExportError, ConfigError, CheckpointError: bad flags, shapes,
                checkpoint) or "error" (anything else: a bug or a library limitation)
   argv         the command line, list of strings (sys.argv)

@@ -1,4 +1,4 @@
-"""One decoder step with the KV cache as explicit tensors: the graph AOTI and ONNX export.
+"""The decoder step every export compiles: Transformer.forward with the KV cache as explicit tensors.
 
     logits, k_cache, v_cache = KVCacheStep(model)(ids, input_pos, k_cache, v_cache)
 
@@ -8,23 +8,46 @@ with positions input_pos written (functionally: new tensors, so a runtime withou
 in-place buffer mutation, such as onnxruntime, can carry them from call to call).
 logits (B, T, vocab). T = prompt length for prefill, 1 for decode.
 
-A thin wrapper over the model's own modules (norms, projections, MLP, rope tables):
-the same arithmetic as Transformer.forward with a StaticKVCache, except that the kv
-heads are repeated explicitly instead of SDPA's enable_gqa, which exporters handle
-unevenly. `model.setup_caches(B, S)` must run first: it builds the rope tables the
-graph reads.
+No second decoder: the step installs a cache/functional_cache.py FunctionalKVCache in
+every layer around one `model(ids, input_pos)` call, so exports trace the model's own
+forward (fused projections, the residual form, SDPA with GQA) and can never drift from
+it. `model.setup_caches(B, S)` must run first: it fixes S (the mask's width) and builds
+the rope tables the graph reads. Exports keep SDPA: model/decode_attention.py's flash
+path is off while torch.export (and torch.onnx's dynamo exporter on top of it) traces.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from model.layers import apply_rope
+from cache.functional_cache import FunctionalKVCache
+
+
+@contextmanager
+def functional_caches(model: nn.Module, k_cache: torch.Tensor, v_cache: torch.Tensor):
+    """Give layer i a FunctionalKVCache over k_cache[i], v_cache[i] inside the block; yield the caches.
+
+    The layers' previous caches (the StaticKVCache of setup_caches) are put back on exit.
+    """
+    attns = [layer.self_attn for layer in model.model.layers]
+    assert k_cache.shape[0] == len(attns), f"caches hold {k_cache.shape[0]} layers, the model {len(attns)}"
+    saved = [a.kv_cache for a in attns]
+    caches = [FunctionalKVCache(k, v) for k, v in zip(k_cache.unbind(0), v_cache.unbind(0))]
+    for a, c in zip(attns, caches):
+        a.kv_cache = c
+    try:
+        yield caches
+    finally:
+        for a, c in zip(attns, saved):
+            a.kv_cache = c
 
 
 class KVCacheStep(nn.Module):
+    """(ids, input_pos, k_cache, v_cache) -> (logits, k_cache, v_cache) over the model's own forward."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         assert model.max_seq_len > 0, "call model.setup_caches(max_batch, max_len) before wrapping"
@@ -32,41 +55,23 @@ class KVCacheStep(nn.Module):
 
     def forward(self, ids: torch.Tensor, input_pos: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor):
-        m, cfg = self.model, self.model.config
-        B, T = ids.shape
-        S = k_cache.shape[3]
-        H, KV, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        cos, sin = m.rope_cos[input_pos], m.rope_sin[input_pos]  # (T, D)
-        mask = torch.arange(S, device=ids.device)[None, :] <= input_pos[:, None]  # (T, S) bool
-        x = m.model.embed_tokens(ids)  # (B, T, dim)
-        new_k, new_v = [], []
-        for i, layer in enumerate(m.model.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-            k = attn.k_proj(h).view(B, T, KV, D).transpose(1, 2)  # (B, KV, T, D)
-            v = attn.v_proj(h).view(B, T, KV, D).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            kc = k_cache[i].index_copy(2, input_pos, k.to(k_cache.dtype))  # (B, KV, S, D)
-            vc = v_cache[i].index_copy(2, input_pos, v.to(v_cache.dtype))
-            new_k.append(kc)
-            new_v.append(vc)
-            kr = kc.repeat_interleave(H // KV, dim=1)  # (B, H, S, D)
-            vr = vc.repeat_interleave(H // KV, dim=1)
-            y = F.scaled_dot_product_attention(q, kr, vr, attn_mask=mask)  # (B, H, T, D)
-            y = y.transpose(1, 2).reshape(B, T, H * D)
-            x = x + attn.o_proj(y)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = m.lm_head(m.model.norm(x))  # (B, T, vocab)
-        return logits, torch.stack(new_k), torch.stack(new_v)
+        """One prefill (T > 1) or decode (T = 1) step; shapes in the module docstring."""
+        S = self.model.max_seq_len
+        assert k_cache.shape[3] == S, f"cache length {k_cache.shape[3]} != setup_caches length {S}"
+        with functional_caches(self.model, k_cache, v_cache) as caches:
+            logits = self.model(ids, input_pos)  # (B, T, vocab)
+        k = torch.stack([c.k_cache for c in caches])  # (n_layers, B, n_kv_heads, S, head_dim)
+        v = torch.stack([c.v_cache for c in caches])
+        return logits, k, v
 
 
-def empty_caches(model: nn.Module, batch: int, max_len: int, dtype=None):
+def empty_caches(model: nn.Module, batch: int, max_len: int, dtype=None, device=None):
     """Zero (n_layers, B, n_kv_heads, max_len, head_dim) k and v caches for KVCacheStep."""
     cfg = model.config
-    dtype = dtype or model.model.embed_tokens.weight.dtype
+    weight = model.model.embed_tokens.weight
+    dtype, device = dtype or weight.dtype, device or weight.device
     shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-    return torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+    return torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
 
 
 def greedy_with_step(step, prompt: list[int], n_new: int, k_cache, v_cache,
@@ -89,10 +94,23 @@ def greedy_with_step(step, prompt: list[int], n_new: int, k_cache, v_cache,
     return out, all_logits
 
 
-def eager_greedy(model: nn.Module, prompt: list[int], n_new: int) -> tuple[list[int], list]:
-    """The reference: our model's own StaticKVCache path (ids, per-step last logits)."""
-    model.setup_caches(1, len(prompt) + n_new)
-    step = lambda ids, pos, k, v: (model(ids, pos), k, v)  # noqa: E731
+def eager_step(model: nn.Module, max_len: int):
+    """The reference step: (ids, pos, k, v) -> (logits, k, v) over the model's own StaticKVCache.
+
+    k, v pass through unused (the model keeps its cache); inference mode (no grad).
+    """
+    model.setup_caches(1, max_len)
     device = model.model.embed_tokens.weight.device
-    with torch.no_grad():
-        return greedy_with_step(step, prompt, n_new, None, None, device=device)
+
+    @torch.no_grad()
+    def step(ids, pos, k, v):
+        return model(ids.to(device), pos.to(device)), k, v
+
+    return step
+
+
+def eager_greedy(model: nn.Module, prompt: list[int], n_new: int) -> tuple[list[int], list]:
+    """The reference greedy run: our model's own StaticKVCache path (ids, per-step last logits)."""
+    device = model.model.embed_tokens.weight.device
+    return greedy_with_step(eager_step(model, len(prompt) + n_new), prompt, n_new, None, None,
+                            device=device)

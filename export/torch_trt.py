@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from export import common, failures
+from export import checks, common, failures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
@@ -34,7 +34,10 @@ flags.DEFINE_integer("max_seq_len", 64, "KV cache length in tokens (static). Def
 flags.DEFINE_integer("max_new_tokens", 16, "Greedy tokens compared with eager. Default 16.")
 
 PROMPT = [256, 72, 101, 108, 108, 111]
-FP32_ATOL = 1e-3  # TensorRT fp32 (TF32 off) vs eager: kernel/summation-order differences
+# TensorRT fp32 (TF32 off) vs eager: kernel/summation-order differences. Not measured (no
+# GPU with torch_tensorrt has run this yet); 10x export/checks.py's FP32_ATOL, whose
+# measurements were CPU kernels; the first GPU run must record the figure here.
+FP32_ATOL = 1e-3
 
 
 @failures.capture("export.torch_trt", quant="none")
@@ -66,10 +69,11 @@ def main(argv) -> int:
         precisions = {torch.float32} if FLAGS.dtype == "float32" else {torch.float16, torch.float32}
         trt = torch_tensorrt.dynamo.compile(ep, inputs=list(args), enabled_precisions=precisions)
         got, logits = _decode(trt, PROMPT, n, k, v)
-    err = max(float((a.cpu() - b).abs().max()) for a, b in zip(logits, ref_logits))
+    err = checks.max_abs_diff([a.cpu() for a in logits], ref_logits)
     print(f"torch_tensorrt {torch_tensorrt.__version__} {FLAGS.dtype}: tokens "
-          f"{'identical' if got == ref else 'differ'}, max |logits - eager| {err:.2e}")
-    if FLAGS.dtype == "float32" and (got != ref or err > FP32_ATOL):
+          f"{'identical' if got == ref else 'differ'} ({checks.distinct_tokens(ref)} distinct in the "
+          f"reference), max |logits - eager| {err:.2e}")
+    if FLAGS.dtype == "float32" and (got != ref or not err <= FP32_ATOL):
         raise common.ExportError(f"TensorRT fp32 differs from eager: {got} vs {ref}, {err:.2e}")
     return 0
 

@@ -20,7 +20,7 @@ import time
 
 from absl import flags
 
-from export import common, failures
+from export import checks, common, failures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
@@ -68,7 +68,8 @@ def engine_parity(out_dir: str, source, n_tokens: int) -> str:
     trt = out["output_ids"][0][0][len(PROMPT):seq].tolist()
     ref = common.greedy_tokens(_cached_step(source, seq), torch.tensor([PROMPT]), n_tokens)
     agree = sum(a == b for a, b in zip(trt, ref)) / n_tokens
-    line = f"engine built in {build_s:.1f} s; greedy agreement with eager {agree:.0%} ({n_tokens} tokens)"
+    line = (f"engine built in {build_s:.1f} s; greedy agreement with eager {agree:.0%} ({n_tokens} tokens, "
+            f"{checks.distinct_tokens(ref)} distinct in the reference; < {checks.MIN_DISTINCT} is weak evidence)")
     if FLAGS.quant == "none" and trt[:4] != ref[:4]:
         raise common.ExportError(line + f": first tokens differ, trt {trt[:4]} vs eager {ref[:4]}")
     return line

@@ -43,8 +43,8 @@ def test_log_path_honours_env(tmp_path, monkeypatch):
 
 
 def test_forced_failure_inside_export_writes_one_record(tmp_path, monkeypatch, capsys):
-    # The real export.onnx main, with the exporter forced to fail the way torch.onnx does.
-    from export import onnx as onnx_binary
+    # The real export.onnx_export main, with the exporter forced to fail the way torch.onnx does.
+    from export import onnx_export as onnx_binary
     from export import onnx_step
 
     log = tmp_path / "logs" / "failures.jsonl"
@@ -67,7 +67,7 @@ def test_forced_failure_inside_export_writes_one_record(tmp_path, monkeypatch, c
             flags.FLAGS.unparse_flags()
     assert f"failure recorded in {log}" in capsys.readouterr().out
     (rec,) = _records(log)
-    assert FIELDS <= set(rec) and rec["schema"] == 1 and rec["binary"] == "export.onnx"
+    assert FIELDS <= set(rec) and rec["schema"] == 1 and rec["binary"] == "export.onnx_export"
     assert rec["kind"] == "error" and rec["time"].endswith("+00:00")
     assert rec["flags"]["max_seq_len"] == 16 and rec["flags"]["output"] == str(tmp_path / "out")
     assert rec["exported"] == {"checkpoint": "embedded", "dtype": "float32", "quant": "none+int8",

@@ -1,5 +1,6 @@
-"""TensorRT-LLM checkpoint: schema (from TensorRT-LLM's convert.py), de-fuse roundtrip, W8A16
-layout and error, tensor-parallel shards, and the binary's one-line errors."""
+"""TensorRT-LLM checkpoint: names and shapes against a table read from TensorRT-LLM's own
+converter (file and commit cited at TRTLLM_LLAMA), de-fuse roundtrip, W8A16 layout and error,
+tensor-parallel shards, and the binary's one-line errors."""
 
 import json
 
@@ -9,10 +10,11 @@ from torch import nn
 
 from export.common import ExportError
 from export.tests.cli import error_line, run_cli
-from export.trt_llm_ckpt import (preprocess_int8_weight, read_checkpoint, to_hf_state,
+from export.trt_llm_ckpt import (expected_tensors, preprocess_int8_weight, read_checkpoint, to_hf_state,
                                  unpreprocess_int8_weight, validate_checkpoint, write_checkpoint)
 from model.config import ModelConfig
 from model.llama import Transformer
+
 
 def make_model(tie=False, **overrides):
     """A small random model; the default shapes also satisfy the W8A16 layout at tp 1 and 2."""
@@ -26,8 +28,84 @@ def make_model(tie=False, **overrides):
     return model.eval()
 
 
-def test_schema_written_from_trtllm_source(tmp_path):
-    """Names/shapes as tensorrt_llm/models/llama/convert.py writes them (tp 1, fp16)."""
+# TensorRT-LLM's own Llama converter, the table below is read from:
+#   NVIDIA/TensorRT-LLM tensorrt_llm/models/llama/convert.py at commit
+#   0afa06ab2971a19a9809c66adc444c9280b16088, load_weights_from_hf_by_shard (HF name ->
+#   TRT-LLM name, and the `split(param, tp_size, tp_rank, dim)` of each), with
+#   QkvWeightHelper.split_qkv_weights (cat of rank slices of q, k, v; kv heads duplicated by
+#   convert_utils.dup_kv_weight when num_kv_heads < tp_size) and the lm_head padding
+#   (pad_vocab_size to a multiple of tp_size). W8A16: the weight passes through
+#   symmetric_quantize_last_axis_of_batched_matrix(split_v.transpose()), so it is int8
+#   (in, out per rank) beside a per_channel_scale (out per rank,).
+# Columns: TRT-LLM name, HF source, TRT-LLM's split dim of the HF tensor (None: every rank
+# holds it whole), W8A16-quantized, per-rank shape from (H hidden, D head, Q/KV heads,
+# I intermediate, V vocab, tp).
+TRTLLM_LLAMA = [
+    ("transformer.vocab_embedding.weight", "model.embed_tokens.weight", None, False,
+     lambda c: (c["V"], c["H"])),
+    ("lm_head.weight", "lm_head.weight", 0, False,
+     lambda c: (-(-c["V"] // c["tp"]), c["H"])),
+    ("transformer.ln_f.weight", "model.norm.weight", None, False, lambda c: (c["H"],)),
+    ("transformer.layers.{i}.input_layernorm.weight", "model.layers.{i}.input_layernorm.weight",
+     None, False, lambda c: (c["H"],)),
+    ("transformer.layers.{i}.post_layernorm.weight",
+     "model.layers.{i}.post_attention_layernorm.weight", None, False, lambda c: (c["H"],)),
+    ("transformer.layers.{i}.attention.qkv.weight", "model.layers.{i}.self_attn.{q,k,v}_proj.weight",
+     0, True, lambda c: ((c["Q"] + 2 * max(c["KV"], c["tp"])) * c["D"] // c["tp"], c["H"])),
+    ("transformer.layers.{i}.attention.dense.weight", "model.layers.{i}.self_attn.o_proj.weight",
+     1, True, lambda c: (c["H"], c["Q"] * c["D"] // c["tp"])),
+    ("transformer.layers.{i}.mlp.gate.weight", "model.layers.{i}.mlp.up_proj.weight", 0, True,
+     lambda c: (c["I"] // c["tp"], c["H"])),
+    ("transformer.layers.{i}.mlp.proj.weight", "model.layers.{i}.mlp.down_proj.weight", 1, True,
+     lambda c: (c["H"], c["I"] // c["tp"])),
+    ("transformer.layers.{i}.mlp.fc.weight", "model.layers.{i}.mlp.gate_proj.weight", 0, True,
+     lambda c: (c["I"] // c["tp"], c["H"])),
+]
+
+
+def trtllm_table(model, tp: int, dtype, int8: bool) -> dict:
+    """TRTLLM_LLAMA expanded for a model: name -> (shape, dtype, HF source, split dim)."""
+    cfg = model.config
+    c = dict(H=cfg.dim, D=cfg.head_dim, Q=cfg.n_heads, KV=cfg.n_kv_heads, I=cfg.intermediate_size,
+             V=cfg.vocab_size, tp=tp)
+    out = {}
+    for name, src, dim, quantized, shape in TRTLLM_LLAMA:
+        for i in (range(cfg.n_layers) if "{i}" in name else [None]):
+            n, hf, sh = name.format(i=i), src.replace("{i}", str(i)), shape(c)
+            if int8 and quantized:
+                out[n] = ((sh[1], sh[0]), torch.int8, hf, dim)  # transposed
+                out[n.replace(".weight", ".per_channel_scale")] = ((sh[0],), dtype, hf, None)
+            else:
+                out[n] = (sh, dtype, hf, dim)
+    return out
+
+
+@pytest.mark.parametrize("tp, quant", [(1, "none"), (2, "none"), (4, "none"), (1, "int8"), (2, "int8")])
+def test_names_shapes_and_values_follow_trtllm_source(tmp_path, tp, quant):
+    """Every rank file holds exactly TRT-LLM's names and shapes; float tensors equal TRT-LLM's
+    split of the HF tensor named in the table (tp 4 > 2 kv heads: duplication; vocab 301: padding)."""
+    from safetensors.torch import load_file
+
+    model = make_model(tie=True)
+    dtype = torch.float16
+    write_checkpoint(model, tmp_path, dtype, tp=tp, quant=quant, sm=90)
+    table = trtllm_table(model, tp, dtype, quant == "int8")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert {k: v[:2] for k, v in table.items()} == expected_tensors(cfg)  # our reader's schema too
+    sd = model.state_dict()
+    sd["lm_head.weight"] = torch.nn.functional.pad(sd["lm_head.weight"], (0, 0, 0, -301 % tp))
+    for r in range(tp):
+        t = load_file(tmp_path / f"rank{r}.safetensors")
+        assert set(t) == set(table), set(t) ^ set(table)
+        for name, (shape, dt, hf, dim) in table.items():
+            assert (tuple(t[name].shape), t[name].dtype) == (shape, dt), name
+            if dt == dtype and "{q,k,v}" not in hf and not name.endswith("per_channel_scale"):
+                want = sd[hf] if dim is None else sd[hf].split(sd[hf].shape[dim] // tp, dim)[r]
+                assert torch.equal(t[name], want.to(dtype)), name
+
+
+def test_config_written_from_trtllm_source(tmp_path):
+    """config.json keys and values (tensorrt_llm/models/llama/config.py LLaMAConfig)."""
     model = make_model(tie=True)
     write_checkpoint(model, tmp_path, torch.float16, revision="abc123")
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -40,27 +118,7 @@ def test_schema_written_from_trtllm_source(tmp_path):
     assert cfg["lab_export"]["git_revision"] == "abc123"
     from safetensors.torch import load_file
 
-    t = load_file(tmp_path / "rank0.safetensors")
-    h, d = 128, 32
-    want = {
-        "transformer.vocab_embedding.weight": (301, h),
-        "transformer.ln_f.weight": (h,),
-        "lm_head.weight": (301, h),  # written even when tied, as the converter does
-        "transformer.layers.1.input_layernorm.weight": (h,),
-        "transformer.layers.1.post_layernorm.weight": (h,),
-        "transformer.layers.1.attention.qkv.weight": ((4 + 2 + 2) * d, h),
-        "transformer.layers.1.attention.dense.weight": (h, 4 * d),
-        "transformer.layers.1.mlp.fc.weight": (256, h),
-        "transformer.layers.1.mlp.gate.weight": (256, h),
-        "transformer.layers.1.mlp.proj.weight": (h, 256),
-    }
-    for name, shape in want.items():
-        assert tuple(t[name].shape) == shape and t[name].dtype == torch.float16, name
-    assert len(t) == 3 + 7 * 2
-    sd = model.state_dict()
-    # fc is HF gate_proj and gate is HF up_proj (convert.py's param_name_map).
-    assert torch.equal(t["transformer.layers.1.mlp.fc.weight"], sd["model.layers.1.mlp.gate_proj.weight"].half())
-    assert torch.equal(t["transformer.layers.1.mlp.gate.weight"], sd["model.layers.1.mlp.up_proj.weight"].half())
+    t, sd = load_file(tmp_path / "rank0.safetensors"), model.state_dict()
     qkv = torch.cat([sd[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv"]).half()
     assert torch.equal(t["transformer.layers.1.attention.qkv.weight"], qkv)
 
