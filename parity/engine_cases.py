@@ -34,12 +34,6 @@ def random_requests(n: int, seed: int, max_prompt: int = 40, max_new: int = 24,
     return out
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b| in fp64."""
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 def scattered_tables(seq_lens, block_size, num_blocks, seed):
     """Block tables using a random permutation of blocks 1.. (block 0 is the null block)."""
     g = torch.Generator().manual_seed(seed)
