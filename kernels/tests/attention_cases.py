@@ -24,6 +24,8 @@ import os
 import pytest
 import torch
 
+from kernels.attention_ref import attention_ref
+from kernels import flash_attention as fa
 from parity.tolerance import Tol, assert_close
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -44,3 +46,25 @@ def randn(*shape, dtype, seed):
 def check_attention(got: torch.Tensor, want: torch.Tensor, dtype, what: str = "attention"):
     """Asserts every element of a kernel's output is within TOL[dtype] of the fp32 reference."""
     return assert_close(got, want, TOL[dtype], f"{what} {dtype}")
+
+
+def qkv(B, Hq, Hkv, S_q, S_kv, D, dtype, seed=0):
+    """Seeded unit-normal q (B, Hq, S_q, D), k and v (B, Hkv, S_kv, D)."""
+    return (randn(B, Hq, S_q, D, dtype=dtype, seed=seed), randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 1),
+            randn(B, Hkv, S_kv, D, dtype=dtype, seed=seed + 2))
+
+
+def poisoned_like(t):
+    """NaN with t's shape and strides: any row a kernel skips stays NaN."""
+    return torch.full_like(t, float("nan"))
+
+
+def check_flash_attention(dtype, causal: bool, heads: tuple[int, int], D: int, S: int):
+    """Asserts flash_attention writes, in place, the fp32 reference's output within TOL[dtype]."""
+    Hq, Hkv = heads
+    q, k, v = qkv(1, Hq, Hkv, S, S, D, dtype, seed=S + D)
+    want = attention_ref(q.float(), k.float(), v.float(), causal)
+    out = poisoned_like(q)
+    got = fa.flash_attention(q, k, v, causal, out=out)
+    assert got.data_ptr() == out.data_ptr(), "flash_attention did not write into out="
+    return check_attention(got, want, dtype, f"flash_attention causal={causal} heads={heads} D={D} S={S}")
