@@ -1,12 +1,15 @@
 """Shared cases of the Hugging Face parity tests (and of the planted-fault test): random tiny
 HF checkpoints saved with save_pretrained, and the fp32 logits check of our loaded model.
 
-Tolerances, with rel_err(a, b) = max|a - b| / max|b|:
-- fp32: 1e-5. Both sides compute the same math in fp32; they differ only in
-  round-off from reassociated sums (matmul blocking, SDPA), ~1e-7 per op,
-  compounding over 2-3 layers to well under 1e-5.
-- bf16: 2e-2. bf16 keeps 8 mantissa bits (unit round-off 2^-8 ~ 4e-3); two
+Tolerances, with rel_err(a, b) = max|a - b| / max|b| (whole-model logits, not kernels):
+- fp32: 1e-5. Both sides compute the same math in fp32; they may differ only in round-off
+  from reassociated sums (matmul blocking, SDPA), ~1e-7 per op, compounding over 2-3 layers.
+- bf16: 2e-2. bf16 keeps 8 significant bits (unit round-off 2^-8 ~ 4e-3); two
   implementations rounding at different points drift by a few units over layers.
+Measured (2026-11-26, torch 2.13, transformers 5.24, CPU): 0.0 for every case of the fp32 logits
+check at seeds 0..2 and for the bf16 check at seeds 6..8: today both sides run the same ops in the
+same order. The bounds leave room for a reordering; every planted fault in test_mutations.py that
+goes through check_logits_fp32 misses by ~1 (1e5 times the bound).
 """
 
 from pathlib import Path
