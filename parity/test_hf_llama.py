@@ -8,7 +8,6 @@ Tolerances, rel_err and the random tiny checkpoints live in parity/hf_cases.py.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

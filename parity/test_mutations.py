@@ -26,7 +26,7 @@ from parity import engine_cases, hf_cases, paged_cases
 from parity import kernel_cases as kc
 from scheduler.scheduler import Scheduler
 
-needs_triton = pytest.mark.skipif(_triton.run_device() is None, reason="needs a GPU or TRITON_INTERPRET=1")
+needs_triton = pytest.mark.skipif(_triton.run_triton.run_device() is None, reason="needs a GPU or TRITON_INTERPRET=1")
 
 
 # ------------------------------------------------------------------------ faulty twins
@@ -96,23 +96,23 @@ def dropped_residual(real):
 
 # ------------------------------------------------------------------------ the checks
 
-def _device():
-    return _triton.run_device()
-
-
 def rms_check():
-    kc.check_rms_norm("triton", (3,), 111, torch.bfloat16, _device())
+    """test_kernels' RMSNorm check of the Triton face, bf16, three rows of 111."""
+    kc.check_rms_norm("triton", (3,), 111, torch.bfloat16, _triton.run_device())
 
 
 def attention_check():
+    """test_flash_attention's check, bf16, causal, GQA 4/2, D 64, S 37."""
     ac.check_flash_attention(torch.bfloat16, True, (4, 2), 64, 37)
 
 
 def hf_check(tmp_path):
+    """test_hf_llama's fp32 logits check against transformers."""
     hf_cases.check_logits_fp32("mha_untied", tmp_path)
 
 
 def paged_check():
+    """test_paged_attention's gather-face check, block size 4."""
     paged_cases.check_gather_attention(block_size=4)
 
 
@@ -145,6 +145,7 @@ def _params():
 
 @pytest.mark.parametrize("name", _params())
 def test_planted_fault_is_rejected(name, monkeypatch, tmp_path, request):
+    """The check passes on the real code, then fails with AssertionError on the faulty twin."""
     owner, attr, fault, check, _ = CASES[name]
     if check == "engine":
         model, prompt, ref = request.getfixturevalue("engine_case")
@@ -163,7 +164,7 @@ def test_old_max_ref_score_missed_the_zeroed_column(monkeypatch):
     """Why the bound is per element: with the zeroed column, max|got - ref| / max|ref| stays under
     the old bf16 bound of 1e-2 (the x50 outliers set max|ref|), while the per-element check fails."""
     monkeypatch.setattr(rms, "rms_norm_triton", zeroed_last_column(rms.rms_norm_triton))
-    got, ref = kc.run_rms_norm("triton", (3,), 111, torch.bfloat16, _device())
+    got, ref = kc.run_rms_norm("triton", (3,), 111, torch.bfloat16, _triton.run_device())
     old_score = ((got.double() - ref).abs().max() / ref.abs().max()).item()
     assert old_score <= 1e-2, old_score
     with pytest.raises(AssertionError, match="worst at"):
