@@ -26,7 +26,7 @@ from parity import engine_cases, hf_cases, paged_cases
 from parity import kernel_cases as kc
 from scheduler.scheduler import Scheduler
 
-needs_triton = pytest.mark.skipif(_triton.run_triton.run_device() is None, reason="needs a GPU or TRITON_INTERPRET=1")
+needs_triton = pytest.mark.skipif(_triton.run_device() is None, reason="needs a GPU or TRITON_INTERPRET=1")
 
 
 # ------------------------------------------------------------------------ faulty twins
