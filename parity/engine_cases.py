@@ -7,6 +7,7 @@ import torch
 from model.config import ModelConfig
 from model.llama import Transformer
 from model.random_weights import randomize_
+from scheduler import LLM, SamplingParams
 
 VOCAB = 512
 
@@ -33,10 +34,19 @@ def random_requests(n: int, seed: int, max_prompt: int = 40, max_new: int = 24,
     return out
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b| in fp64."""
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max()).item()
+def check_stop_token(model, prompt: list[int], ref: list[int], block_size: int = 4) -> None:
+    """Asserts the engine ends a request right after a stop token (kept in the output), given the
+    request's greedy tokens `ref` without stops; the stop token is ref[3], which must not be last."""
+    stop_tok = ref[3]
+    cut = ref.index(stop_tok)
+    assert cut < len(ref) - 1, "the stop token must come before the last token, or ignoring it would not show"
+    llm = LLM(model, block_size=block_size, policy="chunked", num_blocks=128)
+    try:
+        out = llm.generate(prompt, SamplingParams(max_tokens=len(ref), stop_token_ids=[stop_tok]))[0]
+    finally:
+        llm.engine.runner.close()
+    assert out.finish_reason == "stop" and out.token_ids == ref[:cut + 1], (
+        f"stop token {stop_tok}: finished {out.finish_reason!r} with {out.token_ids}, want {ref[:cut + 1]}")
 
 
 def scattered_tables(seq_lens, block_size, num_blocks, seed):

@@ -14,7 +14,7 @@ import torch
 from cache import KVCapacityError
 from decoding.generate import ContextLengthError, generate
 from model.weights import save_model
-from parity.engine_cases import make_tiny_model, random_requests
+from parity.engine_cases import check_stop_token, make_tiny_model, random_requests
 from scheduler import LLM, LLMEngine, SamplingParams
 
 N_REQUESTS = 72
@@ -135,21 +135,21 @@ class LetterTokenizer:
         return "".join(chr(ord("a") + (i - 1) % 26) for i in ids)
 
 
-def test_stops_streaming_and_timings(model, trace, refs):
+def test_stop_token_ends_the_request(model, trace, refs):
+    check_stop_token(model, trace[5][0], refs[5], BLOCK)
+
+
+def test_stop_strings_streaming_and_timings(model, trace, refs):
     tok = LetterTokenizer()
     llm = LLM(model, tok, block_size=BLOCK, policy="chunked", num_blocks=128)
     ref = refs[5]
     assert len(ref) >= 6
-    stop_tok = ref[3]
     stop_str = tok.decode(ref[4:6])
     events = []
-    outs = llm.generate([trace[5][0]] * 3, [
-        SamplingParams(max_tokens=len(ref), stop_token_ids=[stop_tok]),
+    outs = llm.generate([trace[5][0]] * 2, [
         SamplingParams(max_tokens=len(ref), stop=[stop_str]),
         SamplingParams(max_tokens=2)], on_token=events.append)
-    a, b, c = outs
-    cut = ref.index(stop_tok)
-    assert a.token_ids == ref[:cut + 1] and a.finish_reason == "stop"
+    b, c = outs
     text = tok.decode(ref)
     assert b.finish_reason == "stop" and b.text == text[:text.find(stop_str)]
     assert c.token_ids == ref[:2] and c.finish_reason == "length" and c.text == text[:2]

@@ -4,100 +4,24 @@ Tiny random HF models are saved with save_pretrained (safetensors) and loaded by
 our load_model; logits, greedy generations, cached vs uncached decoding, bf16, and
 a sharded save/load roundtrip are compared.
 
-Tolerances, with rel_err(a, b) = max|a - b| / max|b|:
-- fp32: 1e-5. Both sides compute the same math in fp32; they differ only in
-  round-off from reassociated sums (matmul blocking, SDPA), ~1e-7 per op,
-  compounding over 2-3 layers to well under 1e-5.
-- bf16: 2e-2. bf16 keeps 8 mantissa bits (unit round-off 2^-8 ~ 4e-3); two
-  implementations rounding at different points drift by a few units over layers.
+Tolerances, rel_err and the random tiny checkpoints live in parity/hf_cases.py.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-
-transformers = pytest.importorskip("transformers")
+import transformers
 
 from decoding.generate import generate
 from model.weights import load_model, save_model
-from model.random_weights import randomize_
-
-FP32_TOL = 1e-5
-BF16_TOL = 2e-2
-N_NEW = 32
-
-BASE = dict(vocab_size=320, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5,
-            bos_token_id=1, eos_token_id=None, pad_token_id=0)
-LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                  "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
-
-CASES = {
-    "mha_untied": dict(num_key_value_heads=4, tie_word_embeddings=False),
-    "gqa_tied": dict(num_key_value_heads=2, tie_word_embeddings=True),
-    # Small original_max_position_embeddings so the llama3 scaling bends frequencies
-    # that matter at these short lengths; explicit head_dim != hidden / heads.
-    "gqa_llama3_rope": dict(num_key_value_heads=2, num_hidden_layers=3, head_dim=32,
-                            rope_parameters={"rope_theta": 500000.0, **LLAMA3_SCALING}),
-    "mqa_mistral": dict(num_key_value_heads=1, sliding_window=None, model_type="mistral"),
-}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b| in fp64."""
-    a, b = a.double(), b.double()
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def make_hf(case: str, seed: int = 0):
-    """A random tiny HF causal LM for CASES[case], eval mode, fp32."""
-    kw = {**BASE, **CASES[case]}
-    model_type = kw.pop("model_type", "llama")
-    if model_type == "mistral":
-        cls_cfg, cls_model = transformers.MistralConfig, transformers.MistralForCausalLM
-    else:
-        cls_cfg, cls_model = transformers.LlamaConfig, transformers.LlamaForCausalLM
-    torch.manual_seed(seed)
-    model = cls_model(cls_cfg(**kw)).eval()
-    randomize_(model, seed)
-    if kw.get("tie_word_embeddings"):
-        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    return model
-
-
-def save_hf(hf, path: Path) -> Path:
-    """save_pretrained as safetensors; returns the directory."""
-    hf.save_pretrained(str(path), safe_serialization=True)
-    assert (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists()
-    return path
-
-
-def random_prompt(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
-    """Fresh random ids (B, T), avoiding pad id 0."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(1, vocab, (batch, length), generator=g)
-
-
-def assert_not_degenerate(logits: torch.Tensor) -> None:
-    """Never compare on zeros or on constant outputs."""
-    assert logits.abs().max() > 1e-2, "logits are (near) zero; the comparison would be vacuous"
-    assert logits.std() > 1e-2, "logits are constant; the comparison would be vacuous"
+from parity.hf_cases import (BASE, BF16_TOL, CASES, FP32_TOL, N_NEW, assert_not_degenerate, check_logits_fp32,
+                             make_hf, random_prompt, rel_err, save_hf)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_logits_fp32(case, tmp_path):
-    hf = make_hf(case)
-    ours = load_model(save_hf(hf, tmp_path), dtype=torch.float32)
-    ids = random_prompt(2, 24, BASE["vocab_size"], seed=1)
-    with torch.no_grad():
-        ref = hf(ids).logits
-        got = ours(ids)
-    assert_not_degenerate(ref)
-    assert got.shape == ref.shape
-    assert rel_err(got, ref) <= FP32_TOL
+    check_logits_fp32(case, tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -8,6 +8,7 @@ import torch
 
 from kernels import _triton, ops
 from parity import kernel_cases as kc
+from parity.tolerance import compare
 
 DTYPES = list(kc.TOLERANCE)
 
@@ -15,20 +16,19 @@ DTYPES = list(kc.TOLERANCE)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,hidden", kc.NORM_SHAPES)
 def test_reference_rms_norm(lead, hidden, dtype):
-    assert kc.check_rms_norm("reference", lead, hidden, dtype, "cpu") <= kc.TOLERANCE[dtype]
+    kc.check_rms_norm("reference", lead, hidden, dtype, "cpu")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,hidden", kc.NORM_SHAPES[:5])
 def test_reference_fused_add(lead, hidden, dtype):
-    err_out, err_res = kc.check_fused_add("reference", lead, hidden, dtype, "cpu")
-    assert err_out <= kc.TOLERANCE[dtype] and err_res <= kc.TOLERANCE[dtype]
+    kc.check_fused_add("reference", lead, hidden, dtype, "cpu")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,inter", kc.SILU_SHAPES)
 def test_reference_silu_and_mul(lead, inter, dtype):
-    assert kc.check_silu("reference", lead, inter, dtype, "cpu") <= kc.TOLERANCE[dtype]
+    kc.check_silu("reference", lead, inter, dtype, "cpu")
 
 
 needs_interpreter = pytest.mark.skipif(not (_triton.HAVE_TRITON and _triton.interpreting()),
@@ -42,28 +42,28 @@ INTERP_NORM = [((1,), 64), ((3,), 111), ((2,), 4097), ((1,), 16384)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("lead,hidden", INTERP_NORM)
 def test_triton_rms_norm_interpreted(lead, hidden, dtype):
-    assert kc.check_rms_norm("triton", lead, hidden, dtype, "cpu") <= kc.TOLERANCE[dtype]
+    kc.check_rms_norm("triton", lead, hidden, dtype, "cpu")
 
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("lead,hidden", INTERP_NORM[:3])
 def test_triton_fused_add_interpreted(lead, hidden, dtype):
-    err_out, err_res = kc.check_fused_add("triton", lead, hidden, dtype, "cpu")
-    assert err_out <= kc.TOLERANCE[dtype] and err_res <= kc.TOLERANCE[dtype]
+    kc.check_fused_add("triton", lead, hidden, dtype, "cpu")
 
 
 @needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("lead,inter", [((1,), 64), ((3,), 111), ((2,), 4096)])
 def test_triton_silu_interpreted(lead, inter, dtype):
-    assert kc.check_silu("triton", lead, inter, dtype, "cpu") <= kc.TOLERANCE[dtype]
+    kc.check_silu("triton", lead, inter, dtype, "cpu")
 
 
-def test_triton_wrong_kernel_would_fail():
-    """The harness catches an unwritten output: a face that writes nothing scores inf."""
+def test_unwritten_output_fails():
+    """The harness catches an unwritten output: a face that writes nothing leaves NaN, which fails."""
     x = kc.random_input((2, 64), torch.float32, "cpu", 0)
-    assert kc.rel_err(kc.poisoned_like(x), x) == float("inf")
+    result = compare(kc.poisoned_like(x), x, kc.TOLERANCE[torch.float32])
+    assert not result.ok and result.ratio == float("inf") and result.num_bad == x.numel()
 
 
 def test_dispatcher_uses_reference_on_cpu():

@@ -155,7 +155,7 @@ def test_graph_host_staging_writes_every_element():
 
     from scheduler.graphs import fill_host
 
-    rng = random.Random()
+    rng = random.Random(0)
     size, max_blocks, bs, null = 8, 12, 16, 0
     for r in (size, 5, 1):
         tables = [[rng.randrange(1, 500) for _ in range(rng.randint(1, max_blocks))] for _ in range(r)]

@@ -1,4 +1,10 @@
-"""Entry point of every `lab_py_test`: runs pytest on the files named in argv."""
+"""Entry point of every `lab_py_test`: runs pytest on the files named in argv.
+
+pytest's own exit code is the test's result. "No tests collected" (exit 5) is a failure: a
+file whose tests cannot run here (no GPU) must still have them collected and skipped, by
+per-test skip markers or `pytestmark`, never by module-level pytest.skip or conditional
+definitions; a run of only skipped tests exits 0.
+"""
 
 import os
 import sys
@@ -10,6 +16,4 @@ if __name__ == "__main__":
     xml = os.environ.get("XML_OUTPUT_FILE")
     if xml:
         args += ["--junitxml", xml]
-    code = pytest.main(args + sys.argv[1:])
-    # A test file whose cases all skip (no GPU) is a pass, not "no tests ran".
-    sys.exit(0 if code == pytest.ExitCode.NO_TESTS_COLLECTED else int(code))
+    sys.exit(int(pytest.main(args + sys.argv[1:])))
