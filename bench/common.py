@@ -446,6 +446,40 @@ def check_close(
         )
 
 
+def failure_status(e: BaseException, limit: int = 400) -> str:
+    """A row's status for an exception: "WRONG: ..." for a failed check (AssertionError), else
+    "FAILED: <type>: ...", on one line of at most `limit` characters."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, AssertionError):
+        return f"WRONG: {msg}"[:limit]
+    return f"FAILED: {type(e).__name__}: {msg}"[:limit]
+
+
+def is_failure(status: str) -> bool:
+    """Whether a row's status says its variant ran and was WRONG or FAILED.
+
+    "ok" rows and rows a benchmark chose not to run ("skipped: ...", "not installed") are not
+    failures; everything a benchmark reports as WRONG or FAILED is, out of memory included.
+    """
+    return status.startswith(("WRONG", "FAILED"))
+
+
+def attempted(status: str) -> bool:
+    """Whether a row's variant ran (ok, WRONG or FAILED), rather than being skipped or absent."""
+    return status == "ok" or is_failure(status)
+
+
+def exit_on_failures(bench: str, failures: Sequence[str]) -> None:
+    """Exit 1 with one line naming every WRONG or FAILED variant (none: return).
+
+    Called last, after the results files are written: the figures of the variants that passed
+    are kept, and a script or CI step running the benchmark still sees it fail.
+    """
+    if failures:
+        print(f"{bench}: {len(failures)} WRONG or FAILED: {', '.join(failures)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 # ----------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------

@@ -75,11 +75,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    # Run as a script (`bazel run` does): Python put bench/ first on sys.path, where
-    # bench/kernels.py would shadow the top-level `kernels` package. `python3 -m` is unaffected.
-    sys.path.pop(0)
-
 import torch
 import torch.nn.functional as F
 from absl import app, flags
@@ -592,14 +587,13 @@ def _make_flashinfer_decode(c: dict[str, Any]) -> Callable[[], torch.Tensor]:
 
 
 def _status(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, AssertionError):
-        return f"WRONG: {msg}"[:400]
+    """WRONG / FAILED (common.failure_status), except what a sweep expects: a case too big for the
+    device (naive attention at 16K materialises its scores) and an SDPA backend refusing a case."""
     if isinstance(e, torch.OutOfMemoryError):
         return "skipped: out of memory"
-    if isinstance(e, RuntimeError) and "No available kernel" in msg:
+    if isinstance(e, RuntimeError) and "No available kernel" in str(e):
         return "skipped: SDPA backend cannot run this case"
-    return f"FAILED: {type(e).__name__}: {msg}"[:400]
+    return common.failure_status(e)
 
 
 
@@ -762,11 +756,6 @@ def run_decode(s: Setup, L: int, B: int, variants: list[Variant], sweep: str = "
 # ----------------------------------------------------------------------------
 
 
-def _ran(r: dict[str, Any]) -> bool:
-    """Whether the variant was attempted (ok, WRONG or FAILED), not skipped or absent."""
-    return r["status"] == "ok" or r["status"].startswith(("WRONG", "FAILED"))
-
-
 def _flop_unit(cpu: bool) -> tuple[str, float]:
     """Rate unit and its factor from TFLOP/s: CPU figures are GFLOP/s."""
     return ("GFLOP/s", 1e3) if cpu else ("TFLOP/s", 1.0)
@@ -789,7 +778,7 @@ def report(rows: list[dict[str, Any]], s: Setup, cpu: bool) -> None:
         if not sel:
             continue
         decode = sweep.endswith("decode")
-        variants = list(dict.fromkeys(r["variant"] for r in sel if _ran(r)))
+        variants = list(dict.fromkeys(r["variant"] for r in sel if common.attempted(r["status"])))
         for mask in dict.fromkeys(r.get("mask") for r in sel):
             part = [r for r in sel if r.get("mask") == mask]
             keys = ("L", "B") if decode else ("S", "B")
@@ -842,7 +831,7 @@ def report(rows: list[dict[str, Any]], s: Setup, cpu: bool) -> None:
             title="\nFirst calls (autotune / compile, untimed; a reused autotune key costs ~0)")
     notes: dict[tuple[str, str], int] = {}
     for r in rows:
-        note = r["note"] if _ran(r) else r["status"]
+        note = r["note"] if common.attempted(r["status"]) else r["status"]
         if note:
             notes[(r["variant"], note)] = notes.get((r["variant"], note), 0) + 1
     if notes:
@@ -853,7 +842,7 @@ def report(rows: list[dict[str, Any]], s: Setup, cpu: bool) -> None:
     if sampled:
         print(f"\nnote: {len(sampled)} rows were checked on the first and last (batch, KV head) pairs only "
               "(see --max_check_scores)")
-    problems = [r for r in rows if r["status"].startswith(("WRONG", "FAILED"))]
+    problems = [r for r in rows if common.is_failure(r["status"])]
     if problems:
         print("\n" + "!" * 78 + f"\n{len(problems)} variant runs are WRONG or FAILED (not timed):")
         for r in problems:
@@ -889,7 +878,7 @@ def summary_records(rows: list[dict[str, Any]], s: Setup, cpu: bool, tag: str) -
         if r["variant"] in ("ours", "ours_paged", "flex") and "first_call_s" in r:
             what = "compile" if r["variant"] == "flex" else "autotune"
             out.append({"name": f"{case} {what} s", "value": r["first_call_s"], "unit": "s", **base})
-    wrong = [r for r in rows if r["status"].startswith(("WRONG", "FAILED"))]
+    wrong = [r for r in rows if common.is_failure(r["status"])]
     out.append({"name": f"flash_attention/{tag}wrong_or_failed", "value": len(wrong), "unit": "variant runs",
                 "which": sorted({r["variant"] for r in wrong}), **base})
     return out
@@ -1062,6 +1051,9 @@ def main(argv: list[str]) -> None:
         trace = profile(out_dir, s, rows, prefill_variants, cpu)
         pngs += [trace] if trace else []
     print(f"\nresults: {out_dir}  ({', '.join(p.name for p in list(paths.values()) + pngs)})")
+    common.exit_on_failures("bench.flash_attention", [
+        f"{r['variant']} " + " ".join(f"{k}={r[k]}" for k in ("sweep", "mask", "S", "L", "B") if k in r)
+        for r in rows if common.is_failure(r["status"])])
 
 
 if __name__ == "__main__":

@@ -69,13 +69,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
-
-if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    # Run as a script (`bazel run` does): Python put bench/ first on sys.path, where
-    # bench/kernels.py would shadow the top-level `kernels` package. `python3 -m` is unaffected.
-    sys.path.pop(0)
 
 import torch
 from absl import app, flags
