@@ -80,6 +80,7 @@ import torch.nn.functional as F
 from absl import app, flags
 
 from bench import common
+from kernels.attention_ref import attention_ref, causal_mask, naive_attention, paged_kv
 
 PREFILL_VARIANTS = ("naive", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex", "ours",
                     "flash_attn", "fa4", "flashinfer", "reference")
@@ -196,23 +197,6 @@ def decode_kv_bytes(batch: int, kv_heads: int, kv_len: int, head_dim: int, dtype
     return 2 * batch * kv_heads * kv_len * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float,
-                    mask: torch.Tensor | None) -> torch.Tensor:
-    """Textbook attention in the input dtype; `mask` (S_q, S_kv) is True where a key is hidden."""
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
-    v = v.repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
-    scores = (q @ k.transpose(-1, -2)) * sm_scale  # (B, Hq, S_q, S_kv)
-    if mask is not None:
-        scores.masked_fill_(mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v  # (B, Hq, S_q, D)
-
-
-def causal_mask(seq_q: int, seq_kv: int, device: str) -> torch.Tensor:
-    """(S_q, S_kv) bool, True where key j > i + (S_kv - S_q): bottom-right, as attention_ref."""
-    return torch.ones(seq_q, seq_kv, dtype=torch.bool, device=device).triu(1 + seq_kv - seq_q)
-
-
 def make_inputs(batch: int, heads: int, kv_heads: int, seq: int, head_dim: int, dtype: torch.dtype,
                 device: str, seed: int) -> dict[str, torch.Tensor]:
     """Unit-normal q (B, Hq, S, D), k and v (B, Hkv, S, D)."""
@@ -236,25 +220,6 @@ def make_decode_inputs(batch: int, heads: int, kv_heads: int, kv_len: int, head_
     return {"q": randn(batch, heads, head_dim), "k_cache": randn(batch, kv_heads, kv_len, head_dim),
             "v_cache": randn(batch, kv_heads, kv_len, head_dim),
             "seq_lens": torch.full((batch,), kv_len, dtype=torch.int32, device=device)}
-
-
-def add_paged_cache(inputs: dict[str, torch.Tensor], page_size: int, seed: int) -> None:
-    """Copy the contiguous caches into a shuffled paged pool (vLLM layout), in place in `inputs`.
-
-    k_paged, v_paged: (B * nblk, page_size, Hkv, D); block_table (B, nblk) int32, a random
-    permutation of the blocks, so sequence b's p-th block lives at block_table[b, p].
-    """
-    kc, vc = inputs["k_cache"], inputs["v_cache"]
-    B, Hkv, L, D = kc.shape
-    nblk = -(-L // page_size)
-    g = torch.Generator(device="cpu").manual_seed(seed + 1)
-    table = torch.randperm(B * nblk, generator=g).to(torch.int32).view(B, nblk).to(kc.device)
-    for name, cache in (("k_paged", kc), ("v_paged", vc)):
-        tokens = F.pad(cache.transpose(1, 2), (0, 0, 0, 0, 0, nblk * page_size - L))  # (B, nblk*bs, Hkv, D)
-        pool = torch.empty(B * nblk, page_size, Hkv, D, dtype=cache.dtype, device=cache.device)
-        pool[table.long()] = tokens.reshape(B, nblk, page_size, Hkv, D)
-        inputs[name] = pool
-    inputs["block_table"] = table
 
 
 class ReferenceCheck:
@@ -281,8 +246,6 @@ class ReferenceCheck:
         self._chunks: list[tuple[int, int, int, int, torch.Tensor]] | None = None
 
     def _reference(self) -> list[tuple[int, int, int, int, torch.Tensor]]:
-        from kernels.attention_ref import attention_ref
-
         chunks = []
         S_q, S_kv, G = self.q.shape[2], self.k.shape[2], self.group
         for b, g in self.pairs:
@@ -478,8 +441,6 @@ def _make_naive(c: dict[str, Any]) -> Callable[[], torch.Tensor]:
 
 
 def _make_reference(c: dict[str, Any]) -> Callable[[], torch.Tensor]:
-    from kernels.attention_ref import attention_ref
-
     return lambda: attention_ref(c["q"], c["k"], c["v"], c["causal"], c["scale"])
 
 
@@ -734,7 +695,8 @@ def run_decode(s: Setup, L: int, B: int, variants: list[Variant], sweep: str = "
             "k": raw["k_cache"], "v": raw["v_cache"], "seq_lens": raw["seq_lens"]}
     if any(v.make is not None and v.name in ("ours_paged", "flashinfer")
            and not (v.unsupported and v.unsupported(case)) for v in variants):
-        add_paged_cache(raw, s.page_size, s.seed)
+        raw["k_paged"], raw["v_paged"], raw["block_table"] = paged_kv(raw["k_cache"], raw["v_cache"],
+                                                                     s.page_size, s.seed + 1)
         case.update(k_paged=raw["k_paged"], v_paged=raw["v_paged"], block_table=raw["block_table"])
     checker = ReferenceCheck(case["q"], case["k"], case["v"], False, case["scale"], s.max_check_scores)
     rows = run_case(case, variants, checker, s.warmup, s.iters)
