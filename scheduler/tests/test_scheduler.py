@@ -181,3 +181,25 @@ def test_host_cost_script_runs_its_trace():
     from scheduler.tests.host_cost import measure
 
     assert len(measure(num_requests=70)) > 0
+
+
+def test_engine_kv_usage_counts_a_shared_block_once_and_close_frees_the_kv():
+    from model.embedded import random_model
+    from scheduler.engine import LLMEngine
+
+    engine = LLMEngine(random_model("tiny", seed=0), policy="continuous", block_size=4, num_blocks=32,
+                       cuda_graph=False, fuse_projections=False)
+    engine.runner.execute = lambda sched: ModelRunnerOutput({s.request_id: 7 for s in sched.scheduled if s.sample})
+    prefix = list(range(1, 9))  # two full blocks, cached after the first prefill
+    engine.add_request(prefix + [20], SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.step()
+    assert engine.kv_usage() == (3, 9)  # 9 computed tokens in blocks of 4, 4, 1: the unshared path
+    engine.add_request(prefix + [30, 31], SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.step()
+    # A: 10 tokens in 3 blocks; B: the 2 shared blocks (counted once) plus 2 tokens in its own.
+    assert engine.kv_usage() == (4, 4 + 4 + 2 + 2)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.blocks_in_use() == 0 and engine.kv_usage() == (0, 0)
+    engine.close()
+    assert not engine.paged_kv.k and not engine.paged_kv.v
