@@ -176,13 +176,6 @@ def test_graph_host_staging_writes_every_element():
         assert (tabs == want_tabs).all() and lens_a.tolist() == lens + [1] * pad
 
 
-def test_host_cost_script_runs_its_trace():
-    """scheduler/tests/host_cost.py (the engine host-cost measurement) still runs and checks."""
-    from scheduler.tests.host_cost import measure
-
-    assert len(measure(num_requests=70)) > 0
-
-
 def test_engine_kv_usage_counts_a_shared_block_once_and_close_frees_the_kv():
     from model.embedded import random_model
     from scheduler.engine import LLMEngine
