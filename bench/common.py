@@ -662,6 +662,23 @@ def plot_panels(
     return path
 
 
+def sweep_setup(quick: bool | None, warmup: int | None, iters: int | None, quick_cpu: dict, quick_gpu: dict,
+                full: dict) -> tuple[str, bool, bool, dict, int, int]:
+    """(device, cpu, quick, sizes, warmup, iters) of a kernel sweep from its --quick, --warmup, --iters.
+
+    The default device; None picks that device's default: --quick on for a CPU (where a run
+    is a smoke test of the harness), off on a GPU; warmup 2 and 10 iterations on a CPU, 10
+    and 50 on a GPU (clocks settle, stable p10/p90). `sizes` is the preset the quick flag picks.
+    """
+    device = default_device()
+    cpu = not is_cuda(device)
+    quick = cpu if quick is None else quick
+    sizes = (quick_cpu if cpu else quick_gpu) if quick else full
+    warmup = warmup if warmup is not None else (2 if cpu else 10)
+    iters = iters if iters is not None else (10 if cpu else 50)
+    return device, cpu, quick, sizes, warmup, iters
+
+
 def int_list(values: list[str] | None, default) -> list[int]:
     """Integers of a comma-list flag, or `default` when the flag was not given."""
     return [int(v) for v in values] if values else list(default)

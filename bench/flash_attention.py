@@ -928,10 +928,8 @@ def profile(out_dir: Path, s: Setup, rows: list[dict[str, Any]], variants: list[
 
 def main(argv: list[str]) -> None:
     del argv
-    device = common.default_device()
-    cpu = not common.is_cuda(device)
-    quick = cpu if FLAGS.quick is None else FLAGS.quick
-    preset = (QUICK_CPU if cpu else QUICK_GPU) if quick else FULL
+    device, cpu, quick, preset, warmup, iters = common.sweep_setup(FLAGS.quick, FLAGS.warmup, FLAGS.iters,
+                                                                   QUICK_CPU, QUICK_GPU, FULL)
     shape = CPU_SHAPE if cpu and quick else GPU_SHAPE
     dtype = common.parse_dtype(FLAGS.dtype or shape["dtype"])
     Hq, Hkv, D = (FLAGS.heads or shape["heads"], FLAGS.kv_heads or shape["kv_heads"],
@@ -948,8 +946,6 @@ def main(argv: list[str]) -> None:
     if any(w not in SWEEPS for w in sweeps):
         raise app.UsageError(f"--sweeps: expected some of {SWEEPS}, got {sweeps}")
     masks = {"both": [True, False], "true": [True], "false": [False]}[FLAGS.causal]
-    warmup = FLAGS.warmup if FLAGS.warmup is not None else (2 if cpu else 10)
-    iters = FLAGS.iters if FLAGS.iters is not None else (10 if cpu else 50)
 
     name = common.device_name()
     out_dir = common.results_dir("flash_attention")

@@ -450,15 +450,11 @@ def plot(out_dir, rows: list[dict], copy_gbps: float, title: str) -> list:
 
 def main(argv: list[str]) -> None:
     del argv
-    device = common.default_device()
-    cpu = not common.is_cuda(device)
-    quick = cpu if FLAGS.quick is None else FLAGS.quick
-    preset = (QUICK_CPU if cpu else QUICK_GPU) if quick else FULL
+    device, cpu, quick, preset, warmup, iters = common.sweep_setup(FLAGS.quick, FLAGS.warmup, FLAGS.iters,
+                                                                   QUICK_CPU, QUICK_GPU, FULL)
     ms = common.int_list(FLAGS.m, preset["m"])
     hidden = common.int_list(FLAGS.hidden, preset["hidden"])
     inter = common.int_list(FLAGS.intermediate, preset["intermediate"])
-    warmup = FLAGS.warmup if FLAGS.warmup is not None else (2 if cpu else 10)
-    iters = FLAGS.iters if FLAGS.iters is not None else (10 if cpu else 50)
     names = FLAGS.variants or list(VARIANTS)
     for op in FLAGS.ops:
         if op not in OPS:

@@ -7,6 +7,7 @@ import torch
 from absl import flags
 
 from bench import compile as bc
+from bench.tests import exit_code
 
 
 def _case(tmp_path):
@@ -57,14 +58,8 @@ def _wrong_builder(c):
 def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     monkeypatch.setitem(bc.BUILDERS, "default", _wrong_builder)
-    flags.FLAGS(["compile", "--variants=eager,default", "--device=cpu", "--dtype=fp32", "--prefill_len=4",
-                 "--cache_len=16", "--warmup=1", "--iters=2", "--noplot"])
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            bc.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
-    assert exit_info.value.code == 1
+    assert exit_code(bc.main, ["compile", "--variants=eager,default", "--device=cpu", "--dtype=fp32",
+                               "--prefill_len=4", "--cache_len=16", "--warmup=1", "--iters=2", "--noplot"]) == 1
     assert "bench.compile: 1 WRONG or FAILED: default" in capsys.readouterr().err
     rows = json.loads((tmp_path / "compile.json").read_text())["rows"]  # written before the exit
     assert {r["variant"] for r in rows if r["status"] == "ok"} == {"eager"}

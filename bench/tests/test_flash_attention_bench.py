@@ -11,6 +11,7 @@ from absl import flags
 
 from bench import common
 from bench import flash_attention as fb
+from bench.tests import exit_code
 from kernels.attention_ref import attention_ref, paged_decode_ref, paged_kv
 
 
@@ -85,14 +86,9 @@ def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeyp
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     real = fb.naive_attention
     monkeypatch.setattr(fb, "naive_attention", lambda q, k, v, sm_scale, mask: real(q, k, v, sm_scale, None))
-    flags.FLAGS(["flash_attention", "--sweeps=seq", "--seq_lens=32", "--causal=true", "--variants=naive,sdpa_math",
-                 "--warmup=1", "--iters=2", "--head_dim=16", "--noplot"])
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            fb.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
-    assert exit_info.value.code == 1
+    assert exit_code(fb.main, ["flash_attention", "--sweeps=seq", "--seq_lens=32", "--causal=true",
+                               "--variants=naive,sdpa_math", "--warmup=1", "--iters=2", "--head_dim=16",
+                               "--noplot"]) == 1
     assert "bench.flash_attention: 1 WRONG or FAILED: naive sweep=seq mask=causal S=32" in capsys.readouterr().err
     rows = json.loads((tmp_path / "flash_attention.json").read_text())["rows"]  # written before the exit
     assert {r["variant"]: r["status"] for r in rows}["sdpa_math"] == "ok"

@@ -6,10 +6,10 @@ import types
 
 import pytest
 import torch
-from absl import flags
 
 from bench import common
 from bench import kernel_ops as kb
+from bench.tests import exit_code
 
 
 def _norm(x, w, eps):
@@ -108,17 +108,11 @@ def test_main_writes_results_then_exits_1_on_the_wrong_variant(stub_ops, tmp_pat
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     argv = ["kernels", "--m=1,4", "--hidden=32", "--intermediate=48", "--warmup=1", "--iters=3",
             "--variants=cuda,triton,eager,F.rms_norm,flashinfer", "--dtypes=bf16,fp32"]
-    flags.FLAGS(argv)
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            kb.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    assert exit_code(kb.main, argv) == 1
     captured = capsys.readouterr()
     out = captured.out
     assert "CPU run" in out and f"results: {tmp_path}" in out
     assert "WRONG" in out  # the stub's triton rms_norm
-    assert exit_info.value.code == 1
     assert "bench.kernel_ops: 4 WRONG or FAILED: rms_norm bf16 M=1 width=32 triton" in captured.err
     for name in ("kernels.csv", "kernels.json", "summary.json", "kernels_rms_norm.png", "kernels_silu_and_mul.png"):
         assert (tmp_path / name).exists(), name
@@ -132,10 +126,6 @@ def test_main_writes_results_then_exits_1_on_the_wrong_variant(stub_ops, tmp_pat
 
 def test_main_exits_normally_when_every_variant_is_right(stub_ops, tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    flags.FLAGS(["kernels", "--ops=rms_norm", "--m=2", "--hidden=32", "--warmup=1", "--iters=2",
-                 "--variants=cuda,eager", "--dtypes=fp32", "--noplot"])
-    try:
-        kb.main([])  # no SystemExit
-    finally:
-        flags.FLAGS.unparse_flags()
+    assert exit_code(kb.main, ["kernels", "--ops=rms_norm", "--m=2", "--hidden=32", "--warmup=1", "--iters=2",
+                               "--variants=cuda,eager", "--dtypes=fp32", "--noplot"]) is None
     assert (tmp_path / "kernels.json").exists()

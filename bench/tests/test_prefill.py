@@ -7,6 +7,7 @@ import torch
 from absl import flags
 
 from bench import prefill as bp
+from bench.tests import exit_code
 
 MINIMAL = ["--device=cpu", "--preset=embedded", "--dtype=fp32", "--prompt_len=8", "--batch=3", "--batch_sizes=1,2",
            "--gen_prompt_len=4", "--new_tokens=2,4", "--gen_prompt_lens=4,8", "--gen_new_tokens=2", "--warmup=0",
@@ -81,10 +82,9 @@ def test_main_exits_1_on_a_wrong_path_after_writing_results(tmp_path, monkeypatc
 
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     monkeypatch.setattr(bp, "padded_prefill", swapped_rows)
-    with pytest.raises(SystemExit) as exit_info:
-        _main(["--device=cpu", "--preset=embedded", "--dtype=fp32", "--experiments=batch_size", "--batch_sizes=1,2",
-               "--prompt_len=8", "--warmup=0", "--iters=1", "--noplot"])
-    assert exit_info.value.code == 1
+    assert exit_code(bp.main, ["prefill", "--device=cpu", "--preset=embedded", "--dtype=fp32",
+                               "--experiments=batch_size", "--batch_sizes=1,2", "--prompt_len=8", "--warmup=0",
+                               "--iters=1", "--noplot"]) == 1
     assert "bench.prefill: 1 WRONG or FAILED: batch_size L8 B2 batched" in capsys.readouterr().err
     rows = json.loads((tmp_path / "prefill.json").read_text())["rows"]  # written before the exit
     assert [r["status"] for r in rows][0] == "ok"  # B=1: flipping one row changes nothing
