@@ -20,16 +20,19 @@ import time
 import torch
 from absl import app, flags
 
+from bench import common
 from model.embedded import random_model
 from scheduler import SamplingParams
 from scheduler.engine import LLMEngine
 from scheduler.outputs import ModelRunnerOutput
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("tokenizer", None, "Tokenizer file or folder (model.tokenizer.load_tokenizer) the engine "
-                    "decodes stop strings with. Default None: no tokenizer, the engine's bare host cost.")
-flags.DEFINE_integer("num_requests", 256, "Requests in the stubbed trace (default 256: four times the 64 slots, "
-                     "so the engine runs full for most steps).")
+# --tokenizer means what bench.perplexity's does (a tokenizer path): overridable, so pytest can
+# import both. --trace_requests is ours alone (bench.serving's --num_requests has another default).
+common.define_flag("string", "tokenizer", None, "Tokenizer file or folder (model.tokenizer.load_tokenizer) the "
+                   "engine decodes stop strings with. Default None: no tokenizer, the engine's bare host cost.")
+flags.DEFINE_integer("trace_requests", 256, "Requests in the stubbed trace (default 256: four times the 64 "
+                     "slots, so the engine runs full for most steps).")
 
 
 def measure(tok=None, num_requests: int = 256, seed: int = 0) -> list[float]:
@@ -72,7 +75,7 @@ def main(argv: list[str]) -> None:
             tok = load_tokenizer(FLAGS.tokenizer)
         except (OSError, ValueError) as e:
             raise app.UsageError(f"--tokenizer: {e}") from None
-    times = measure(tok, FLAGS.num_requests)
+    times = measure(tok, FLAGS.trace_requests)
     print(f"host ms per engine step (>= 60 running, {len(times)} steps, tokenizer "
           f"{type(tok).__name__ if tok else 'none'}): p50 {statistics.median(times):.3f}, "
           f"mean {statistics.mean(times):.3f}; torch {torch.__version__}")
