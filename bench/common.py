@@ -439,6 +439,40 @@ def check_close(
         )
 
 
+def failure_status(e: BaseException, limit: int = 400) -> str:
+    """A row's status for an exception: "WRONG: ..." for a failed check (AssertionError), else
+    "FAILED: <type>: ...", on one line of at most `limit` characters."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, AssertionError):
+        return f"WRONG: {msg}"[:limit]
+    return f"FAILED: {type(e).__name__}: {msg}"[:limit]
+
+
+def is_failure(status: str) -> bool:
+    """Whether a row's status says its variant ran and was WRONG or FAILED.
+
+    "ok" rows and rows a benchmark chose not to run ("skipped: ...", "not installed") are not
+    failures; everything a benchmark reports as WRONG or FAILED is, out of memory included.
+    """
+    return status.startswith(("WRONG", "FAILED"))
+
+
+def attempted(status: str) -> bool:
+    """Whether a row's variant ran (ok, WRONG or FAILED), rather than being skipped or absent."""
+    return status == "ok" or is_failure(status)
+
+
+def exit_on_failures(bench: str, failures: Sequence[str]) -> None:
+    """Exit 1 with one line naming every WRONG or FAILED variant (none: return).
+
+    Called last, after the results files are written: the figures of the variants that passed
+    are kept, and a script or CI step running the benchmark still sees it fail.
+    """
+    if failures:
+        print(f"{bench}: {len(failures)} WRONG or FAILED: {', '.join(failures)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 # ----------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------
@@ -619,6 +653,23 @@ def plot_panels(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def sweep_setup(quick: bool | None, warmup: int | None, iters: int | None, quick_cpu: dict, quick_gpu: dict,
+                full: dict) -> tuple[str, bool, bool, dict, int, int]:
+    """(device, cpu, quick, sizes, warmup, iters) of a kernel sweep from its --quick, --warmup, --iters.
+
+    The default device; None picks that device's default: --quick on for a CPU (where a run
+    is a smoke test of the harness), off on a GPU; warmup 2 and 10 iterations on a CPU, 10
+    and 50 on a GPU (clocks settle, stable p10/p90). `sizes` is the preset the quick flag picks.
+    """
+    device = default_device()
+    cpu = not is_cuda(device)
+    quick = cpu if quick is None else quick
+    sizes = (quick_cpu if cpu else quick_gpu) if quick else full
+    warmup = warmup if warmup is not None else (2 if cpu else 10)
+    iters = iters if iters is not None else (10 if cpu else 50)
+    return device, cpu, quick, sizes, warmup, iters
 
 
 def int_list(values: list[str] | None, default) -> list[int]:

@@ -14,7 +14,8 @@ and the written caches out (functional: each call returns new cache tensors, so 
 variant pays the same cache copy). Decode reads a cache that eager's prefill filled.
 
 Variants, each checked against eager's logits (prefill and decode) before it is timed;
-one that disagrees is reported WRONG and never timed:
+one that disagrees is reported WRONG and never timed, and a WRONG or FAILED variant makes
+the run exit 1 once its results are written (a variant skipped here is not a failure):
   eager            KVCacheStep in plain PyTorch: the baseline
   default          torch.compile(step, fullgraph=True, dynamic=False)
   reduce-overhead  the same with CUDA graphs (on a CPU no graphs: inductor code only)
@@ -41,17 +42,11 @@ GPU, perf_counter on a CPU; p10/p50/p90 over --iters calls after --warmup calls.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    # Run as a script (`bazel run` does): Python put bench/ first on sys.path, where
-    # bench/kernels.py would shadow the top-level `kernels` package. `python3 -m` is unaffected.
-    sys.path.pop(0)
 
 import torch
 from absl import app, flags
@@ -278,8 +273,7 @@ def run_variant(case: Case, name: str, warmup: int, iters: int) -> list[dict[str
     try:
         built = BUILDERS[name](case)
     except Exception as e:  # noqa: BLE001 - a variant that fails to build is a result, not a crash
-        msg = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-        return [{**base, "phase": p, "status": msg} for p in PHASES]
+        return [{**base, "phase": p, "status": common.failure_status(e, 230)} for p in PHASES]
     seconds = {k: round(v, 3) for k, v in built.seconds.items()}
     rows, errors = [], {}
     with torch.no_grad():
@@ -436,10 +430,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.plot:
         paths["png"] = plot(out_dir / "compile.png", [r for r in rows if not r["status"].startswith("skipped")],
                             title)
-    wrong = sorted({r["variant"] for r in rows if r["status"].startswith(("WRONG", "FAILED"))})
-    if wrong:
-        print(f"not timed (wrong or failed): {', '.join(wrong)}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    common.exit_on_failures("bench.compile", sorted({r["variant"] for r in rows if common.is_failure(r["status"])}))
 
 
 if __name__ == "__main__":

@@ -74,16 +74,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    # Run as a script (`bazel run` does): Python put bench/ first on sys.path, where
-    # bench/kernels.py would shadow the top-level `kernels` package. `python3 -m` is unaffected.
-    sys.path.pop(0)
-
 import torch
 import torch.nn.functional as F
 from absl import app, flags
 
 from bench import common
+from kernels.attention_ref import attention_ref, causal_mask, naive_attention, paged_kv
 
 PREFILL_VARIANTS = ("naive", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex", "ours",
                     "flash_attn", "fa4", "flashinfer", "reference")
@@ -200,23 +196,6 @@ def decode_kv_bytes(batch: int, kv_heads: int, kv_len: int, head_dim: int, dtype
     return 2 * batch * kv_heads * kv_len * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float,
-                    mask: torch.Tensor | None) -> torch.Tensor:
-    """Textbook attention in the input dtype; `mask` (S_q, S_kv) is True where a key is hidden."""
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
-    v = v.repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
-    scores = (q @ k.transpose(-1, -2)) * sm_scale  # (B, Hq, S_q, S_kv)
-    if mask is not None:
-        scores.masked_fill_(mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v  # (B, Hq, S_q, D)
-
-
-def causal_mask(seq_q: int, seq_kv: int, device: str) -> torch.Tensor:
-    """(S_q, S_kv) bool, True where key j > i + (S_kv - S_q): bottom-right, as attention_ref."""
-    return torch.ones(seq_q, seq_kv, dtype=torch.bool, device=device).triu(1 + seq_kv - seq_q)
-
-
 def make_inputs(batch: int, heads: int, kv_heads: int, seq: int, head_dim: int, dtype: torch.dtype,
                 device: str, seed: int) -> dict[str, torch.Tensor]:
     """Unit-normal q (B, Hq, S, D), k and v (B, Hkv, S, D)."""
@@ -240,25 +219,6 @@ def make_decode_inputs(batch: int, heads: int, kv_heads: int, kv_len: int, head_
     return {"q": randn(batch, heads, head_dim), "k_cache": randn(batch, kv_heads, kv_len, head_dim),
             "v_cache": randn(batch, kv_heads, kv_len, head_dim),
             "seq_lens": torch.full((batch,), kv_len, dtype=torch.int32, device=device)}
-
-
-def add_paged_cache(inputs: dict[str, torch.Tensor], page_size: int, seed: int) -> None:
-    """Copy the contiguous caches into a shuffled paged pool (vLLM layout), in place in `inputs`.
-
-    k_paged, v_paged: (B * nblk, page_size, Hkv, D); block_table (B, nblk) int32, a random
-    permutation of the blocks, so sequence b's p-th block lives at block_table[b, p].
-    """
-    kc, vc = inputs["k_cache"], inputs["v_cache"]
-    B, Hkv, L, D = kc.shape
-    nblk = -(-L // page_size)
-    g = torch.Generator(device="cpu").manual_seed(seed + 1)
-    table = torch.randperm(B * nblk, generator=g).to(torch.int32).view(B, nblk).to(kc.device)
-    for name, cache in (("k_paged", kc), ("v_paged", vc)):
-        tokens = F.pad(cache.transpose(1, 2), (0, 0, 0, 0, 0, nblk * page_size - L))  # (B, nblk*bs, Hkv, D)
-        pool = torch.empty(B * nblk, page_size, Hkv, D, dtype=cache.dtype, device=cache.device)
-        pool[table.long()] = tokens.reshape(B, nblk, page_size, Hkv, D)
-        inputs[name] = pool
-    inputs["block_table"] = table
 
 
 class ReferenceCheck:
@@ -285,8 +245,6 @@ class ReferenceCheck:
         self._chunks: list[tuple[int, int, int, int, torch.Tensor]] | None = None
 
     def _reference(self) -> list[tuple[int, int, int, int, torch.Tensor]]:
-        from kernels.attention_ref import attention_ref
-
         chunks = []
         S_q, S_kv, G = self.q.shape[2], self.k.shape[2], self.group
         for b, g in self.pairs:
@@ -485,8 +443,6 @@ def _make_naive(c: dict[str, Any]) -> Callable[[], torch.Tensor]:
 
 
 def _make_reference(c: dict[str, Any]) -> Callable[[], torch.Tensor]:
-    from kernels.attention_ref import attention_ref
-
     return lambda: attention_ref(c["q"], c["k"], c["v"], c["causal"], c["scale"])
 
 
@@ -594,14 +550,13 @@ def _make_flashinfer_decode(c: dict[str, Any]) -> Callable[[], torch.Tensor]:
 
 
 def _status(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, AssertionError):
-        return f"WRONG: {msg}"[:400]
+    """WRONG / FAILED (common.failure_status), except what a sweep expects: a case too big for the
+    device (naive attention at 16K materialises its scores) and an SDPA backend refusing a case."""
     if isinstance(e, torch.OutOfMemoryError):
         return "skipped: out of memory"
-    if isinstance(e, RuntimeError) and "No available kernel" in msg:
+    if isinstance(e, RuntimeError) and "No available kernel" in str(e):
         return "skipped: SDPA backend cannot run this case"
-    return f"FAILED: {type(e).__name__}: {msg}"[:400]
+    return common.failure_status(e)
 
 
 
@@ -742,7 +697,8 @@ def run_decode(s: Setup, L: int, B: int, variants: list[Variant], sweep: str = "
             "k": raw["k_cache"], "v": raw["v_cache"], "seq_lens": raw["seq_lens"]}
     if any(v.make is not None and v.name in ("ours_paged", "flashinfer")
            and not (v.unsupported and v.unsupported(case)) for v in variants):
-        add_paged_cache(raw, s.page_size, s.seed)
+        raw["k_paged"], raw["v_paged"], raw["block_table"] = paged_kv(raw["k_cache"], raw["v_cache"],
+                                                                     s.page_size, s.seed + 1)
         case.update(k_paged=raw["k_paged"], v_paged=raw["v_paged"], block_table=raw["block_table"])
     checker = ReferenceCheck(case["q"], case["k"], case["v"], False, case["scale"], s.max_check_scores)
     rows = run_case(case, variants, checker, s.warmup, s.iters)
@@ -762,11 +718,6 @@ def run_decode(s: Setup, L: int, B: int, variants: list[Variant], sweep: str = "
 # ----------------------------------------------------------------------------
 # Reporting
 # ----------------------------------------------------------------------------
-
-
-def _ran(r: dict[str, Any]) -> bool:
-    """Whether the variant was attempted (ok, WRONG or FAILED), not skipped or absent."""
-    return r["status"] == "ok" or r["status"].startswith(("WRONG", "FAILED"))
 
 
 def _flop_unit(cpu: bool) -> tuple[str, float]:
@@ -791,7 +742,7 @@ def report(rows: list[dict[str, Any]], s: Setup, cpu: bool) -> None:
         if not sel:
             continue
         decode = sweep.endswith("decode")
-        variants = list(dict.fromkeys(r["variant"] for r in sel if _ran(r)))
+        variants = list(dict.fromkeys(r["variant"] for r in sel if common.attempted(r["status"])))
         for mask in dict.fromkeys(r.get("mask") for r in sel):
             part = [r for r in sel if r.get("mask") == mask]
             keys = ("L", "B") if decode else ("S", "B")
@@ -844,7 +795,7 @@ def report(rows: list[dict[str, Any]], s: Setup, cpu: bool) -> None:
             title="\nFirst calls (autotune / compile, untimed; a reused autotune key costs ~0)")
     notes: dict[tuple[str, str], int] = {}
     for r in rows:
-        note = r["note"] if _ran(r) else r["status"]
+        note = r["note"] if common.attempted(r["status"]) else r["status"]
         if note:
             notes[(r["variant"], note)] = notes.get((r["variant"], note), 0) + 1
     if notes:
@@ -855,7 +806,7 @@ def report(rows: list[dict[str, Any]], s: Setup, cpu: bool) -> None:
     if sampled:
         print(f"\nnote: {len(sampled)} rows were checked on the first and last (batch, KV head) pairs only "
               "(see --max_check_scores)")
-    problems = [r for r in rows if r["status"].startswith(("WRONG", "FAILED"))]
+    problems = [r for r in rows if common.is_failure(r["status"])]
     if problems:
         print("\n" + "!" * 78 + f"\n{len(problems)} variant runs are WRONG or FAILED (not timed):")
         for r in problems:
@@ -891,7 +842,7 @@ def summary_records(rows: list[dict[str, Any]], s: Setup, cpu: bool, tag: str) -
         if r["variant"] in ("ours", "ours_paged", "flex") and "first_call_s" in r:
             what = "compile" if r["variant"] == "flex" else "autotune"
             out.append({"name": f"{case} {what} s", "value": r["first_call_s"], "unit": "s", **base})
-    wrong = [r for r in rows if r["status"].startswith(("WRONG", "FAILED"))]
+    wrong = [r for r in rows if common.is_failure(r["status"])]
     out.append({"name": f"flash_attention/{tag}wrong_or_failed", "value": len(wrong), "unit": "variant runs",
                 "which": sorted({r["variant"] for r in wrong}), **base})
     return out
@@ -979,10 +930,8 @@ def profile(out_dir: Path, s: Setup, rows: list[dict[str, Any]], variants: list[
 
 def main(argv: list[str]) -> None:
     del argv
-    device = common.default_device()
-    cpu = not common.is_cuda(device)
-    quick = cpu if FLAGS.quick is None else FLAGS.quick
-    preset = (QUICK_CPU if cpu else QUICK_GPU) if quick else FULL
+    device, cpu, quick, preset, warmup, iters = common.sweep_setup(FLAGS.quick, FLAGS.warmup, FLAGS.iters,
+                                                                   QUICK_CPU, QUICK_GPU, FULL)
     shape = CPU_SHAPE if cpu and quick else GPU_SHAPE
     dtype = common.parse_dtype(FLAGS.dtype or shape["dtype"])
     Hq, Hkv, D = (FLAGS.heads or shape["heads"], FLAGS.kv_heads or shape["kv_heads"],
@@ -999,8 +948,6 @@ def main(argv: list[str]) -> None:
     if any(w not in SWEEPS for w in sweeps):
         raise app.UsageError(f"--sweeps: expected some of {SWEEPS}, got {sweeps}")
     masks = {"both": [True, False], "true": [True], "false": [False]}[FLAGS.causal]
-    warmup = FLAGS.warmup if FLAGS.warmup is not None else (2 if cpu else 10)
-    iters = FLAGS.iters if FLAGS.iters is not None else (10 if cpu else 50)
 
     name = common.device_name()
     out_dir = common.results_dir("flash_attention")
@@ -1064,6 +1011,9 @@ def main(argv: list[str]) -> None:
         trace = profile(out_dir, s, rows, prefill_variants, cpu)
         pngs += [trace] if trace else []
     print(f"\nresults: {out_dir}  ({', '.join(p.name for p in list(paths.values()) + pngs)})")
+    common.exit_on_failures("bench.flash_attention", [
+        f"{r['variant']} " + " ".join(f"{k}={r[k]}" for k in ("sweep", "mask", "S", "L", "B") if k in r)
+        for r in rows if common.is_failure(r["status"])])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ token_stream) and cut into fixed, non-overlapping windows of --window tokens; a
 trailing partial window is dropped. Each window is scored on its own (no context
 carried over): its first token is context only, the other window - 1 tokens are
 scored, unless --bos prepends BOS so all window tokens are scored.
-Perplexity = exp(total NLL / tokens scored). WikiText-2 here is the word-level
+Perplexity = exp(total NLL / tokens scored); a NaN or infinite one (results still written)
+makes the run exit 1. WikiText-2 here is the word-level
 tokenized version (<unk>, @-@): the numbers are not comparable with published
 wikitext-2-raw perplexities.
 """
@@ -142,6 +143,10 @@ def main(argv):
     paths = common.write_results(out, "perplexity", rows, summary,
                                  command=common.command_line("perplexity"), device=common.device_name(device))
     print(f"wrote {paths['json']} and {paths['summary']}")
+    bad = [r["split"] for r in rows if not math.isfinite(r["perplexity"])]
+    if bad:  # NaN/Inf logits: a broken checkpoint or dtype, not a figure
+        print(f"bench.perplexity: perplexity is not finite on {', '.join(bad)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,10 +32,11 @@ rate (bench.common.measure_matmul_tflops: 8192^3 on a GPU in the model's dtype);
 the 512^3 figure is printed but the run is a CPU run: Python overhead, not matmuls, rules it.
 
 Checks, before anything is timed (a wrong configuration is reported WRONG, never timed,
-and the run exits 1): every prefill's last-position logits against a reference computed
+and the run exits 1 once its results are written; so does a FAILED one, out of memory
+included): every prefill's last-position logits against a reference computed
 one prompt at a time without any cache (same weights, same dtype); the engine's greedy
-token against the reference's argmax (a different token is accepted only where the
-reference's two logits tie within the tolerance) and its step count (one); kv_cache:
+token against the reference's argmax (a different token is accepted only as a near tie,
+parity.ties' band for the dtype) and its step count (one); kv_cache:
 the cached loop's logits at every step against one recompute of the whole sequence (teacher
 forced on the uncached tokens), and in fp32 identical greedy tokens.
 Tolerance: every row (prompt, or generation step) must have a relative L2 error
@@ -69,19 +70,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
-
-if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    # Run as a script (`bazel run` does): Python put bench/ first on sys.path, where
-    # bench/kernels.py would shadow the top-level `kernels` package. `python3 -m` is unaffected.
-    sys.path.pop(0)
 
 import torch
 from absl import app, flags
 from torch import nn
 
 from bench import common
+from parity.ties import check_near_ties
 
 EXPERIMENTS = ("kv_cache", "mixed", "batching", "batch_size")
 TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}  # per-row relative L2; why: module docstring
@@ -266,16 +262,6 @@ def check_logits(got: torch.Tensor, want: torch.Tensor, rtol: float, what: str) 
     return worst
 
 
-def check_tokens(run: Run, tokens: list[int], want: torch.Tensor, what: str) -> None:
-    """Greedy tokens against the reference argmax; a different token must tie with it within rtol."""
-    for b, tok in enumerate(tokens):
-        row = want[b]
-        top = float(row.max())
-        if tok != int(row.argmax()) and float(row[tok]) < top - run.rtol * (1 + abs(top)):
-            raise AssertionError(f"{what}: prompt {b} got token {tok} (reference logit {float(row[tok]):.5g}), "
-                                 f"reference argmax {int(row.argmax())} ({top:.5g})")
-
-
 # ----------------------------------------------------------------------------
 # Prefill paths: each returns (fn, teardown); fn() runs one prefill and returns (B, V) logits
 # ----------------------------------------------------------------------------
@@ -384,7 +370,7 @@ def measure(run: Run, path: Callable, prompts: list[list[int]], what: str, engin
                     tokens, steps = out
                     if steps != 1:
                         raise AssertionError(f"{what}: the engine took {steps} steps, expected the whole batch in 1")
-                    check_tokens(run, tokens, want, what)
+                    check_near_ties(want, tokens, run.dtype, f"{what} (position = prompt)")
                     err = None
                 else:
                     err = check_logits(out, want, run.rtol, what)
@@ -738,12 +724,11 @@ def main(argv: list[str]) -> None:
         title = f"bench.prefill: {label} {common.dtype_name(dtype)} on {dev_name}, {common.today()}"
         paths["png"] = common.plot_panels(out_dir / "prefill.png", panels(rows, ceiling, cpu), title=title)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    bad = [r for r in rows if r["status"] != "ok"]
-    if bad:
-        for r in bad:
+    for r in rows:
+        if common.is_failure(r["status"]):
             print(f"{r['experiment']} {r['config']} {r['variant']}: {r['status']}", file=sys.stderr)
-        if any(r["status"].startswith("WRONG") for r in bad):
-            sys.exit(1)
+    common.exit_on_failures("bench.prefill", [f"{r['experiment']} {r['config']} {r['variant']}" for r in rows
+                                              if common.is_failure(r["status"])])
 
 
 def _main(argv: list[str]) -> None:

@@ -56,8 +56,8 @@ tokens as single-request decoding (decoding.generate). fp32: identical. bf16/fp1
 batching and the paged kernels change the rounding, so two nearly tied tokens may swap
 and the sequences part; from the first difference on, the engine's own tokens are
 checked teacher-forced against the model (one no-cache forward): each must be the
-reference's argmax or within 5e-2 (bf16; fp16 2e-2) x max|logit| of it, bench.decode's
-tolerance. Such near ties are counted in the report. Anything else stops the run with
+reference's argmax or a near tie (parity.ties: within 5e-2 x max|logit| in bf16, 2e-2 in
+fp16, the bands measured there). Such near ties are counted in the report. Anything else stops the run with
 the request and position named, and nothing is timed. After the timed runs the
 policies' outputs on the trace are compared too (fp32: must be identical).
 
@@ -78,11 +78,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
-
-if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    # Run as a script (`bazel run` does): Python put bench/ first on sys.path, where
-    # bench/kernels.py would shadow the top-level `kernels` package. `python3 -m` is unaffected.
-    sys.path.pop(0)
 
 import torch
 from absl import app, flags
@@ -304,53 +299,9 @@ def make_engine(model, policy: str, settings: EngineSettings):
     return LLMEngine(model, policy=policy, **settings.kwargs(policy))
 
 
-def close_engine(engine) -> None:
-    engine.runner.close()  # drops the model's views of the paged KV
-    engine.paged_kv.k.clear()
-    engine.paged_kv.v.clear()
-
-
-def blocks_in_use(engine) -> int:
-    pool = engine.pool
-    return pool.num_usable_blocks - pool.num_free_blocks
-
-
-def kv_sample(engine) -> tuple[int, int]:
-    """(blocks in use, slots of those blocks holding a computed token), read from the block pool and tables.
-
-    Running requests hold the blocks; each holds num_computed_tokens K/V entries in
-    its table's blocks. A block shared by several requests (prefix hit) is counted once.
-    """
-    sched = engine.scheduler
-    bs = engine.pool.block_size
-    used = blocks_in_use(engine)
-    tables = sched.kv.tables
-    filled, table_blocks = 0, 0
-    for req in sched.running:
-        table = tables.get(req.request_id)
-        if table is not None:
-            table_blocks += len(table.block_ids)
-            filled += min(req.num_computed_tokens, len(table.block_ids) * bs)
-    if table_blocks != used:  # shared blocks: count each block's fill once
-        fill: dict[int, int] = {}
-        for req in sched.running:
-            table = tables.get(req.request_id)
-            for i, bid in enumerate(table.block_ids if table is not None else ()):
-                n = max(0, min(bs, req.num_computed_tokens - i * bs))
-                fill[bid] = max(fill.get(bid, 0), n)
-        filled = sum(fill.values())
-    return used, filled
-
-
 # ----------------------------------------------------------------------------
 # Correctness gate
 # ----------------------------------------------------------------------------
-
-
-# Largest logit gap, as a fraction of the row's largest |logit|, between the reference's
-# choice and the engine's when they differ at low precision: bench.decode's tolerance
-# (bf16 keeps 8 mantissa bits; 32 layers of rounding leave ~1e-2 of the logit scale).
-TIE_TOL = {torch.float32: 0.0, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
 @dataclass
@@ -380,8 +331,8 @@ def engine_outputs(engine, cases: list[CheckCase], policy: str) -> list[list[int
         for out in engine.step():
             if out.finished:
                 final[out.request_id] = out.token_ids
-    if blocks_in_use(engine):
-        raise ParityError(f"{policy}: {blocks_in_use(engine)} KV blocks still in use after the check requests")
+    if engine.blocks_in_use():
+        raise ParityError(f"{policy}: {engine.blocks_in_use()} KV blocks still in use after the check requests")
     return [final.get(rid, []) for rid in ids]
 
 
@@ -396,14 +347,16 @@ def teacher_forced_logits(model, prompt_ids: list[int], tokens: list[int]) -> to
         return model(ids, output_index=rows)[0].float().cpu()
 
 
-def check_outputs(cases: list[CheckCase], outputs: list[list[int]], tol: float, policy: str,
+def check_outputs(cases: list[CheckCase], outputs: list[list[int]], dtype: torch.dtype, policy: str,
                   logits_fn: Callable[[list[int], list[int]], torch.Tensor]) -> dict[str, Any]:
     """Compare the engine's tokens with single-request greedy decoding; raise ParityError.
 
-    tol 0 (fp32): identical. tol > 0: from the first difference on, the engine's own
-    sequence is checked teacher-forced (`logits_fn(prompt, tokens)`): at every position
-    its token must be the reference model's argmax or within tol * max|logit| of it.
+    fp32: identical. fp16/bf16: from the first difference on, the engine's own sequence is
+    checked teacher-forced (`logits_fn(prompt, tokens)`) by parity.ties.check_near_ties:
+    every token the reference model's argmax or a near tie within the dtype's band.
     """
+    from parity.ties import check_near_ties
+
     identical, near_ties = 0, []
     for i, (c, got) in enumerate(zip(cases, outputs)):
         if len(got) != c.max_tokens:
@@ -414,19 +367,14 @@ def check_outputs(cases: list[CheckCase], outputs: list[list[int]], tol: float, 
             continue
         where = (f"{policy}: check request {i} (prompt {len(c.prompt_ids)} tokens) differs from single-request "
                  f"greedy decoding at output {j}: engine {got[j]}, reference {c.ref_tokens[j]}")
-        if tol == 0:
+        if dtype == torch.float32:
             raise ParityError(f"{where}; engine {got[:j + 3]}..., reference {c.ref_tokens[:j + 3]}...")
-        logits = logits_fn(c.prompt_ids, got)
-        gaps = []
-        for k in range(j, len(got)):
-            row = logits[k]
-            gap, scale = float(row.max() - row[got[k]]), float(row.abs().max())
-            if gap > tol * scale:
-                raise ParityError(f"{where}; teacher-forced on the engine's tokens, output {k} ({got[k]}) is "
-                                  f"{gap:.3g} below the reference's best ({int(row.argmax())}), over "
-                                  f"{tol:g} x max|logit| = {tol * scale:.3g}: not a near tie")
-            gaps.append(gap / scale if scale else 0.0)
-        near_ties.append((i, j, max(gaps)))
+        try:
+            gap = check_near_ties(logits_fn(c.prompt_ids, got)[j:], got[j:], dtype,
+                                  f"{where}; teacher-forced on the engine's tokens from output {j}")
+        except AssertionError as e:
+            raise ParityError(str(e)) from None
+        near_ties.append((i, j, gap))
     return {"tokens_identical": identical, "tokens": sum(c.max_tokens for c in cases), "near_ties": near_ties}
 
 
@@ -480,7 +428,7 @@ def replay(engine, trace: list[TraceRequest], policy: str) -> ReplayResult:
         engine.step()
         s1 = time.perf_counter()
         sched = engine.scheduler
-        used, filled = kv_sample(engine)
+        used, filled = engine.kv_usage()
         steps.append(StepSample(s1 - t0, s1 - s0, len(sched.running), len(sched.waiting), used, filled))
         idle_steps = idle_steps + 1 if not sched.running and sched.waiting else 0
         if idle_steps > 1000:
@@ -506,8 +454,8 @@ def replay(engine, trace: list[TraceRequest], policy: str) -> ReplayResult:
             "preemptions": req.num_preemptions,
         })
         outputs[idx] = list(req.output_token_ids)
-    if blocks_in_use(engine):
-        raise RuntimeError(f"{policy}: {blocks_in_use(engine)} KV blocks still in use after every request finished")
+    if engine.blocks_in_use():
+        raise RuntimeError(f"{policy}: {engine.blocks_in_use()} KV blocks still in use after every request finished")
     return ReplayResult(policy, records, steps, outputs, engine.scheduler.num_preemptions - preempt0,
                         engine.pool.num_usable_blocks, engine.pool.block_size)
 
@@ -597,7 +545,7 @@ def measure_capacity(model, settings: EngineSettings, reqs: list[tuple[list[int]
         for rid in list(sched.requests):  # the unfinished ones
             engine.abort_request(rid)
     finally:
-        close_engine(engine)
+        engine.close()
     return rate / mean_output, how
 
 
@@ -816,7 +764,6 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
     # Correctness gate, every policy, before anything is timed. The reference forwards
     # (generate's static caches, teacher-forced logits) run while no engine is alive.
     exact = opts.dtype == torch.float32
-    tol = TIE_TOL.get(opts.dtype, 5e-2)
     cases = [CheckCase(p, min(m, opts.check_tokens))
              for p, m in draw_requests(opts.check_requests, opts.prompt, opts.output, vocab, opts.seed + 2)]
     prepare_check(model, cases)
@@ -826,13 +773,13 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
         try:
             outputs = engine_outputs(engine, cases, policy)
         finally:
-            close_engine(engine)
-        checks[policy] = c = check_outputs(cases, outputs, tol, policy,
+            engine.close()
+        checks[policy] = c = check_outputs(cases, outputs, opts.dtype, policy,
                                            lambda p, t: teacher_forced_logits(model, p, t))
         ties = "; ".join(f"request {i} from output {j} (largest gap {gap:.2g} of max|logit|)"
                          for i, j, gap in c["near_ties"])
         log(f"check {policy}: {c['tokens_identical']}/{c['tokens']} tokens identical to single-request greedy "
-            f"decoding" + (f"; near-tie divergences within {tol:g} x max|logit|: {ties}" if ties else ""))
+            f"decoding" + (f"; near-tie divergences (parity.ties band): {ties}" if ties else ""))
 
     trace = build_trace(opts.num_requests, 1.0, opts.prompt, opts.output, vocab, opts.seed)
     stats = trace_stats(trace)
@@ -866,7 +813,7 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
             log(f"running {policy} ...")
             res = replay(engine, trace, policy)
         finally:
-            close_engine(engine)
+            engine.close()
         results.append(res)
         log(f"{policy} done")
         row = summarize(res)
@@ -914,7 +861,7 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
             log(f"profiling {opts.profile_steps} steps of continuous at full load ...")
             profile = profile_steps(engine, reqs, settings.max_num_seqs, opts.profile_steps, out_dir, log)
         finally:
-            close_engine(engine)
+            engine.close()
     return {"rows": rows, "results": results, "paths": paths, "rate": rate, "checks": checks, "trace": trace,
             "meta": meta, "profile": profile}
 

@@ -1,7 +1,9 @@
 """attention: plain-PyTorch references for the Triton kernels in flash_attention.py / flash_decode.py.
 
-Every function computes in fp32 and returns the query's dtype, so a kernel's error
-against it is the kernel's own rounding. The math, for one (batch, query head h):
+Every reference computes in fp32 and returns the query's dtype, so a kernel's error
+against it is the kernel's own rounding. Beside them: `naive_attention`, the readable path
+in the input dtype (a contender the benchmarks time, not a reference), and `paged_kv`, which
+lays a contiguous cache out as a shuffled paged pool. The math, for one (batch, query head h):
 
     kv head    g(h) = h // (Hq // Hkv)                                  (GQA / MQA)
     scores     S[i, j] = sm_scale * <q[i], k_g(h)[j]>                   sm_scale = 1/sqrt(D) by default
@@ -38,15 +40,62 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     vf = v.float().repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
     scores = scale * (q.float() @ kf.transpose(-1, -2))  # (B, Hq, S_q, S_kv)
     if causal:
-        i = torch.arange(S_q, device=q.device)[:, None]
-        j = torch.arange(S_kv, device=q.device)[None, :]
-        allowed = j <= i + (S_kv - S_q)  # (S_q, S_kv)
+        allowed = ~causal_mask(S_q, S_kv, q.device)  # (S_q, S_kv)
     else:
         allowed = torch.ones(S_q, S_kv, dtype=torch.bool, device=q.device)
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     probs = torch.where(allowed.any(dim=-1, keepdim=True), probs, 0.0)  # empty rows -> 0, not NaN
     return (probs @ vf).to(q.dtype)  # (B, Hq, S_q, D)
+
+
+def causal_mask(seq_q: int, seq_kv: int, device) -> torch.Tensor:
+    """(S_q, S_kv) bool, True where key j is hidden from query i: j > i + (S_kv - S_q) (bottom-right)."""
+    return torch.ones(seq_q, seq_kv, dtype=torch.bool, device=device).triu(1 + seq_kv - seq_q)
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """Textbook attention in the input dtype (Hugging Face's "eager"), for (B, H, S, D) tensors.
+
+    K/V expanded to Hq heads, the (B, Hq, S_q, S_kv) scores materialised and rounded to q's
+    dtype, softmax, matmul. `mask` (S_q, S_kv) is True where a key is hidden (`causal_mask`),
+    built by the caller so a timed call does not rebuild it. No empty-row rule: a fully
+    masked row gives NaN. Returns (B, Hq, S_q, D) in q.dtype.
+    """
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
+    v = v.repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
+    scores = (q @ k.transpose(-1, -2)) * sm_scale  # (B, Hq, S_q, S_kv)
+    if mask is not None:
+        scores.masked_fill_(mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v  # (B, Hq, S_q, D)
+
+
+def paged_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int, seed: int,
+             spare_blocks: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A contiguous (B, Hkv, S, D) cache laid out as a shuffled paged pool (the vLLM layout).
+
+    Returns k_pages, v_pages (num_blocks, block_size, Hkv, D) with num_blocks =
+    B * ceil(S / block_size) + spare_blocks, and block_table (B, ceil(S / block_size)) int32:
+    a random permutation (torch.randperm seeded with `seed`), so sequence b's p-th block is
+    block_table[b, p], as in a fragmented pool. Positions past S in a last block are 0; the
+    spare blocks no table names are NaN, so a kernel reading a wrong block shows it.
+    """
+    B, Hkv, S, D = k_cache.shape
+    max_blocks = -(-S // block_size)
+    num_blocks = B * max_blocks + spare_blocks
+    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))[: B * max_blocks]
+    block_table = perm.reshape(B, max_blocks).to(torch.int32).to(k_cache.device)
+    pad = max_blocks * block_size - S
+    pages = []
+    for cache in (k_cache, v_cache):
+        padded = torch.nn.functional.pad(cache, (0, 0, 0, pad))  # (B, Hkv, max_blocks * bs, D)
+        blocks = padded.reshape(B, Hkv, max_blocks, block_size, D).permute(0, 2, 3, 1, 4)  # (B, nb, bs, Hkv, D)
+        store = torch.full((num_blocks, block_size, Hkv, D), float("nan"), dtype=cache.dtype, device=cache.device)
+        store[block_table.long().reshape(-1)] = blocks.reshape(-1, block_size, Hkv, D)
+        pages.append(store)
+    return pages[0], pages[1], block_table
 
 
 def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,

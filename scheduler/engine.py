@@ -205,6 +205,36 @@ class LLMEngine:
             token_latencies_s=list(req.token_latencies), num_preemptions=req.num_preemptions,
             num_prefix_hit_tokens=req.num_prefix_hit_tokens)
 
+    # ------------------------------------------------------------------ the KV, as a benchmark reads it
+    def blocks_in_use(self) -> int:
+        """KV blocks held by requests now (usable blocks not in the free queue)."""
+        return self.pool.num_usable_blocks - self.pool.num_free_blocks
+
+    def kv_usage(self) -> tuple[int, int]:
+        """(blocks in use, slots of those blocks holding a computed token's K/V).
+
+        Each running request holds num_computed_tokens entries in its table's blocks; a block
+        shared by several requests (a prefix hit) is counted once, at its fullest. O(requests)
+        when no block is shared (called after every step of a replay), O(blocks) otherwise.
+        """
+        bs, used = self.pool.block_size, self.blocks_in_use()
+        held = [(req.num_computed_tokens, self.scheduler.kv.tables.get(req.request_id))
+                for req in self.scheduler.running]
+        held = [(n, table.block_ids) for n, table in held if table is not None]
+        if sum(len(blocks) for _, blocks in held) == used:
+            return used, sum(min(n, len(blocks) * bs) for n, blocks in held)
+        fill: dict[int, int] = {}
+        for n, blocks in held:
+            for i, bid in enumerate(blocks):
+                fill[bid] = max(fill.get(bid, 0), min(bs, max(0, n - i * bs)))
+        return used, sum(fill.values())
+
+    def close(self) -> None:
+        """Free the paged KV: the runner drops the model's views of it, then the cache tensors go."""
+        self.runner.close()
+        self.paged_kv.k.clear()
+        self.paged_kv.v.clear()
+
 
 class LLM:
     """vLLM-style front door: LLM(model_or_path, ...).generate(prompts, sampling_params)."""

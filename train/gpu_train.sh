@@ -6,15 +6,14 @@
 # 3. bench.perplexity of each kept best/ on the held-out split and WikiText-2 test.
 # $OUT gets logs, results.tar.gz (bench/results/<device>-<date>/) and models.tgz.part-* (split
 # under 16 MiB: cat models.tgz.part-* | tar xz gives models/lab-small and models/lab-draft).
-set -uo pipefail
+# Stops at the first failing step (exit status that step's); results so far are still packed.
+set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
 OUT="${OUT:-/tmp/lab-train-run}"
-mkdir -p "$OUT"
-stage="$(mktemp -d)"
-export LAB_RESULTS_DIR="$stage/results"
 log="$OUT/train_run.log"
-strip() { tr '\r' '\n' | grep -v -E '^train .*(it|step)/s|^\s*$'; }
+source tools/gpu_session.sh  # set -euo pipefail, $LAB_RESULTS_DIR, results packed on exit
+strip() { tr '\r' '\n' | sed -E '/^train .*(it|step)\/s|^\s*$/d'; }  # sed: no match is not a failure
 { date -u +"%Y-%m-%dT%H:%M:%SZ"; nvidia-smi --query-gpu=name,memory.total --format=csv
   python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$log"
 echo "== train.ablation" | tee -a "$log"
@@ -22,7 +21,7 @@ python3 -m train.ablation --device cuda --steps ${LAB_ABL_STEPS:-60} 2>&1 | stri
 train_one() {  # preset steps lr tag
   python3 -m train.train --preset "$1" --device cuda --amp --compile --seq_len 512 --batch_size 32 \
     --max_steps "$2" --warmup_steps 50 --lr "$3" --eval_every 25 --save_every 100000 --max_minutes 3 \
-    --out_dir "runs/$4" --noprogress 2>&1 | strip | grep -E "step [0-9]+:|error|Error|reached" | tail -n 8
+    --out_dir "runs/$4" --noprogress 2>&1 | strip | sed -n -E '/step [0-9]+:|error|Error|reached/p' | tail -n 8
   python3 -c "import json;s=json.load(open('runs/$4/summary.json'));print('$4', 'best', s['best_heldout_loss'], 'at', s['best_step'], 'tok/s', s['tokens_per_s'], 'peak GiB', s['peak_memory_gib'])"
 }
 pick() {  # name runA runB -> models/name = the run with the lower best held-out loss
@@ -42,6 +41,5 @@ for m in lab-small lab-draft; do
   echo "== bench.perplexity $m" | tee -a "$log"
   python3 -m bench.perplexity --checkpoint "models/$m" --window 512 --device cuda 2>&1 | strip | tail -n 12 | tee -a "$log"
 done
-tar -C "$stage" -czf "$OUT/results.tar.gz" results
 tar -czf - models runs/*/summary.json runs/*/MODEL_CARD.md | split -b 15M - "$OUT/models.tgz.part-"
 ls -la "$OUT" | tee -a "$log"

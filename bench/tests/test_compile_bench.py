@@ -7,6 +7,7 @@ import torch
 from absl import flags
 
 from bench import compile as bc
+from bench.tests import exit_code
 
 
 def _case(tmp_path):
@@ -18,14 +19,14 @@ def test_wrong_variant_is_reported_and_never_timed(tmp_path, monkeypatch):
     calls = []
 
     def wrong_builder(c):
-        eager = bc.build_eager(c).steps["decode"]
+        built = _wrong_builder(c)
+        step = built.steps["decode"]
 
-        def step(*args):
+        def counted(*args):
             calls.append(1)
-            logits, k, v = eager(*args)
-            return logits + 1e-2, k, v  # a shifted logit: what a bad mask or cache write looks like
+            return step(*args)
 
-        return bc.Built({p: step for p in bc.PHASES}, {"compile decode": 0.5})
+        return bc.Built({p: counted for p in bc.PHASES}, built.seconds)
 
     monkeypatch.setitem(bc.BUILDERS, "default", wrong_builder)
     rows = bc.run_all(case, ["eager", "default"], warmup=1, iters=2)
@@ -41,6 +42,27 @@ def test_wrong_variant_is_reported_and_never_timed(tmp_path, monkeypatch):
     names = {r["name"] for r in bc.summary_records(rows, {"decode": 1, "prefill": 4})}
     assert "compile/decode/eager p50 us" in names and "compile/decode/default p50 us" not in names
     assert "compile/decode/default status" in names and "compile/decode/default compile s" in names
+
+
+def _wrong_builder(c):
+    """A "compiled" step whose logits are off by 1e-2: what a bad mask or cache write looks like."""
+    eager = bc.build_eager(c).steps["decode"]
+
+    def step(*args):
+        logits, k, v = eager(*args)
+        return logits + 1e-2, k, v
+
+    return bc.Built({p: step for p in bc.PHASES}, {"compile decode": 0.5})
+
+
+def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setitem(bc.BUILDERS, "default", _wrong_builder)
+    assert exit_code(bc.main, ["compile", "--variants=eager,default", "--device=cpu", "--dtype=fp32",
+                               "--prefill_len=4", "--cache_len=16", "--warmup=1", "--iters=2", "--noplot"]) == 1
+    assert "bench.compile: 1 WRONG or FAILED: default" in capsys.readouterr().err
+    rows = json.loads((tmp_path / "compile.json").read_text())["rows"]  # written before the exit
+    assert {r["variant"] for r in rows if r["status"] == "ok"} == {"eager"}
 
 
 def test_failed_build_is_a_row_not_a_crash(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from absl import flags
 
@@ -24,7 +25,30 @@ def test_cpu_run_writes_checked_rows(tmp_path, monkeypatch):
     assert got == {(v, b) for v in ("hf", "eager", "fused") for b in (1, 2)}
     for r in rows:
         assert r["status"] == "ok" and r["tok_s"] > 0 and r["agreement"] == 1.0, r  # fp32: exact
+        assert r["tie_gap"] <= 1e-4 and r["timed_tie_gap"] <= 1e-4  # fp32: parity.ties' band
     assert (tmp_path / "decode.png").stat().st_size > 0
+
+
+def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeypatch, capsys):
+    real = bd._generate
+
+    def last_token_off_by_one(name, *args, **kwargs):  # a planted fault in the fused variant's output
+        tokens, prefill_s, decode_s = real(name, *args, **kwargs)
+        if name == "fused":
+            tokens = tokens.clone()
+            tokens[:, -1] = (tokens[:, -1] + 1) % 512
+        return tokens, prefill_s, decode_s
+
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(bd, "_generate", last_token_off_by_one)
+    _flags(device="cpu", prompt_len=8, new_tokens=6, batch_sizes=["1"], variants=["eager", "fused"])
+    with pytest.raises(SystemExit) as exit_info:
+        bd.main(["bench.decode"])
+    assert exit_info.value.code == 1
+    assert "bench.decode: 1 WRONG or FAILED: fused@1" in capsys.readouterr().err
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "decode.json").read_text())["rows"]}
+    assert rows["eager"]["status"] == "ok"
+    assert rows["fused"]["status"].startswith("WRONG: fused bs1: sequence 0: position 5: token"), rows["fused"]
 
 
 def test_wrong_variant_is_never_timed(monkeypatch):
@@ -46,5 +70,5 @@ def test_wrong_variant_is_never_timed(monkeypatch):
     monkeypatch.setattr(gen, "generate", broken)
     prompt = torch.randint(2, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     row = bd.run_variant("fused", model, gen, ref, prompt, 40, torch.float32, "cpu")
-    assert row["status"].startswith("WRONG: logit error"), row
+    assert row["status"].startswith("WRONG: fused bs1: logit error"), row
     assert "tok_s" not in row and timed == [32]  # the check run only

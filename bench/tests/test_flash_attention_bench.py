@@ -11,7 +11,8 @@ from absl import flags
 
 from bench import common
 from bench import flash_attention as fb
-from kernels.attention_ref import attention_ref, paged_decode_ref
+from bench.tests import exit_code
+from kernels.attention_ref import attention_ref, paged_decode_ref, paged_kv
 
 
 def _setup(**kw):
@@ -81,6 +82,18 @@ def test_wrong_variant_is_reported_and_never_timed(monkeypatch):
     assert by["naive"]["ours_x"] is None  # ours did not run
 
 
+def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    real = fb.naive_attention
+    monkeypatch.setattr(fb, "naive_attention", lambda q, k, v, sm_scale, mask: real(q, k, v, sm_scale, None))
+    assert exit_code(fb.main, ["flash_attention", "--sweeps=seq", "--seq_lens=32", "--causal=true",
+                               "--variants=naive,sdpa_math", "--warmup=1", "--iters=2", "--head_dim=16",
+                               "--noplot"]) == 1
+    assert "bench.flash_attention: 1 WRONG or FAILED: naive sweep=seq mask=causal S=32" in capsys.readouterr().err
+    rows = json.loads((tmp_path / "flash_attention.json").read_text())["rows"]  # written before the exit
+    assert {r["variant"]: r["status"] for r in rows}["sdpa_math"] == "ok"
+
+
 def test_not_installed_and_needs_gpu(monkeypatch):
     fake = types.ModuleType("flashinfer")
     fake.__version__ = "9.9"
@@ -109,10 +122,10 @@ def test_sdpa_no_kernel_is_skipped_not_failed():
 
 def test_paged_cache_holds_the_same_tokens():
     x = fb.make_decode_inputs(3, 4, 2, 10, 16, torch.float32, "cpu", seed=1)
-    fb.add_paged_cache(x, page_size=4, seed=1)
-    assert x["k_paged"].shape == (3 * 3, 4, 2, 16) and x["block_table"].dtype == torch.int32
+    k_paged, v_paged, table = paged_kv(x["k_cache"], x["v_cache"], 4, seed=1)
+    assert k_paged.shape == (3 * 3, 4, 2, 16) and table.dtype == torch.int32
     want = attention_ref(x["q"][:, :, None], x["k_cache"], x["v_cache"])[:, :, 0]
-    got = paged_decode_ref(x["q"], x["k_paged"], x["v_paged"], x["block_table"], x["seq_lens"])
+    got = paged_decode_ref(x["q"], k_paged, v_paged, table, x["seq_lens"])
     torch.testing.assert_close(got, want)
 
 

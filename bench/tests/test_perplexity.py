@@ -91,3 +91,21 @@ def test_training_a_few_steps_lowers_perplexity_and_the_cli_reports_the_protocol
     bad = subprocess.run([sys.executable, "-m", "bench.perplexity", f"--checkpoint={tmp_path / 'nope'}"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_nan_perplexity_exits_1_after_writing_results(tmp_path, monkeypatch, capsys):
+    from absl import flags
+
+    from bench import perplexity as bp
+
+    real = bp.perplexity
+    monkeypatch.setattr(bp, "perplexity", lambda *a, **k: {**real(*a, **k), "perplexity": math.nan})
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    flags.FLAGS(["perplexity", f"--checkpoint={REPO / 'models' / 'lab-draft'}", "--splits=heldout", "--window=32",
+                 "--max_windows=2", "--device=cpu"])
+    try:
+        assert bp.main([]) == 1  # app.run exits with it
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert "perplexity is not finite on heldout" in capsys.readouterr().err
+    assert (tmp_path / "perplexity.json").exists()

@@ -7,6 +7,7 @@ import torch
 from absl import flags
 
 from bench import prefill as bp
+from bench.tests import exit_code
 
 MINIMAL = ["--device=cpu", "--preset=embedded", "--dtype=fp32", "--prompt_len=8", "--batch=3", "--batch_sizes=1,2",
            "--gen_prompt_len=4", "--new_tokens=2,4", "--gen_prompt_lens=4,8", "--gen_new_tokens=2", "--warmup=0",
@@ -70,6 +71,41 @@ def test_wrong_path_is_reported_and_never_timed():
     assert bad["status"].startswith("WRONG: swapped: ") and "rtol=0.0001" in bad["status"], bad
     assert "p50_ms" not in bad and len(calls) == 1  # the check call only: no warmup, no timing
     assert run.model.max_seq_len == -1  # caches torn down after a wrong result too
+
+
+def test_main_exits_1_on_a_wrong_path_after_writing_results(tmp_path, monkeypatch, capsys):
+    real = bp.padded_prefill
+
+    def swapped_rows(run_, prompts):
+        fn, teardown = real(run_, prompts)
+        return (lambda: fn().flip(0)), teardown  # each prompt gets another prompt's logits
+
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(bp, "padded_prefill", swapped_rows)
+    assert exit_code(bp.main, ["prefill", "--device=cpu", "--preset=embedded", "--dtype=fp32",
+                               "--experiments=batch_size", "--batch_sizes=1,2", "--prompt_len=8", "--warmup=0",
+                               "--iters=1", "--noplot"]) == 1
+    assert "bench.prefill: 1 WRONG or FAILED: batch_size L8 B2 batched" in capsys.readouterr().err
+    rows = json.loads((tmp_path / "prefill.json").read_text())["rows"]  # written before the exit
+    assert [r["status"] for r in rows][0] == "ok"  # B=1: flipping one row changes nothing
+
+
+def test_engine_token_outside_the_tie_band_is_wrong():
+    run = bp.make_run(iters=1, warmup=0, dtype=torch.bfloat16)
+    prompts = bp.make_prompts(run, [8, 6], salt=5)
+
+    def off_by_one(run_, prompts_):
+        fn, teardown = bp.engine_prefill(run_, prompts_)
+
+        def bad():
+            tokens, steps = fn()
+            return [(t + 1) % run_.config.vocab_size for t in tokens], steps
+
+        return bad, teardown
+
+    assert bp.measure(run, bp.engine_prefill, prompts, "engine", engine=True)["status"] == "ok"
+    bad = bp.measure(run, off_by_one, prompts, "engine", engine=True)
+    assert bad["status"].startswith("WRONG: engine (position = prompt): position 0") and "bfloat16" in bad["status"]
 
 
 def test_checks_are_tight_in_fp32_and_catch_a_shifted_prompt():

@@ -84,7 +84,8 @@ def test_tight_kv_preempts_and_every_request_completes():
     assert res["results"][0].outputs == res["results"][2].outputs
 
 
-def test_wrong_engine_stops_before_anything_is_timed(monkeypatch, tmp_path):
+def _corrupt_third_check_token(monkeypatch):
+    """Plant a fault: the engine's third token of check request 1 is off by one (a bad cache write)."""
     from scheduler.runner import ModelRunner
 
     real = ModelRunner._sample
@@ -94,12 +95,24 @@ def test_wrong_engine_stops_before_anything_is_timed(monkeypatch, tmp_path):
         out = real(self, sched, logits)
         if "check1" in out:
             calls["n"] += 1
-            if calls["n"] == 3:  # the third token of one request: what a bad cache write looks like
+            if calls["n"] == 3:
                 out["check1"] = (out["check1"] + 1) % logits.shape[-1]
         return out
 
-    timed = []
     monkeypatch.setattr(ModelRunner, "_sample", corrupt)
+
+
+def test_wrong_engine_exits_1(monkeypatch, tmp_path, capsys):
+    _corrupt_third_check_token(monkeypatch)
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(sv, "options_from_flags", lambda: _options(policies=["static"]))
+    assert sv._main(["serving"]) == 1  # app.run exits with it
+    assert "WRONG, nothing timed: static: check request 1" in capsys.readouterr().err
+
+
+def test_wrong_engine_stops_before_anything_is_timed(monkeypatch, tmp_path):
+    timed = []
+    _corrupt_third_check_token(monkeypatch)
     monkeypatch.setattr(sv, "replay", lambda *a, **k: timed.append(1))
     monkeypatch.setattr(sv, "measure_capacity", lambda *a, **k: timed.append(1))
     with pytest.raises(sv.ParityError, match="static: check request 1 .* at output 2"):
@@ -119,18 +132,19 @@ def test_low_precision_gate_accepts_only_near_ties():
         calls.append(list(tokens))
         return logits
 
-    got = sv.check_outputs([case], [[1, 1, 3, 1]], 5e-2, "chunked", fn)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    got = sv.check_outputs([case], [[1, 1, 3, 1]], bf16, "chunked", fn)
     assert got["tokens_identical"] == 2 and got["near_ties"] == [(0, 2, pytest.approx(0.1 / 5))]
     assert calls == [[1, 1, 3, 1]]  # the engine's own tokens, teacher-forced
-    with pytest.raises(sv.ParityError, match="at output 2: engine 3, reference 1; .*output 3 .7. is 5 below"):
-        sv.check_outputs([case], [[1, 1, 3, 7]], 5e-2, "chunked", fn)  # a second, far-off token
-    with pytest.raises(sv.ParityError, match="at output 1: .*not a near tie"):
-        sv.check_outputs([case], [[1, 3, 1, 1]], 5e-2, "chunked", fn)
+    with pytest.raises(sv.ParityError, match="at output 2: engine 3, reference 1; .* position 1: token 7 is 1 x"):
+        sv.check_outputs([case], [[1, 1, 3, 7]], bf16, "chunked", fn)  # a second, far-off token
+    with pytest.raises(sv.ParityError, match="at output 1: .*near-tie band of bfloat16"):
+        sv.check_outputs([case], [[1, 3, 1, 1]], bf16, "chunked", fn)
     with pytest.raises(sv.ParityError, match="at output 2: engine 3, reference 1; engine"):
-        sv.check_outputs([case], [[1, 1, 3, 1]], 0.0, "static", fn)  # fp32: identical or wrong
+        sv.check_outputs([case], [[1, 1, 3, 1]], fp32, "static", fn)  # fp32: identical or wrong
     with pytest.raises(sv.ParityError, match="produced 3 tokens, want 4"):
-        sv.check_outputs([case], [[1, 1, 1]], 0.0, "static", fn)
-    assert sv.check_outputs([case], [[1, 1, 1, 1]], 0.0, "static", fn)["tokens_identical"] == 4
+        sv.check_outputs([case], [[1, 1, 1]], fp32, "static", fn)
+    assert sv.check_outputs([case], [[1, 1, 1, 1]], fp32, "static", fn)["tokens_identical"] == 4
 
 
 def test_trace_is_poisson_with_bounded_lengths():

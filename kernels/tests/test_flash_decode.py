@@ -14,7 +14,7 @@ import torch
 
 from kernels.tests.attention_cases import DEVICE, check_attention, gpu_only, needs_backend, randn
 
-from kernels.attention_ref import attention_ref, paged_decode_ref
+from kernels.attention_ref import attention_ref, paged_decode_ref, paged_kv
 from kernels.flash_decode import choose_num_splits, flash_decode, paged_flash_decode
 
 pytestmark = needs_backend
@@ -36,20 +36,7 @@ def _contiguous_ref(q, k_cache, v_cache, seq_lens):
 def _paged(k_cache, v_cache, block_size, seed):
     """Scatter a contiguous (B, Hkv, S_max, D) cache into shuffled blocks of block_size tokens.
     Returns k_pages, v_pages (num_blocks, block_size, Hkv, D) and block_table (B, max_blocks) int32."""
-    B, Hkv, S_max, D = k_cache.shape
-    max_blocks = -(-S_max // block_size)
-    num_blocks = B * max_blocks + 3  # spare blocks the table never names
-    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))[: B * max_blocks]
-    block_table = perm.reshape(B, max_blocks).to(torch.int32).to(DEVICE)
-    pad = max_blocks * block_size - S_max
-    pages = []
-    for cache in (k_cache, v_cache):
-        padded = torch.nn.functional.pad(cache, (0, 0, 0, pad))  # (B, Hkv, max_blocks * bs, D)
-        blocks = padded.reshape(B, Hkv, max_blocks, block_size, D).permute(0, 2, 3, 1, 4)  # (B, nb, bs, Hkv, D)
-        store = torch.full((num_blocks, block_size, Hkv, D), float("nan"), dtype=cache.dtype, device=DEVICE)
-        store[block_table.long().reshape(-1)] = blocks.reshape(-1, block_size, Hkv, D)
-        pages.append(store)
-    return pages[0], pages[1], block_table
+    return paged_kv(k_cache, v_cache, block_size, seed, spare_blocks=3)  # 3 NaN blocks no table names
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -176,8 +176,23 @@ def test_graph_host_staging_writes_every_element():
         assert (tabs == want_tabs).all() and lens_a.tolist() == lens + [1] * pad
 
 
-def test_host_cost_script_runs_its_trace():
-    """scheduler/tests/host_cost.py (the engine host-cost measurement) still runs and checks."""
-    from scheduler.tests.host_cost import measure
+def test_engine_kv_usage_counts_a_shared_block_once_and_close_frees_the_kv():
+    from model.random_weights import random_model
+    from scheduler.engine import LLMEngine
 
-    assert len(measure(num_requests=70)) > 0
+    engine = LLMEngine(random_model("tiny", seed=0), policy="continuous", block_size=4, num_blocks=32,
+                       cuda_graph=False, fuse_projections=False)
+    engine.runner.execute = lambda sched: ModelRunnerOutput({s.request_id: 7 for s in sched.scheduled if s.sample})
+    prefix = list(range(1, 9))  # two full blocks, cached after the first prefill
+    engine.add_request(prefix + [20], SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.step()
+    assert engine.kv_usage() == (3, 9)  # 9 computed tokens in blocks of 4, 4, 1: the unshared path
+    engine.add_request(prefix + [30, 31], SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.step()
+    # A: 10 tokens in 3 blocks; B: the 2 shared blocks (counted once) plus 2 tokens in its own.
+    assert engine.kv_usage() == (4, 4 + 4 + 2 + 2)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.blocks_in_use() == 0 and engine.kv_usage() == (0, 0)
+    engine.close()
+    assert not engine.paged_kv.k and not engine.paged_kv.v

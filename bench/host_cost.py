@@ -1,27 +1,38 @@
 """Host cost of one engine step with the model stubbed out: schedule + update + outputs.
 
-    python3 -m scheduler.tests.host_cost [--tokenizer PATH]
+    python3 -m bench.host_cost [--tokenizer PATH]
+    bazel run //bench:host_cost -- --tokenizer=/path/to/tokenizer.json
 
 Not a benchmark of the model: the runner returns token 7 for every sampling request, so
 what is timed is the Python the engine runs around each forward (the part a GPU step
 cannot hide). 256 requests (prompts 100-600 ids, 64-1024 new tokens, seed 0) through a
 continuous engine of 64 slots; prints p50/mean milliseconds over the steps with >= 60
-running. Checks every request finished with its max_tokens and the pool is empty after.
+running. Checks every request finished with its max_tokens and the pool is empty after
+(a failed check raises: exit 1, nothing reported).
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import time
 
 import torch
+from absl import app, flags
 
+from bench import common
 from model.random_weights import random_model
 from scheduler import SamplingParams
 from scheduler.engine import LLMEngine
 from scheduler.outputs import ModelRunnerOutput
+
+FLAGS = flags.FLAGS
+# --tokenizer means what bench.perplexity's does (a tokenizer path): overridable, so pytest can
+# import both. --trace_requests is ours alone (bench.serving's --num_requests has another default).
+common.define_flag("string", "tokenizer", None, "Tokenizer file or folder (model.tokenizer.load_tokenizer) the "
+                   "engine decodes stop strings with. Default None: no tokenizer, the engine's bare host cost.")
+flags.DEFINE_integer("trace_requests", 256, "Requests in the stubbed trace (default 256: four times the 64 "
+                     "slots, so the engine runs full for most steps).")
 
 
 def measure(tok=None, num_requests: int = 256, seed: int = 0) -> list[float]:
@@ -46,28 +57,29 @@ def measure(tok=None, num_requests: int = 256, seed: int = 0) -> list[float]:
         if len(engine.scheduler.running) >= 60:
             times.append(dt * 1e3)
         got.update({o.request_id: len(o.token_ids) for o in outs if o.finished})
-    assert got == want, "a request finished with the wrong number of tokens"
-    assert engine.pool.num_free_blocks == engine.pool.num_usable_blocks, "blocks left allocated"
+    if got != want:
+        raise AssertionError("a request finished with the wrong number of tokens")
+    if engine.blocks_in_use():
+        raise AssertionError(f"{engine.blocks_in_use()} blocks left allocated")
     return times
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokenizer", help="tokenizer file or folder (model.tokenizer.load_tokenizer)")
-    args = ap.parse_args()
+def main(argv: list[str]) -> None:
+    """Measure with --tokenizer (a bad path is one usage error) and print the step's host cost."""
+    del argv
     tok = None
-    if args.tokenizer:
+    if FLAGS.tokenizer:
         from model.tokenizer import load_tokenizer
 
         try:
-            tok = load_tokenizer(args.tokenizer)
+            tok = load_tokenizer(FLAGS.tokenizer)
         except (OSError, ValueError) as e:
-            ap.error(f"--tokenizer: {e}")
-    times = measure(tok)
+            raise app.UsageError(f"--tokenizer: {e}") from None
+    times = measure(tok, FLAGS.trace_requests)
     print(f"host ms per engine step (>= 60 running, {len(times)} steps, tokenizer "
           f"{type(tok).__name__ if tok else 'none'}): p50 {statistics.median(times):.3f}, "
           f"mean {statistics.mean(times):.3f}; torch {torch.__version__}")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -4,11 +4,14 @@ Question: how close do our kernels (`kernels.ops`, CUDA and Triton faces) come t
 copy bandwidth, from decode (a few rows) to prefill (tens of thousands), and does
 anything installed beat them?
 
-  python3 -m bench.kernels                       # GPU: full sweep; CPU: --quick
+  python3 -m bench.kernel_ops                    # GPU: full sweep; CPU: --quick
   bazel run //bench:kernels -- --ops=rms_norm --dtypes=bf16,fp16 --m=1,8192
 
+(The file is kernel_ops.py, not kernels.py: a script's folder comes first on sys.path, where a
+bench/kernels.py would hide the `kernels` package. The Bazel target keeps the name `kernels`.)
+
 Variants, all checked against an fp32 reference before they are timed (a variant
-that disagrees is reported WRONG and never timed):
+that disagrees is reported WRONG and never timed; the run then exits 1 after writing its results):
   cuda, triton   ours: kernels.ops.<op>(..., backend=...), if available_backends() has it
   eager          kernels.ops.<op>(..., backend="torch"), the plain PyTorch reference
   compile        torch.compile(eager), dynamic=False, compiled per shape (time shown apart)
@@ -36,16 +39,9 @@ from __future__ import annotations
 
 import functools
 import importlib
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
-
-if __name__ == "__main__" and sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    # Run as a script (`bazel run` does): Python put bench/ first on sys.path, where
-    # this file would shadow the top-level `kernels` package. `python3 -m` is unaffected.
-    sys.path.pop(0)
 
 import torch
 import torch.nn.functional as F
@@ -115,22 +111,6 @@ def reference_fp32(op: str, inputs: dict[str, torch.Tensor], eps: float) -> tupl
     raise ValueError(op)
 
 
-# Used as "eager" only when kernels.ops cannot be imported (Hugging Face Llama's math).
-def _eager_rms_norm(x, weight, eps):
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
-
-
-def _eager_fused_add_rms_norm(x, residual, weight, eps):
-    residual.add_(x)
-    return _eager_rms_norm(residual, weight, eps)
-
-
-def _eager_silu_and_mul(gate_up):
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
 def bytes_moved(op: str, m: int, width: int, dtype: torch.dtype) -> int:
     e = torch.empty((), dtype=dtype).element_size()
     if op == "rms_norm":
@@ -170,11 +150,11 @@ class Variant:
 
 
 def load_ops() -> tuple[Any, str]:
-    """kernels.ops, or (None, why not)."""
+    """kernels.ops, or (None, why not: a FAILED status for every variant that needs it)."""
     try:
         return importlib.import_module("kernels.ops"), ""
-    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
-        return None, f"kernels.ops not importable ({type(e).__name__}: {e})"
+    except Exception as e:  # noqa: BLE001 - reported per variant, so the other variants still run
+        return None, f"FAILED: kernels.ops not importable ({type(e).__name__}: {e})"
 
 
 def _import(name: str) -> Any:
@@ -193,13 +173,6 @@ def _adapt(op: str, impl: Callable, eps: float) -> Callable[[dict], tuple]:
     return lambda w: (impl(w["gate_up"]),)
 
 
-def _backends(ops: Any, device: str) -> list[str]:
-    try:
-        return list(ops.available_backends(device))
-    except TypeError:  # the brief's API takes no device
-        return list(ops.available_backends())
-
-
 def build_variants(op: str, names: list[str], ops: Any, ops_note: str, eps: float, device: str,
                    compile_mode: str, explicit: bool = False) -> list[Variant]:
     """The variants of `op` named in `names`; those that cannot run here carry a note.
@@ -209,30 +182,25 @@ def build_variants(op: str, names: list[str], ops: Any, ops_note: str, eps: floa
     """
     out = []
     cpu = not common.is_cuda(device)
-    backends = _backends(ops, device) if ops is not None else []
-    if ops is not None and "torch" in backends:
-        eager_impl, eager_note = functools.partial(getattr(ops, op), backend="torch"), ""
-    else:
-        eager_impl = {"rms_norm": _eager_rms_norm, "fused_add_rms_norm": _eager_fused_add_rms_norm,
-                      "silu_and_mul": _eager_silu_and_mul}[op]
-        eager_note = "bench's own copy: " + (ops_note or "kernels.ops has no torch backend")
+    backends = list(ops.available_backends(device)) if ops is not None else []
     for name in names:
         if cpu and not explicit and name not in ("eager", "compile"):
             if name != "F.rms_norm" or op in NORMS:
                 out.append(Variant(name, None, "skipped: CPU run"))
             continue
-        if name in OURS:
-            if ops is None:
-                out.append(Variant(name, None, ops_note))
-            elif name not in backends:
+        if name in OURS + ("eager", "compile") and ops is None:
+            out.append(Variant(name, None, ops_note))
+        elif name in OURS:
+            if name not in backends:
                 out.append(Variant(name, None, f"skipped: backend {name!r} not in available_backends() {backends}"))
             else:
                 out.append(Variant(name, _adapt(op, functools.partial(getattr(ops, op), backend=name), eps)))
         elif name == "eager":
-            out.append(Variant(name, _adapt(op, eager_impl, eps), eager_note))
+            out.append(Variant(name, _adapt(op, functools.partial(getattr(ops, op), backend="torch"), eps)))
         elif name == "compile":
+            eager_impl = functools.partial(getattr(ops, op), backend="torch")
             out.append(Variant(name, _adapt(op, torch.compile(eager_impl, dynamic=False, mode=compile_mode), eps),
-                               eager_note, compiled=True))
+                               compiled=True))
         elif name == "F.rms_norm":
             if op not in NORMS:
                 continue  # not an alternative for silu_and_mul
@@ -311,13 +279,6 @@ def _flashinfer(op: str, eps: float, cpu: bool) -> Variant:
 # ----------------------------------------------------------------------------
 
 
-def _status(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if isinstance(e, AssertionError):
-        return f"WRONG: {msg}"[:300]
-    return f"FAILED: {type(e).__name__}: {msg}"[:300]
-
-
 def run_case(op: str, dtype: torch.dtype, m: int, width: int, variants: list[Variant], device: str,
              copy_gbps: float, warmup: int, iters: int, eps: float, seed: int) -> list[dict]:
     """Rows for one (op, dtype, M, width): status, times and GB/s of each variant."""
@@ -363,7 +324,7 @@ def run_case(op: str, dtype: torch.dtype, m: int, width: int, variants: list[Var
                 row["eager_p50_us"], row["timing"] = t["p50"], "cuda graph"
                 t = common.time_cuda_graph(lambda: v.fn(work), warmup=warmup, iters=iters, device=device)
         except Exception as e:  # noqa: BLE001 - one broken variant must not end the sweep
-            row["status"] = _status(e)
+            row["status"] = common.failure_status(e, 300)
             continue
         finally:
             del work
@@ -407,11 +368,6 @@ def _cell(r: dict) -> str:
     return f"{common.fmt(r['gbps'])} ({common.fmt(r['p50_us'])}us){r['best']}"
 
 
-def _ran(r: dict) -> bool:
-    """Whether the variant was attempted (ok, WRONG or FAILED), not skipped or absent."""
-    return r["status"] == "ok" or r["status"].startswith(("WRONG", "FAILED"))
-
-
 def report(rows: list[dict], copy_gbps: float, cpu: bool) -> list[dict]:
     """Print one pivot per (op, dtype) and the ours-vs-alternatives table; return verdict rows."""
     verdicts = []
@@ -419,7 +375,7 @@ def report(rows: list[dict], copy_gbps: float, cpu: bool) -> list[dict]:
     for op, dt in keys:
         sel = [r for r in rows if r["op"] == op and r["dtype"] == dt]
         # Variants skipped or not installed get no column; the notes below list them.
-        variants = list(dict.fromkeys(r["variant"] for r in sel if _ran(r)))
+        variants = list(dict.fromkeys(r["variant"] for r in sel if common.attempted(r["status"])))
         shapes = list(dict.fromkeys((r["width"], r["M"]) for r in sel))
         pivot = []
         for width, m in shapes:
@@ -455,12 +411,12 @@ def report(rows: list[dict], copy_gbps: float, cpu: bool) -> list[dict]:
     )
     notes: dict[tuple[str, str], list[str]] = {}  # (variant, why) -> ops
     for r in rows:
-        note = r["note"] if _ran(r) else r["status"]
+        note = r["note"] if common.attempted(r["status"]) else r["status"]
         if note:
             ops = notes.setdefault((r["variant"], note), [])
             if r["op"] not in ops:
                 ops.append(r["op"])
-    problems = [r for r in rows if r["status"].startswith(("WRONG", "FAILED"))]
+    problems = [r for r in rows if common.is_failure(r["status"])]
     if notes:
         print("\nNotes:")
         for (variant, note), ops in notes.items():
@@ -494,15 +450,11 @@ def plot(out_dir, rows: list[dict], copy_gbps: float, title: str) -> list:
 
 def main(argv: list[str]) -> None:
     del argv
-    device = common.default_device()
-    cpu = not common.is_cuda(device)
-    quick = cpu if FLAGS.quick is None else FLAGS.quick
-    preset = (QUICK_CPU if cpu else QUICK_GPU) if quick else FULL
+    device, cpu, quick, preset, warmup, iters = common.sweep_setup(FLAGS.quick, FLAGS.warmup, FLAGS.iters,
+                                                                   QUICK_CPU, QUICK_GPU, FULL)
     ms = common.int_list(FLAGS.m, preset["m"])
     hidden = common.int_list(FLAGS.hidden, preset["hidden"])
     inter = common.int_list(FLAGS.intermediate, preset["intermediate"])
-    warmup = FLAGS.warmup if FLAGS.warmup is not None else (2 if cpu else 10)
-    iters = FLAGS.iters if FLAGS.iters is not None else (10 if cpu else 50)
     names = FLAGS.variants or list(VARIANTS)
     for op in FLAGS.ops:
         if op not in OPS:
@@ -520,7 +472,7 @@ def main(argv: list[str]) -> None:
 
     ops, ops_note = load_ops()
     if ops is None:
-        print(f"note: {ops_note}; ours are not run, eager uses bench's own copy")
+        print(f"{ops_note}; ours, eager and compile are not run")
     rows = []
     for op in FLAGS.ops:
         variants = build_variants(op, names, ops, ops_note, FLAGS.eps, device, FLAGS.compile_mode,
@@ -549,6 +501,8 @@ def main(argv: list[str]) -> None:
     paths = common.write_results(out_dir, "kernels", rows, summary)
     pngs = plot(out_dir, rows, copy_gbps, f"{name}, {common.today()}" + (" (CPU run)" if cpu else "")) if FLAGS.plot else []
     print(f"\nresults: {out_dir}  ({', '.join(p.name for p in list(paths.values()) + pngs)})")
+    common.exit_on_failures("bench.kernel_ops", [f"{r['op']} {r['dtype']} M={r['M']} width={r['width']} {r['variant']}"
+                                                 for r in rows if common.is_failure(r["status"])])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""bench.kernels on a CPU against a stub kernels.ops: the correctness gate, the in-place reset, the verdicts."""
+"""bench.kernel_ops on a CPU against a stub kernels.ops: the correctness gate, the in-place reset, the verdicts."""
 
 import json
 import sys
@@ -6,10 +6,10 @@ import types
 
 import pytest
 import torch
-from absl import flags
 
 from bench import common
-from bench import kernels as kb
+from bench import kernel_ops as kb
+from bench.tests import exit_code
 
 
 def _norm(x, w, eps):
@@ -37,7 +37,7 @@ def _make_stub(calls):
 
     stub = types.ModuleType("kernels.ops")
     stub.rms_norm, stub.fused_add_rms_norm, stub.silu_and_mul = rms_norm, fused_add_rms_norm, silu_and_mul
-    stub.available_backends = lambda: ["cuda", "triton", "torch"]
+    stub.available_backends = lambda device="cuda": ["cuda", "triton", "torch"]
     return stub
 
 
@@ -104,18 +104,16 @@ def test_mark_best_and_verdict():
     assert rows[2]["best"] == "*" and v["ours_wins"] is False and v["alt"]["variant"] == "eager"
 
 
-def test_main_cpu_run_writes_results(stub_ops, tmp_path, monkeypatch, capsys):
+def test_main_writes_results_then_exits_1_on_the_wrong_variant(stub_ops, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     argv = ["kernels", "--m=1,4", "--hidden=32", "--intermediate=48", "--warmup=1", "--iters=3",
             "--variants=cuda,triton,eager,F.rms_norm,flashinfer", "--dtypes=bf16,fp32"]
-    flags.FLAGS(argv)
-    try:
-        kb.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
-    out = capsys.readouterr().out
+    assert exit_code(kb.main, argv) == 1
+    captured = capsys.readouterr()
+    out = captured.out
     assert "CPU run" in out and f"results: {tmp_path}" in out
     assert "WRONG" in out  # the stub's triton rms_norm
+    assert "bench.kernel_ops: 4 WRONG or FAILED: rms_norm bf16 M=1 width=32 triton" in captured.err
     for name in ("kernels.csv", "kernels.json", "summary.json", "kernels_rms_norm.png", "kernels_silu_and_mul.png"):
         assert (tmp_path / name).exists(), name
     records = json.loads((tmp_path / "summary.json").read_text())
@@ -124,3 +122,10 @@ def test_main_cpu_run_writes_results(stub_ops, tmp_path, monkeypatch, capsys):
     assert "kernels/rms_norm/bf16/M4x32/cuda" in names
     assert "kernels/rms_norm/bf16/M4x32/triton" not in names  # WRONG: no figure
     assert all(r["device"] == common.device_name() for r in records)
+
+
+def test_main_exits_normally_when_every_variant_is_right(stub_ops, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    assert exit_code(kb.main, ["kernels", "--ops=rms_norm", "--m=2", "--hidden=32", "--warmup=1", "--iters=2",
+                               "--variants=cuda,eager", "--dtypes=fp32", "--noplot"]) is None
+    assert (tmp_path / "kernels.json").exists()
