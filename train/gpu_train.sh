@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped models on one GPU in one go (no Bazel needed), from the repo root:
 #   OUT=/path/to/dir bash train/gpu_train.sh
-# 1. train.ablation: each optimization's tokens/s and peak memory (lab-small, 60 steps each);
+# 1. bench.train_ablation: each optimization's tokens/s and peak memory (lab-small, 60 steps each);
 # 2. lab-small and lab-draft, two schedule lengths each, keeping the lower best held-out loss;
 # 3. bench.perplexity of each kept best/ on the held-out split and WikiText-2 test.
 # $OUT gets logs, results.tar.gz (bench/results/<device>-<date>/) and models.tgz.part-* (split
@@ -16,8 +16,8 @@ source tools/gpu_session.sh  # set -euo pipefail, $LAB_RESULTS_DIR, results pack
 strip() { tr '\r' '\n' | sed -E '/^train .*(it|step)\/s|^\s*$/d'; }  # sed: no match is not a failure
 { date -u +"%Y-%m-%dT%H:%M:%SZ"; nvidia-smi --query-gpu=name,memory.total --format=csv
   python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$log"
-echo "== train.ablation" | tee -a "$log"
-python3 -m train.ablation --device cuda --steps ${LAB_ABL_STEPS:-60} 2>&1 | strip | tail -n 12 | tee -a "$log"
+echo "== bench.train_ablation" | tee -a "$log"
+python3 -m bench.train_ablation --device cuda --steps ${LAB_ABL_STEPS:-60} 2>&1 | strip | tail -n 12 | tee -a "$log"
 train_one() {  # preset steps lr tag
   python3 -m train.train --preset "$1" --device cuda --amp --compile --seq_len 512 --batch_size 32 \
     --max_steps "$2" --warmup_steps 50 --lr "$3" --eval_every 25 --save_every 100000 --max_minutes 3 \

@@ -1,7 +1,7 @@
 """Measure each training optimization's effect on tokens/s and peak memory.
 
-    python3 -m train.ablation --device cuda --steps 60           # on the GPU
-    python3 -m train.ablation --preset micro --steps 4 --seq_len 64 --batch_size 4   # CPU smoke
+    python3 -m bench.train_ablation --device cuda --steps 60           # on the GPU
+    python3 -m bench.train_ablation --preset micro --steps 4 --seq_len 64 --batch_size 4   # CPU smoke
 
 Runs the same preset for --steps optimizer steps under each variant (fp32 eager,
 bf16 autocast, + torch.compile, + activation checkpointing, gradient accumulation
@@ -87,7 +87,7 @@ def main(argv):
     cols = ["variant", "batch_size", "grad_accum", "tokens_per_s", "speedup_vs_first", "peak_memory_gib",
             "compile_seconds", "final_heldout_loss"]
     common.print_table(rows, cols)
-    cmd = common.command_line("ablation", package="train")
+    cmd = common.command_line("train_ablation")
     summary = [{"name": f"train_ablation/{FLAGS.preset}/{r['variant']}/tokens_per_s", "value": r["tokens_per_s"],
                 "unit": "tok/s"} for r in rows]
     common.write_results(out, "train_ablation", rows, summary, command=cmd, device=device)
