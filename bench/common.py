@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from model import device as lab_device
+
 # Bytes written between timed iterations to evict the L2 cache. H100's L2 is 50 MB,
 # H200's the same; 256 MB is five times that, so nothing of the last call survives.
 L2_FLUSH_BYTES = 256 << 20
@@ -71,29 +73,36 @@ def default_device() -> str:
 
 
 def resolve_device(name: str | None) -> str:
-    """--device (cpu, cuda, cuda:N; None, '' or auto: default_device) as a string, through
+    """--device (cpu, cuda, cuda:N; None, '' or auto: cuda when visible) as a string, through
     model.device.resolve_device: UsageError (a ValueError) naming --device if bad."""
-    from model.device import resolve_device as resolve  # lazily: bench/kernels.py shadows `kernels` in scripts
+    return str(lab_device.resolve_device(name))
 
-    return str(resolve(name))
+
+def device_and_dtype(device_flag: str | None, dtype_flag: str | None) -> tuple[str, torch.dtype]:
+    """--device and --dtype of a benchmark (dtype None or auto: bf16 on a GPU, fp32 on a CPU), or
+    absl's UsageError naming the bad flag."""
+    from absl import app
+
+    try:
+        device = resolve_device(device_flag)
+        return device, lab_device.resolve_dtype(dtype_flag, device)
+    except ValueError as e:  # model.device.UsageError
+        raise app.UsageError(str(e)) from None
 
 
 def is_cuda(device: str | torch.device) -> bool:
+    """Whether a device string or torch.device names a GPU."""
     return torch.device(device).type == "cuda"
 
 
 def parse_dtype(name: str) -> torch.dtype:
     """--dtype (bf16, fp16, fp32, float32, ...) through model.device's table; UsageError (a ValueError) if bad."""
-    from model.device import parse_dtype as parse
-
-    return parse(name)
+    return lab_device.parse_dtype(name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     """The short name results print: bf16, fp16, fp32."""
-    from model.device import dtype_name as name
-
-    return name(dtype, short=True)
+    return lab_device.dtype_name(dtype, short=True)
 
 
 # ----------------------------------------------------------------------------
@@ -413,30 +422,18 @@ def check_close(
 
     The tolerance comes from `got`'s dtype (`DEFAULT_RTOL` unless given): element-wise
     |got - want| <= rtol * (1 + |want|), i.e. relative for large values and absolute
-    (at the same level) near zero. Compared in fp32; NaN or Inf in `got` fails.
+    (at the same level) near zero; judged by parity.tolerance (the one per-element check),
+    so NaN or Inf in `got` fails and the message names the worst element.
     """
+    from parity.tolerance import Tol, assert_close
+
     rtol_by_dtype = DEFAULT_RTOL if rtol_by_dtype is None else rtol_by_dtype
     if tuple(got.shape) != tuple(want.shape):
         raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
     if got.dtype not in rtol_by_dtype:
         raise AssertionError(f"{what}: no tolerance for dtype {got.dtype}")
     rtol = rtol_by_dtype[got.dtype]
-    g = got.detach().float()
-    w = want.detach().to(device=g.device, dtype=torch.float32)
-    if not torch.isfinite(g).all():
-        bad = int((~torch.isfinite(g)).sum())
-        raise AssertionError(f"{what}: {bad} of {g.numel()} elements are NaN/Inf")
-    err = (g - w).abs()
-    excess = err - rtol * (1 + w.abs())
-    if bool((excess > 0).any()):
-        n_bad = int((excess > 0).sum())
-        flat = int(torch.argmax(excess))
-        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), g.shape)) if g.dim() else ()
-        raise AssertionError(
-            f"{what}: {n_bad} of {g.numel()} elements outside rtol={rtol:g} "
-            f"({dtype_name(got.dtype)}); worst at {idx}: got {g[idx].item():.6g}, "
-            f"want {w[idx].item():.6g}, max abs err {err.max().item():.3g}"
-        )
+    assert_close(got, want.to(got.device), Tol(atol=rtol, rtol=rtol), f"{what} ({dtype_name(got.dtype)}, rtol={rtol:g})")
 
 
 def failure_status(e: BaseException, limit: int = 400) -> str:

@@ -393,11 +393,7 @@ COLUMNS = [("variant", "variant"), ("phase", "phase"), ("status", "status"), ("p
 
 def main(argv: list[str]) -> None:
     del argv
-    try:
-        device = common.resolve_device(FLAGS.device)
-        dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if device == "cpu" else "bf16"))
-    except ValueError as e:  # model.device.UsageError: names the flag
-        raise app.UsageError(str(e)) from None
+    device, dtype = common.device_and_dtype(FLAGS.device, FLAGS.dtype)
     cpu = not common.is_cuda(device)
     warmup = FLAGS.warmup if FLAGS.warmup is not None else (3 if cpu else 10)
     iters = FLAGS.iters if FLAGS.iters is not None else (20 if cpu else 50)

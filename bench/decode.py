@@ -201,11 +201,7 @@ def main(argv: list[str]) -> None:
     from model.config import ConfigError
     from model.loader import random_config
 
-    try:
-        device = common.resolve_device(FLAGS.device)
-        dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if device == "cpu" else "bf16"))
-    except ValueError as e:  # model.device.UsageError: names the flag
-        raise app.UsageError(str(e)) from None
+    device, dtype = common.device_and_dtype(FLAGS.device, FLAGS.dtype)
     cuda = common.is_cuda(device)
     preset = FLAGS.preset or ("llama3-8b" if cuda else "tiny")
     new_tokens = FLAGS.new_tokens or (256 if cuda else 24)

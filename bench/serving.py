@@ -649,7 +649,7 @@ class Options:
 def options_from_flags() -> Options:
     try:
         device = common.resolve_device(FLAGS.device)
-        dtype = common.parse_dtype(FLAGS.dtype or ("fp32" if device == "cpu" else "bf16"))
+        dtype = common.lab_device.resolve_dtype(FLAGS.dtype, device)
     except ValueError as e:  # model.device.UsageError: names the flag
         raise ServingUsageError(str(e)) from None
     cuda = common.is_cuda(device)

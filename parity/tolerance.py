@@ -44,13 +44,13 @@ class Closeness:
 
 
 def compare(got: torch.Tensor, ref: torch.Tensor, tol: Tol, what: str = "output") -> Closeness:
-    """Compare element by element in fp64; never raises on a mismatch (see assert_close).
+    """Compare element by element in fp64 on ref's device; never raises on a mismatch (see assert_close).
 
     ref must be finite and not all zero (a comparison on zeros proves nothing); shapes must match.
     """
     assert got.shape == ref.shape, f"{what}: got shape {tuple(got.shape)}, ref {tuple(ref.shape)}"
-    r = ref.detach().double().cpu()
-    g = got.detach().double().cpu()
+    r = ref.detach().double()  # on ref's device: a benchmark's GPU tensors are not copied to the host
+    g = got.detach().to(r.device).double()
     assert torch.isfinite(r).all(), f"{what}: the reference has non-finite values"
     assert r.abs().max() > 0, f"{what}: the reference is all zeros; the comparison would be vacuous"
     bound = tol.atol + tol.rtol * r.abs()
