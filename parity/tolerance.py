@@ -36,9 +36,12 @@ class Closeness:
     ratio: float  # |got - ref| / bound at that element (inf for NaN); ok means ratio <= 1
     num_bad: int
     numel: int
+    num_nonfinite: int = 0  # NaN/Inf elements of got (an unwritten NaN-poisoned element counts here)
 
     def __str__(self) -> str:
         verdict = "ok" if self.ok else f"FAIL: {self.num_bad} of {self.numel} elements out of bound"
+        if self.num_nonfinite:
+            verdict += f" ({self.num_nonfinite} NaN/Inf)"
         return (f"{self.what}: {verdict}; worst at {self.index}: got {self.got:.6g}, ref {self.ref:.6g}, "
                 f"|diff| {abs(self.got - self.ref):.3g} vs bound {self.bound:.3g} ({self.ratio:.3g} of it)")
 
@@ -60,7 +63,8 @@ def compare(got: torch.Tensor, ref: torch.Tensor, tol: Tol, what: str = "output"
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), ratio.shape))
     return Closeness(what=what, ok=not bool(bad.any()), index=index, got=g.reshape(-1)[flat].item(),
                      ref=r.reshape(-1)[flat].item(), bound=bound.reshape(-1)[flat].item(),
-                     ratio=ratio.reshape(-1)[flat].item(), num_bad=int(bad.sum()), numel=r.numel())
+                     ratio=ratio.reshape(-1)[flat].item(), num_bad=int(bad.sum()), numel=r.numel(),
+                     num_nonfinite=int((~torch.isfinite(g)).sum()))
 
 
 def assert_close(got: torch.Tensor, ref: torch.Tensor, tol: Tol, what: str = "output") -> Closeness:
