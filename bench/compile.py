@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from absl import app, flags
+from absl import app
 
 from bench import common
 

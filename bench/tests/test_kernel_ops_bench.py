@@ -13,9 +13,10 @@ from bench import kernel_ops as kb
 from bench.tests import exit_code
 
 # Two row counts at small widths, bf16 and fp32; None: the CPU default of that setting.
-SMALL = kb.Options(ops=kb.OPS, dtypes=("bf16", "fp32"), variants=("cuda", "triton", "eager", "F.rms_norm", "flashinfer"),
-                   quick=None, m=("1", "4"), hidden=("32",), intermediate=("48",), warmup=1, iters=3, eps=1e-6,
-                   compile_mode="default", seed=0, plot=True)
+SMALL = kb.Options(ops=kb.OPS, dtypes=("bf16", "fp32"),
+                   variants=("cuda", "triton", "eager", "F.rms_norm", "flashinfer"), quick=None, m=("1", "4"),
+                   hidden=("32",), intermediate=("48",), warmup=1, iters=3, eps=1e-6, compile_mode="default", seed=0,
+                   plot=True)
 
 
 def _norm(x, w, eps):
