@@ -21,6 +21,7 @@ writes `<name>.csv`, `<name>.json` and merges its records into `summary.json`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import functools
 import json
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -689,3 +690,18 @@ def define_flag(kind: str, name: str, default: Any, help_text: str, **kwargs: An
         return
     kwargs["allow_override"] = True
     getattr(flags, f"DEFINE_{kind}")(name, default, help=help_text, **kwargs)
+
+
+_Options = TypeVar("_Options")
+
+
+def options_from_flags(cls: type[_Options]) -> _Options:
+    """A binary's frozen options dataclass `cls`, each field read once from the parsed absl flag of the
+    same name (list flags as tuples). Only a binary's main calls this; the work runs on the object it
+    returns, and tests build `cls` directly instead of parsing flags."""
+    from absl import flags
+
+    def frozen(value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    return cls(**{f.name: frozen(getattr(flags.FLAGS, f.name)) for f in dataclasses.fields(cls)})

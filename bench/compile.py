@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from absl import app, flags
+from absl import app
 
 from bench import common
 
@@ -61,7 +61,6 @@ PHASES = ("decode", "prefill")
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}  # why: module docstring
 
-FLAGS = flags.FLAGS
 # Flags other bench modules define too (bench.kernels, bench.flash_attention,
 # bench.perplexity), with the same meaning: defined once per process, so pytest can
 # import every bench module side by side. All of ours allow override, so a module
@@ -88,6 +87,24 @@ _define("integer", "seed", 0, "Seed of the prompt ids.")
 _define("boolean", "plot", True, "Write compile.png (p50 bars with p10-p90 whiskers per phase, compile seconds).")
 _define("string", "work_dir", None, "Where AOTI packages and the ONNX file go. Default: a fresh temporary folder, "
         "removed at exit.")
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run, as the flags above give it (main reads them once; tests build one directly).
+    None picks the device's default, as each flag's help says."""
+
+    variants: tuple[str, ...] | None
+    checkpoint: str | None
+    dtype: str | None
+    device: str | None
+    prefill_len: int | None
+    cache_len: int | None
+    warmup: int | None
+    iters: int | None
+    seed: int
+    plot: bool
+    work_dir: str | None
 
 
 # ----------------------------------------------------------------------------
@@ -189,11 +206,17 @@ def build_torch_compile(case: Case, mode: str) -> Built:
 
 
 def build_aoti(case: Case) -> Built:
-    """export/aoti_package.py's two packages on the case's device (its compile is timed there)."""
-    from export.aoti_package import AOTIRunner, compile_packages
+    """export/aoti_package.py's two packages on the case's device (its compile is timed there). On
+    CUDA they are first loaded in a child process (probe_load): a load that crashes there is this
+    variant's FAILED row, and the other variants still run."""
+    from export.aoti_package import AOTIRunner, compile_packages, probe_load
 
     out_dir = os.path.join(case.work_dir, "aoti")
     t = compile_packages(case.model, out_dir, case.cache_len)["times"]
+    if common.is_cuda(case.device):  # a crashing load (the H200's torch 2.11) would take the benchmark with it
+        why = probe_load(out_dir)
+        if why:
+            raise RuntimeError(why)
     runner = AOTIRunner(out_dir)
     seconds = {"export": t["export_s"], "compile decode": t["compile_decode_s"],
                "compile prefill": t["compile_prefill_s"]}
@@ -392,38 +415,45 @@ COLUMNS = [("variant", "variant"), ("phase", "phase"), ("status", "status"), ("p
 
 
 def main(argv: list[str]) -> None:
+    """The binary: the flags, read once into Options, then run."""
     del argv
-    device, dtype = common.device_and_dtype(FLAGS.device, FLAGS.dtype)
+    run(common.options_from_flags(Options))
+
+
+def run(opts: Options) -> None:
+    """The whole benchmark: check and time every variant, write the results, then exit 1 if any
+    variant was WRONG or FAILED (bench.common.exit_on_failures)."""
+    device, dtype = common.device_and_dtype(opts.device, opts.dtype)
     cpu = not common.is_cuda(device)
-    warmup = FLAGS.warmup if FLAGS.warmup is not None else (3 if cpu else 10)
-    iters = FLAGS.iters if FLAGS.iters is not None else (20 if cpu else 50)
-    for name in FLAGS.variants or []:
+    warmup = opts.warmup if opts.warmup is not None else (3 if cpu else 10)
+    iters = opts.iters if opts.iters is not None else (20 if cpu else 50)
+    for name in opts.variants or []:
         if name not in VARIANTS:
             raise app.UsageError(f"--variants: unknown {name!r}; expected some of {', '.join(VARIANTS)}")
-    names, skipped = select_variants(FLAGS.variants, device, dtype)
+    names, skipped = select_variants(opts.variants, device, dtype)
 
     dev_name = common.device_name(device)
     out_dir = common.results_dir("compile", device)
     for name, why in skipped:
         print(f"skipped {name}: {why}")
     with tempfile.TemporaryDirectory(prefix="lab_bench_compile_") as tmp:
-        work_dir = FLAGS.work_dir or tmp
-        case = make_case(FLAGS.checkpoint, device, dtype, FLAGS.prefill_len, FLAGS.cache_len, FLAGS.seed, work_dir)
+        work_dir = opts.work_dir or tmp
+        case = make_case(opts.checkpoint, device, dtype, opts.prefill_len, opts.cache_len, opts.seed, work_dir)
         prefill_len, cache_len = case.prefill_len, case.cache_len
         print(f"compile on {dev_name}, {common.today()}, torch {torch.__version__}; "
-              f"{FLAGS.checkpoint or 'embedded tiny model'}, {common.dtype_name(dtype)}, "
+              f"{opts.checkpoint or 'embedded tiny model'}, {common.dtype_name(dtype)}, "
               f"prefill {prefill_len} tokens, decode 1 token at position {prefill_len}, cache {cache_len}")
         rows = run_all(case, names, warmup, iters)
     rows += [{"variant": n, "phase": p, "dtype": common.dtype_name(dtype), "device": device,
               "status": f"skipped: {why}"} for n, why in skipped for p in PHASES]
     rows.sort(key=lambda r: (PHASES.index(r["phase"]), r["variant"] != "eager"))
-    title = f"bench.compile: {FLAGS.checkpoint or 'embedded'} {common.dtype_name(dtype)} on {dev_name}, {common.today()}"
+    title = f"bench.compile: {opts.checkpoint or 'embedded'} {common.dtype_name(dtype)} on {dev_name}, {common.today()}"
     common.print_table(rows, COLUMNS, title=title)
     tokens = {"decode": 1, "prefill": prefill_len}
     csv_rows = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     paths = common.write_results(out_dir, "compile", csv_rows, summary_records(rows, tokens),
                                  command=common.command_line("compile"), device=dev_name)
-    if FLAGS.plot:
+    if opts.plot:
         paths["png"] = plot(out_dir / "compile.png", [r for r in rows if not r["status"].startswith("skipped")],
                             title)
     print("wrote " + ", ".join(str(p) for p in paths.values()))

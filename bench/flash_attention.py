@@ -76,9 +76,10 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from absl import app, flags
+from absl import app
 
 from bench import common
+from kernels._triton import interpreting
 from kernels.attention_ref import attention_ref, causal_mask, naive_attention, paged_kv
 
 PREFILL_VARIANTS = ("naive", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex", "ours",
@@ -122,22 +123,9 @@ REL_RMS_TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4}
 # One fp32 reference call materialises at most this many scores (x ~4 temporaries, 4 B each).
 CHUNK_SCORES = 1 << 26
 
-FLAGS = flags.FLAGS
-
-
-# bench.kernels defines these with the same types and defaults. A process that imports
-# both (pytest) keeps one definition instead of failing: ours yields to one made before
-# (skipped) or after (allow_override). The binaries themselves never import each other.
-_SHARED_FLAGS = ("quick", "variants", "warmup", "iters", "seed", "plot")
-
-
-def _define(kind: str, name: str, default: Any, help_text: str, **kwargs: Any) -> None:
-    """flags.DEFINE_<kind>, sharing the flags of _SHARED_FLAGS with bench.kernels."""
-    if name in _SHARED_FLAGS:
-        if name in FLAGS:
-            return
-        kwargs["allow_override"] = True
-    getattr(flags, f"DEFINE_{kind}")(name, default, help=help_text, **kwargs)
+# Flags bench.kernels and other bench modules define too, with the same meaning: defined once
+# per process, so pytest can import the bench modules side by side (bench.common.define_flag).
+_define = common.define_flag
 
 
 _define("boolean", "quick", None,
@@ -174,6 +162,34 @@ _define("boolean", "plot", True, "Write flash_attention_{seq,batch,decode}.png (
 _define("boolean", "profile", False, "Also profile one seq-sweep case (S nearest 4096, causal if swept) with "
         "torch.profiler: a chrome trace in the results folder and the top kernels by device time. Off by default: "
         "the profiler perturbs nothing timed, but adds a minute.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """One run, as the flags above give it (main reads them once; tests build one directly).
+    None picks the device's default, as each flag's help says."""
+
+    quick: bool | None
+    sweeps: tuple[str, ...]
+    seq_lens: tuple[str, ...] | None
+    tokens: int | None
+    batches: tuple[str, ...] | None
+    batch_seq_len: int | None
+    kv_lens: tuple[str, ...] | None
+    decode_batches: tuple[str, ...] | None
+    causal: str
+    variants: tuple[str, ...] | None
+    dtype: str | None
+    head_dim: int | None
+    heads: int | None
+    kv_heads: int | None
+    page_size: int
+    warmup: int | None
+    iters: int | None
+    max_check_scores: int | None
+    seed: int
+    plot: bool
+    profile: bool
 
 
 # ----------------------------------------------------------------------------
@@ -315,17 +331,10 @@ def _version(module: Any) -> str:
     return f"{top.__name__} {getattr(top, '__version__', 'unknown')}"
 
 
-def _interpreting() -> bool:
-    """Whether Triton runs in its CPU interpreter (kernels._triton's test, read once it is importable)."""
-    from kernels._triton import interpreting
-
-    return interpreting()
-
-
 def _ours_unsupported(case: dict[str, Any]) -> str:
     """Why ours cannot run this case here, or ""."""
     if not common.is_cuda(case["device"]):
-        if not _interpreting():
+        if not interpreting():
             return "needs a GPU or TRITON_INTERPRET=1"
         scores = case["B"] * case["Hq"] * case.get("S", 1) * case.get("S", case.get("L", 1))
         if case["dtype"] not in (torch.float16, torch.bfloat16) or scores > INTERP_MAX_SCORES:
@@ -929,25 +938,32 @@ def profile(out_dir: Path, s: Setup, rows: list[dict[str, Any]], variants: list[
 
 
 def main(argv: list[str]) -> None:
+    """The binary: the flags, read once into Options, then run."""
     del argv
-    device, cpu, quick, preset, warmup, iters = common.sweep_setup(FLAGS.quick, FLAGS.warmup, FLAGS.iters,
+    run(common.options_from_flags(Options))
+
+
+def run(opts: Options) -> None:
+    """The whole benchmark: check and time every variant of every sweep, write the results, then
+    exit 1 if any variant was WRONG or FAILED (bench.common.exit_on_failures)."""
+    device, cpu, quick, preset, warmup, iters = common.sweep_setup(opts.quick, opts.warmup, opts.iters,
                                                                    QUICK_CPU, QUICK_GPU, FULL)
     shape = CPU_SHAPE if cpu and quick else GPU_SHAPE
-    dtype = common.parse_dtype(FLAGS.dtype or shape["dtype"])
-    Hq, Hkv, D = (FLAGS.heads or shape["heads"], FLAGS.kv_heads or shape["kv_heads"],
-                  FLAGS.head_dim or shape["head_dim"])
+    dtype = common.parse_dtype(opts.dtype or shape["dtype"])
+    Hq, Hkv, D = (opts.heads or shape["heads"], opts.kv_heads or shape["kv_heads"],
+                  opts.head_dim or shape["head_dim"])
     if Hkv <= 0 or Hq % Hkv:
         raise app.UsageError(f"--kv_heads ({Hkv}) must divide --heads ({Hq})")
-    names = FLAGS.variants or list(ALL_VARIANTS)
-    if not FLAGS.variants and not cpu:
+    names = list(opts.variants or ALL_VARIANTS)
+    if not opts.variants and not cpu:
         names = [n for n in names if n != "reference"]  # its fp32 S^2 scores do not fit at 16K
     unknown = [n for n in names if n not in ALL_VARIANTS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; expected some of {ALL_VARIANTS}")
-    sweeps = FLAGS.sweeps
+    sweeps = opts.sweeps
     if any(w not in SWEEPS for w in sweeps):
         raise app.UsageError(f"--sweeps: expected some of {SWEEPS}, got {sweeps}")
-    masks = {"both": [True, False], "true": [True], "false": [False]}[FLAGS.causal]
+    masks = {"both": [True, False], "true": [True], "false": [False]}[opts.causal]
 
     name = common.device_name()
     out_dir = common.results_dir("flash_attention")
@@ -956,7 +972,7 @@ def main(argv: list[str]) -> None:
     if cpu:
         print("CPU run: CPU figures (GFLOP/s, CPU microseconds), "
               + ("small shapes; " if quick else "") + "a smoke test of the harness, not a GPU measurement.")
-        print("  ours: " + ("Triton's interpreter on one tiny bf16 case (TRITON_INTERPRET=1)" if _interpreting()
+        print("  ours: " + ("Triton's interpreter on one tiny bf16 case (TRITON_INTERPRET=1)" if interpreting()
                             else "needs a GPU or TRITON_INTERPRET=1 (set before the run)"))
     matmul = common.measure_matmul_tflops(device, dtype)
     copy_gbps = common.measure_copy_bandwidth(device)
@@ -964,33 +980,33 @@ def main(argv: list[str]) -> None:
     print(f"matmul ceiling ({'8192' if not cpu else '512'}^3 {common.dtype_name(dtype)}): "
           f"{matmul * scale:,.1f} {unit}; copy bandwidth ({'1 GiB' if not cpu else '64 MiB'}, read + write): "
           f"{copy_gbps:,.0f} GB/s")
-    s = Setup(device, dtype, Hq, Hkv, D, masks, warmup, iters, FLAGS.seed,
-              FLAGS.max_check_scores or (1 << 28 if cpu else 1 << 34), FLAGS.page_size, matmul, copy_gbps)
+    s = Setup(device, dtype, Hq, Hkv, D, masks, warmup, iters, opts.seed,
+              opts.max_check_scores or (1 << 28 if cpu else 1 << 34), opts.page_size, matmul, copy_gbps)
 
-    explicit = bool(FLAGS.variants)
+    explicit = bool(opts.variants)
     prefill_variants = build_prefill_variants(names, device, explicit)
     decode_variants = build_decode_variants(names, device, explicit)
-    tokens = FLAGS.tokens or preset.get("tokens")
+    tokens = opts.tokens or preset.get("tokens")
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     if "seq" in sweeps and prefill_variants:
-        for S in common.int_list(FLAGS.seq_lens, preset["seq_lens"]):
+        for S in common.int_list(opts.seq_lens, preset["seq_lens"]):
             B = max(1, tokens // S) if tokens else preset["seq_batch"]
             for causal in masks:
                 rows += run_prefill(s, "seq", S, B, causal, prefill_variants)
                 print(f"  done seq S={S} B={B} {'causal' if causal else 'noncausal'}", flush=True)
     if "batch" in sweeps and prefill_variants:
-        S = FLAGS.batch_seq_len or preset["batch_seq_len"]
-        for B in common.int_list(FLAGS.batches, preset["batches"]):
+        S = opts.batch_seq_len or preset["batch_seq_len"]
+        for B in common.int_list(opts.batches, preset["batches"]):
             for causal in masks:
                 rows += run_prefill(s, "batch", S, B, causal, prefill_variants)
                 print(f"  done batch S={S} B={B} {'causal' if causal else 'noncausal'}", flush=True)
     if "decode" in sweeps and decode_variants:
-        for L in common.int_list(FLAGS.kv_lens, preset["kv_lens"]):
-            for B in common.int_list(FLAGS.decode_batches, preset["decode_batches"]):
+        for L in common.int_list(opts.kv_lens, preset["kv_lens"]):
+            for B in common.int_list(opts.decode_batches, preset["decode_batches"]):
                 rows += run_decode(s, L, B, decode_variants)
                 print(f"  done decode L={L} B={B}", flush=True)
-    if cpu and _interpreting():
+    if cpu and interpreting():
         tiny = dict(dtype=INTERP_CASE["dtype"], heads=(4, 2, 64))
         if "ours" in names and ("seq" in sweeps or "batch" in sweeps):
             for causal in masks:
@@ -1006,8 +1022,8 @@ def main(argv: list[str]) -> None:
     tag = "" if default_shape else f"{common.dtype_name(dtype)}-h{Hq}kv{Hkv}d{D}/"
     paths = common.write_results(out_dir, "flash_attention", rows, summary_records(rows, s, cpu, tag))
     pngs = plot(out_dir, rows, s, cpu, f"{name}, {common.today()}" + (" (CPU run)" if cpu else "")) \
-        if FLAGS.plot else []
-    if FLAGS.profile:
+        if opts.plot else []
+    if opts.profile:
         trace = profile(out_dir, s, rows, prefill_variants, cpu)
         pngs += [trace] if trace else []
     print(f"\nresults: {out_dir}  ({', '.join(p.name for p in list(paths.values()) + pngs)})")

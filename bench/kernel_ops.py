@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from absl import app, flags
+from absl import app
 
 from bench import common
 
@@ -64,24 +64,47 @@ QUICK_GPU = {"m": (1, 64, 8192), "hidden": (4096,), "intermediate": (14336,)}
 # --quick on a CPU (the default there): a smoke test of the harness, not a measurement.
 QUICK_CPU = {"m": (1, 4, 16, 64), "hidden": (512,), "intermediate": (1024,)}
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("ops", list(OPS), "Ops to benchmark (default: all three).")
-flags.DEFINE_list("dtypes", ["bf16"], "Element types: bf16, fp16, fp32. bf16 by default: what Llama checkpoints run in.")
-flags.DEFINE_list(
-    "variants", None, "Variants to run (default: all; on a CPU eager and compile only). One of: " + ", ".join(VARIANTS)
-)
-flags.DEFINE_boolean(
-    "quick", None, "Few small shapes (default: on for a CPU, where this is a harness smoke test; off on a GPU)."
-)
-flags.DEFINE_list("m", None, "Rows (tokens), count. Default 1,4,16,64 (decode) and 8192,16384,32768 (prefill).")
-flags.DEFINE_list("hidden", None, "Hidden sizes of the norms, elements. Default 4096,8192 (Llama-3 8B and 70B).")
-flags.DEFINE_list("intermediate", None, "MLP width I of silu_and_mul (input 2*I), elements. Default 14336 (Llama-3 8B).")
-flags.DEFINE_integer("warmup", None, "Untimed calls per variant, count. Default 10 on a GPU (clocks and caches settle), 2 on a CPU.")
-flags.DEFINE_integer("iters", None, "Timed calls per variant, count. Default 50 on a GPU (stable p10/p90), 10 on a CPU.")
-flags.DEFINE_float("eps", 1e-6, "RMSNorm epsilon. 1e-6: kernels.ops' default; Llama-2/3 checkpoints use 1e-5 at the same cost.")
-flags.DEFINE_string("compile_mode", "default", "torch.compile mode of the compile variant; 'default' is what most users run.")
-flags.DEFINE_integer("seed", 0, "Seed of the random inputs.")
-flags.DEFINE_boolean("plot", True, "Write kernels_<op>.png (GB/s vs rows, copy bandwidth dashed).")
+# Flags bench.flash_attention and other bench modules define too, with the same meaning: defined
+# once per process, so pytest can import the bench modules side by side (bench.common.define_flag).
+_define = common.define_flag
+_define("list", "ops", list(OPS), "Ops to benchmark (default: all three).")
+_define("list", "dtypes", ["bf16"], "Element types: bf16, fp16, fp32. bf16 by default: what Llama checkpoints run in.")
+_define("list", "variants", None, "Variants to run (default: all; on a CPU eager and compile only). One of: "
+        + ", ".join(VARIANTS))
+_define("boolean", "quick", None, "Few small shapes (default: on for a CPU, where this is a harness smoke test; off "
+        "on a GPU).")
+_define("list", "m", None, "Rows (tokens), count. Default 1,4,16,64 (decode) and 8192,16384,32768 (prefill).")
+_define("list", "hidden", None, "Hidden sizes of the norms, elements. Default 4096,8192 (Llama-3 8B and 70B).")
+_define("list", "intermediate", None, "MLP width I of silu_and_mul (input 2*I), elements. Default 14336 (Llama-3 8B).")
+_define("integer", "warmup", None, "Untimed calls per variant, count. Default 10 on a GPU (clocks and caches settle), "
+        "2 on a CPU.")
+_define("integer", "iters", None, "Timed calls per variant, count. Default 50 on a GPU (stable p10/p90), 10 on a CPU.")
+_define("float", "eps", 1e-6, "RMSNorm epsilon. 1e-6: kernels.ops' default; Llama-2/3 checkpoints use 1e-5 at the "
+        "same cost.")
+_define("string", "compile_mode", "default", "torch.compile mode of the compile variant; 'default' is what most users "
+        "run.")
+_define("integer", "seed", 0, "Seed of the random inputs.")
+_define("boolean", "plot", True, "Write kernels_<op>.png (GB/s vs rows, copy bandwidth dashed).")
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run, as the flags above give it (main reads them once; tests build one directly).
+    None picks the device's default, as each flag's help says."""
+
+    ops: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    variants: tuple[str, ...] | None
+    quick: bool | None
+    m: tuple[str, ...] | None
+    hidden: tuple[str, ...] | None
+    intermediate: tuple[str, ...] | None
+    warmup: int | None
+    iters: int | None
+    eps: float
+    compile_mode: str
+    seed: int
+    plot: bool
 
 
 # ----------------------------------------------------------------------------
@@ -92,22 +115,21 @@ flags.DEFINE_boolean("plot", True, "Write kernels_<op>.png (GB/s vs rows, copy b
 def reference_fp32(op: str, inputs: dict[str, torch.Tensor], eps: float) -> tuple[torch.Tensor, ...]:
     """fp32 results: rms_norm -> (out,), fused_add_rms_norm -> (out, new residual), silu -> (out,).
 
-    rms_norm(x)[i] = x[i] / sqrt(mean_j x[j]^2 + eps) * weight[i]
-    fused_add_rms_norm: residual <- residual + x, out = rms_norm(residual)
-    silu_and_mul([gate, up]) = gate * sigmoid(gate) * up
+    The references beside the kernels (kernels/rms_norm.py, kernels/silu_and_mul.py: the math
+    their docstrings state, what kernels.ops' torch backend runs) on fp32 copies of the inputs,
+    so every rounding they do is an fp32 one.
     """
+    from kernels.rms_norm import fused_add_rms_norm_reference, rms_norm_reference
+    from kernels.silu_and_mul import silu_and_mul_reference
 
-    def norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
-
+    f32 = {k: v.to(torch.float32, copy=True) for k, v in inputs.items()}  # copies: the fused add is in place
     if op == "rms_norm":
-        return (norm(inputs["x"].float(), inputs["weight"].float()),)
+        return (rms_norm_reference(f32["x"], f32["weight"], eps),)
     if op == "fused_add_rms_norm":
-        r = inputs["residual"].float() + inputs["x"].float()
-        return norm(r, inputs["weight"].float()), r
+        out = fused_add_rms_norm_reference(f32["x"], f32["residual"], f32["weight"], eps)
+        return out, f32["residual"]
     if op == "silu_and_mul":
-        gate, up = inputs["gate_up"].float().chunk(2, dim=-1)
-        return (F.silu(gate) * up,)
+        return (silu_and_mul_reference(f32["gate_up"]),)
     raise ValueError(op)
 
 
@@ -449,23 +471,30 @@ def plot(out_dir, rows: list[dict], copy_gbps: float, title: str) -> list:
 
 
 def main(argv: list[str]) -> None:
+    """The binary: the flags, read once into Options, then run."""
     del argv
-    device, cpu, quick, preset, warmup, iters = common.sweep_setup(FLAGS.quick, FLAGS.warmup, FLAGS.iters,
+    run(common.options_from_flags(Options))
+
+
+def run(opts: Options) -> None:
+    """The whole benchmark: check and time every variant of every case, write the results, then
+    exit 1 if any variant was WRONG or FAILED (bench.common.exit_on_failures)."""
+    device, cpu, quick, preset, warmup, iters = common.sweep_setup(opts.quick, opts.warmup, opts.iters,
                                                                    QUICK_CPU, QUICK_GPU, FULL)
-    ms = common.int_list(FLAGS.m, preset["m"])
-    hidden = common.int_list(FLAGS.hidden, preset["hidden"])
-    inter = common.int_list(FLAGS.intermediate, preset["intermediate"])
-    names = FLAGS.variants or list(VARIANTS)
-    for op in FLAGS.ops:
+    ms = common.int_list(opts.m, preset["m"])
+    hidden = common.int_list(opts.hidden, preset["hidden"])
+    inter = common.int_list(opts.intermediate, preset["intermediate"])
+    names = list(opts.variants or VARIANTS)
+    for op in opts.ops:
         if op not in OPS:
             raise app.UsageError(f"--ops: unknown op {op!r}; expected {OPS}")
-    dtypes = [common.parse_dtype(d) for d in FLAGS.dtypes]
+    dtypes = [common.parse_dtype(d) for d in opts.dtypes]
 
     name = common.device_name()
     out_dir = common.results_dir("kernels")
     print(f"kernels on {name}, {common.today()}, torch {torch.__version__}")
     if cpu:
-        print("CPU run: " + ("small shapes, " if quick else "") + ("the named variants" if FLAGS.variants else "eager and compile only")
+        print("CPU run: " + ("small shapes, " if quick else "") + ("the named variants" if opts.variants else "eager and compile only")
               + "; a smoke test of the harness, not a kernel measurement.")
     copy_gbps = common.measure_copy_bandwidth(device)
     print(f"copy bandwidth (read + write of a {'1 GiB' if not cpu else '64 MiB'} copy): {copy_gbps:,.0f} GB/s")
@@ -474,14 +503,14 @@ def main(argv: list[str]) -> None:
     if ops is None:
         print(f"{ops_note}; ours, eager and compile are not run")
     rows = []
-    for op in FLAGS.ops:
-        variants = build_variants(op, names, ops, ops_note, FLAGS.eps, device, FLAGS.compile_mode,
-                                  explicit=bool(FLAGS.variants))
+    for op in opts.ops:
+        variants = build_variants(op, names, ops, ops_note, opts.eps, device, opts.compile_mode,
+                                  explicit=bool(opts.variants))
         widths = inter if op == "silu_and_mul" else hidden
         for dtype in dtypes:
             for width in widths:
                 for m in ms:
-                    rows += run_case(op, dtype, m, width, variants, device, copy_gbps, warmup, iters, FLAGS.eps, FLAGS.seed)
+                    rows += run_case(op, dtype, m, width, variants, device, copy_gbps, warmup, iters, opts.eps, opts.seed)
                     print(f"  done {op} {common.dtype_name(dtype)} width={width} M={m}", flush=True)
 
     verdicts = report(rows, copy_gbps, cpu)
@@ -499,7 +528,7 @@ def main(argv: list[str]) -> None:
             summary.append({"name": f"kernels/{op}/{dt}/ours_wins", "value": sum(v["ours_wins"] for v in judged),
                             "unit": f"shapes of {len(judged)}", "cpu_run": cpu})
     paths = common.write_results(out_dir, "kernels", rows, summary)
-    pngs = plot(out_dir, rows, copy_gbps, f"{name}, {common.today()}" + (" (CPU run)" if cpu else "")) if FLAGS.plot else []
+    pngs = plot(out_dir, rows, copy_gbps, f"{name}, {common.today()}" + (" (CPU run)" if cpu else "")) if opts.plot else []
     print(f"\nresults: {out_dir}  ({', '.join(p.name for p in list(paths.values()) + pngs)})")
     common.exit_on_failures("bench.kernel_ops", [f"{r['op']} {r['dtype']} M={r['M']} width={r['width']} {r['variant']}"
                                                  for r in rows if common.is_failure(r["status"])])

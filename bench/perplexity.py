@@ -20,24 +20,44 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 
-from absl import app, flags
+from absl import app
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "HF-layout directory (config.json + safetensors + tokenizer.json): "
-                    "ours (runs/<preset>/best, lab-small, lab-draft) or any Llama/Mistral one; a relative path "
-                    "is from where you ran the command. Required.")
-flags.DEFINE_string("tokenizer", None, "tokenizer.json path or folder; default None: the checkpoint's own.")
-flags.DEFINE_list("splits", ["heldout", "wikitext2_test"], "Corpus splits to score (data.corpus.SPLITS). "
-                  "Default: the held-out split and WikiText-2 test (never trained on).")
-flags.DEFINE_integer("window", 512, "Tokens per scoring window (default 512: the lab models' context).")
-flags.DEFINE_integer("batch_size", 8, "Windows per forward pass (default 8: bounded memory, any model).")
-flags.DEFINE_integer("max_windows", 0, "Score at most this many windows per split; 0 = all (default).")
-flags.DEFINE_bool("bos", False, "Prepend BOS to each window so every window token is scored "
-                  "(default off: matches how the lab models were trained, without BOS).")
-flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
-flags.DEFINE_string("weights_dtype", "float32", "float32, bfloat16 or float16 for the weights (default float32: "
-                    "exact log-probabilities).")
+from bench import common
+
+# Flags other bench modules define too (--checkpoint, --device, --batch_size, ...): defined once
+# per process, so pytest can import the bench modules side by side (bench.common.define_flag).
+_define = common.define_flag
+_define("string", "checkpoint", None, "HF-layout directory (config.json + safetensors + tokenizer.json): "
+        "ours (runs/<preset>/best, lab-small, lab-draft) or any Llama/Mistral one; a relative path "
+        "is from where you ran the command. Required.")
+_define("string", "tokenizer", None, "tokenizer.json path or folder; default None: the checkpoint's own.")
+_define("list", "splits", ["heldout", "wikitext2_test"], "Corpus splits to score (data.corpus.SPLITS). "
+        "Default: the held-out split and WikiText-2 test (never trained on).")
+_define("integer", "window", 512, "Tokens per scoring window (default 512: the lab models' context).")
+_define("integer", "batch_size", 8, "Windows per forward pass (default 8: bounded memory, any model).")
+_define("integer", "max_windows", 0, "Score at most this many windows per split; 0 = all (default).")
+_define("boolean", "bos", False, "Prepend BOS to each window so every window token is scored "
+        "(default off: matches how the lab models were trained, without BOS).")
+_define("string", "device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
+_define("string", "weights_dtype", "float32", "float32, bfloat16 or float16 for the weights (default float32: "
+        "exact log-probabilities).")
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run, as the flags above give it (main reads them once; tests build one directly)."""
+
+    checkpoint: str | None
+    tokenizer: str | None
+    splits: tuple[str, ...]
+    window: int
+    batch_size: int
+    max_windows: int
+    bos: bool
+    device: str | None
+    weights_dtype: str
 
 
 def perplexity(model, token_ids, window: int, device="cpu", batch_size: int = 8,
@@ -92,51 +112,57 @@ def protocol(result: dict, split: str, tokenizer_path: str, bos: bool) -> str:
             "token-level, no context carried across windows")
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
+    """The binary: the flags, read once into Options, then run; returns the exit status."""
     del argv
+    return run(common.options_from_flags(Options))
+
+
+def run(opts: Options) -> int:
+    """Score every split, write the results; 0, or 2 after one `error: ...` line for bad input, or 1
+    (results written) when a perplexity is not finite."""
     os.environ.setdefault("LAB_KERNEL_BACKEND", "torch")  # exact fp32 reference ops for scoring
     import model as lab_model
-    from bench import common
     from data import corpus
     from model.device import resolve_device
     from model.loader import checkpoint_dir, user_path
     from model.tokenizer import load_tokenizer
 
-    if not FLAGS.checkpoint:
+    if not opts.checkpoint:
         print("error: --checkpoint is required (an HF-layout directory with tokenizer.json)", file=sys.stderr)
         return 2
     root = common.repo_root()
     try:
-        device = str(resolve_device(FLAGS.device))
-        ckpt = checkpoint_dir(FLAGS.checkpoint)
+        device = str(resolve_device(opts.device))
+        ckpt = checkpoint_dir(opts.checkpoint)
         if ckpt is None:
-            raise ValueError(f"--checkpoint {FLAGS.checkpoint} has random weights; perplexity needs a trained "
+            raise ValueError(f"--checkpoint {opts.checkpoint} has random weights; perplexity needs a trained "
                              "checkpoint (a directory, lab-small or lab-draft)")
-        tokenizer = load_tokenizer(user_path(FLAGS.tokenizer) if FLAGS.tokenizer else ckpt)
-        model = lab_model.load(ckpt, dtype=FLAGS.weights_dtype, device=device)
-        bad = [s for s in FLAGS.splits if s not in corpus.SPLITS]
+        tokenizer = load_tokenizer(user_path(opts.tokenizer) if opts.tokenizer else ckpt)
+        model = lab_model.load(ckpt, dtype=opts.weights_dtype, device=device)
+        bad = [s for s in opts.splits if s not in corpus.SPLITS]
         if bad:
             raise ValueError(f"unknown split(s) {bad}; choose from {', '.join(corpus.SPLITS)}")
-        if FLAGS.window > model.config.max_seq_len:
-            raise ValueError(f"--window {FLAGS.window} exceeds the model context {model.config.max_seq_len}")
+        if opts.window > model.config.max_seq_len:
+            raise ValueError(f"--window {opts.window} exceeds the model context {model.config.max_seq_len}")
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bos_id = tokenizer.bos_id if FLAGS.bos else None
-    if FLAGS.bos and bos_id is None:
+    bos_id = tokenizer.bos_id if opts.bos else None
+    if opts.bos and bos_id is None:
         print("error: --bos given but the tokenizer has no BOS token", file=sys.stderr)
         return 2
     name = os.path.basename(os.path.normpath(ckpt))
     rows, summary = [], []
-    for split in FLAGS.splits:
+    for split in opts.splits:
         ids = corpus.token_stream(tokenizer, split)
-        r = perplexity(model, ids, FLAGS.window, device, FLAGS.batch_size, bos_id, FLAGS.max_windows,
+        r = perplexity(model, ids, opts.window, device, opts.batch_size, bos_id, opts.max_windows,
                        progress=True)
         tok_name = os.path.relpath(tokenizer.path, root)
-        proto = protocol(r, split, tokenizer.path if tok_name.startswith("..") else tok_name, FLAGS.bos)
+        proto = protocol(r, split, tokenizer.path if tok_name.startswith("..") else tok_name, opts.bos)
         print(f"{split}: perplexity {r['perplexity']:.3f} (NLL {r['nll']:.4f} nats/token)  [{proto}]")
-        rows.append({"checkpoint": ckpt, "split": split, **r, "dtype": FLAGS.weights_dtype, "protocol": proto})
-        summary.append({"name": f"perplexity/{name}/{split}/w{FLAGS.window}", "value": r["perplexity"],
+        rows.append({"checkpoint": ckpt, "split": split, **r, "dtype": opts.weights_dtype, "protocol": proto})
+        summary.append({"name": f"perplexity/{name}/{split}/w{opts.window}", "value": r["perplexity"],
                         "unit": "perplexity", "protocol": proto, "checkpoint": ckpt,
                         "tokens_scored": r["tokens_scored"]})
     out = common.results_dir("perplexity", device)

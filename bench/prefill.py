@@ -73,7 +73,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from absl import app, flags
+from absl import app
 from torch import nn
 
 from bench import common
@@ -92,7 +92,6 @@ GPU_DEFAULTS = dict(preset="llama3-8b", dtype="bf16", prompt_len=512, batch=8, b
                     gen_prompt_len=128, new_tokens=(16, 32, 64, 128), gen_prompt_lens=(128, 512, 1024, 2048),
                     gen_new_tokens=32, warmup=2, iters=10, gen_iters=3)
 
-FLAGS = flags.FLAGS
 # Flags other lab modules define too (bench.compile, bench.kernels, bench.perplexity,
 # train.*), with the same types: defined once per process so pytest can import the bench
 # modules side by side. Ours yields to one made before and allows override by one made after.
@@ -129,6 +128,32 @@ _define("integer", "gen_iters", None, "Timed generate() calls per kv_cache confi
         "call), count. Default 3.")
 _define("integer", "seed", 0, "Seed of the prompts and of the random weights.")
 _define("boolean", "plot", True, "Write prefill.png (one panel per experiment, two for kv_cache and batch_size).")
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run, as the flags above give it (main reads them once; tests build one directly).
+    None picks the device's default (CPU_DEFAULTS, GPU_DEFAULTS), as each flag's help says."""
+
+    experiments: tuple[str, ...] | None
+    preset: str | None
+    n_layers: int | None
+    device: str | None
+    dtype: str | None
+    prompt_len: int | None
+    batch: int | None
+    batch_sizes: tuple[str, ...] | None
+    gen_prompt_len: int | None
+    new_tokens: tuple[str, ...] | None
+    gen_prompt_lens: tuple[str, ...] | None
+    gen_new_tokens: int | None
+    block_size: int
+    rtol: float | None
+    warmup: int | None
+    iters: int | None
+    gen_iters: int | None
+    seed: int
+    plot: bool
 
 
 class PrefillError(ValueError):
@@ -617,11 +642,11 @@ def panels(rows: list[dict[str, Any]], ceiling: float, cpu: bool) -> list[dict[s
 # ----------------------------------------------------------------------------
 
 
-def _int_list(name: str, default) -> list[int]:
+def _int_list(opts: Options, name: str, default) -> list[int]:
     try:
-        values = common.int_list(getattr(FLAGS, name), default)
+        values = common.int_list(getattr(opts, name), default)
     except ValueError:
-        raise PrefillError(f"--{name} must be a comma list of integers, got {getattr(FLAGS, name)}") from None
+        raise PrefillError(f"--{name} must be a comma list of integers, got {getattr(opts, name)}") from None
     if not values or min(values) < 1:
         raise PrefillError(f"--{name} must be positive integers, got {values}")
     return values
@@ -634,40 +659,47 @@ def _positive(name: str, value: int) -> int:
 
 
 def main(argv: list[str]) -> None:
+    """The binary: the flags, read once into Options, then run."""
     del argv
+    run(common.options_from_flags(Options))
+
+
+def run(opts: Options) -> None:
+    """The whole benchmark: check every input (PrefillError naming the flag, before anything runs),
+    check and time every path, write the results, then exit 1 if any was WRONG or FAILED."""
     try:
-        device = common.resolve_device(FLAGS.device)
+        device = common.resolve_device(opts.device)
     except ValueError as e:  # model.device.UsageError: names the flag
         raise PrefillError(str(e)) from None
     cpu = not common.is_cuda(device)
     d = CPU_DEFAULTS if cpu else GPU_DEFAULTS
 
     def flag(name: str):  # the flag's value, or this device's default when it was not given
-        value = getattr(FLAGS, name)
+        value = getattr(opts, name)
         return d[name] if value is None else value
 
-    experiments = list(FLAGS.experiments or EXPERIMENTS)
+    experiments = list(opts.experiments or EXPERIMENTS)
     unknown = [e for e in experiments if e not in EXPERIMENTS]
     if unknown:
         raise PrefillError(f"--experiments: unknown {', '.join(unknown)}; expected some of {', '.join(EXPERIMENTS)}")
     try:
-        dtype = common.parse_dtype(FLAGS.dtype or d["dtype"])
+        dtype = common.parse_dtype(opts.dtype or d["dtype"])
     except ValueError as e:  # names the flag
         raise PrefillError(str(e)) from None
     if dtype not in TOL:
-        raise PrefillError(f"--dtype {FLAGS.dtype}: no check tolerance for it; use bf16, fp16 or fp32")
+        raise PrefillError(f"--dtype {opts.dtype}: no check tolerance for it; use bf16, fp16 or fp32")
     length = _positive("prompt_len", flag("prompt_len"))
     batch = _positive("batch", flag("batch"))
-    batch_sizes = _int_list("batch_sizes", d["batch_sizes"])
+    batch_sizes = _int_list(opts, "batch_sizes", d["batch_sizes"])
     gen_p = _positive("gen_prompt_len", flag("gen_prompt_len"))
     gen_n = _positive("gen_new_tokens", flag("gen_new_tokens"))
-    new_tokens = _int_list("new_tokens", d["new_tokens"])
-    gen_prompt_lens = _int_list("gen_prompt_lens", d["gen_prompt_lens"])
+    new_tokens = _int_list(opts, "new_tokens", d["new_tokens"])
+    gen_prompt_lens = _int_list(opts, "gen_prompt_lens", d["gen_prompt_lens"])
     warmup = flag("warmup")
     iters = _positive("iters", flag("iters"))
     gen_iters = _positive("gen_iters", flag("gen_iters"))
-    block_size = _positive("block_size", FLAGS.block_size)
-    rtol = FLAGS.rtol if FLAGS.rtol is not None else TOL[dtype]
+    block_size = _positive("block_size", opts.block_size)
+    rtol = opts.rtol if opts.rtol is not None else TOL[dtype]
     if warmup < 0 or not rtol > 0:
         raise PrefillError(f"--warmup must be >= 0 and --rtol > 0, got {warmup} and {rtol}")
 
@@ -688,8 +720,8 @@ def main(argv: list[str]) -> None:
     if ("batching" in experiments or "batch_size" in experiments) and length > context:
         raise PrefillError(f"--prompt_len {length} exceeds the model context of {context} tokens")
 
-    run = make_run(preset, FLAGS.n_layers, device, dtype, rtol, warmup, iters, gen_iters, FLAGS.seed, block_size)
-    model, label = run.model, run.label
+    bench = make_run(preset, opts.n_layers, device, dtype, rtol, warmup, iters, gen_iters, opts.seed, block_size)
+    model, label = bench.model, bench.label
 
     dev_name = common.device_name(device)
     ceiling = common.measure_matmul_tflops(device, dtype)
@@ -703,13 +735,13 @@ def main(argv: list[str]) -> None:
     rows: list[dict[str, Any]] = []
     for exp in experiments:
         if exp == "kv_cache":
-            got = exp_kv_cache(run, kv_configs)
+            got = exp_kv_cache(bench, kv_configs)
         elif exp == "mixed":
-            got = exp_mixed(run, batch, length, ceiling)
+            got = exp_mixed(bench, batch, length, ceiling)
         elif exp == "batching":
-            got = exp_batching(run, batch, length, ceiling)
+            got = exp_batching(bench, batch, length, ceiling)
         else:
-            got = exp_batch_size(run, batch_sizes, length, ceiling)
+            got = exp_batch_size(bench, batch_sizes, length, ceiling)
         common.print_table(got, TABLES[exp], title="\n" + TITLES[exp])
         rows += got
 
@@ -720,7 +752,7 @@ def main(argv: list[str]) -> None:
     summary += summary_records(rows, extra)
     paths = common.write_results(out_dir, "prefill", rows, summary, command=common.command_line("prefill"),
                                  device=dev_name)
-    if FLAGS.plot:
+    if opts.plot:
         title = f"bench.prefill: {label} {common.dtype_name(dtype)} on {dev_name}, {common.today()}"
         paths["png"] = common.plot_panels(out_dir / "prefill.png", panels(rows, ceiling, cpu), title=title)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -732,6 +764,7 @@ def main(argv: list[str]) -> None:
 
 
 def _main(argv: list[str]) -> None:
+    """main, with a PrefillError printed as one `error: ...` line and exit 2."""
     try:
         main(argv)
     except PrefillError as e:

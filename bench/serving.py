@@ -645,6 +645,32 @@ class Options:
     cpu_threads: Optional[int] = 1
     profile_steps: int = 0
 
+    def __post_init__(self) -> None:
+        """Bad settings, however the options were built: one ServingUsageError naming the flag."""
+        bad = [p for p in self.policies if p not in POLICIES]
+        if not self.policies or bad:
+            raise ServingUsageError(f"--policies: expected some of {', '.join(POLICIES)}, "
+                                    f"got {','.join(self.policies)}")
+        if self.num_requests < 1:
+            raise ServingUsageError(f"--num_requests must be >= 1, got {self.num_requests}")
+        if not (self.rate == 0 or self.rate > 0):
+            raise ServingUsageError(f"--rate must be > 0 requests/s (or 0: measure, inf: all at once), got {self.rate}")
+        if not self.load > 0:
+            raise ServingUsageError(f"--load must be > 0, got {self.load}")
+        self.prompt.validate("prompt")
+        self.output.validate("output")
+        for name, v in [("cpu_threads", self.cpu_threads), ("check_tokens", self.check_tokens),
+                        *self.settings_partial.items()]:
+            if name != "gpu_memory_fraction" and v is not None and v < 1:
+                raise ServingUsageError(f"--{name} must be >= 1, got {v}")
+        if self.profile_steps < 0:
+            raise ServingUsageError(f"--profile_steps must be >= 0, got {self.profile_steps}")
+        if self.check_requests < 0:
+            raise ServingUsageError(f"--check_requests must be >= 0, got {self.check_requests}")
+        fraction = self.settings_partial.get("gpu_memory_fraction")
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ServingUsageError(f"--gpu_memory_fraction must be in (0, 1], got {fraction}")
+
 
 def options_from_flags() -> Options:
     try:
@@ -654,50 +680,27 @@ def options_from_flags() -> Options:
         raise ServingUsageError(str(e)) from None
     cuda = common.is_cuda(device)
     cpu = not cuda
-    policies = list(FLAGS.policies or [])
-    bad = [p for p in policies if p not in POLICIES]
-    if not policies or bad:
-        raise ServingUsageError(f"--policies: expected some of {', '.join(POLICIES)}, got {','.join(policies)}")
     num = FLAGS.num_requests if FLAGS.num_requests is not None else (512 if FLAGS.full else 48 if cpu else 256)
-    if num < 1:
-        raise ServingUsageError(f"--num_requests must be >= 1, got {num}")
-    rate = FLAGS.rate
-    if not (rate == 0 or rate > 0):
-        raise ServingUsageError(f"--rate must be > 0 requests/s (or 0: measure, inf: all at once), got {rate}")
-    if not FLAGS.load > 0:
-        raise ServingUsageError(f"--load must be > 0, got {FLAGS.load}")
 
     def dist(what, median, lo, hi):
         def flag(name, default):
             v = getattr(FLAGS, f"{what}_{name}")
             return default if v is None else v
 
-        d = LengthDist(FLAGS.len_dist, flag("median", median), flag("sigma", None), flag("min", lo), flag("max", hi))
-        d.validate(what)
-        return d
+        return LengthDist(FLAGS.len_dist, flag("median", median), flag("sigma", None), flag("min", lo), flag("max", hi))
 
     prompt = dist("prompt", *((48, 4, 144) if cpu else (256, 16, 1024)))
     output = dist("output", *((48, 4, 104) if cpu else (128, 16, 512)))
-    for name in ("cpu_threads", "block_size", "max_num_seqs", "max_model_len", "max_num_batched_tokens", "chunk_tokens",
-                 "num_blocks", "check_tokens", "admission_batch"):
-        v = getattr(FLAGS, name)
-        if v is not None and v < 1:
-            raise ServingUsageError(f"--{name} must be >= 1, got {v}")
-    if FLAGS.profile_steps < 0:
-        raise ServingUsageError(f"--profile_steps must be >= 0, got {FLAGS.profile_steps}")
-    if FLAGS.check_requests < 0:
-        raise ServingUsageError(f"--check_requests must be >= 0, got {FLAGS.check_requests}")
-    if not 0 < FLAGS.gpu_memory_fraction <= 1:
-        raise ServingUsageError(f"--gpu_memory_fraction must be in (0, 1], got {FLAGS.gpu_memory_fraction}")
     preset = FLAGS.preset or (EMBEDDED if cpu else "llama3-8b")
     settings = dict(block_size=FLAGS.block_size, max_num_seqs=FLAGS.max_num_seqs or (16 if cpu else 64),
                     max_model_len=FLAGS.max_model_len, max_num_batched_tokens=FLAGS.max_num_batched_tokens,
                     chunk_tokens=FLAGS.chunk_tokens or (128 if cpu else 512), num_blocks=FLAGS.num_blocks,
                     gpu_memory_fraction=FLAGS.gpu_memory_fraction if cuda else None,
                     admission_batch=FLAGS.admission_batch)
-    return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint, policies, num, rate,
-                   FLAGS.load, prompt, output, settings, FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed,
-                   FLAGS.plot, FLAGS.cpu_threads, FLAGS.profile_steps)
+    return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint,
+                   list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
+                   FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
+                   FLAGS.profile_steps)
 
 
 def resolve_settings(opts: Options, model) -> EngineSettings:

@@ -12,7 +12,11 @@ device, so the package targets it; compile time is reported separately from run 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -47,6 +51,37 @@ def compile_packages(model, out_dir: str, max_len: int) -> dict:
             ep, package_path=os.path.join(out_dir, f"{name}.pt2"))
         times[f"compile_{name}_s"] = time.perf_counter() - t0
     return {"paths": paths, "times": times}
+
+
+PACKAGES = ("prefill", "decode")
+# What the child of probe_load runs: load every package named on its command line.
+PROBE_CODE = "import sys, torch\nfor path in sys.argv[1:]:\n    torch._inductor.aoti_load_package(path)"
+
+
+def probe_load(out_dir: str, timeout_s: float = 600.0) -> Optional[str]:
+    """Load out_dir's packages once in a child process: None if that worked, else one line saying why.
+
+    Why a child: on the lab's H200 (torch 2.11+cu130) aoti_load_package of a CUDA package
+    segfaults, whatever the model; in-process that kills the caller (a whole benchmark run).
+    A negative return code is the signal that ended the child.
+    """
+    paths = [os.path.join(out_dir, f"{name}.pt2") for name in PACKAGES]
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE_CODE, *paths], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"aoti_load_package did not return within {timeout_s:g} s in a child process"
+    if done.returncode < 0:
+        sig = -done.returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "unknown signal"
+        return f"aoti_load_package crashed ({name}, signal {sig}) in a child process"
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"aoti_load_package failed in a child process (exit {done.returncode}): {last}"
+    return None
 
 
 class AOTIRunner:

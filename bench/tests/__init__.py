@@ -1,18 +1,12 @@
 """CPU tests of the benchmark harness (timing, results files, correctness gate)."""
 
 
-def exit_code(main, argv: list[str]):
-    """Parse argv (argv[0]: the program name) into absl's FLAGS, run main([]), reset the flags.
+def exit_code(run, opts):
+    """run(opts): the SystemExit code it raised, or what it returned (None for a plain return).
 
-    Returns the SystemExit code main raised, or what it returned (None for a plain return):
-    how a benchmark's exit status is asserted without a subprocess.
+    How a benchmark's exit status is asserted on an options object, without flags or a subprocess.
     """
-    from absl import flags
-
-    flags.FLAGS(argv)
     try:
-        return main([])
+        return run(opts)
     except SystemExit as e:
         return e.code
-    finally:
-        flags.FLAGS.unparse_flags()

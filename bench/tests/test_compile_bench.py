@@ -1,13 +1,17 @@
 """bench.compile on a CPU: the WRONG gate (never timed), variant selection, a whole eager + default run."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
-from absl import flags
 
 from bench import compile as bc
 from bench.tests import exit_code
+
+# A quick CPU run: the embedded model, eager and default, a 4-token prompt in a 16-token cache.
+QUICK = bc.Options(variants=("eager", "default"), checkpoint=None, dtype="fp32", device="cpu", prefill_len=4,
+                   cache_len=16, warmup=1, iters=2, seed=0, plot=False, work_dir=None)
 
 
 def _case(tmp_path):
@@ -58,8 +62,7 @@ def _wrong_builder(c):
 def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     monkeypatch.setitem(bc.BUILDERS, "default", _wrong_builder)
-    assert exit_code(bc.main, ["compile", "--variants=eager,default", "--device=cpu", "--dtype=fp32",
-                               "--prefill_len=4", "--cache_len=16", "--warmup=1", "--iters=2", "--noplot"]) == 1
+    assert exit_code(bc.run, QUICK) == 1
     assert "bench.compile: 1 WRONG or FAILED: default" in capsys.readouterr().err
     rows = json.loads((tmp_path / "compile.json").read_text())["rows"]  # written before the exit
     assert {r["variant"] for r in rows if r["status"] == "ok"} == {"eager"}
@@ -84,13 +87,7 @@ def test_variant_selection():
 
 def test_main_cpu_run_writes_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    argv = ["compile", "--variants=eager,default", "--device=cpu", "--dtype=fp32", "--prefill_len=4",
-            "--cache_len=16", "--warmup=1", "--iters=3"]
-    flags.FLAGS(argv)
-    try:
-        bc.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    bc.run(dataclasses.replace(QUICK, iters=3, plot=True))
     out = capsys.readouterr().out
     assert "WRONG" not in out and "FAILED" not in out
     for name in ("compile.csv", "compile.json", "summary.json", "compile.png"):
@@ -107,12 +104,8 @@ def test_main_cpu_run_writes_results(tmp_path, monkeypatch, capsys):
         (v, p, "ok") for v in ("eager", "default") for p in bc.PHASES}
 
 
-@pytest.mark.parametrize("bad", [["--prefill_len=16", "--cache_len=16"], ["--variants=eager,nope"]])
+@pytest.mark.parametrize("bad", [dict(prefill_len=16, cache_len=16), dict(variants=("eager", "nope"))])
 def test_usage_errors(tmp_path, monkeypatch, bad):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    flags.FLAGS(["compile", "--device=cpu", *bad])  # both are refused before any variant is built
-    try:
-        with pytest.raises(Exception, match="prefill_len|unknown"):
-            bc.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    with pytest.raises(Exception, match="prefill_len|unknown"):  # both refused before any variant is built
+        bc.run(dataclasses.replace(QUICK, **bad))

@@ -1,25 +1,22 @@
 """bench.decode on a CPU: a whole run writes checked rows; a wrong variant is never timed."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
-from absl import flags
 
 from bench import decode as bd
 
-
-def _flags(**kw):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["bench.decode"])
-    for k, v in kw.items():
-        setattr(flags.FLAGS, k, v)
+# The CPU defaults (tiny preset, fp32, hf/eager/fused) on 8-token prompts, 6 new tokens.
+SMALL = bd.Options(preset=None, n_layers=None, dtype=None, device="cpu", prompt_len=8, new_tokens=6,
+                   batch_sizes=("1", "2"), variants=None, eager_batch_sizes=("1", "16"), compile_batch_sizes=("1",),
+                   compile_mode="max-autotune-no-cudagraphs", coordinate_descent=True, seed=0)
 
 
 def test_cpu_run_writes_checked_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    _flags(device="cpu", prompt_len=8, new_tokens=6, batch_sizes=["1", "2"])
-    bd.main(["bench.decode"])
+    bd.run(SMALL)
     rows = json.loads((tmp_path / "decode.json").read_text())["rows"]
     got = {(r["variant"], r["batch"]) for r in rows}
     assert got == {(v, b) for v in ("hf", "eager", "fused") for b in (1, 2)}
@@ -41,9 +38,8 @@ def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeyp
 
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     monkeypatch.setattr(bd, "_generate", last_token_off_by_one)
-    _flags(device="cpu", prompt_len=8, new_tokens=6, batch_sizes=["1"], variants=["eager", "fused"])
     with pytest.raises(SystemExit) as exit_info:
-        bd.main(["bench.decode"])
+        bd.run(dataclasses.replace(SMALL, batch_sizes=("1",), variants=("eager", "fused")))
     assert exit_info.value.code == 1
     assert "bench.decode: 1 WRONG or FAILED: fused@1" in capsys.readouterr().err
     rows = {r["variant"]: r for r in json.loads((tmp_path / "decode.json").read_text())["rows"]}
@@ -52,7 +48,6 @@ def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeyp
 
 
 def test_wrong_variant_is_never_timed(monkeypatch):
-    _flags(device="cpu")
     from decoding.fast import FastGenerator
     from model.random_weights import random_model
 

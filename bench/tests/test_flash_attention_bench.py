@@ -1,18 +1,24 @@
 """bench.flash_attention on a CPU: FLOP counting, the chunked reference check, the WRONG gate,
 the "not installed" path and a whole CPU run writing its results."""
 
+import dataclasses
 import json
 import math
 import types
 
 import pytest
 import torch
-from absl import flags
 
 from bench import common
 from bench import flash_attention as fb
 from bench.tests import exit_code
 from kernels.attention_ref import attention_ref, paged_decode_ref, paged_kv
+
+# A CPU run of every sweep at two small sizes, head dim 16; None: the CPU default of that setting.
+SMALL = fb.Options(quick=None, sweeps=fb.SWEEPS, seq_lens=("32", "64"), tokens=None, batches=("1", "2"),
+                   batch_seq_len=32, kv_lens=("64",), decode_batches=("1", "2"), causal="both", variants=None,
+                   dtype=None, head_dim=16, heads=None, kv_heads=None, page_size=16, warmup=1, iters=2,
+                   max_check_scores=None, seed=0, plot=True, profile=False)
 
 
 def _setup(**kw):
@@ -86,9 +92,9 @@ def test_main_exits_1_on_a_wrong_variant_after_writing_results(tmp_path, monkeyp
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     real = fb.naive_attention
     monkeypatch.setattr(fb, "naive_attention", lambda q, k, v, sm_scale, mask: real(q, k, v, sm_scale, None))
-    assert exit_code(fb.main, ["flash_attention", "--sweeps=seq", "--seq_lens=32", "--causal=true",
-                               "--variants=naive,sdpa_math", "--warmup=1", "--iters=2", "--head_dim=16",
-                               "--noplot"]) == 1
+    opts = dataclasses.replace(SMALL, sweeps=("seq",), seq_lens=("32",), causal="true", variants=("naive", "sdpa_math"),
+                               plot=False)
+    assert exit_code(fb.run, opts) == 1
     assert "bench.flash_attention: 1 WRONG or FAILED: naive sweep=seq mask=causal S=32" in capsys.readouterr().err
     rows = json.loads((tmp_path / "flash_attention.json").read_text())["rows"]  # written before the exit
     assert {r["variant"]: r["status"] for r in rows}["sdpa_math"] == "ok"
@@ -132,13 +138,7 @@ def test_paged_cache_holds_the_same_tokens():
 def test_main_cpu_run_writes_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    argv = ["flash_attention", "--seq_lens=32,64", "--batches=1,2", "--batch_seq_len=32", "--kv_lens=64",
-            "--decode_batches=1,2", "--warmup=1", "--iters=2", "--head_dim=16", "--profile"]
-    flags.FLAGS(argv)
-    try:
-        fb.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    fb.run(dataclasses.replace(SMALL, profile=True))
     out = capsys.readouterr().out
     assert "CPU run: CPU figures" in out and f"results: {tmp_path}" in out
     assert "GFLOP/s" in out and "WRONG" not in out and "FAILED" not in out

@@ -1,5 +1,6 @@
 """bench.kernel_ops on a CPU against a stub kernels.ops: the correctness gate, the in-place reset, the verdicts."""
 
+import dataclasses
 import json
 import sys
 import types
@@ -10,6 +11,12 @@ import torch
 from bench import common
 from bench import kernel_ops as kb
 from bench.tests import exit_code
+
+# Two row counts at small widths, bf16 and fp32; None: the CPU default of that setting.
+SMALL = kb.Options(ops=kb.OPS, dtypes=("bf16", "fp32"),
+                   variants=("cuda", "triton", "eager", "F.rms_norm", "flashinfer"), quick=None, m=("1", "4"),
+                   hidden=("32",), intermediate=("48",), warmup=1, iters=3, eps=1e-6, compile_mode="default", seed=0,
+                   plot=True)
 
 
 def _norm(x, w, eps):
@@ -106,9 +113,7 @@ def test_mark_best_and_verdict():
 
 def test_main_writes_results_then_exits_1_on_the_wrong_variant(stub_ops, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    argv = ["kernels", "--m=1,4", "--hidden=32", "--intermediate=48", "--warmup=1", "--iters=3",
-            "--variants=cuda,triton,eager,F.rms_norm,flashinfer", "--dtypes=bf16,fp32"]
-    assert exit_code(kb.main, argv) == 1
+    assert exit_code(kb.run, SMALL) == 1
     captured = capsys.readouterr()
     out = captured.out
     assert "CPU run" in out and f"results: {tmp_path}" in out
@@ -126,6 +131,7 @@ def test_main_writes_results_then_exits_1_on_the_wrong_variant(stub_ops, tmp_pat
 
 def test_main_exits_normally_when_every_variant_is_right(stub_ops, tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    assert exit_code(kb.main, ["kernels", "--ops=rms_norm", "--m=2", "--hidden=32", "--warmup=1", "--iters=2",
-                               "--variants=cuda,eager", "--dtypes=fp32", "--noplot"]) is None
+    opts = dataclasses.replace(SMALL, ops=("rms_norm",), m=("2",), iters=2, variants=("cuda", "eager"),
+                               dtypes=("fp32",), plot=False)
+    assert exit_code(kb.run, opts) is None
     assert (tmp_path / "kernels.json").exists()

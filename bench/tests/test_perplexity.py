@@ -94,18 +94,13 @@ def test_training_a_few_steps_lowers_perplexity_and_the_cli_reports_the_protocol
 
 
 def test_a_nan_perplexity_exits_1_after_writing_results(tmp_path, monkeypatch, capsys):
-    from absl import flags
-
     from bench import perplexity as bp
 
     real = bp.perplexity
     monkeypatch.setattr(bp, "perplexity", lambda *a, **k: {**real(*a, **k), "perplexity": math.nan})
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    flags.FLAGS(["perplexity", f"--checkpoint={REPO / 'models' / 'lab-draft'}", "--splits=heldout", "--window=32",
-                 "--max_windows=2", "--device=cpu"])
-    try:
-        assert bp.main([]) == 1  # app.run exits with it
-    finally:
-        flags.FLAGS.unparse_flags()
+    opts = bp.Options(checkpoint=str(REPO / "models" / "lab-draft"), tokenizer=None, splits=("heldout",), window=32,
+                      batch_size=8, max_windows=2, bos=False, device="cpu", weights_dtype="float32")
+    assert bp.run(opts) == 1  # main returns it, app.run exits with it
     assert "perplexity is not finite on heldout" in capsys.readouterr().err
     assert (tmp_path / "perplexity.json").exists()

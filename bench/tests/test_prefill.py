@@ -1,30 +1,24 @@
 """bench.prefill on a CPU: a whole minimal run, the WRONG gate (never timed), the checks, bad input."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
-from absl import flags
 
 from bench import prefill as bp
 from bench.tests import exit_code
 
-MINIMAL = ["--device=cpu", "--preset=embedded", "--dtype=fp32", "--prompt_len=8", "--batch=3", "--batch_sizes=1,2",
-           "--gen_prompt_len=4", "--new_tokens=2,4", "--gen_prompt_lens=4,8", "--gen_new_tokens=2", "--warmup=0",
-           "--iters=2", "--gen_iters=1"]
-
-
-def _main(argv):
-    flags.FLAGS(["prefill", *argv])
-    try:
-        bp.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+# Every experiment at its smallest: seconds on a CPU. None: the CPU default of that setting.
+MINIMAL = bp.Options(experiments=None, preset="embedded", n_layers=None, device="cpu", dtype="fp32", prompt_len=8,
+                     batch=3, batch_sizes=("1", "2"), gen_prompt_len=4, new_tokens=("2", "4"),
+                     gen_prompt_lens=("4", "8"), gen_new_tokens=2, block_size=16, rtol=None, warmup=0, iters=2,
+                     gen_iters=1, seed=0, plot=True)
 
 
 def test_minimal_cpu_run_writes_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    _main(MINIMAL)
+    bp.run(MINIMAL)
     out = capsys.readouterr().out
     assert "WRONG" not in out and "FAILED" not in out and "CPU run" in out
     for name in ("prefill.csv", "prefill.json", "summary.json", "prefill.png"):
@@ -82,9 +76,8 @@ def test_main_exits_1_on_a_wrong_path_after_writing_results(tmp_path, monkeypatc
 
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     monkeypatch.setattr(bp, "padded_prefill", swapped_rows)
-    assert exit_code(bp.main, ["prefill", "--device=cpu", "--preset=embedded", "--dtype=fp32",
-                               "--experiments=batch_size", "--batch_sizes=1,2", "--prompt_len=8", "--warmup=0",
-                               "--iters=1", "--noplot"]) == 1
+    opts = dataclasses.replace(MINIMAL, experiments=("batch_size",), iters=1, plot=False)
+    assert exit_code(bp.run, opts) == 1
     assert "bench.prefill: 1 WRONG or FAILED: batch_size L8 B2 batched" in capsys.readouterr().err
     rows = json.loads((tmp_path / "prefill.json").read_text())["rows"]  # written before the exit
     assert [r["status"] for r in rows][0] == "ok"  # B=1: flipping one row changes nothing
@@ -134,16 +127,16 @@ def test_spread_lengths_keep_the_total():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (["--prompt_len=200", "--experiments=mixed"], "below the model context of 256"),
-    (["--prompt_len=300", "--experiments=batch_size"], "exceeds the model context of 256"),
-    (["--gen_prompt_lens=250", "--gen_new_tokens=16", "--experiments=kv_cache"], "exceeds the model context"),
-    (["--experiments=mixed,nope"], "unknown nope"),
-    (["--preset=nope"], "--preset.*unknown preset 'nope'"),
-    (["--device=tpu"], "--device 'tpu'"),
-    (["--batch_sizes=0,2"], "--batch_sizes must be positive"),
+    (dict(prompt_len=200, experiments=("mixed",)), "below the model context of 256"),
+    (dict(prompt_len=300, experiments=("batch_size",)), "exceeds the model context of 256"),
+    (dict(gen_prompt_lens=("250",), gen_new_tokens=16, experiments=("kv_cache",)), "exceeds the model context"),
+    (dict(experiments=("mixed", "nope")), "unknown nope"),
+    (dict(preset="nope"), "--preset.*unknown preset 'nope'"),
+    (dict(device="tpu"), "--device 'tpu'"),
+    (dict(batch_sizes=("0", "2")), "--batch_sizes must be positive"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, monkeypatch, bad, match):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     with pytest.raises(bp.PrefillError, match=match):
-        _main(["--device=cpu", "--preset=embedded", *bad])  # named: train.* define --preset with another default
+        bp.run(dataclasses.replace(MINIMAL, **bad))
     assert not (tmp_path / "prefill.json").exists()  # refused before anything ran

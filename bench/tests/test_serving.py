@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from absl import flags
 
 from bench import serving as sv
 
 REPO = Path(__file__).absolute().parents[2]  # not resolved: Bazel runfiles are symlinks
-TINY = ["--device=cpu", "--num_requests=12", "--max_num_seqs=4", "--check_requests=2", "--check_tokens=8",
-        "--prompt_median=16", "--prompt_min=2", "--prompt_max=48", "--output_median=12", "--output_min=2",
-        "--output_max=24", "--chunk_tokens=32"]
 
 
 def _options(**overrides) -> sv.Options:
@@ -35,13 +31,9 @@ def _options(**overrides) -> sv.Options:
     return sv.Options(**kw)
 
 
-def test_main_cpu_run_writes_results(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    flags.FLAGS(["serving", *TINY])
-    try:
-        sv.main(["serving"])
-    finally:
-        flags.FLAGS.unparse_flags()
+def test_cpu_run_writes_results(tmp_path, capsys):
+    # rate 0: the capacity is measured first; block 16 and 4 running requests, the binary's CPU sizes.
+    sv.run(_options(rate=0.0, plot=True, settings={"block_size": 16, "max_num_seqs": 4}), out_dir=tmp_path)
     out = capsys.readouterr().out
     assert "CPU run" in out and "measured capacity" in out and "lognormal(median 16, sigma 0.6)" in out
     for name in ("serving.csv", "serving.json", "summary.json", "serving.png", "serving_requests.csv",
@@ -163,23 +155,19 @@ def test_trace_is_poisson_with_bounded_lengths():
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (["--policies=static,fifo"], "--policies"),
-    (["--prompt_max=200", "--output_max=100"], "exceeds --max_model_len"),
-    (["--rate=-2"], "--rate must be > 0"),
-    (["--prompt_min=0"], "--prompt_min/--prompt_max"),
-    (["--num_blocks=3"], "cannot hold the longest request"),
-    (["--preset=nope"], "unknown preset"),
-    (["--admission_batch=0"], "--admission_batch must be >= 1"),
-    (["--admission_batch=99"], "exceeds --max_num_seqs"),
+    (dict(policies=["static", "fifo"]), "--policies"),
+    (dict(prompt=sv.LengthDist("lognormal", 16, 0.6, 2, 200), output=sv.LengthDist("lognormal", 12, 0.6, 2, 100)),
+     "exceeds --max_model_len"),
+    (dict(rate=-2.0), "--rate must be > 0"),
+    (dict(prompt=sv.LengthDist("lognormal", 16, 0.6, 0, 48)), "--prompt_min/--prompt_max"),
+    (dict(settings={"num_blocks": 3}), "cannot hold the longest request"),
+    (dict(preset="nope"), "unknown preset"),
+    (dict(settings={"admission_batch": 0}), "--admission_batch must be >= 1"),
+    (dict(settings={"admission_batch": 99}), "exceeds --max_num_seqs"),
 ])
-def test_usage_errors(tmp_path, monkeypatch, bad, msg):
-    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    flags.FLAGS(["serving", "--device=cpu", "--check_requests=0", *bad])
-    try:
-        with pytest.raises(sv.ServingUsageError, match=msg):
-            sv.main(["serving"])
-    finally:
-        flags.FLAGS.unparse_flags()
+def test_usage_errors(tmp_path, bad, msg):
+    with pytest.raises(sv.ServingUsageError, match=msg):  # building the options, or before anything runs
+        sv.run(_options(check_requests=0, **bad), out_dir=tmp_path)
 
 
 def test_cli_error_is_one_line(tmp_path):

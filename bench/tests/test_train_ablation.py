@@ -2,17 +2,13 @@
 
 import json
 
-from absl import flags
-
 from bench import train_ablation as ablation
 
 
 def test_cpu_ablation_writes_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["bench.train_ablation", "--preset=micro", "--steps=6", "--seq_len=32", "--batch_size=4",
-                 "--device=cpu", "--variants=fp32,amp"])
-    ablation.main(["bench.train_ablation"])
+    ablation.run(ablation.Options(preset="micro", steps=6, seq_len=32, batch_size=4, device="cpu",
+                                  variants=("fp32", "amp")))
     rows = json.loads((tmp_path / "train_ablation.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["fp32", "amp"]
     for r in rows:
