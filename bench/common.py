@@ -168,7 +168,9 @@ def command_line(command_name: str, argv: Sequence[str] | None = None, package: 
     tail = (" " + shlex.join(args)) if args else ""
     if os.environ.get("BUILD_WORKSPACE_DIRECTORY"):
         return f"bazel run //{package}:{command_name}" + (" --" + tail if args else "")
-    return f"python3 -m {package}.{command_name}" + tail
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # the module `python3 -m` ran
+    module = spec.name if spec is not None and spec.name.startswith(package + ".") else f"{package}.{command_name}"
+    return f"python3 -m {module}" + tail
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
