@@ -157,6 +157,24 @@ def test_a_raising_callback_fails_its_request_alone():
     _assert_empty(llm)
 
 
+class _BrokenTokenizer:
+    """Cannot decode anything: a stop-string check on it raises."""
+
+    eos_id = None
+
+    def decode(self, ids):
+        raise ValueError("planted decode fault")
+
+
+def test_a_request_whose_stop_string_check_raises_fails_alone():
+    llm = LLM(random_model("tiny", n_layers=2, vocab_size=128, seed=1), _BrokenTokenizer(), block_size=4,
+              num_blocks=64)
+    outs = llm.generate([[1, 2, 3], [4, 5]], [SamplingParams(max_tokens=5, stop=["x"]), SamplingParams(max_tokens=5)])
+    assert [(o.finish_reason, len(o.token_ids)) for o in outs] == [("error", 1), ("length", 5)]
+    assert outs[0].error == "its output stage raised ValueError: planted decode fault"
+    _assert_empty(llm)
+
+
 def test_abort_from_a_streaming_callback():
     llm = _llm(max_num_seqs=2)
     engine = llm.engine
