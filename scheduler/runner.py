@@ -33,6 +33,7 @@ class ModelRunner:
         self.block_size = paged_kv.block_size
         self.params: dict[str, NewRequestData] = {}
         self.generators: dict[str, Optional[torch.Generator]] = {}
+        self.errors: dict[str, str] = {}  # this step's per-request failures (request id -> message)
 
     def close(self) -> None:
         """Take the paged caches out of the model (the KV memory goes with the engine)."""
@@ -45,7 +46,7 @@ class ModelRunner:
         for rid in sched.finished_request_ids:
             self.params.pop(rid, None)
             self.generators.pop(rid, None)
-        errors: dict[str, str] = {}
+        self.errors = errors = {}
         for new in sched.new_requests:
             self.params[new.request_id] = new
             self.generators[new.request_id] = _guarded(errors, new.request_id, self._generator, new.seed)
@@ -56,7 +57,7 @@ class ModelRunner:
         reqs = sched.scheduled
         if (self.graphs is not None and all(len(s.token_ids) == 1 and s.sample for s in reqs)
                 and self.graphs.bucket_for(len(reqs)) is not None):
-            return ModelRunnerOutput(self._sample(sched, self._graph_step(sched), errors), errors)
+            return ModelRunnerOutput(self._sample(sched, self._graph_step(sched)), errors)
         meta = build_metadata([s.block_ids for s in reqs], [s.start_pos for s in reqs],
                               [len(s.token_ids) for s in reqs], self.block_size, self.device)
         meta.plan = self.face.plan(meta)  # once per step, shared by every layer
@@ -69,7 +70,7 @@ class ModelRunner:
             logits = self.model(ids[None], meta.positions, out_rows)[0]  # (K, V)
         finally:
             self.kv.bind(None)
-        return ModelRunnerOutput(self._sample(sched, logits, errors), errors)
+        return ModelRunnerOutput(self._sample(sched, logits), errors)
 
     def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:
         """Logits (R, V) of a decode-only step, replayed from the CUDA graph of its bucket."""
@@ -82,10 +83,11 @@ class ModelRunner:
     def _generator(self, seed: Optional[int]) -> Optional[torch.Generator]:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
 
-    def _sample(self, sched: SchedulerOutput, logits: torch.Tensor, errors: dict[str, str]) -> dict[str, int]:
+    def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, int]:
         """decoding.sample per request: every row greedy in one call (one transfer), then the
         rows with a temperature sampled with their own settings and generator. A request whose
-        own sampling raises gets an entry in `errors` instead of a token."""
+        own sampling raises gets an entry in self.errors instead of a token."""
+        errors = self.errors
         rids = [s.request_id for s in sched.scheduled if s.sample]
         greedy = sample(logits).tolist()  # (K,)
         out = {}
