@@ -9,6 +9,11 @@ from typing import Optional
 
 import torch
 
+# The smallest temperature > 0. The logits are divided by it in fp32: a logit of 100 over 1e-5
+# is 1e7, still finite, while over 1e-40 it is inf, and softmax then gives NaN. For greedy
+# decoding ask for temperature 0.
+MIN_TEMPERATURE = 1e-5
+
 
 def _check(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
     """Raise ValueError naming the bad argument, what was expected and what arrived."""
@@ -16,6 +21,9 @@ def _check(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p
         raise ValueError(f"logits must be (B, V), got shape {tuple(logits.shape)}")
     if not temperature >= 0.0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if 0.0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (smaller ones overflow "
+                         f"logits / temperature), got {temperature}")
     if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
     if top_p is not None and not (0.0 < top_p <= 1.0):

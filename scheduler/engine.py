@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import logging
+import operator
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
@@ -18,14 +21,23 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from cache.block_pool import BlockPool
-from cache.paged_cache import KVCapacity, PagedKVCache, kv_capacity, resolve_budget
+from cache.paged_cache import KVCapacity, PagedKVCache, bytes_per_token, kv_capacity, resolve_budget
 from decoding.generate import ContextLengthError
 from decoding.stopping import stop_string_hit
+from scheduler.outputs import ModelRunnerOutput
 from scheduler.params import Request, RequestStatus, SamplingParams
 from scheduler.runner import ModelRunner
 from scheduler.scheduler import Scheduler, SchedulerConfig
 
 DEFAULT_GPU_MEMORY_FRACTION = 0.9  # of free memory after the weights, as vLLM's default
+# On a CPU with no budget given: room for max_num_seqs full-length requests, but at most this
+# many bytes. Uncapped, a 128k-context config asked 8.6 GB for a 1.4M-parameter model. 256 MiB
+# still holds lab-small's 64 full 512-token requests (192 MiB) and two 128k-token requests of
+# lab-draft. A request that cannot fit is refused at add time (KVCapacityError, naming the
+# budget); pass kv_budget_bytes or num_blocks for more.
+DEFAULT_CPU_KV_BUDGET_BYTES = 256 << 20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,11 +48,12 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int]  # generated ids (a stop token is kept, as decoding.generate does)
     finished: bool
-    finish_reason: Optional[str]  # "stop", "length", "abort"
+    finish_reason: Optional[str]  # "stop", "length", "abort", "error" (then `error` says why)
     ttft_s: Optional[float]  # arrival -> first token
     token_latencies_s: list[float] = field(default_factory=list)  # gaps between consecutive tokens
     num_preemptions: int = 0
     num_prefix_hit_tokens: int = 0
+    error: Optional[str] = None  # what raised, when finish_reason is "error"
     # Makes `text` on first read: an engine step decodes nothing for outputs nobody reads.
     text_fn: Optional[Callable[[], Optional[str]]] = field(default=None, repr=False, compare=False)
 
@@ -48,6 +61,19 @@ class RequestOutput:
     def text(self) -> Optional[str]:
         """Decoded generated text, cut before a matched stop string; None without a tokenizer."""
         return None if self.text_fn is None else self.text_fn()
+
+
+def default_cpu_kv_budget(config, dtype: torch.dtype, max_num_seqs: int, max_model_len: int,
+                          block_size: int) -> tuple[int, str]:
+    """The KV bytes an engine on a CPU reserves when given no budget, and a phrase saying what
+    was chosen: max_num_seqs full-length requests, capped at DEFAULT_CPU_KV_BUDGET_BYTES."""
+    wanted = bytes_per_token(config, dtype) * (max_num_seqs * max_model_len + 2 * block_size)
+    if wanted <= DEFAULT_CPU_KV_BUDGET_BYTES:
+        return wanted, (f"CPU KV budget {wanted / 2**20:.1f} MiB (room for max_num_seqs={max_num_seqs} "
+                        f"requests of max_model_len={max_model_len} tokens)")
+    return DEFAULT_CPU_KV_BUDGET_BYTES, (
+        f"CPU KV budget capped at {DEFAULT_CPU_KV_BUDGET_BYTES / 2**20:.0f} MiB (max_num_seqs={max_num_seqs} "
+        f"requests of max_model_len={max_model_len} tokens would need {wanted / 2**20:.0f} MiB)")
 
 
 class LLMEngine:
@@ -81,17 +107,22 @@ class LLMEngine:
         if max_num_batched_tokens is None:
             max_num_batched_tokens = 512 if policy == "chunked" else max_model_len
         if num_blocks is not None:
-            per_block = kv_capacity(config, dtype, 1 << 62, block_size).bytes_per_block
+            per_block = bytes_per_token(config, dtype) * block_size
             self.capacity = KVCapacity(num_blocks, block_size, per_block)
         else:
+            chosen = None  # what the CPU default picked, said once on stderr
             if kv_budget_bytes is None and gpu_memory_fraction is None:
                 if device.type == "cuda":
                     gpu_memory_fraction = DEFAULT_GPU_MEMORY_FRACTION
-                else:  # CPU: room for max_num_seqs full-length requests
-                    per_tok = kv_capacity(config, dtype, 1 << 62, 1).bytes_per_block
-                    kv_budget_bytes = per_tok * (max_num_seqs * max_model_len + 2 * block_size)
+                else:
+                    kv_budget_bytes, chosen = default_cpu_kv_budget(config, dtype, max_num_seqs, max_model_len,
+                                                                    block_size)
             budget = resolve_budget(device, kv_budget_bytes, gpu_memory_fraction)
             self.capacity = kv_capacity(config, dtype, budget, block_size)
+            if chosen:
+                print(f"LLMEngine: {chosen} = {self.capacity.num_tokens} tokens of KV "
+                      f"({self.capacity.num_blocks - 1} blocks of {block_size}); pass kv_budget_bytes or "
+                      f"num_blocks to choose", file=sys.stderr)
         self.paged_kv = PagedKVCache.allocate(config, self.capacity.num_blocks, block_size, dtype, device)
         self.pool = BlockPool(self.capacity.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(policy, max_num_seqs, max_num_batched_tokens, max_model_len,
@@ -116,18 +147,23 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.paged_kv, face, graphs)
         self._ids = itertools.count()
         self._live: dict[str, Request] = {}
+        self._aborted_in_step: Optional[list[RequestOutput]] = None  # a list while step() runs
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt: Union[str, Sequence[int]], params: Optional[SamplingParams] = None,
                     request_id: Optional[str] = None, on_token: Optional[Callable] = None) -> str:
         """Queue a request; raise (ValueError subclasses) for one that can never run."""
-        params = params or SamplingParams()
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+        if on_token is not None and not callable(on_token):
+            raise ValueError(f"on_token must be callable or None, got {type(on_token).__name__}")
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("a text prompt needs a tokenizer; pass token ids or give LLM a tokenizer")
             prompt_ids = self.tokenizer.encode(prompt, bos=True)
         else:
-            prompt_ids = [int(t) for t in prompt]
+            prompt_ids = _token_ids(prompt)
         vocab = self.model.config.vocab_size
         if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
             raise ValueError(f"prompt ids must be a non-empty list in [0, {vocab}), got {prompt_ids[:8]}")
@@ -152,36 +188,81 @@ class LLMEngine:
         return request_id
 
     def abort_request(self, request_id: str) -> Optional[RequestOutput]:
-        """Cancel a request: its blocks return to the pool now."""
+        """Cancel a request: its blocks return to the pool now. Returns its final output (None if
+        unknown or already finished); called from an on_token callback, step() returns it too."""
         req = self.scheduler.abort_request(request_id)
         self._live.pop(request_id, None)
-        return None if req is None else self._output(req)
+        if req is None:
+            return None
+        out = self._output(req)
+        if self._aborted_in_step is not None:
+            self._aborted_in_step.append(out)
+        return out
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[RequestOutput]:
-        """One iteration: schedule -> execute -> update. Returns the outputs that changed."""
+        """One iteration: schedule -> execute -> update. Returns the outputs that changed.
+
+        Failures stay with their requests. A request whose generator, sampling, stop-string
+        check or on_token callback raises finishes with finish_reason "error" and the message in
+        RequestOutput.error; if the whole step's forward raises, each request of that step
+        finishes so (the traceback is logged). Their blocks are freed and the engine goes on
+        with the others. A request aborted from an on_token callback comes back here, finished.
+        """
         sched = self.scheduler.schedule()
-        result = self.runner.execute(sched)
+        try:
+            result = self.runner.execute(sched)
+        except Exception as e:  # noqa: BLE001 - the step's requests fail, the engine serves the rest
+            log.exception("LLMEngine: a step of %d requests raised; they finish with an error", len(sched.scheduled))
+            why = f"the step's forward raised {type(e).__name__}: {e}"
+            result = ModelRunnerOutput(errors={s.request_id: why for s in sched.scheduled})
         now = time.perf_counter()
-        changed = []
-        for req in self.scheduler.update_from_output(sched, result):
-            if req.first_token_time is None:
-                req.first_token_time = now
-            else:
-                req.token_latencies.append(now - req.token_times[-1])
-            req.token_times.append(now)
-            if not req.status.finished and req.params.stop and self._hit_stop_string(req):
-                self.scheduler.finish_request(req, RequestStatus.FINISHED_STOPPED)
-            out = self._output(req)
-            if out.finished:
-                self._live.pop(req.request_id, None)
-            if req.on_token is not None:
+        changed: dict[str, RequestOutput] = {}
+        self._aborted_in_step = []
+        try:
+            for rid, why in result.errors.items():
+                req = self.scheduler.fail_request(rid, why)
+                if req is not None:
+                    self._emit(req, changed)
+            for req in self.scheduler.update_from_output(sched, result):
+                try:
+                    self._record_token(req, now)
+                except Exception as e:  # noqa: BLE001 - e.g. a tokenizer that cannot decode a sampled id
+                    self.scheduler.fail_request(req.request_id, f"its output stage raised {type(e).__name__}: {e}")
+                self._emit(req, changed)
+            changed.update((out.request_id, out) for out in self._aborted_in_step)
+        finally:
+            self._aborted_in_step = None
+        return list(changed.values())
+
+    def _record_token(self, req: Request, now: float) -> None:
+        """Timings of the token just appended, then the stop strings."""
+        if req.first_token_time is None:
+            req.first_token_time = now
+        else:
+            req.token_latencies.append(now - req.token_times[-1])
+        req.token_times.append(now)
+        if not req.status.finished and req.params.stop and self._hit_stop_string(req):
+            self.scheduler.finish_request(req, RequestStatus.FINISHED_STOPPED)
+
+    def _emit(self, req: Request, changed: dict[str, RequestOutput]) -> None:
+        """req's output into `changed` and to its on_token callback; a callback that raises
+        finishes its request with an error (the others go on)."""
+        out = self._output(req)
+        if out.finished:
+            self._live.pop(req.request_id, None)
+        if req.on_token is not None:
+            try:
                 req.on_token(out)
-            changed.append(out)
-        return changed
+            except Exception as e:  # noqa: BLE001 - the caller's callback; its request alone fails
+                why = f"its on_token callback raised {type(e).__name__}: {e}"
+                if self.scheduler.fail_request(req.request_id, why) is not None:
+                    self._live.pop(req.request_id, None)
+                    out = self._output(req)
+        changed[req.request_id] = out
 
     def _hit_stop_string(self, req: Request) -> bool:
         if self.tokenizer is None:
@@ -203,7 +284,7 @@ class LLMEngine:
             finish_reason=req.status.value if req.status.finished else None,
             ttft_s=None if req.first_token_time is None else req.first_token_time - req.arrival_time,
             token_latencies_s=list(req.token_latencies), num_preemptions=req.num_preemptions,
-            num_prefix_hit_tokens=req.num_prefix_hit_tokens)
+            num_prefix_hit_tokens=req.num_prefix_hit_tokens, error=req.error)
 
     # ------------------------------------------------------------------ the KV, as a benchmark reads it
     def blocks_in_use(self) -> int:
@@ -257,10 +338,16 @@ class LLM:
     def generate(self, prompts, sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
                  on_token: Optional[Callable] = None) -> list[RequestOutput]:
         """Run every prompt (text, or a list of ids; or one of either) to completion; outputs in input order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
+        if not isinstance(prompts, (str, list, tuple)):
+            raise ValueError(f"prompts must be text, a list of token ids, or a list of either; got "
+                             f"{type(prompts).__name__}")
+        if isinstance(prompts, str) or (prompts and not isinstance(prompts[0], (str, list, tuple, torch.Tensor))):
+            prompts = [prompts]  # one prompt (its ids are checked by add_request)
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params or SamplingParams()] * len(prompts)
+        if not isinstance(sampling_params, (list, tuple)):
+            raise ValueError(f"sampling_params must be a SamplingParams or a list of them, got "
+                             f"{type(sampling_params).__name__}")
         if len(sampling_params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
         # Validate every request before queueing any, so a bad one leaves nothing behind.
@@ -268,7 +355,7 @@ class LLM:
         try:
             for prompt, params in zip(prompts, sampling_params):
                 ids.append(self.engine.add_request(prompt, params, on_token=on_token))
-        except ValueError:
+        except Exception:
             for rid in ids:
                 self.engine.abort_request(rid)
             raise
@@ -278,3 +365,14 @@ class LLM:
                 if out.finished:
                     final[out.request_id] = out
         return [final[rid] for rid in ids]
+
+
+def _token_ids(prompt) -> list[int]:
+    """A prompt of token ids as a list of ints; floats, bools and strings are refused, not truncated."""
+    try:
+        ids = list(prompt)
+        if any(isinstance(t, bool) for t in ids):
+            raise TypeError("a bool")
+        return [operator.index(t) for t in ids]
+    except TypeError as e:
+        raise ValueError(f"a prompt must be text or a list of int token ids, got {str(prompt)[:80]} ({e})") from None

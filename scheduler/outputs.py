@@ -46,6 +46,8 @@ class SchedulerOutput:
 
 @dataclass
 class ModelRunnerOutput:
-    """What update_from_output needs: the token sampled for each request that sampled."""
+    """What update_from_output needs: the token sampled for each request that sampled, and
+    the requests whose own sampling raised (request id -> message; they sampled nothing)."""
 
     sampled_token_ids: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)

@@ -3,39 +3,106 @@
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from decoding.sampling import MIN_TEMPERATURE  # the floor for temperature > 0, and why
 from decoding.stopping import LENGTH, STOP
+
+SEED_LIMIT = 1 << 63  # seeds in [0, 2**63): a torch.Generator takes a signed 64-bit seed
+
+
+class SamplingParamsError(ValueError):
+    """A SamplingParams field has the wrong type or is out of range; the message names the field."""
+
+
+def _int(name: str, value) -> int:
+    """value as an int; a bool, a float or a string is refused (no silent truncation)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SamplingParamsError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _real(name: str, value) -> float:
+    """value as a finite float; a bool, a string or NaN/inf is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise SamplingParamsError(f"{name} must be a finite number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def _items(name: str, value, kind: str, check: Callable) -> tuple:
+    """A list/tuple of `kind` values, each passed through `check`; a lone string is one item."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise SamplingParamsError(f"{name} must be a list of {kind}, got {value!r} ({type(value).__name__})")
+    return tuple(check(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def _token_id(name: str, value) -> int:
+    token = _int(name, value)
+    if token < 0:
+        raise SamplingParamsError(f"{name} must be a token id >= 0, got {token}")
+    return token
+
+
+def _stop_string(name: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise SamplingParamsError(f"{name} must be a non-empty string (an empty one matches everywhere), "
+                                  f"got {value!r} ({type(value).__name__})")
+    return value
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens and when to stop. temperature 0 is greedy (top_k/top_p ignored)."""
+    """How to pick tokens and when to stop. temperature 0 is greedy (top_k/top_p ignored).
 
-    temperature: float = 0.0
-    top_k: Optional[int] = None  # keep the k most likely tokens; None = all
+    Every field is checked at construction (SamplingParamsError names the field and the value),
+    so a request that was accepted never fails for its parameters inside an engine step.
+    """
+
+    temperature: float = 0.0  # 0 = greedy, else >= MIN_TEMPERATURE
+    top_k: Optional[int] = None  # keep the k most likely tokens; None (or -1, as vLLM) = all
     top_p: Optional[float] = None  # nucleus mass in (0, 1]; None = off
-    seed: Optional[int] = None  # per-request torch.Generator seed; None = global RNG
-    max_tokens: int = 16  # new tokens at most
+    seed: Optional[int] = None  # per-request torch.Generator seed in [0, 2**63); None = global RNG
+    max_tokens: int = 16  # new tokens at most, >= 1
     stop_token_ids: Sequence[int] = ()  # stop after emitting any of these (kept in the output)
     stop: Sequence[str] = ()  # stop strings: the text is cut before the first match
     ignore_eos: bool = False  # keep going past the tokenizer's eos (benchmarks)
 
     def __post_init__(self):
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and not (isinstance(self.top_k, int) and self.top_k >= 1):
-            raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
-        if not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):
-            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        object.__setattr__(self, "stop", tuple(self.stop))
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        t = _real("temperature", self.temperature)
+        if t != 0.0 and not t >= MIN_TEMPERATURE:
+            raise SamplingParamsError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (smaller ones "
+                                      f"overflow logits / temperature), got {self.temperature!r}")
+        put("temperature", t)
+        if self.top_k is not None:
+            k = _int("top_k", self.top_k)
+            if k < 1 and k != -1:
+                raise SamplingParamsError(f"top_k must be >= 1, or None / -1 for all tokens, got {k}")
+            put("top_k", None if k == -1 else k)
+        if self.top_p is not None:
+            p = _real("top_p", self.top_p)
+            if not 0.0 < p <= 1.0:
+                raise SamplingParamsError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+            put("top_p", p)
+        if self.seed is not None:
+            seed = _int("seed", self.seed)
+            if not 0 <= seed < SEED_LIMIT:
+                raise SamplingParamsError(f"seed must be in [0, 2**63) or None, got {seed}")
+            put("seed", seed)
+        n = _int("max_tokens", self.max_tokens)
+        if n < 1:
+            raise SamplingParamsError(f"max_tokens must be an int >= 1, got {n}")
+        put("max_tokens", n)
+        put("stop_token_ids", _items("stop_token_ids", self.stop_token_ids, "token ids", _token_id))
+        put("stop", _items("stop", self.stop, "strings", _stop_string))
+        if not isinstance(self.ignore_eos, bool):
+            raise SamplingParamsError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
 
 
 class RequestStatus(enum.Enum):
@@ -45,13 +112,15 @@ class RequestStatus(enum.Enum):
     FINISHED_STOPPED = STOP  # a stop token or stop string
     FINISHED_LENGTH = LENGTH  # max_tokens or the model context
     FINISHED_ABORTED = "abort"  # cancelled
+    FINISHED_ERROR = "error"  # executing or sampling it raised; Request.error says what
 
     @property
     def finished(self) -> bool:
         return self in _FINISHED
 
 
-_FINISHED = frozenset((RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED))
+_FINISHED = frozenset((RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED,
+                       RequestStatus.FINISHED_ERROR))
 
 
 @dataclass(eq=False)
@@ -79,6 +148,7 @@ class Request:
     first_token_time: Optional[float] = None
     token_times: list[float] = field(default_factory=list)
     token_latencies: list[float] = field(default_factory=list)  # gaps, appended per token (O(1) a step)
+    error: Optional[str] = None  # why it finished with FINISHED_ERROR
 
     def __post_init__(self):
         self.prompt_token_ids = list(self.prompt_token_ids)

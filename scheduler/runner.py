@@ -3,11 +3,15 @@
 It sees block ids (inside ScheduledRequest) but never the BlockPool; the scheduler
 never sees its tensors. A step is build_metadata -> plan (the attention face's, once per
 step) -> bind -> forward -> sample.
+
+Failures: what one request owns (its generator, its own sampling call) is caught per request
+and reported in ModelRunnerOutput.errors, so the rest of the batch still gets its tokens. A
+failure of the whole step (the forward, the batched greedy pick) raises to the engine.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -29,6 +33,7 @@ class ModelRunner:
         self.block_size = paged_kv.block_size
         self.params: dict[str, NewRequestData] = {}
         self.generators: dict[str, Optional[torch.Generator]] = {}
+        self.errors: dict[str, str] = {}  # this step's per-request failures (request id -> message)
 
     def close(self) -> None:
         """Take the paged caches out of the model (the KV memory goes with the engine)."""
@@ -36,22 +41,23 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        """Run one scheduled step and return the token sampled for each request that samples."""
+        """Run one scheduled step and return the token sampled for each request that samples
+        (and, in `errors`, the requests whose own generator or sampling raised)."""
         for rid in sched.finished_request_ids:
             self.params.pop(rid, None)
             self.generators.pop(rid, None)
+        self.errors = errors = {}
         for new in sched.new_requests:
             self.params[new.request_id] = new
-            self.generators[new.request_id] = (None if new.seed is None else
-                                               torch.Generator(device=self.device).manual_seed(new.seed))
+            self.generators[new.request_id] = _guarded(errors, new.request_id, self._generator, new.seed)
         if not sched.scheduled:
-            return ModelRunnerOutput()
+            return ModelRunnerOutput(errors=errors)
         self.kv.copy_blocks(sched.block_copies)  # copy-on-write before this step's writes
 
         reqs = sched.scheduled
         if (self.graphs is not None and all(len(s.token_ids) == 1 and s.sample for s in reqs)
                 and self.graphs.bucket_for(len(reqs)) is not None):
-            return ModelRunnerOutput(self._sample(sched, self._graph_step(sched)))
+            return ModelRunnerOutput(self._sample(sched, self._graph_step(sched)), errors)
         meta = build_metadata([s.block_ids for s in reqs], [s.start_pos for s in reqs],
                               [len(s.token_ids) for s in reqs], self.block_size, self.device)
         meta.plan = self.face.plan(meta)  # once per step, shared by every layer
@@ -64,7 +70,7 @@ class ModelRunner:
             logits = self.model(ids[None], meta.positions, out_rows)[0]  # (K, V)
         finally:
             self.kv.bind(None)
-        return ModelRunnerOutput(self._sample(sched, logits))
+        return ModelRunnerOutput(self._sample(sched, logits), errors)
 
     def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:
         """Logits (R, V) of a decode-only step, replayed from the CUDA graph of its bucket."""
@@ -74,17 +80,35 @@ class ModelRunner:
         return self.graphs.run([s.token_ids[0] for s in reqs], positions, slots,
                                [s.block_ids for s in reqs], [p + 1 for p in positions])
 
+    def _generator(self, seed: Optional[int]) -> Optional[torch.Generator]:
+        return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, int]:
         """decoding.sample per request: every row greedy in one call (one transfer), then the
-        rows with a temperature sampled with their own settings and generator."""
+        rows with a temperature sampled with their own settings and generator. A request whose
+        own sampling raises gets an entry in self.errors instead of a token."""
+        errors = self.errors
         rids = [s.request_id for s in sched.scheduled if s.sample]
         greedy = sample(logits).tolist()  # (K,)
         out = {}
         for row, rid in enumerate(rids):
             p = self.params[rid]
+            if rid in errors:
+                continue
             if p.temperature == 0.0:
                 out[rid] = greedy[row]
-            else:
-                out[rid] = int(sample(logits[row:row + 1], p.temperature, p.top_k, p.top_p,
-                                      self.generators[rid])[0])
+                continue
+            tok = _guarded(errors, rid, lambda: int(sample(logits[row:row + 1], p.temperature, p.top_k, p.top_p,
+                                                           self.generators[rid])[0]))
+            if rid not in errors:
+                out[rid] = tok
         return out
+
+
+def _guarded(errors: dict[str, str], request_id: str, fn: Callable, *args):
+    """fn(*args); if it raises, None and errors[request_id] = what it raised (one request's failure)."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported on that request's output, the batch goes on
+        errors[request_id] = f"{type(e).__name__}: {e}"
+        return None

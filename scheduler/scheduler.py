@@ -79,9 +79,17 @@ class Scheduler:
     def abort_request(self, request_id: str) -> Optional[Request]:
         """Cancel: free the request's blocks now; None if it is unknown or already finished."""
         req = self.requests.get(request_id)
-        if req is None:
-            return None
-        self.finish_request(req, RequestStatus.FINISHED_ABORTED)
+        if req is not None:
+            self.finish_request(req, RequestStatus.FINISHED_ABORTED)
+        return req
+
+    def fail_request(self, request_id: str, error: str) -> Optional[Request]:
+        """Finish a request with FINISHED_ERROR and the message `error`, freeing its blocks now;
+        None if it is unknown or already finished. The other requests go on."""
+        req = self.requests.get(request_id)
+        if req is not None:
+            req.error = error
+            self.finish_request(req, RequestStatus.FINISHED_ERROR)
         return req
 
     def finish_request(self, req: Request, status: RequestStatus) -> None:
