@@ -131,6 +131,11 @@ def run(opts: Options) -> int:
     if not opts.checkpoint:
         print("error: --checkpoint is required (an HF-layout directory with tokenizer.json)", file=sys.stderr)
         return 2
+    for flag, value, least in (("--window", opts.window, 2), ("--batch_size", opts.batch_size, 1),
+                               ("--max_windows", opts.max_windows, 0)):
+        if value < least:  # checked before any loading: one line, not a traceback from the scoring loop
+            print(f"error: {flag} must be at least {least}, got {value}", file=sys.stderr)
+            return 2
     root = common.repo_root()
     try:
         device = str(resolve_device(opts.device))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -104,3 +105,13 @@ def test_a_nan_perplexity_exits_1_after_writing_results(tmp_path, monkeypatch, c
     assert bp.run(opts) == 1  # main returns it, app.run exits with it
     assert "perplexity is not finite on heldout" in capsys.readouterr().err
     assert (tmp_path / "perplexity.json").exists()
+
+
+@pytest.mark.parametrize("field,value,least", [("window", 1, 2), ("batch_size", 0, 1), ("max_windows", -1, 0)])
+def test_bad_sizes_are_one_error_line_before_any_work(field, value, least, capsys):
+    from bench import perplexity as bp
+
+    opts = bp.Options(checkpoint=str(REPO / "models" / "lab-draft"), tokenizer=None, splits=("heldout",), window=32,
+                      batch_size=8, max_windows=2, bos=False, device="cpu", weights_dtype="float32")
+    assert bp.run(dataclasses.replace(opts, **{field: value})) == 2
+    assert capsys.readouterr().err.strip() == f"error: --{field} must be at least {least}, got {value}"
