@@ -39,16 +39,17 @@ def main(argv) -> int:
                                  f"{model.config.max_seq_len}")
     if max(prompt) >= model.config.vocab_size:
         raise common.ExportError(f"prompt ids must be < vocab_size {model.config.vocab_size}")
+    out = common.prepare_output(FLAGS.output, "export.aoti", FLAGS.checkpoint, FLAGS.overwrite)
     ref, ref_logits = eager_greedy(model, prompt, FLAGS.max_new_tokens)
-    built = compile_packages(model, FLAGS.output, FLAGS.max_seq_len)
-    runner = AOTIRunner(FLAGS.output)
+    built = compile_packages(model, out, FLAGS.max_seq_len)
+    runner = AOTIRunner(out)
     t0 = time.perf_counter()
     got, got_logits = runner.generate(model.config, prompt, FLAGS.max_new_tokens, FLAGS.max_seq_len)
     gen_s = time.perf_counter() - t0
     err = checks.max_abs_diff(got_logits, ref_logits)
     t = built["times"]
     print(f"export {t['export_s']:.1f} s, compile prefill {t['compile_prefill_s']:.1f} s, decode "
-          f"{t['compile_decode_s']:.1f} s -> {FLAGS.output}")
+          f"{t['compile_decode_s']:.1f} s -> {out}")
     print(f"aoti greedy {got}; {FLAGS.max_new_tokens / gen_s:.1f} tokens/s; max |logits - eager| "
           f"{err:.2e}")
     checks.check_fp32("AOTI", got, ref, err)

@@ -29,6 +29,24 @@ def load_source_model(checkpoint: Optional[str], dtype: torch.dtype = torch.floa
     return model.load(checkpoint or "embedded", dtype=dtype, device=device)
 
 
+def define_overwrite_flag() -> None:
+    """--overwrite, the one way past model.output_dir's refusal of a non-empty --output."""
+    from absl import flags
+
+    flags.DEFINE_bool("overwrite", False, "Empty a non-empty --output that this binary did not write and "
+                      "write there. Default off: such a folder is refused and left untouched.")
+
+
+def prepare_output(output: str, writer: str, checkpoint: Optional[str], overwrite: bool) -> str:
+    """--output made ready by model.output_dir.prepare_output_dir (never the --checkpoint folder,
+    never someone else's files without --overwrite); returns its absolute path."""
+    from model.loader import checkpoint_dir
+    from model.output_dir import prepare_output_dir
+
+    return prepare_output_dir(output, writer=writer, flag="--output", overwrite=overwrite,
+                              inputs={"--checkpoint": checkpoint_dir(checkpoint or "embedded")})
+
+
 def parse_dtype(name: str) -> torch.dtype:
     """The --dtype flag as a torch.dtype (model.device's table), or ExportError."""
     from model.device import UsageError, parse_dtype as parse
@@ -75,6 +93,7 @@ def run_main(main_fn) -> None:
     from absl import app
 
     from model.config import ConfigError
+    from model.output_dir import OutputDirError
     from model.weights import CheckpointError
 
     def wrapped(argv):
@@ -83,7 +102,7 @@ def run_main(main_fn) -> None:
             return 2
         try:
             return main_fn(argv) or 0
-        except (ExportError, ConfigError, CheckpointError) as e:
+        except (ExportError, ConfigError, CheckpointError, OutputDirError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
@@ -96,8 +115,10 @@ def define_step_flags(output_default: str, output_help: str) -> None:
 
     flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory or a model.load name (lab-small, "
                         "lab-draft, a preset). Default None: the embedded tiny model of model/embedded.py.")
-    flags.DEFINE_string("output", output_default, output_help + " Default under /tmp so a run never "
-                        "writes into the source tree.")
+    flags.DEFINE_string("output", output_default, output_help + " Relative to where you ran the command; "
+                        "a non-empty folder this binary did not write is refused (see --overwrite). "
+                        "Default under /tmp so a run never writes into the source tree.")
+    define_overwrite_flag()
     flags.DEFINE_integer("max_seq_len", 64, "KV cache length in tokens (static: baked into the graph). "
                          "Default 64: prompt + new tokens of the parity check, small and quick.")
     flags.DEFINE_string("prompt_ids", "256,72,101,108,108,111", "Comma-separated prompt ids. Default: "

@@ -38,11 +38,11 @@ def main(argv) -> int:
     model = common.load_source_model(FLAGS.checkpoint)
     if max(prompt) >= model.config.vocab_size:
         raise common.ExportError(f"prompt ids must be < vocab_size {model.config.vocab_size}")
-    os.makedirs(FLAGS.output, exist_ok=True)
+    out = common.prepare_output(FLAGS.output, "export.onnx_export", FLAGS.checkpoint, FLAGS.overwrite)
     ref, ref_logits = eager_greedy(model, prompt, FLAGS.max_new_tokens)
     ref_forced = checks.forced_logits(eager_step(model, FLAGS.max_seq_len), prompt, ref, None, None)
-    fp32 = os.path.join(FLAGS.output, "step.onnx")
-    int8 = os.path.join(FLAGS.output, "step_int8.onnx")
+    fp32 = os.path.join(out, "step.onnx")
+    int8 = os.path.join(out, "step_int8.onnx")
     t0 = time.perf_counter()
     export_onnx(model, fp32, FLAGS.max_seq_len)
     export_s = time.perf_counter() - t0

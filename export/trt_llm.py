@@ -25,8 +25,10 @@ from export import checks, common, failures
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "HF-layout checkpoint directory. Default None: the embedded "
                     "tiny model of model/embedded.py, so the binary runs anywhere.")
-flags.DEFINE_string("output", "/tmp/lab_trt_llm_ckpt", "Output directory (created; files replaced). "
+flags.DEFINE_string("output", "/tmp/lab_trt_llm_ckpt", "Output directory, relative to where you ran the "
+                    "command; a non-empty folder this binary did not write is refused (see --overwrite). "
                     "Default under /tmp so a run never writes into the source tree.")
+common.define_overwrite_flag()
 flags.DEFINE_enum("quant", "none", ["none", "int8"], "none, or int8 = W8A16 weight-only per output "
                   "channel. Default none: exact weights.")
 flags.DEFINE_enum("dtype", "float16", ["float16", "bfloat16", "float32"], "Weight/activation dtype "
@@ -86,17 +88,17 @@ def main(argv) -> int:
 
     dtype = common.parse_dtype(FLAGS.dtype)
     source = common.load_source_model(FLAGS.checkpoint)  # fp32 reference
+    out = common.prepare_output(FLAGS.output, "export.trt_llm", FLAGS.checkpoint, FLAGS.overwrite)
     t0 = time.perf_counter()
-    cfg = write_checkpoint(source, FLAGS.output, dtype, tp=FLAGS.tp_size, quant=FLAGS.quant,
+    cfg = write_checkpoint(source, out, dtype, tp=FLAGS.tp_size, quant=FLAGS.quant,
                            sm=FLAGS.sm, revision=common.git_revision())
     write_s = time.perf_counter() - t0
-    report = validate_checkpoint(FLAGS.output, source, PROMPT)
-    size = sum(os.path.getsize(os.path.join(FLAGS.output, f)) for f in os.listdir(FLAGS.output)
-               if f.endswith(".safetensors"))
-    print(f"wrote {FLAGS.output}: {cfg['mapping']['tp_size']} rank(s), {cfg['dtype']}, quant_algo "
+    report = validate_checkpoint(out, source, PROMPT)
+    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
+    print(f"wrote {out}: {cfg['mapping']['tp_size']} rank(s), {cfg['dtype']}, quant_algo "
           f"{cfg['quantization']['quant_algo']}, {size / 1e6:.2f} MB in {write_s:.2f} s; "
           f"logits rel err {report['logits_rel_err']:.2e} (tol {report['tolerance']:.0e})")
-    print(engine_parity(FLAGS.output, source, FLAGS.parity_tokens))
+    print(engine_parity(out, source, FLAGS.parity_tokens))
     return 0
 
 

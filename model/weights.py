@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import tempfile
 from typing import Optional
 
 import torch
@@ -128,16 +131,27 @@ def split_shards(tensors: dict, max_shard_bytes=None) -> list[dict]:
     return shards
 
 
-def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = None) -> None:
+def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = None, *,
+               overwrite: bool = False, flag: str = "path", extra_config: Optional[dict] = None,
+               metadata: Optional[dict[str, str]] = None) -> None:
     """Write config.json and safetensors weights in the Hugging Face layout.
 
     One model.safetensors when everything fits in max_shard_bytes (or it is None);
     otherwise model-0000i-of-0000n.safetensors shards plus model.safetensors.index.json
     with metadata.total_size and weight_map, as `save_pretrained` writes them.
-    Tied lm_head.weight is not stored (HF omits it too).
+    Tied lm_head.weight is not stored (HF omits it too). extra_config: keys added to config.json
+    (quant.save_quantized's quantization_config). metadata: strings added to every safetensors
+    file's header (train.checkpoint's step).
+
+    `path` follows model.output_dir.prepare_output_dir (flag names it in errors): a directory
+    someone else wrote is refused unless overwrite. Over an earlier save of ours the files are
+    written into a temporary folder inside `path`, renamed into place, and the weight files of
+    the old save that the new one does not name (its index, shards or single file) are deleted,
+    so the loader never reads stale weights.
     """
-    path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
+    from model.output_dir import prepare_output_dir
+
+    path = prepare_output_dir(path, writer="model.save_model", flag=flag, overwrite=overwrite)
     config = model.config
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
@@ -145,20 +159,51 @@ def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = N
     hf = config.to_hf_config()
     weight_dtype = model.model.embed_tokens.weight.dtype
     hf["dtype"] = dtype_name(weight_dtype) if weight_dtype in SHORT_NAMES else hf["dtype"]
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2, sort_keys=True)
+    hf.update(extra_config or {})
+    tmp = tempfile.mkdtemp(prefix=".saving-", dir=path)
+    try:
+        names = _write_weights(state, tmp, max_shard_bytes, {"format": "pt", **(metadata or {})})
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2, sort_keys=True)
+        _move_into_place(tmp, path, names)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _is_weight_file(name: str) -> bool:
+    """Whether a file name is one save_model writes: the index, the single file or a shard."""
+    return name in (SINGLE_FILE, INDEX_FILE) or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name) is not None
+
+
+def _write_weights(state: dict, out: str, max_shard_bytes: Optional[int], meta: dict) -> list[str]:
+    """Write state as one file or shards + index into out; return the file names, index last."""
     shards = split_shards(state, max_shard_bytes)
-    meta = {"format": "pt"}
     if len(shards) == 1:
-        save_file(shards[0], os.path.join(path, SINGLE_FILE), metadata=meta)
-        return
-    weight_map = {}
+        save_file(shards[0], os.path.join(out, SINGLE_FILE), metadata=meta)
+        return [SINGLE_FILE]
+    weight_map, names = {}, []
     for i, shard in enumerate(shards, 1):
         fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(path, fname), metadata=meta)
+        save_file(shard, os.path.join(out, fname), metadata=meta)
         weight_map.update({name: fname for name in shard})
+        names.append(fname)
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    with open(os.path.join(path, INDEX_FILE), "w") as f:
+    with open(os.path.join(out, INDEX_FILE), "w") as f:
         json.dump(index, f, indent=2)
+    return names + [INDEX_FILE]
+
+
+def _move_into_place(tmp: str, path: str, names: list[str]) -> None:
+    """Rename tmp's weight files (index last) and config.json into path; delete the old save's others.
+
+    A stale index goes first (the loader prefers an index), stale shards and single file last.
+    """
+    stale = [n for n in os.listdir(path) if _is_weight_file(n) and n not in names]
+    if INDEX_FILE in stale:
+        os.remove(os.path.join(path, INDEX_FILE))
+    for name in names + ["config.json"]:
+        os.replace(os.path.join(tmp, name), os.path.join(path, name))
+    for name in stale:
+        if name != INDEX_FILE:
+            os.remove(os.path.join(path, name))

@@ -111,20 +111,20 @@ def quantize(model: nn.Module, method: str = "int8_weight_only",
     return model
 
 
-def save_quantized(model: nn.Module, path: str, max_shard_bytes: Optional[int] = None) -> None:
-    """Write a quantized model in the format of the module docstring."""
+def save_quantized(model: nn.Module, path: str, max_shard_bytes: Optional[int] = None, *,
+                   overwrite: bool = False) -> None:
+    """Write a quantized model in the format of the module docstring.
+
+    `path` follows model.weights.save_model: a directory someone else wrote is refused unless
+    overwrite; over an earlier save of ours, stale weight files are removed.
+    """
     from model.weights import save_model
 
     qc = getattr(model, "quantization", None)
     if qc is None:
         raise QuantizationError("model is not quantized; call quant.quantize(model, ...) first")
-    save_model(model, path, max_shard_bytes=max_shard_bytes)
-    cfg_path = os.path.join(os.fspath(path), "config.json")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    cfg[CONFIG_KEY] = qc
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
+    save_model(model, path, max_shard_bytes=max_shard_bytes, overwrite=overwrite,
+               extra_config={CONFIG_KEY: qc})
 
 
 def _tensor_files(path: str) -> dict[str, str]:

@@ -56,6 +56,7 @@ class TrainConfig:
     keep_best: bool = True
     max_shard_mb: float = 15.0
     resume: bool = False
+    overwrite: bool = False  # empty a non-empty --out_dir (else refused) before a fresh start
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
@@ -64,7 +65,11 @@ class TrainConfig:
 
 
 def repo_path(path: str) -> str:
-    """Absolute path: relative ones are taken from the repository root under `bazel run`."""
+    """Absolute path: relative ones are taken from the repository root under `bazel run`.
+
+    For TrainConfig's defaults (the repo's tokenizer, runs/); paths the user typed go through
+    model.loader.user_path at the flag boundary (train/train.py), so they arrive absolute.
+    """
     if os.path.isabs(path):
         return path
     return os.path.join(os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd()), path)
@@ -220,6 +225,7 @@ def train(cfg: TrainConfig) -> dict:
     out_dir = repo_path(cfg.out_dir)
     last_dir, best_dir = os.path.join(out_dir, "last"), os.path.join(out_dir, "best")
     tok_dir = repo_path(cfg.tokenizer_dir)
+    _prepare_out_dir(cfg, out_dir, last_dir, tok_dir)
     tokenizer = load_tokenizer(tok_dir)
     if tokenizer.bos_id is None or tokenizer.eos_id is None:
         raise TrainingError(f"tokenizer in {tok_dir} lacks BOS/EOS; train one with python3 -m train.tokenizer")
@@ -256,13 +262,15 @@ def train(cfg: TrainConfig) -> dict:
     step_loss = torch.compile(loss_of) if cfg.compile else loss_of
 
     def save(path: str, with_optimizer: bool) -> None:
-        if with_optimizer:
-            checkpoint.save_train_state(path, model, optimizer, {**state, "flags": dataclasses.asdict(cfg)},
-                                        max_shard_bytes=max_shard)
-        else:
-            from model.weights import save_model
-            save_model(model, path, max_shard_bytes=max_shard)
-        copy_tokenizer(tok_dir, path, cfg.seq_len)
+        def write(tmp: str) -> None:
+            if with_optimizer:
+                checkpoint.write_train_state(tmp, model, optimizer, {**state, "flags": dataclasses.asdict(cfg)},
+                                             max_shard_bytes=max_shard)
+            else:
+                from model.weights import save_model
+                save_model(model, tmp, max_shard_bytes=max_shard)
+            copy_tokenizer(tok_dir, tmp, cfg.seq_len)
+        checkpoint.replace_dir(path, write)  # a crash leaves the old save or this one, whole
 
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     flops_token = presets.flops_per_token(config, cfg.seq_len)
@@ -374,6 +382,24 @@ def train(cfg: TrainConfig) -> dict:
     }
     write_model_card(out_dir, summary, [last_dir] + ([best_dir] if os.path.isdir(best_dir) else []))
     return summary
+
+
+def _prepare_out_dir(cfg: TrainConfig, out_dir: str, last_dir: str, tok_dir: str) -> None:
+    """Check --out_dir before any work: a fresh start takes only a new, empty or earlier-run folder,
+    and never one holding a resumable run unless --overwrite; --resume reads it as it is."""
+    from model.output_dir import prepare_output_dir
+    from train import checkpoint
+
+    if cfg.resume:
+        if cfg.overwrite:
+            raise TrainingError("--resume and --overwrite contradict each other; pass one")
+        return
+    checkpoint.settle(last_dir)
+    if not cfg.overwrite and os.path.isfile(os.path.join(last_dir, checkpoint.STATE_FILE)):
+        raise TrainingError(f"--out_dir {out_dir} holds a run that can be resumed ({last_dir}); pass --resume "
+                            "to continue it or --overwrite to start afresh there")
+    prepare_output_dir(out_dir, writer="train.train", flag="--out_dir", overwrite=cfg.overwrite,
+                       inputs={"--tokenizer_dir": tok_dir})
 
 
 def write_model_card(out_dir: str, s: dict, copies: list[str]) -> str:

@@ -34,10 +34,12 @@ flags.DEFINE_integer("n_layers", None, "Override the preset's layer count (defau
 flags.DEFINE_integer("n_heads", None, "Override the preset's query heads (default None: the preset's).")
 flags.DEFINE_integer("n_kv_heads", None, "Override the preset's KV heads (default None: the preset's).")
 flags.DEFINE_integer("intermediate_size", None, "Override the SwiGLU width (default None: the preset's).")
-flags.DEFINE_string("tokenizer_dir", "data/tokenizer", "Folder with tokenizer.json (repo-relative). "
-                    "Default: the tokenizer the repo ships, shared by every lab model.")
-flags.DEFINE_string("out_dir", None, "Output folder (repo-relative or absolute). "
-                    "Default None: runs/<preset>.")
+flags.DEFINE_string("tokenizer_dir", None, "Folder with tokenizer.json (relative to where you ran the "
+                    "command). Default None: data/tokenizer of the repo, shared by every lab model.")
+flags.DEFINE_string("out_dir", None, "Output folder (relative to where you ran the command). Default None: "
+                    "runs/<preset> in the repo. A non-empty folder this binary did not create is refused.")
+flags.DEFINE_bool("overwrite", False, "Empty a non-empty --out_dir (someone else's folder, or a resumable "
+                  "run) and start afresh there. Default off: refuse, so no file is lost.")
 flags.DEFINE_integer("seq_len", 512, "Tokens per training window, also the model's max_seq_len. "
                      "Default 512: ~1,900 chars, several Shakespeare speeches per window.")
 flags.DEFINE_integer("batch_size", 32, "Windows per micro-batch. Default 32: 16K tokens per step at seq_len 512.")
@@ -76,9 +78,17 @@ flags.DEFINE_integer("inject_nan_step", -1, "Testing: make the loss NaN at this 
 
 
 def config_from_flags() -> TrainConfig:
+    """TrainConfig of the flags; paths the user typed made absolute against where the command ran."""
+    from model.loader import user_path
+
     values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig) if f.name in FLAGS}
-    if values.get("out_dir") is None:
-        values["out_dir"] = os.path.join("runs", FLAGS.preset)
+    # Unset: TrainConfig's repo-relative defaults (loop.repo_path); typed: the user's folder.
+    values["out_dir"] = (user_path(values["out_dir"]) if values.get("out_dir")
+                         else os.path.join("runs", FLAGS.preset))
+    if values.get("tokenizer_dir"):
+        values["tokenizer_dir"] = user_path(values["tokenizer_dir"])
+    else:
+        values.pop("tokenizer_dir", None)
     return TrainConfig(**values)
 
 
