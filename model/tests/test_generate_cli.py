@@ -74,3 +74,24 @@ def test_prompt_longer_than_context():
 def test_unknown_device_and_dtype():
     assert "unknown --device" in error_line(run_cli("--device", "tpu"))
     assert "unknown --dtype" in error_line(run_cli("--dtype", "int3"))
+
+
+def test_bad_sampling_and_prompt_flags():
+    assert "--temperature must be 0 (greedy) or a finite value >= 1e-05, got 1e-40" in error_line(
+        run_cli("--checkpoint", "embedded", "--temperature", "1e-40"))
+    assert "--prompt is not valid UTF-8" in error_line(
+        run_cli("--checkpoint", "embedded", "--prompt", b"\xff\xfe".decode("utf-8", "surrogateescape")))
+
+
+def test_nan_checkpoint_is_one_error_line(tmp_path):
+    import torch
+
+    import model
+    from model.weights import save_model
+
+    net = model.load("embedded")
+    with torch.no_grad():
+        net.model.norm.weight[0] = float("nan")
+    save_model(net, tmp_path)
+    line = error_line(run_cli("--checkpoint", str(tmp_path), "--prompt_ids", "1,2"))
+    assert f"tensor model.norm.weight in {tmp_path}/model.safetensors has 1 non-finite" in line
