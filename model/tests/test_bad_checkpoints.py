@@ -150,15 +150,3 @@ def test_bad_tokenizer_raises_tokenizer_error(tmp_path, mutate, pattern):
     with pytest.raises(TokenizerError, match=pattern.format(d=d)):
         load_tokenizer(d)
 
-
-def test_missing_tokenizer_fallback_only_for_a_byte_vocab(capsys):
-    from model.device import UsageError
-    from model.generate import pick_tokenizer
-    from model.tokenizer import ByteTokenizer
-
-    with pytest.raises(UsageError, match=r"/ckpt has no tokenizer.json or tokenizer.model and its vocab \(32000\)"):
-        pick_tokenizer("/ckpt", 32000)
-    assert pick_tokenizer("/ckpt", 32000, needed=False) is None  # --prompt_ids: ids in, ids out
-    assert isinstance(pick_tokenizer("/ckpt", 258), ByteTokenizer)
-    assert "warning: /ckpt has no tokenizer files; using the byte tokenizer" in capsys.readouterr().err
-    assert isinstance(pick_tokenizer(None, 512), ByteTokenizer)  # random weights: no checkpoint, no warning
