@@ -45,8 +45,20 @@ class KVCapacity:
                 f"budget or shorten the request")
 
 
+class KVDtypeError(ValueError):
+    """A KV cache dtype that cannot hold keys and values (not floating point)."""
+
+
+def check_kv_dtype(dtype) -> None:
+    """Raise KVDtypeError unless dtype is a floating torch.dtype (int8/bool K/V would decode garbage)."""
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise KVDtypeError(f"kv_dtype must be a floating torch.dtype (float16, bfloat16, float32), got {dtype}")
+
+
 def bytes_per_token(config, dtype: torch.dtype) -> int:
-    """K and V of one token over all layers: 2 * n_layers * n_kv_heads * head_dim * itemsize."""
+    """K and V of one token over all layers: 2 * n_layers * n_kv_heads * head_dim * itemsize.
+    Raises KVDtypeError for a non-floating dtype."""
+    check_kv_dtype(dtype)
     itemsize = torch.empty((), dtype=dtype).element_size()
     return 2 * config.n_layers * config.n_kv_heads * config.head_dim * itemsize
 
@@ -157,6 +169,8 @@ class PagedKVCache:
 
     @classmethod
     def allocate(cls, config, num_blocks: int, block_size: int, dtype: torch.dtype, device=None) -> "PagedKVCache":
+        """Zeroed K/V blocks for every layer; KVDtypeError for a non-floating dtype."""
+        check_kv_dtype(dtype)
         shape = (num_blocks, block_size, config.n_kv_heads, config.head_dim)
         k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]

@@ -16,6 +16,10 @@ class ContextLengthError(ValueError):
     """Prompt plus requested new tokens do not fit the model's context."""
 
 
+class NonFiniteLogitsError(ArithmeticError):
+    """The model produced NaN/Inf logits (bad weights or an overflow); names the first step and row."""
+
+
 @dataclass
 class GenerationResult:
     """Output of `generate`: ids (prompt + new, per row) and timings in seconds."""
@@ -65,6 +69,9 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tenso
     eos_id keeps it and is done (later ids repeat it); the loop ends when every row is done.
     With eos_id the rows are checked on the host every step (a sync); without, never.
     on_logits(step, logits (B, V)) sees every step's logits.
+    Non-finite logits never become tokens silently: a row's NaN/Inf step is recorded on the
+    device (no sync), sampled as zeros, and the loop raises NonFiniteLogitsError naming the first
+    such step (0 = the prefill's) and row once it ends.
     """
     B, T = prompt.shape
     device = prompt.device
@@ -73,6 +80,7 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tenso
     kept: list[Optional[int]] = [None] * B  # new ids a row keeps, once it has stopped
     tokens = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=device)
     tokens[:, :T] = prompt
+    finite = torch.ones(max_new_tokens, B, dtype=torch.bool, device=device)  # per step and row
     _sync(device)
     t0 = time.perf_counter()
     logits = prefill()
@@ -80,6 +88,8 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tenso
         n = i + 1
         if on_logits is not None:
             on_logits(i, logits)
+        finite[i] = torch.isfinite(logits).all(dim=-1)
+        logits = logits.masked_fill(~finite[i, :, None], 0.0)  # sampleable; the result is refused below
         tokens[:, T + i] = sample(logits, temperature, top_k, top_p, generator)  # (B,)
         if i == 0:
             _sync(device)
@@ -94,6 +104,7 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tenso
             logits = step(tokens, T + i)
     _sync(device)
     t_end = time.perf_counter()
+    _raise_non_finite(finite[:n])
     tokens = tokens[:, :T + n]
     for r, k in enumerate(kept):
         if k is not None:
@@ -101,6 +112,16 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tenso
     new_ids = [row[:k] for row, k in zip(tokens[:, T:].tolist(), kept)]
     return GenerationResult(tokens=tokens, new_ids=new_ids, prefill_s=t_first - t0, decode_s=t_end - t_first,
                             n_new=n)
+
+
+def _raise_non_finite(finite: torch.Tensor) -> None:
+    """Raise NonFiniteLogitsError for the first False of finite (steps, B), if any."""
+    if bool(finite.all()):
+        return
+    step, row = (int(i) for i in (~finite).nonzero()[0])
+    where = "the prefill (step 0)" if step == 0 else f"decode step {step}"
+    raise NonFiniteLogitsError(f"the model produced NaN/Inf logits at {where}, row {row}: the weights hold "
+                               "non-finite values or the activations overflow this dtype (try float32)")
 
 
 @torch.inference_mode()

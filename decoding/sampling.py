@@ -19,11 +19,14 @@ def _check(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p
     """Raise ValueError naming the bad argument, what was expected and what arrived."""
     if logits.dim() != 2:
         raise ValueError(f"logits must be (B, V), got shape {tuple(logits.shape)}")
-    if not temperature >= 0.0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if 0.0 < temperature < MIN_TEMPERATURE:
-        raise ValueError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (smaller ones overflow "
-                         f"logits / temperature), got {temperature}")
+    check_sampling(temperature, top_k, top_p)
+
+
+def check_sampling(temperature: float, top_k: Optional[int] = None, top_p: Optional[float] = None) -> None:
+    """Raise ValueError naming the bad sampling argument: temperature 0 (greedy) or in
+    [MIN_TEMPERATURE, inf), top_k a positive int or None, top_p in (0, 1] or None."""
+    if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature < float("inf")):
+        raise ValueError(f"temperature must be 0 (greedy) or a finite value >= {MIN_TEMPERATURE:g}, got {temperature}")
     if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
     if top_p is not None and not (0.0 < top_p <= 1.0):

@@ -27,18 +27,12 @@ def main(argv) -> int:
     from export.aoti_package import AOTIRunner, compile_packages
     from export.kv_step import eager_greedy
 
-    prompt = [int(t) for t in FLAGS.prompt_ids.split(",") if t.strip()]
-    if len(prompt) < 2:
-        raise common.ExportError("--prompt_ids needs at least 2 ids (prefill is the T >= 2 program)")
-    if len(prompt) + FLAGS.max_new_tokens > FLAGS.max_seq_len:
-        raise common.ExportError(f"prompt ({len(prompt)}) + --max_new_tokens ({FLAGS.max_new_tokens}) "
-                                 f"exceeds --max_seq_len {FLAGS.max_seq_len}")
+    prompt = common.step_flags(min_prompt=2)  # prefill is the T >= 2 program
     model = common.load_source_model(FLAGS.checkpoint)
     if FLAGS.max_seq_len > model.config.max_seq_len:
         raise common.ExportError(f"--max_seq_len {FLAGS.max_seq_len} exceeds the model context "
                                  f"{model.config.max_seq_len}")
-    if max(prompt) >= model.config.vocab_size:
-        raise common.ExportError(f"prompt ids must be < vocab_size {model.config.vocab_size}")
+    common.check_prompt_vocab(prompt, model)
     out = common.prepare_output(FLAGS.output, "export.aoti", FLAGS.checkpoint, FLAGS.overwrite)
     ref, ref_logits = eager_greedy(model, prompt, FLAGS.max_new_tokens)
     built = compile_packages(model, out, FLAGS.max_seq_len)

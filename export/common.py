@@ -109,6 +109,47 @@ def run_main(main_fn) -> None:
     app.run(wrapped)
 
 
+def step_flags(min_prompt: int = 1) -> list[int]:
+    """Validate the flags define_step_flags made, before any export work; return the prompt ids.
+
+    Raises ExportError naming the flag: --prompt_ids not comma-separated ids >= 0 (at least
+    min_prompt of them), --max_new_tokens or --max_seq_len < 1, a prompt that does not fit,
+    an --output that exists and is not a directory.
+    """
+    from absl import flags
+
+    f = flags.FLAGS
+    prompt = parse_ids(f.prompt_ids, "--prompt_ids")
+    if len(prompt) < min_prompt:
+        raise ExportError(f"--prompt_ids needs at least {min_prompt} id(s), got {f.prompt_ids!r}")
+    for name in ("max_new_tokens", "max_seq_len"):
+        if getattr(f, name) < 1:
+            raise ExportError(f"--{name} must be >= 1, got {getattr(f, name)}")
+    if len(prompt) + f.max_new_tokens > f.max_seq_len:
+        raise ExportError(f"prompt ({len(prompt)} ids) + --max_new_tokens ({f.max_new_tokens}) "
+                          f"exceeds --max_seq_len {f.max_seq_len}")
+    if os.path.exists(f.output) and not os.path.isdir(f.output):
+        raise ExportError(f"--output {f.output} exists and is not a directory")
+    return prompt
+
+
+def parse_ids(text: str, flag: str) -> list[int]:
+    """'1,2,3' -> [1, 2, 3]; ExportError naming flag unless every item is an integer >= 0."""
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        ids = [-1]
+    if not all(i >= 0 for i in ids):
+        raise ExportError(f"{flag} must be comma-separated integers >= 0, got {text!r}")
+    return ids
+
+
+def check_prompt_vocab(prompt: list[int], model) -> None:
+    """ExportError unless every prompt id is < the model's vocab_size."""
+    if max(prompt) >= model.config.vocab_size:
+        raise ExportError(f"--prompt_ids must be < vocab_size {model.config.vocab_size}, got {max(prompt)}")
+
+
 def define_step_flags(output_default: str, output_help: str) -> None:
     """The flags the KV-step exporters (AOTI, ONNX) share: source model, output, cache, prompt."""
     from absl import flags

@@ -31,13 +31,9 @@ def main(argv) -> int:
     from export.kv_step import eager_greedy, eager_step
     from export.onnx_step import export_onnx, file_mb, ort_forced, ort_greedy, quantize_onnx_int8
 
-    prompt = [int(t) for t in FLAGS.prompt_ids.split(",") if t.strip()]
-    if not prompt or len(prompt) + FLAGS.max_new_tokens > FLAGS.max_seq_len:
-        raise common.ExportError(f"prompt ({len(prompt)} ids) + --max_new_tokens "
-                                 f"({FLAGS.max_new_tokens}) must fit --max_seq_len {FLAGS.max_seq_len}")
+    prompt = common.step_flags()
     model = common.load_source_model(FLAGS.checkpoint)
-    if max(prompt) >= model.config.vocab_size:
-        raise common.ExportError(f"prompt ids must be < vocab_size {model.config.vocab_size}")
+    common.check_prompt_vocab(prompt, model)
     out = common.prepare_output(FLAGS.output, "export.onnx_export", FLAGS.checkpoint, FLAGS.overwrite)
     ref, ref_logits = eager_greedy(model, prompt, FLAGS.max_new_tokens)
     ref_forced = checks.forced_logits(eager_step(model, FLAGS.max_seq_len), prompt, ref, None, None)

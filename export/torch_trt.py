@@ -42,6 +42,9 @@ FP32_ATOL = 1e-3
 
 @failures.capture("export.torch_trt", quant="none")
 def main(argv) -> int:
+    if FLAGS.max_new_tokens < 1 or len(PROMPT) + FLAGS.max_new_tokens > FLAGS.max_seq_len:
+        raise common.ExportError(f"--max_new_tokens must be >= 1 and prompt ({len(PROMPT)}) + --max_new_tokens "
+                                 f"must fit --max_seq_len {FLAGS.max_seq_len}")
     try:
         import torch_tensorrt
     except ImportError:
@@ -55,8 +58,6 @@ def main(argv) -> int:
     from export.kv_step import KVCacheStep, eager_greedy, empty_caches
 
     n, S = FLAGS.max_new_tokens, FLAGS.max_seq_len
-    if len(PROMPT) + n > S:
-        raise common.ExportError(f"prompt + --max_new_tokens exceeds --max_seq_len {S}")
     model = common.load_source_model(FLAGS.checkpoint, device="cuda")
     ref, ref_logits = eager_greedy(model, PROMPT, n)
     model.setup_caches(1, S)

@@ -87,6 +87,11 @@ def main(argv) -> int:
     from export.trt_llm_ckpt import validate_checkpoint, write_checkpoint
 
     dtype = common.parse_dtype(FLAGS.dtype)
+    for name in ("tp_size", "parity_tokens"):
+        if getattr(FLAGS, name) < 1:
+            raise common.ExportError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
+    if os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
+        raise common.ExportError(f"--output {FLAGS.output} exists and is not a directory")
     source = common.load_source_model(FLAGS.checkpoint)  # fp32 reference
     out = common.prepare_output(FLAGS.output, "export.trt_llm", FLAGS.checkpoint, FLAGS.overwrite)
     t0 = time.perf_counter()

@@ -50,6 +50,11 @@ class ModelConfig:
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
+                     "max_seq_len") + (("head_dim",) if self.head_dim is not None else ()):
+            _check_number(name, getattr(self, name), int)
+        _check_number("norm_eps", self.norm_eps, float)
+        _check_number("rope_theta", self.rope_theta, float)
         if self.head_dim is None:
             if self.dim % self.n_heads != 0:
                 raise ConfigError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}),"
@@ -80,8 +85,14 @@ class ModelConfig:
             if not os.path.isfile(path):
                 raise ConfigError(f"config file not found: {path}; pass a checkpoint directory "
                                   "holding config.json")
-            with open(path) as f:
-                config = json.load(f)
+            config = read_json(path, ConfigError)
+            if not isinstance(config, dict):
+                raise ConfigError(f"{path} holds a JSON {type(config).__name__}, expected an object "
+                                  "of Hugging Face config fields")
+            try:
+                return cls.from_hf_config(config)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
         c = dict(config)
         model_type = c.get("model_type")
         archs = c.get("architectures") or []
@@ -94,6 +105,11 @@ class ModelConfig:
                     "intermediate_size", "vocab_size"):
             if key not in c:
                 raise ConfigError(f"config.json lacks required key {key!r}")
+            _check_number(key, c[key], int)
+        for key, kind in HF_OPTIONAL_NUMBERS.items():
+            if c.get(key) is not None:
+                _check_number(key, c[key], kind)
+        _check_token_ids(c)
         # Bias and pretraining_tp variants change the network; refuse rather than mis-load.
         if c.get("attention_bias") or c.get("mlp_bias"):
             raise ConfigError("attention_bias/mlp_bias checkpoints are not supported; "
@@ -156,6 +172,39 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Optional HF fields that must be positive numbers when present (int: a count, float: any real).
+HF_OPTIONAL_NUMBERS = {"num_key_value_heads": int, "head_dim": int, "max_position_embeddings": int,
+                       "rms_norm_eps": float, "rope_theta": float}
+
+
+def read_json(path: str, error: type):
+    """Parse the JSON file at path; raise `error` naming the file when it cannot be read or parsed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise error(f"cannot read {path} as JSON: {e}") from None
+
+
+def _check_number(field: str, value, kind: type) -> None:
+    """Raise ConfigError naming field unless value is a positive finite int (kind=int) or real number."""
+    ok_type = int if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or not 0 < value < float("inf"):
+        what = "a positive integer" if kind is int else "a positive finite number"
+        raise ConfigError(f"{field} must be {what}, got {value!r}")
+
+
+def _check_token_ids(c: dict) -> None:
+    """bos_token_id: an int >= 0 or null; eos_token_id: that, or a non-empty list of them."""
+    for key in ("bos_token_id", "eos_token_id"):
+        value = c.get(key)
+        ids = value if key == "eos_token_id" and isinstance(value, list) and value else [value]
+        if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                         for i in ids):
+            raise ConfigError(f"{key} must be a non-negative integer (eos: or a list of them) or null, "
+                              f"got {value!r}")
+
+
 def _check_rope_scaling(scaling: dict) -> dict:
     """Validate a llama3 rope_scaling dict; return it with only the llama3 keys."""
     rope_type = scaling.get("rope_type", scaling.get("type", "llama3"))
@@ -172,12 +221,12 @@ def _check_rope_scaling(scaling: dict) -> dict:
 
 def _read_rope(c: dict) -> tuple[float, Optional[dict]]:
     """Return (rope_theta, rope_scaling or None) from either HF spelling."""
-    params = c.get("rope_parameters")
-    if params is None:  # classic spelling: top-level rope_theta + rope_scaling
-        theta = c.get("rope_theta", 10000.0)
-        params = c.get("rope_scaling") or {}
-    else:  # transformers-5 spelling: everything inside rope_parameters
-        theta = params.get("rope_theta", c.get("rope_theta", 10000.0))
+    classic = c.get("rope_parameters") is None  # top-level rope_theta + rope_scaling
+    params = (c.get("rope_scaling") or {}) if classic else c["rope_parameters"]
+    if not isinstance(params, dict):
+        raise ConfigError(f"rope_scaling/rope_parameters must be an object or null, got {params!r}")
+    theta = c.get("rope_theta", 10000.0) if classic else params.get("rope_theta", c.get("rope_theta", 10000.0))
+    _check_number("rope_theta", theta, float)
     rope_type = params.get("rope_type", params.get("type", "default")) if params else "default"
     if rope_type == "default":
         return float(theta), None

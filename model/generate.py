@@ -70,27 +70,66 @@ def _parse_ids(text: str) -> list[int]:
         raise UsageError(f"--prompt_ids must be comma-separated integers, got {text!r}") from None
 
 
+def check_options(opts: Options) -> None:
+    """Raise UsageError naming the flag for a value that cannot run (before any model is loaded)."""
+    from decoding.sampling import check_sampling
+
+    if opts.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens must be >= 1, got {opts.max_new_tokens}")
+    try:
+        check_sampling(opts.temperature, opts.top_k, opts.top_p)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
+    try:
+        if opts.prompt_ids is None:
+            opts.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"--prompt is not valid UTF-8 text: {opts.prompt!r}") from None
+
+
+def pick_tokenizer(path: Optional[str], vocab_size: int, needed: bool = True):
+    """The tokenizer of checkpoint dir `path` (None: random weights), the byte tokenizer, or None.
+
+    A checkpoint without tokenizer files falls back to the byte tokenizer only when its vocab is
+    the byte tokenizer's (258), with a warning on stderr; any other vocab is a UsageError when a
+    tokenizer is `needed` (text prompt), else None (ids in, ids out).
+    """
+    from model.tokenizer import ByteTokenizer, has_tokenizer, load_tokenizer
+
+    if path and has_tokenizer(path):
+        return load_tokenizer(path)
+    fits = vocab_size >= ByteTokenizer.vocab_size
+    if path is None:  # random weights: text is noise anyway; bytes when they fit
+        return ByteTokenizer() if fits else None
+    if vocab_size != ByteTokenizer.vocab_size:
+        if not needed:
+            return None
+        raise UsageError(f"{path} has no tokenizer.json or tokenizer.model and its vocab ({vocab_size}) is not the "
+                         f"byte tokenizer's ({ByteTokenizer.vocab_size}); add the tokenizer files or pass --prompt_ids")
+    print(f"warning: {path} has no tokenizer files; using the byte tokenizer (its vocab size matches)",
+          file=sys.stderr)
+    return ByteTokenizer()
+
+
 def run(opts: Options) -> dict:
     """Do the work of main; return the result record (raises on bad input)."""
     import model
     from decoding.generate import generate
     from model.device import dtype_name, resolve_device, resolve_dtype
     from model.loader import checkpoint_dir
-    from model.tokenizer import ByteTokenizer, has_tokenizer, load_tokenizer
 
-    if opts.max_new_tokens < 1:
-        raise UsageError(f"--max_new_tokens must be >= 1, got {opts.max_new_tokens}")
+    check_options(opts)
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     checkpoint = opts.checkpoint or "lab-small"
     net = model.load(checkpoint, dtype=dtype, device=device)
     path = checkpoint_dir(checkpoint)
-    tokenizer = load_tokenizer(path) if path and has_tokenizer(path) else (
-        ByteTokenizer() if net.config.vocab_size >= ByteTokenizer.vocab_size else None)
+    tokenizer = pick_tokenizer(path, net.config.vocab_size, needed=opts.prompt_ids is None)
     if opts.prompt_ids is not None:
         prompt_ids = _parse_ids(opts.prompt_ids)
     elif tokenizer is None:
-        raise UsageError("the checkpoint has no tokenizer.json or tokenizer.model; pass --prompt_ids")
+        raise UsageError(f"{checkpoint}: vocab {net.config.vocab_size} is smaller than the byte tokenizer's; "
+                         "pass --prompt_ids")
     else:
         prompt_ids = tokenizer.encode(opts.prompt, bos=True)
     vocab = net.config.vocab_size
@@ -119,7 +158,7 @@ def run(opts: Options) -> dict:
 
 def main(argv) -> int:
     """Entry point for absl: print the generation and its speed; exit 2 with one line on error."""
-    from decoding.generate import ContextLengthError
+    from decoding.generate import ContextLengthError, NonFiniteLogitsError
     from model.config import ConfigError
     from model.weights import CheckpointError
 
@@ -129,8 +168,8 @@ def main(argv) -> int:
     opts = options_from_flags()
     try:
         rec = run(opts)
-    except (UsageError, ConfigError, CheckpointError, ContextLengthError, FileNotFoundError,
-            ValueError) as e:
+    except (UsageError, ConfigError, CheckpointError, ContextLengthError, NonFiniteLogitsError,
+            FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if opts.json:

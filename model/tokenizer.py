@@ -4,17 +4,33 @@
 `tokenizer.model` (Llama 2) or a tiktoken BPE-ranks `tokenizer.model` (Llama 3),
 telling them apart by content. Every tokenizer here exposes
 encode(text, bos=...) -> list[int], decode(ids) -> str, bos_id, eos_id, vocab_size.
-The SentencePiece and tiktoken tokenizers read encode's text as plain text: "<s>"
-or "<|eot_id|>" written in a prompt never becomes a special id.
+All three read encode's text as plain text: "<s>" or "<|eot_id|>" written in a
+prompt never becomes a special id (only `bos=True` adds BOS). A file that cannot be
+read raises TokenizerError naming it.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 from typing import Optional, Union
+
+from model.config import read_json
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that cannot be used; the message is one line naming the file."""
+
+
+def _read(path: str, what: str, load):
+    """load(), with any exception the tokenizer library raises turned into TokenizerError naming path."""
+    try:
+        return load()
+    except TokenizerError:
+        raise
+    except Exception as e:  # the libraries raise bare Exception, RuntimeError, OSError, ValueError...
+        raise TokenizerError(f"cannot read {path} as a {what}: {e}") from None
 
 
 class HFTokenizer:
@@ -24,7 +40,8 @@ class HFTokenizer:
         from tokenizers import Tokenizer
 
         self.path = path
-        self._tok = Tokenizer.from_file(path)
+        self._tok = _read(path, "tokenizer.json", lambda: Tokenizer.from_file(path))
+        self._tok.encode_special_tokens = True  # "<s>" in user text is text, as in the other formats
         self.bos_id, self.eos_id = _special_ids(self._tok, os.path.dirname(path))
 
     @property
@@ -45,13 +62,22 @@ class HFTokenizer:
 
 
 def _special_ids(tok, directory: str) -> tuple[Optional[int], Optional[int]]:
-    """Find BOS/EOS ids from tokenizer_config.json, else from well-known token strings."""
+    """Find BOS/EOS ids from tokenizer_config.json, else from well-known token strings.
+
+    A bos_token/eos_token that tokenizer_config.json names but the vocabulary lacks is a
+    TokenizerError naming the token and the file (never a silent None).
+    """
     bos = eos = None
     cfg_path = os.path.join(directory, "tokenizer_config.json")
     if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            cfg = json.load(f)
+        cfg = read_json(cfg_path, TokenizerError)
+        if not isinstance(cfg, dict):
+            raise TokenizerError(f"{cfg_path} holds a JSON {type(cfg).__name__}, expected an object")
         bos, eos = (_token_str(cfg.get(k)) for k in ("bos_token", "eos_token"))
+        for key, name in (("bos_token", bos), ("eos_token", eos)):
+            if name is not None and (not isinstance(name, str) or tok.token_to_id(name) is None):
+                raise TokenizerError(f"{cfg_path}: {key} {name!r} is not in the vocabulary of "
+                                     f"{os.path.join(directory, 'tokenizer.json')}")
     bos = bos or next((t for t in ("<|begin_of_text|>", "<s>") if tok.token_to_id(t) is not None), None)
     eos = eos or next((t for t in ("<|end_of_text|>", "<|eot_id|>", "</s>")
                        if tok.token_to_id(t) is not None), None)
@@ -89,7 +115,7 @@ class SentencePieceTokenizer:
         import sentencepiece
 
         self.path = path
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        self._sp = _read(path, "SentencePiece model", lambda: sentencepiece.SentencePieceProcessor(model_file=path))
         self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
         self.vocab_size = self._sp.get_piece_size()
 
@@ -125,9 +151,7 @@ class TiktokenTokenizer:
         import tiktoken
 
         self.path = path
-        with open(path, "rb") as f:
-            rows = (line.split() for line in f if line.strip())  # b"<base64 token> <rank>"
-            ranks = {base64.b64decode(tok): int(rank) for tok, rank in rows}
+        ranks = _read(path, "tiktoken BPE-ranks file", lambda: _read_ranks(path))
         self.special_tokens = _llama3_specials(len(ranks))
         self._enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=LLAMA3_SPLIT_PATTERN,
                                       mergeable_ranks=ranks, special_tokens=self.special_tokens)
@@ -146,6 +170,13 @@ class TiktokenTokenizer:
     def decode(self, ids: list[int]) -> str:
         """Text of ids, special tokens dropped, invalid UTF-8 replaced."""
         return self._enc.decode([i for i in ids if 0 <= i < self.num_base_tokens])
+
+
+def _read_ranks(path: str) -> dict[bytes, int]:
+    """The {token bytes: rank} of a tiktoken file of `<base64 token> <rank>` lines."""
+    with open(path, "rb") as f:
+        rows = (line.split() for line in f if line.strip())
+        return {base64.b64decode(tok, validate=True): int(rank) for tok, rank in rows}
 
 
 def _llama3_specials(num_base: int) -> dict[str, int]:
@@ -185,7 +216,7 @@ def detect_format(path: str) -> str:
     # a one-byte length), whose own field 1 is the piece string (tag 0x0A again).
     if head[:1] == b"\x0a" and head[2:3] == b"\x0a":
         return "sentencepiece"
-    raise ValueError(f"unknown tokenizer format: {path}; expected a tokenizer.json, "
+    raise TokenizerError(f"unknown tokenizer format: {path}; expected a tokenizer.json, "
                      "a SentencePiece model or a tiktoken BPE-ranks file")
 
 

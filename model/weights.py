@@ -7,6 +7,7 @@ from safetensors files, so an 8B model never needs two copies in memory. Pickle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,10 +16,10 @@ import tempfile
 from typing import Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from model.config import ModelConfig
+from model.config import ModelConfig, read_json
 from model.device import SHORT_NAMES, UsageError, dtype_name, parse_dtype
 from model.llama import Transformer
 
@@ -30,28 +31,44 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message is one line saying why."""
 
 
-def _weight_files(path: str) -> dict[str, str]:
-    """Map each tensor name to the safetensors file holding it."""
+@contextlib.contextmanager
+def open_safetensors(fname: str, error: type = CheckpointError):
+    """safe_open(fname) on the CPU; a truncated or foreign file raises `error` naming it."""
+    try:
+        with safe_open(fname, framework="pt", device="cpu") as f:
+            yield f
+    except (SafetensorError, OSError) as e:
+        raise error(f"cannot read {fname} as safetensors: {e}") from None
+
+
+def weight_files(path: str, error: type = CheckpointError) -> dict[str, str]:
+    """Map each tensor name to the safetensors file holding it (model.safetensors or an index
+    whose shards all lie inside path); raise `error` naming the file when that cannot be done."""
     index = os.path.join(path, INDEX_FILE)
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        weight_map = read_json(index, error)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise error(f"{index} has no weight_map object (tensor name -> shard file)")
         files = {}
         for name, fname in weight_map.items():
+            # A shard is a plain file name beside the index: never a path that leaves the directory.
+            if not isinstance(fname, str) or os.path.basename(fname) != fname or fname in ("", ".", ".."):
+                raise error(f"{index} maps {name} to {fname!r}, not a file name inside {path}")
             full = os.path.join(path, fname)
             if not os.path.isfile(full):
-                raise CheckpointError(f"{INDEX_FILE} names shard {fname} which is missing from {path}")
+                raise error(f"{index} names shard {fname} which is missing from {path}")
             files[name] = full
         return files
     single = os.path.join(path, SINGLE_FILE)
     if os.path.isfile(single):
-        with safe_open(single, framework="pt") as f:
+        with open_safetensors(single, error) as f:
             return {name: single for name in f.keys()}
     if any(n.endswith(".bin") or n.endswith(".pt") or n.endswith(".pth") for n in os.listdir(path)):
-        raise CheckpointError(
+        raise error(
             f"no {SINGLE_FILE} or {INDEX_FILE} in {path}; pickle .bin/.pt weights are not loaded: "
             "convert with transformers (AutoModelForCausalLM.from_pretrained(p).save_pretrained(p))")
-    raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}; expected safetensors weights")
+    raise error(f"no {SINGLE_FILE} or {INDEX_FILE} in {path}; expected safetensors weights")
 
 
 def _resolve_dtype(dtype, config: ModelConfig) -> torch.dtype:
@@ -75,7 +92,7 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
         raise CheckpointError(f"no config.json in {path}; expected a Hugging Face checkpoint directory")
     config = ModelConfig.from_hf_config(os.path.join(path, "config.json"))
     dtype = _resolve_dtype(dtype, config)
-    files = _weight_files(path)
+    files = weight_files(path)
 
     with torch.device("meta"):
         model = Transformer(config)
@@ -97,18 +114,44 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     for name in sorted(wanted):
         by_file.setdefault(files[name], []).append(name)
     for fname, tensor_names in by_file.items():
-        with safe_open(fname, framework="pt", device="cpu") as f:
+        with open_safetensors(fname) as f:
             for name in tensor_names:
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != tuple(expected[name]):
-                    raise CheckpointError(f"tensor {name}: config.json implies shape "
-                                          f"{tuple(expected[name])} but the checkpoint has {shape}")
-                state[name] = f.get_tensor(name).to(dtype=dtype).to(device)
+                t = read_float_tensor(f, fname, name, tuple(expected[name])).to(dtype=dtype)
+                check_finite(t, name, fname, dtype)
+                state[name] = t.to(device)
     if tied:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, assign=True, strict=True)
     model.tie_weights()  # assign=True replaced the shared Parameter; share it again
     return model.eval()
+
+
+def read_float_tensor(f, fname: str, name: str, shape: tuple, error: type = CheckpointError) -> torch.Tensor:
+    """Tensor `name` of the open safetensors file f, which must have `shape` and a floating dtype
+    (an int8 or bool tensor where float weights belong is refused, not cast); `error` otherwise."""
+    sl = f.get_slice(name)
+    got = tuple(sl.get_shape())
+    if got != shape:
+        raise error(f"tensor {name} in {fname}: config.json implies shape {shape} but the checkpoint has {got}")
+    if sl.get_dtype() not in FLOAT_CODES:
+        raise error(f"tensor {name} in {fname} has dtype {sl.get_dtype()}; float weights are expected "
+                    f"({', '.join(FLOAT_CODES)})")
+    try:
+        return f.get_tensor(name)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise error(f"cannot read tensor {name} from {fname}: {e}") from None
+
+
+# safetensors dtype codes of the floating types a weight may be stored in.
+FLOAT_CODES = ("F32", "F16", "BF16", "F64")
+
+
+def check_finite(t: torch.Tensor, name: str, fname: str, dtype: torch.dtype, error: type = CheckpointError) -> None:
+    """Raise `error` naming tensor and file when t (already in the load dtype) holds NaN or Inf."""
+    bad = t.numel() - int(torch.isfinite(t).sum())
+    if bad:
+        raise error(f"tensor {name} in {fname} has {bad} non-finite (NaN/Inf) value(s) in {dtype_name(dtype)}; "
+                    "the checkpoint is corrupt or overflows this dtype")
 
 
 def _short(names: list[str], n: int = 5) -> str:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from quant.int8 import Int8WeightOnlyLinear
@@ -127,33 +126,21 @@ def save_quantized(model: nn.Module, path: str, max_shard_bytes: Optional[int] =
                extra_config={CONFIG_KEY: qc})
 
 
-def _tensor_files(path: str) -> dict[str, str]:
-    """Map tensor name -> safetensors file (single model.safetensors or an index)."""
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            return {k: os.path.join(path, v) for k, v in json.load(f)["weight_map"].items()}
-    single = os.path.join(path, "model.safetensors")
-    if not os.path.isfile(single):
-        raise QuantizationError(f"no model.safetensors or index in {path}")
-    with safe_open(single, framework="pt") as f:
-        return {k: single for k in f.keys()}
-
-
 def load_quantized(path: str, device="cpu", dtype=None) -> nn.Module:
     """Load a checkpoint written by save_quantized; dtype (default: the checkpoint's) applies to
     floating-point tensors only (int8 weights stay int8, scales stay fp32)."""
     from model.config import ModelConfig
     from model.llama import Transformer
+    from model.config import ConfigError, read_json
     from model.device import DTYPES
+    from model.weights import check_finite, open_safetensors, weight_files
 
     path = os.fspath(path)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise QuantizationError(f"no config.json in {path}; expected a save_quantized directory")
-    with open(cfg_path) as f:
-        raw = json.load(f)
-    qc = raw.get(CONFIG_KEY)
+    raw = read_json(cfg_path, QuantizationError)
+    qc = raw.get(CONFIG_KEY) if isinstance(raw, dict) else None
     if not qc or qc.get("quant_method") != "lab":
         raise QuantizationError(f"{cfg_path} has no lab quantization_config; load it with "
                                 "model.weights.load_model instead")
@@ -161,7 +148,10 @@ def load_quantized(path: str, device="cpu", dtype=None) -> nn.Module:
         raise QuantizationError(f"quantization format version {qc.get('version')} is not "
                                 f"{FORMAT_VERSION}; re-export with this code")
     qm = _method(qc["method"])
-    config = ModelConfig.from_hf_config(raw)
+    try:
+        config = ModelConfig.from_hf_config(raw)
+    except ConfigError as e:
+        raise QuantizationError(f"{cfg_path}: {e}") from None
     dtype = dtype or DTYPES.get(config.torch_dtype, torch.float32)
     with torch.device("meta"):
         model = Transformer(config)
@@ -169,7 +159,7 @@ def load_quantized(path: str, device="cpu", dtype=None) -> nn.Module:
     expected = dict(model.state_dict())
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
-    files = _tensor_files(path)
+    files = weight_files(path, QuantizationError)
     missing = sorted(set(expected) - set(files))
     unexpected = sorted(set(files) - set(expected))
     if missing or unexpected:
@@ -180,15 +170,19 @@ def load_quantized(path: str, device="cpu", dtype=None) -> nn.Module:
         by_file.setdefault(files[name], []).append(name)
     state = {}
     for fname, names in by_file.items():
-        with safe_open(fname, framework="pt", device="cpu") as f:
+        with open_safetensors(fname, QuantizationError) as f:
             for name in names:
                 t, ref = f.get_tensor(name), expected[name]
                 if tuple(t.shape) != tuple(ref.shape) or (t.dtype == torch.int8) != (
                         ref.dtype == torch.int8):
                     raise QuantizationError(f"tensor {name}: expected {tuple(ref.shape)} "
                                             f"{ref.dtype}, found {tuple(t.shape)} {t.dtype}")
+                if ref.dtype != torch.int8 and not t.is_floating_point():
+                    raise QuantizationError(f"tensor {name} in {fname} has dtype {t.dtype}; expected floating point")
                 if t.is_floating_point() and not name.endswith("weight_scale"):
                     t = t.to(dtype)
+                if t.is_floating_point():
+                    check_finite(t, name, fname, t.dtype, QuantizationError)
                 state[name] = t.to(device)
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]

@@ -107,3 +107,17 @@ def test_paged_kv_cache_allocate_and_copy_blocks():
     cache.k[1][2] = 3.0
     cache.copy_blocks([(2, 3)])
     assert torch.equal(cache.k[1][3], cache.k[1][2]) and cache.k[0][3].abs().sum() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.int32, "float16"])
+def test_non_float_kv_dtype_refused(dtype):
+    from types import SimpleNamespace
+
+    from cache import KVDtypeError
+
+    config = SimpleNamespace(n_layers=2, n_kv_heads=2, head_dim=8)
+    with pytest.raises(KVDtypeError, match="kv_dtype must be a floating torch.dtype"):
+        kv_capacity(config, dtype, 1 << 20)
+    with pytest.raises(KVDtypeError, match=f"got {dtype}"):
+        PagedKVCache.allocate(config, 4, 16, dtype)
+    assert PagedKVCache.allocate(config, 4, 16, torch.bfloat16).k[0].dtype == torch.bfloat16  # control

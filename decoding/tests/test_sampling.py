@@ -57,8 +57,11 @@ def test_temperature_sharpens():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), "temperature must be >= 0"),
-    (dict(temperature=1e-40), r"temperature must be 0 \(greedy\) or >= 1e-05 .*, got 1e-40"),
+    (dict(temperature=-1.0), "temperature must be 0"),
+    (dict(temperature=1e-40), r"temperature must be 0 \(greedy\) or a finite value >= 1e-05"),
+    (dict(temperature=float("nan")), "temperature must be 0"),
+    (dict(temperature=float("inf")), "temperature must be 0"),
+    (dict(temperature=1.0, top_p=float("nan")), r"top_p must be in \(0, 1\]"),
     (dict(temperature=1.0, top_k=0), "top_k must be a positive int"),
     (dict(temperature=1.0, top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(temperature=1.0, top_p=1.5), r"top_p must be in \(0, 1\]"),

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from model.generate import Options, run
 
 # Not resolved: under Bazel this file is a symlink and the runfiles tree is the root.
@@ -74,3 +76,37 @@ def test_prompt_longer_than_context():
 def test_unknown_device_and_dtype():
     assert "unknown --device" in error_line(run_cli("--device", "tpu"))
     assert "unknown --dtype" in error_line(run_cli("--dtype", "int3"))
+
+
+def test_bad_sampling_and_prompt_flags():
+    assert "--temperature must be 0 (greedy) or a finite value >= 1e-05, got 1e-40" in error_line(
+        run_cli("--checkpoint", "embedded", "--temperature", "1e-40"))
+    assert "--prompt is not valid UTF-8" in error_line(
+        run_cli("--checkpoint", "embedded", "--prompt", b"\xff\xfe".decode("utf-8", "surrogateescape")))
+
+
+def test_nan_checkpoint_is_one_error_line(tmp_path):
+    import torch
+
+    import model
+    from model.weights import save_model
+
+    net = model.load("embedded")
+    with torch.no_grad():
+        net.model.norm.weight[0] = float("nan")
+    save_model(net, tmp_path)
+    line = error_line(run_cli("--checkpoint", str(tmp_path), "--prompt_ids", "1,2"))
+    assert f"tensor model.norm.weight in {tmp_path}/model.safetensors has 1 non-finite" in line
+
+
+def test_missing_tokenizer_fallback_only_for_a_byte_vocab(capsys):
+    from model.device import UsageError
+    from model.generate import pick_tokenizer
+    from model.tokenizer import ByteTokenizer
+
+    with pytest.raises(UsageError, match=r"/ckpt has no tokenizer.json or tokenizer.model and its vocab \(32000\)"):
+        pick_tokenizer("/ckpt", 32000)
+    assert pick_tokenizer("/ckpt", 32000, needed=False) is None  # --prompt_ids: ids in, ids out
+    assert isinstance(pick_tokenizer("/ckpt", 258), ByteTokenizer)
+    assert "warning: /ckpt has no tokenizer files; using the byte tokenizer" in capsys.readouterr().err
+    assert isinstance(pick_tokenizer(None, 512), ByteTokenizer)  # random weights: no checkpoint, no warning

@@ -115,3 +115,13 @@ def test_missing_tokenizer(tmp_path):
         load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match="tokenizer file not found"):
         load_tokenizer(tmp_path / "tokenizer.model")
+
+
+def test_special_token_text_is_plain_text_in_every_format():
+    """"<s>" typed by a user is text, never BOS/EOS, whatever the tokenizer format."""
+    lab = Path(__file__).absolute().parents[2] / "models/lab-small"
+    for path in [lab, TOKENIZERS / "llama2", TOKENIZERS / "llama3"]:
+        tok = load_tokenizer(path)
+        ids = tok.encode("a <s> b </s> <|begin_of_text|>", bos=False)
+        assert tok.bos_id not in ids and tok.eos_id not in ids, (path, ids)
+        assert tok.encode("<s>", bos=True).count(tok.bos_id) == 1, path
