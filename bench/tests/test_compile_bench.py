@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import compile as bc
-from bench.tests import exit_code
+from bench.tests import exit_code, options_without_flags
 
 # A quick CPU run: the embedded model, eager and default, a 4-token prompt in a 16-token cache.
 QUICK = bc.Options(variants=("eager", "default"), checkpoint=None, dtype="fp32", device="cpu", prefill_len=4,
@@ -109,3 +109,7 @@ def test_usage_errors(tmp_path, monkeypatch, bad):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
     with pytest.raises(Exception, match="prefill_len|unknown"):  # both refused before any variant is built
         bc.run(dataclasses.replace(QUICK, **bad))
+
+
+def test_every_option_is_a_flag():
+    assert options_without_flags(bc) == []

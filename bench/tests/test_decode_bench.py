@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench import decode as bd
+from bench.tests import options_without_flags
 
 # The CPU defaults (tiny preset, fp32, hf/eager/fused) on 8-token prompts, 6 new tokens.
 SMALL = bd.Options(preset=None, n_layers=None, dtype=None, device="cpu", prompt_len=8, new_tokens=6,
@@ -67,3 +68,7 @@ def test_wrong_variant_is_never_timed(monkeypatch):
     row = bd.run_variant("fused", model, gen, ref, prompt, 40, torch.float32, "cpu")
     assert row["status"].startswith("WRONG: fused bs1: logit error"), row
     assert "tok_s" not in row and timed == [32]  # the check run only
+
+
+def test_every_option_is_a_flag():
+    assert options_without_flags(bd) == []

@@ -11,7 +11,7 @@ import torch
 
 from bench import common
 from bench import flash_attention as fb
-from bench.tests import exit_code
+from bench.tests import exit_code, options_without_flags
 from kernels.attention_ref import attention_ref, paged_decode_ref, paged_kv
 
 # A CPU run of every sweep at two small sizes, head dim 16; None: the CPU default of that setting.
@@ -159,3 +159,7 @@ def test_main_cpu_run_writes_results(tmp_path, monkeypatch, capsys):
     assert rec["p10_us"] <= rec["p50_us"] <= rec["p90_us"]
     assert math.isclose(rec["value"], fb.attention_flops(2, 4, 64, 64, 16, True) / rec["p50_us"] / 1e3)
     assert not any("/ours/" in n for n in records)  # ours cannot run here
+
+
+def test_every_option_is_a_flag():
+    assert options_without_flags(fb) == []

@@ -10,7 +10,7 @@ import torch
 
 from bench import common
 from bench import kernel_ops as kb
-from bench.tests import exit_code
+from bench.tests import exit_code, options_without_flags
 
 # Two row counts at small widths, bf16 and fp32; None: the CPU default of that setting.
 SMALL = kb.Options(ops=kb.OPS, dtypes=("bf16", "fp32"),
@@ -135,3 +135,7 @@ def test_main_exits_normally_when_every_variant_is_right(stub_ops, tmp_path, mon
                                dtypes=("fp32",), plot=False)
     assert exit_code(kb.run, opts) is None
     assert (tmp_path / "kernels.json").exists()
+
+
+def test_every_option_is_a_flag():
+    assert options_without_flags(kb) == []

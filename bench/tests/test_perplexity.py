@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import perplexity as bpx
 from bench.perplexity import perplexity
+from bench.tests import options_without_flags
 from model.config import ModelConfig
 from model.llama import Transformer
 
@@ -115,3 +117,7 @@ def test_bad_sizes_are_one_error_line_before_any_work(field, value, least, capsy
                       batch_size=8, max_windows=2, bos=False, device="cpu", weights_dtype="float32")
     assert bp.run(dataclasses.replace(opts, **{field: value})) == 2
     assert capsys.readouterr().err.strip() == f"error: --{field} must be at least {least}, got {value}"
+
+
+def test_every_option_is_a_flag():
+    assert options_without_flags(bpx) == []

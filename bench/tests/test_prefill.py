@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import prefill as bp
-from bench.tests import exit_code
+from bench.tests import exit_code, options_without_flags
 
 # Every experiment at its smallest: seconds on a CPU. None: the CPU default of that setting.
 MINIMAL = bp.Options(experiments=None, preset="embedded", n_layers=None, device="cpu", dtype="fp32", prompt_len=8,
@@ -140,3 +140,7 @@ def test_bad_input_is_one_clear_error(tmp_path, monkeypatch, bad, match):
     with pytest.raises(bp.PrefillError, match=match):
         bp.run(dataclasses.replace(MINIMAL, **bad))
     assert not (tmp_path / "prefill.json").exists()  # refused before anything ran
+
+
+def test_every_option_is_a_flag():
+    assert options_without_flags(bp) == []

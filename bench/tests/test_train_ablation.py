@@ -3,6 +3,7 @@
 import json
 
 from bench import train_ablation as ablation
+from bench.tests import options_without_flags
 
 
 def test_cpu_ablation_writes_rows(tmp_path, monkeypatch):
@@ -16,3 +17,7 @@ def test_cpu_ablation_writes_rows(tmp_path, monkeypatch):
         assert r["final_heldout_loss"] < r["first_eval_loss"] + 1e-6  # learned (or at least did not diverge)
     assert rows[0]["speedup_vs_first"] == 1.0
     assert (tmp_path / "train_ablation.png").stat().st_size > 0
+
+
+def test_every_option_is_a_flag():
+    assert options_without_flags(ablation) == []
