@@ -52,7 +52,7 @@ def test_int8_gate_fails_on_nan():
 
 
 def test_trt_llm_checkpoint_gate_fails_on_nan(tmp_path):
-    from export.tests.test_trt_llm import make_model
+    from export.tests.models import trt_model as make_model
     from export.trt_llm_ckpt import validate_checkpoint, write_checkpoint
 
     model = make_model()

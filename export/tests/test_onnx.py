@@ -29,4 +29,4 @@ def test_binary(tmp_path):
     proc = run_cli("onnx_export", "--output", str(tmp_path), "--max_new_tokens", "4", "--max_seq_len", "16")
     assert proc.returncode == 0, proc.stderr
     assert "tokens identical" in proc.stdout and (tmp_path / "step_int8.onnx").is_file()
-    assert "must fit --max_seq_len" in error_line(run_cli("onnx_export", "--max_new_tokens", "100"))
+    assert "exceeds --max_seq_len" in error_line(run_cli("onnx_export", "--max_new_tokens", "100"))

@@ -6,26 +6,12 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from export.common import ExportError
 from export.tests.cli import error_line, run_cli
+from export.tests.models import trt_model as make_model
 from export.trt_llm_ckpt import (expected_tensors, preprocess_int8_weight, read_checkpoint, to_hf_state,
                                  unpreprocess_int8_weight, validate_checkpoint, write_checkpoint)
-from model.config import ModelConfig
-from model.llama import Transformer
-
-
-def make_model(tie=False, **overrides):
-    """A small random model; the default shapes also satisfy the W8A16 layout at tp 1 and 2."""
-    torch.manual_seed(0)
-    cfg = dict(dim=128, intermediate_size=256, n_layers=2, vocab_size=301, tie_word_embeddings=tie)
-    cfg.update(overrides)
-    model = Transformer(ModelConfig.from_name("tiny").replace(**cfg))
-    for name, p in model.named_parameters():
-        if not name.endswith("norm.weight"):
-            nn.init.normal_(p, std=0.02)
-    return model.eval()
 
 
 # TensorRT-LLM's own Llama converter, the table below is read from:
