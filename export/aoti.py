@@ -28,6 +28,7 @@ def main(argv) -> int:
     from export.kv_step import eager_greedy
 
     prompt = common.step_flags(min_prompt=2)  # prefill is the T >= 2 program
+    common.prepare_output(FLAGS.output, "export.aoti", FLAGS.checkpoint, FLAGS.overwrite, create=False)
     model = common.load_source_model(FLAGS.checkpoint)
     if FLAGS.max_seq_len > model.config.max_seq_len:
         raise common.ExportError(f"--max_seq_len {FLAGS.max_seq_len} exceeds the model context "

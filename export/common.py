@@ -14,13 +14,6 @@ class ExportError(ValueError):
     """Bad input to an export (flags, shapes, checkpoint); reported as `error: ...`, exit 2."""
 
 
-def embedded_model() -> torch.nn.Module:
-    """The tiny model `--checkpoint embedded` names (model/embedded.py), fp32 CPU."""
-    import model
-
-    return model.load("embedded")
-
-
 def load_source_model(checkpoint: Optional[str], dtype: torch.dtype = torch.float32,
                       device="cpu") -> torch.nn.Module:
     """model.load of --checkpoint (None: the embedded tiny model), in eval mode."""
@@ -37,14 +30,17 @@ def define_overwrite_flag() -> None:
                       "write there. Default off: such a folder is refused and left untouched.")
 
 
-def prepare_output(output: str, writer: str, checkpoint: Optional[str], overwrite: bool) -> str:
+def prepare_output(output: str, writer: str, checkpoint: Optional[str], overwrite: bool,
+                   create: bool = True) -> str:
     """--output made ready by model.output_dir.prepare_output_dir (never the --checkpoint folder,
-    never someone else's files without --overwrite); returns its absolute path."""
+    never someone else's files without --overwrite); returns its absolute path. create=False only
+    checks (model.output_dir.check_output_dir): what a binary does with its other flags, before work."""
     from model.loader import checkpoint_dir
-    from model.output_dir import prepare_output_dir
+    from model.output_dir import check_output_dir, prepare_output_dir
 
-    return prepare_output_dir(output, writer=writer, flag="--output", overwrite=overwrite,
-                              inputs={"--checkpoint": checkpoint_dir(checkpoint or "embedded")})
+    prepare = prepare_output_dir if create else check_output_dir
+    return prepare(output, writer=writer, flag="--output", overwrite=overwrite,
+                   inputs={"--checkpoint": checkpoint_dir(checkpoint or "embedded")})
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -69,23 +65,6 @@ def git_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
-
-
-def greedy_tokens(step, prompt: torch.Tensor, max_new_tokens: int) -> list[int]:
-    """Greedy ids from `step(ids (1, T), input_pos (T,)) -> logits (1, T, V)` with a cache.
-
-    The first call is the prefill of the prompt; each later call feeds one token.
-    """
-    ids, T = prompt, prompt.shape[1]
-    pos = torch.arange(T)
-    out = []
-    for i in range(max_new_tokens):
-        logits = step(ids, pos)
-        nxt = int(logits[0, -1].argmax())
-        out.append(nxt)
-        ids = torch.tensor([[nxt]])
-        pos = torch.tensor([T + i])
-    return out
 
 
 def run_main(main_fn) -> None:
@@ -113,8 +92,8 @@ def step_flags(min_prompt: int = 1) -> list[int]:
     """Validate the flags define_step_flags made, before any export work; return the prompt ids.
 
     Raises ExportError naming the flag: --prompt_ids not comma-separated ids >= 0 (at least
-    min_prompt of them), --max_new_tokens or --max_seq_len < 1, a prompt that does not fit,
-    an --output that exists and is not a directory.
+    min_prompt of them), --max_new_tokens or --max_seq_len < 1, a prompt that does not fit. (--output
+    is checked by prepare_output, which the binaries call next.)
     """
     from absl import flags
 
@@ -128,20 +107,17 @@ def step_flags(min_prompt: int = 1) -> list[int]:
     if len(prompt) + f.max_new_tokens > f.max_seq_len:
         raise ExportError(f"prompt ({len(prompt)} ids) + --max_new_tokens ({f.max_new_tokens}) "
                           f"exceeds --max_seq_len {f.max_seq_len}")
-    if os.path.exists(f.output) and not os.path.isdir(f.output):
-        raise ExportError(f"--output {f.output} exists and is not a directory")
     return prompt
 
 
 def parse_ids(text: str, flag: str) -> list[int]:
-    """'1,2,3' -> [1, 2, 3]; ExportError naming flag unless every item is an integer >= 0."""
+    """model.device.parse_ids ('1,2,3' -> [1, 2, 3], every id >= 0), or ExportError naming flag."""
+    from model.device import UsageError, parse_ids as parse
+
     try:
-        ids = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        ids = [-1]
-    if not all(i >= 0 for i in ids):
-        raise ExportError(f"{flag} must be comma-separated integers >= 0, got {text!r}")
-    return ids
+        return parse(text, flag)
+    except UsageError as e:
+        raise ExportError(str(e)) from None
 
 
 def check_prompt_vocab(prompt: list[int], model) -> None:

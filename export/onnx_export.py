@@ -32,6 +32,7 @@ def main(argv) -> int:
     from export.onnx_step import export_onnx, file_mb, ort_forced, ort_greedy, quantize_onnx_int8
 
     prompt = common.step_flags()
+    common.prepare_output(FLAGS.output, "export.onnx_export", FLAGS.checkpoint, FLAGS.overwrite, create=False)
     model = common.load_source_model(FLAGS.checkpoint)
     common.check_prompt_vocab(prompt, model)
     out = common.prepare_output(FLAGS.output, "export.onnx_export", FLAGS.checkpoint, FLAGS.overwrite)

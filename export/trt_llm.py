@@ -48,6 +48,8 @@ def engine_parity(out_dir: str, source, n_tokens: int) -> str:
     """
     import torch
 
+    from export.kv_step import eager_greedy
+
     if shutil.which("trtllm-build") is None:
         return "trtllm-build not on PATH: checkpoint written and validated; engine not built"
     if FLAGS.tp_size > 1:
@@ -68,18 +70,13 @@ def engine_parity(out_dir: str, source, n_tokens: int) -> str:
     out = runner.generate([torch.tensor(PROMPT, dtype=torch.int32)], max_new_tokens=n_tokens,
                           end_id=source.config.vocab_size, pad_id=0, top_k=1, return_dict=True)
     trt = out["output_ids"][0][0][len(PROMPT):seq].tolist()
-    ref = common.greedy_tokens(_cached_step(source, seq), torch.tensor([PROMPT]), n_tokens)
+    ref, _ = eager_greedy(source, PROMPT, n_tokens)  # the export reference loop (export/kv_step.py)
     agree = sum(a == b for a, b in zip(trt, ref)) / n_tokens
     line = (f"engine built in {build_s:.1f} s; greedy agreement with eager {agree:.0%} ({n_tokens} tokens, "
             f"{checks.distinct_tokens(ref)} distinct in the reference; < {checks.MIN_DISTINCT} is weak evidence)")
     if FLAGS.quant == "none" and trt[:4] != ref[:4]:
         raise common.ExportError(line + f": first tokens differ, trt {trt[:4]} vs eager {ref[:4]}")
     return line
-
-
-def _cached_step(model, max_len):
-    model.setup_caches(1, max_len)
-    return lambda ids, pos: model(ids, pos)
 
 
 @failures.capture("export.trt_llm")
@@ -90,8 +87,7 @@ def main(argv) -> int:
     for name in ("tp_size", "parity_tokens"):
         if getattr(FLAGS, name) < 1:
             raise common.ExportError(f"--{name} must be >= 1, got {getattr(FLAGS, name)}")
-    if os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
-        raise common.ExportError(f"--output {FLAGS.output} exists and is not a directory")
+    common.prepare_output(FLAGS.output, "export.trt_llm", FLAGS.checkpoint, FLAGS.overwrite, create=False)
     source = common.load_source_model(FLAGS.checkpoint)  # fp32 reference
     out = common.prepare_output(FLAGS.output, "export.trt_llm", FLAGS.checkpoint, FLAGS.overwrite)
     t0 = time.perf_counter()

@@ -64,14 +64,15 @@ def _empty(path: str) -> None:
             os.remove(full)
 
 
-def prepare_output_dir(path: Union[str, os.PathLike], *, writer: str, flag: str = "--output",
-                       overwrite: bool = False,
-                       inputs: Mapping[str, Optional[Union[str, os.PathLike]]] = {}) -> str:
-    """Make `path` (a user path: relative to where the command ran) ready for `writer`; return it absolute.
+def check_output_dir(path: Union[str, os.PathLike], *, writer: str, flag: str = "--output",
+                     overwrite: bool = False,
+                     inputs: Mapping[str, Optional[Union[str, os.PathLike]]] = {}) -> str:
+    """The rule of the module docstring, touching nothing: return `path` absolute (a user path:
+    relative to where the command ran) if `writer` may use it, else raise OutputDirError.
 
     flag: how the error names the path (a flag, or an argument of a library call).
     inputs: flag -> path of what the writer reads (None entries are skipped).
-    Raises OutputDirError per the module docstring's rule.
+    Binaries call it with their other flag checks, before any long work.
     """
     path = user_path(path)
     out = os.path.realpath(path)
@@ -80,14 +81,24 @@ def prepare_output_dir(path: Union[str, os.PathLike], *, writer: str, flag: str 
         raise OutputDirError(f"{flag} {path} is a filesystem root or home directory; choose a folder of its own")
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputDirError(f"{flag} {path} exists and is not a directory")
-    if os.path.isdir(path) and os.listdir(path):
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
         owner = _marker_writer(path)
-        if owner == writer and not overwrite:
-            return path
-        if not overwrite:
+        if owner != writer:
             whose = f"was written by {owner}" if owner else f"was not written by {writer} (no {MARKER} marker)"
             raise OutputDirError(f"{flag} {path} is not empty and {whose}; choose a new or empty directory, "
                                  f"or pass --overwrite to replace its contents")
+    return path
+
+
+def prepare_output_dir(path: Union[str, os.PathLike], *, writer: str, flag: str = "--output",
+                       overwrite: bool = False,
+                       inputs: Mapping[str, Optional[Union[str, os.PathLike]]] = {}) -> str:
+    """check_output_dir, then make the directory ready for `writer` (created and marked, or emptied
+    with overwrite, or an earlier output of the same writer kept); return it absolute."""
+    path = check_output_dir(path, writer=writer, flag=flag, overwrite=overwrite, inputs=inputs)
+    if os.path.isdir(path) and os.listdir(path):
+        if not overwrite:  # check_output_dir let it through: an earlier output of this writer
+            return path
         _empty(path)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, MARKER), "w") as f:
