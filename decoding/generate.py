@@ -89,7 +89,8 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[torch.Tenso
         if on_logits is not None:
             on_logits(i, logits)
         finite[i] = torch.isfinite(logits).all(dim=-1)
-        logits = logits.masked_fill(~finite[i, :, None], 0.0)  # sampleable; the result is refused below
+        if temperature > 0:  # multinomial refuses NaN rows; greedy argmax needs no copy (refused below)
+            logits = logits.masked_fill(~finite[i, :, None], 0.0)
         tokens[:, T + i] = sample(logits, temperature, top_k, top_p, generator)  # (B,)
         if i == 0:
             _sync(device)

@@ -1,4 +1,4 @@
-"""Devices and element types named on a command line: the one table and the one resolver.
+"""Devices, element types and token ids named on a command line: the one table and parser of each.
 
 Every binary (generate, bench, export, train) reads --device and --dtype through these, so
 "bf16" means the same everywhere and a bad value is one line naming the flag.
@@ -53,6 +53,17 @@ def resolve_dtype(name: Optional[Union[str, torch.dtype]], device, flag: str = "
     if name in (None, "", "auto"):
         return default_dtype(device)
     return parse_dtype(name, flag)
+
+
+def parse_ids(text: str, flag: str = "--prompt_ids") -> list[int]:
+    """'1,2,3' -> [1, 2, 3]: comma-separated token ids, each an integer >= 0, or UsageError naming flag."""
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        ids = [-1]
+    if not all(i >= 0 for i in ids):
+        raise UsageError(f"{flag} must be comma-separated integers >= 0, got {text!r}")
+    return ids
 
 
 def resolve_device(name: Optional[Union[str, torch.device]] = "auto", flag: str = "--device") -> torch.device:

@@ -18,7 +18,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from model.device import UsageError
+from model.device import UsageError, parse_ids
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,6 @@ flags.DEFINE_bool("json", Options.json, "Print one JSON object instead of text a
 def options_from_flags() -> Options:
     """The Options the parsed flags describe."""
     return Options(**{f: getattr(FLAGS, f) for f in Options.__dataclass_fields__})
-
-
-def _parse_ids(text: str) -> list[int]:
-    """Parse '1,2,3' into [1, 2, 3]."""
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UsageError(f"--prompt_ids must be comma-separated integers, got {text!r}") from None
 
 
 def check_options(opts: Options) -> None:
@@ -126,7 +118,7 @@ def run(opts: Options) -> dict:
     path = checkpoint_dir(checkpoint)
     tokenizer = pick_tokenizer(path, net.config.vocab_size, needed=opts.prompt_ids is None)
     if opts.prompt_ids is not None:
-        prompt_ids = _parse_ids(opts.prompt_ids)
+        prompt_ids = parse_ids(opts.prompt_ids)
     elif tokenizer is None:
         raise UsageError(f"{checkpoint}: vocab {net.config.vocab_size} is smaller than the byte tokenizer's; "
                          "pass --prompt_ids")

@@ -46,7 +46,7 @@ def test_shipped_and_user_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize("source, kwargs, match", [
     ("no/such/dir", {}, "checkpoint directory not found"),
     ("lab-draft", {"n_layers": 1}, "random weights only"),
-    ("tiny", {"n_layers": 0}, "n_layers must be >= 1"),
+    ("tiny", {"n_layers": 0}, "n_layers must be a positive integer, got 0"),
     ("tiny", {"dtype": "int3"}, "unknown --dtype"),
     ("tiny", {"device": "tpu"}, "unknown --device"),
 ])
