@@ -69,8 +69,8 @@ def has_cuda() -> bool:
 
 
 def default_device() -> str:
-    """cuda when a GPU is visible, else cpu (without importing model/: host_copy runs as a script)."""
-    return "cuda" if has_cuda() else "cpu"
+    """cuda when a GPU is visible, else cpu: --device auto (model.device.resolve_device)."""
+    return resolve_device(None)
 
 
 def resolve_device(name: str | None) -> str:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from decoding.sampling import MIN_TEMPERATURE  # the floor for temperature > 0, and why
+from decoding.sampling import check_sampling  # the ranges (and MIN_TEMPERATURE, the floor)
 from decoding.stopping import LENGTH, STOP
 
 SEED_LIMIT = 1 << 63  # seeds in [0, 2**63): a torch.Generator takes a signed 64-bit seed
@@ -64,7 +64,7 @@ class SamplingParams:
     so a request that was accepted never fails for its parameters inside an engine step.
     """
 
-    temperature: float = 0.0  # 0 = greedy, else >= MIN_TEMPERATURE
+    temperature: float = 0.0  # 0 = greedy, else >= decoding.sampling.MIN_TEMPERATURE
     top_k: Optional[int] = None  # keep the k most likely tokens; None (or -1, as vLLM) = all
     top_p: Optional[float] = None  # nucleus mass in (0, 1]; None = off
     seed: Optional[int] = None  # per-request torch.Generator seed in [0, 2**63); None = global RNG
@@ -75,21 +75,18 @@ class SamplingParams:
 
     def __post_init__(self):
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        # Types here (no bools, no strings, finite); the ranges are decoding.sampling's one rule.
         t = _real("temperature", self.temperature)
-        if t != 0.0 and not t >= MIN_TEMPERATURE:
-            raise SamplingParamsError(f"temperature must be 0 (greedy) or >= {MIN_TEMPERATURE} (smaller ones "
-                                      f"overflow logits / temperature), got {self.temperature!r}")
+        k = None if self.top_k is None else _int("top_k", self.top_k)
+        k = None if k == -1 else k  # -1 = all tokens, as vLLM spells it
+        p = None if self.top_p is None else _real("top_p", self.top_p)
+        try:
+            check_sampling(t, k, p)
+        except ValueError as e:
+            raise SamplingParamsError(str(e)) from None
         put("temperature", t)
-        if self.top_k is not None:
-            k = _int("top_k", self.top_k)
-            if k < 1 and k != -1:
-                raise SamplingParamsError(f"top_k must be >= 1, or None / -1 for all tokens, got {k}")
-            put("top_k", None if k == -1 else k)
-        if self.top_p is not None:
-            p = _real("top_p", self.top_p)
-            if not 0.0 < p <= 1.0:
-                raise SamplingParamsError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
-            put("top_p", p)
+        put("top_k", k)
+        put("top_p", p)
         if self.seed is not None:
             seed = _int("seed", self.seed)
             if not 0 <= seed < SEED_LIMIT:
