@@ -66,3 +66,36 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] 
         return logits.argmax(dim=-1)
     probs = logits_to_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def batch_probs(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor,
+                top_ps: torch.Tensor) -> torch.Tensor:
+    """logits_to_probs for every row at once, each row with its own settings: probabilities (R, V) fp32.
+
+    temperatures (R,) > 0; top_ks (R,) long, <= 0 or >= V meaning no top-k; top_ps (R,) in (0, 1],
+    1 meaning no top-p. Row r equals logits_to_probs(logits[r:r+1], temperatures[r], top_k, top_p):
+    the same filters in the same order (temperature, top-k by the k-th value, top-p on the sorted
+    softmax, the top token always kept).
+    """
+    if logits.dim() != 2 or not (temperatures.shape == top_ks.shape == top_ps.shape == logits.shape[:1]):
+        raise ValueError(f"batch_probs: logits (R, V) and (R,) settings, got {tuple(logits.shape)}, "
+                         f"{tuple(temperatures.shape)}, {tuple(top_ks.shape)}, {tuple(top_ps.shape)}")
+    V = logits.shape[-1]
+    logits = logits.float() / temperatures.float()[:, None]
+    k = torch.where((top_ks <= 0) | (top_ks >= V), V, top_ks).long()
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (R, V)
+    kth = sorted_logits.gather(-1, (k - 1)[:, None])  # (R, 1): the k-th largest value
+    logits = logits.masked_fill(logits < kth, float("-inf"))
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))
+    probs_sorted = sorted_logits.softmax(-1)
+    drop_sorted = (probs_sorted.cumsum(-1) - probs_sorted) >= top_ps.float()[:, None]
+    drop_sorted &= (top_ps < 1.0)[:, None]
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf")).softmax(-1)
+
+
+def sample_batch(logits: torch.Tensor, temperatures: torch.Tensor, top_ks: torch.Tensor,
+                 top_ps: torch.Tensor) -> torch.Tensor:
+    """One token per row (R,) long, every row sampled in one call with its own settings (see
+    batch_probs); the global RNG draws, so rows with their own seed go through sample()."""
+    return torch.multinomial(batch_probs(logits, temperatures, top_ks, top_ps), num_samples=1).squeeze(-1)

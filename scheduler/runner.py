@@ -17,7 +17,7 @@ import torch
 
 from cache.kv_manager import slot_mapping
 from cache.paged_cache import PagedKVCache, build_metadata
-from decoding.sampling import sample
+from decoding.sampling import sample, sample_batch
 from scheduler.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 
 
@@ -84,25 +84,44 @@ class ModelRunner:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
 
     def _sample(self, sched: SchedulerOutput, logits: torch.Tensor) -> dict[str, int]:
-        """decoding.sample per request: every row greedy in one call (one transfer), then the
-        rows with a temperature sampled with their own settings and generator. A request whose
-        own sampling raises gets an entry in self.errors instead of a token."""
+        """Every row greedy in one call (one transfer); then the sampling rows without a seed in
+        one batched call (decoding.sample_batch: each row its own temperature, top-k, top-p), and
+        the rows with a seed one by one with their own generator (reproducible whatever else runs).
+        A request whose own sampling raises gets an entry in self.errors instead of a token."""
         errors = self.errors
         rids = [s.request_id for s in sched.scheduled if s.sample]
         greedy = sample(logits).tolist()  # (K,)
-        out = {}
+        out, batched, seeded = {}, [], []
         for row, rid in enumerate(rids):
             p = self.params[rid]
             if rid in errors:
                 continue
             if p.temperature == 0.0:
                 out[rid] = greedy[row]
-                continue
+            else:
+                (seeded if self.generators[rid] is not None else batched).append((row, rid, p))
+        if batched:
+            try:
+                out.update(zip([rid for _, rid, _ in batched], self._sample_rows(logits, batched).tolist()))
+            except Exception:  # noqa: BLE001 - find the request that fails alone, below
+                seeded = batched + seeded
+        for row, rid, p in seeded:
             tok = _guarded(errors, rid, lambda: int(sample(logits[row:row + 1], p.temperature, p.top_k, p.top_p,
                                                            self.generators[rid])[0]))
             if rid not in errors:
                 out[rid] = tok
         return out
+
+    def _sample_rows(self, logits: torch.Tensor, rows: list) -> torch.Tensor:
+        """Sample the given (row, request id, params) rows of logits in one call on the device."""
+        settings = torch.tensor([[p.temperature, p.top_k or 0, 1.0 if p.top_p is None else p.top_p]
+                                 for _, _, p in rows], dtype=torch.float64)
+        if self.device.type == "cuda":
+            settings = settings.pin_memory()
+        settings = settings.to(self.device, non_blocking=True)
+        index = torch.tensor([r for r, _, _ in rows], dtype=torch.long).to(self.device, non_blocking=True)
+        return sample_batch(logits.index_select(0, index), settings[:, 0].float(), settings[:, 1].long(),
+                            settings[:, 2].float())
 
 
 def _guarded(errors: dict[str, str], request_id: str, fn: Callable, *args):

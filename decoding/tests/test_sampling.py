@@ -74,3 +74,38 @@ def test_bad_arguments(kwargs, message):
 def test_bad_shape():
     with pytest.raises(ValueError, match=r"logits must be \(B, V\), got shape \(50,\)"):
         sample(torch.zeros(50))
+
+
+def _settings(rows):
+    """(temperatures, top_ks, top_ps) tensors for batch_probs from (t, k, p) rows (None = off)."""
+    return (torch.tensor([t for t, _, _ in rows]), torch.tensor([k or 0 for _, k, _ in rows]),
+            torch.tensor([1.0 if p is None else p for _, _, p in rows]))
+
+
+ROWS = [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8), (0.5, 10, 0.6), (2.0, 1, None), (0.9, 200, 0.95)]
+
+
+def test_batch_probs_equals_logits_to_probs_row_by_row():
+    # fp32 softmax of the same values: equal within a few ulps (tolerance 1e-6 abs on probabilities).
+    from decoding.sampling import batch_probs
+    x = logits(b=len(ROWS), v=100, seed=3)
+    got = batch_probs(x, *_settings(ROWS))
+    want = torch.cat([logits_to_probs(x[r:r + 1], t, k, p) for r, (t, k, p) in enumerate(ROWS)])
+    assert (got > 0).sum(-1).tolist() == (want > 0).sum(-1).tolist()  # the same tokens survive
+    assert (got - want).abs().max() <= 1e-6
+    # A planted fault the comparison catches: one temperature for the whole batch.
+    wrong = batch_probs(x, torch.full((len(ROWS),), ROWS[0][0]), *_settings(ROWS)[1:])
+    assert not (wrong - want).abs().max() <= 1e-6
+
+
+def test_sample_batch_draws_only_allowed_tokens_and_top_k_1_is_greedy():
+    from decoding.sampling import sample_batch
+    x = logits(b=len(ROWS), v=100, seed=4).repeat(50, 1)
+    t, k, p = (s.repeat(50) for s in _settings(ROWS))
+    torch.manual_seed(0)
+    draws = sample_batch(x, t, k, p)
+    allowed = torch.cat([logits_to_probs(x[r:r + 1], t[r].item(), int(k[r]) or None,
+                                         None if p[r] == 1 else p[r].item()) for r in range(len(x))]) > 0
+    assert allowed.gather(-1, draws[:, None]).all()
+    top1 = k == 1
+    assert torch.equal(draws[top1], x[top1].argmax(-1))

@@ -104,6 +104,13 @@ def _fail_temperature(monkeypatch, bad_temperature):
             raise RuntimeError("planted sampling fault")
         return real(logits, temperature, *args, **kwargs)
     monkeypatch.setattr(runner_module, "sample", sample)
+    real_batch = runner_module.sample_batch
+
+    def sample_batch(logits, temperatures, *args):  # the batched call fails, then each row alone
+        if (temperatures == bad_temperature).any():
+            raise RuntimeError("planted sampling fault")
+        return real_batch(logits, temperatures, *args)
+    monkeypatch.setattr(runner_module, "sample_batch", sample_batch)
 
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked"])
@@ -205,3 +212,19 @@ def test_cpu_default_kv_budget_is_capped_and_said(capsys):
     small = LLM(random_model("tiny", n_layers=2, vocab_size=128, seed=1))  # 256-token context: not capped
     assert "CPU KV budget 8.0 MiB (room for max_num_seqs=64 requests of max_model_len=256" in capsys.readouterr().err
     assert small.engine.capacity.num_tokens >= 64 * 256
+
+
+def test_unseeded_sampling_rows_are_sampled_in_one_batched_call(monkeypatch):
+    # top_k=1 makes sampling deterministic: the batched path must give greedy's tokens, row by row,
+    # whatever temperature each row has, while a seeded row goes through its own generator.
+    llm = _llm(policy="continuous")
+    calls = []
+    real_batch = runner_module.sample_batch
+    monkeypatch.setattr(runner_module, "sample_batch", lambda *a: calls.append(len(a[0])) or real_batch(*a))
+    prompts = [[1, 2, 3], [4, 5, 6, 7], [8, 9], [10] * 5]
+    greedy = [o.token_ids for o in llm.generate(prompts, SamplingParams(max_tokens=6))]
+    params = [SamplingParams(temperature=t, top_k=1, max_tokens=6) for t in (0.5, 1.0, 1.7)] + [
+        SamplingParams(temperature=0.9, top_k=1, seed=5, max_tokens=6)]
+    assert [o.token_ids for o in llm.generate(prompts, params)] == greedy
+    assert calls and max(calls) == 3  # the three unseeded rows together, the seeded one alone
+    _assert_empty(llm)
