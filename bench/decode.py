@@ -55,6 +55,9 @@ _define("string", "compile_mode", "max-autotune-no-cudagraphs", "torch.compile m
 _define("boolean", "coordinate_descent", True, "Inductor coordinate-descent tuning for the compile variant "
                   "(as gpt-fast sets it; default on).")
 _define("integer", "seed", 0, "Seed for weights and prompts.")
+_define("integer", "profile_steps", 0, "After the variants, profile this many batch-1 decode steps of the graph "
+        "variant (fused on a CPU) with torch.profiler: device time per step by kernel class (gemm, attention, "
+        "norm, other) against the step's wall time, top kernels, and decode_profile.json.gz. 0: no profile.")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Options:
     compile_mode: str
     coordinate_descent: bool
     seed: int
+    profile_steps: int = 0
 
 LOGIT_STEPS = 8  # first decode steps whose logits are compared with the reference
 
@@ -293,6 +297,11 @@ def run(opts: Options) -> None:
         if name == "compile":
             torch._dynamo.reset()
 
+    out_dir = common.results_dir("decode", device)
+    profile = None
+    if opts.profile_steps > 0:
+        profile = profile_decode(model, prompts[min(batch_sizes)][:1], opts.profile_steps, cuda, max_len, out_dir)
+
     ok = [r for r in rows if r["status"] == "ok"]
     summary = [{"name": f"decode/{preset}/{r['variant']}/bs{r['batch']}/tok_s", "value": r["tok_s"],
                 "unit": "tok/s"} for r in ok]
@@ -312,7 +321,11 @@ def run(opts: Options) -> None:
     title = (f"bench.decode: {preset} {common.dtype_name(dtype)} on {dev_name}, {common.today()} "
              f"(roofline: {copy_gbs:,.0f} GB/s copy over {w_bytes / 1e9:.2f} GB weights + KV)")
     common.print_table(rows, cols, title=title)
-    out_dir = common.results_dir("decode", device)
+    if profile:
+        summary += [{"name": f"decode/{preset}/profile/bs1/{r['class']}_us_per_step", "value": r["us_per_step"],
+                     "unit": "us"} for r in profile["classes"]]
+        summary.append({"name": f"decode/{preset}/profile/bs1/wall_ms_per_step", "value": profile["wall_ms"],
+                        "unit": "ms"})
     paths = common.write_results(out_dir, "decode", rows, summary, command=common.command_line("decode"),
                                  device=dev_name)
     series = {}
@@ -332,6 +345,55 @@ def run(opts: Options) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()) + f", {out_dir / 'decode.png'}")
     common.exit_on_failures("bench.decode", [f"{r['variant']}@{r['batch']}" for r in rows
                                              if common.is_failure(r["status"])])
+
+
+def profile_decode(model, prompt, steps: int, cuda: bool, max_len: int, out_dir) -> dict[str, Any]:
+    """Profile `steps` batch-1 decode steps (graph replays on a GPU, the fused eager step on a CPU):
+    print device time per kernel class against the step's wall time (the rest is launch gaps and
+    host work) and the top kernels; write decode_profile.json.gz. Returns the figures."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench import profiling
+    from decoding.fast import FastGenerator
+
+    gen = FastGenerator(model, max_batch_size=1, max_seq_len=max_len, cuda_graph=cuda)
+    try:
+        step = gen.step_for(1)
+        with torch.inference_mode():
+            gen.generate(prompt, 2)  # fills the cache past the prompt; the steps below read it
+            ids = prompt[:, -1]
+            pos = prompt.shape[1]
+            for _ in range(3):
+                step(ids, pos)
+            common.sync(prompt.device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(ids, pos)
+            common.sync(prompt.device)
+            wall_ms = (time.perf_counter() - t0) / steps * 1e3
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=activities) as prof:
+                for _ in range(steps):
+                    step(ids, pos)
+                common.sync(prompt.device)
+    finally:
+        gen.close()
+    classes = profiling.kernel_classes(prof, steps) if cuda else []
+    device_us = sum(r["us_per_step"] for r in classes)
+    print(f"profile: {steps} batch-1 decode steps ({'graph replay' if cuda else 'fused eager, CPU'}): wall "
+          f"{wall_ms:.3f} ms per step" + (f", kernels {device_us / 1e3:.3f} ms ({100 * device_us / 1e3 / wall_ms:.1f}%"
+                                         f" of the wall; the rest is gaps between kernels and host work)"
+                                         if cuda else ""))
+    for r in classes:
+        print(f"  {r['class']:<10} {r['us_per_step']:9.1f} us/step  {r['share_pct']:5.1f}% of kernel time  "
+              f"{r['kernels_per_step']:.0f} kernels")
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=60))
+    trace = profiling.save_trace(prof, out_dir, "decode_profile")
+    print(f"profile: Chrome trace {trace}")
+    return {"wall_ms": wall_ms, "classes": classes, "trace": trace}
 
 
 if __name__ == "__main__":

@@ -10,16 +10,13 @@ and by self host time. The Chrome trace goes to <out_dir>/serving_profile.json.g
 
 from __future__ import annotations
 
-import gzip
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 
-from bench import common
+from bench import common, profiling
 
 
 def profile_steps(engine, reqs: list[tuple[list[int], int]], max_num_seqs: int, steps: int,
@@ -65,12 +62,6 @@ def profile_steps(engine, reqs: list[tuple[list[int], int]], max_num_seqs: int, 
     log("profile: top ops by self host time\n" + averages.table(sort_by="self_cpu_time_total", row_limit=15))
     trace = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = Path(tmp) / "trace.json"
-            prof.export_chrome_trace(str(raw))
-            trace = out_dir / "serving_profile.json.gz"
-            with raw.open("rb") as src, gzip.open(trace, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        trace = profiling.save_trace(prof, out_dir, "serving_profile")
         log(f"profile: Chrome trace {trace} (open in chrome://tracing or ui.perfetto.dev)")
     return {**walls, "trace": trace}

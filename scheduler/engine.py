@@ -23,6 +23,7 @@ import torch
 from cache.block_pool import BlockPool
 from cache.paged_cache import KVCapacity, PagedKVCache, bytes_per_token, kv_capacity, resolve_budget
 from decoding.generate import ContextLengthError
+from decoding.ranges import phase
 from decoding.stopping import stop_string_hit
 from scheduler.outputs import ModelRunnerOutput
 from scheduler.params import Request, RequestStatus, SamplingParams
@@ -212,7 +213,8 @@ class LLMEngine:
         finishes so (the traceback is logged). Their blocks are freed and the engine goes on
         with the others. A request aborted from an on_token callback comes back here, finished.
         """
-        sched = self.scheduler.schedule()
+        with phase("schedule"):
+            sched = self.scheduler.schedule()
         try:
             result = self.runner.execute(sched)
         except Exception as e:  # noqa: BLE001 - the step's requests fail, the engine serves the rest

@@ -17,6 +17,7 @@ import torch
 
 from cache.kv_manager import slot_mapping
 from cache.paged_cache import PagedKVCache, build_metadata
+from decoding.ranges import phase
 from decoding.sampling import sample, sample_batch
 from scheduler.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 
@@ -57,20 +58,25 @@ class ModelRunner:
         reqs = sched.scheduled
         if (self.graphs is not None and all(len(s.token_ids) == 1 and s.sample for s in reqs)
                 and self.graphs.bucket_for(len(reqs)) is not None):
-            return ModelRunnerOutput(self._sample(sched, self._graph_step(sched)), errors)
-        meta = build_metadata([s.block_ids for s in reqs], [s.start_pos for s in reqs],
-                              [len(s.token_ids) for s in reqs], self.block_size, self.device)
-        meta.plan = self.face.plan(meta)  # once per step, shared by every layer
-        qsl = meta.query_start_loc
-        ids = torch.tensor([t for s in reqs for t in s.token_ids], dtype=torch.long, device=self.device)
-        out_rows = torch.tensor([qsl[r + 1] - 1 for r, s in enumerate(reqs) if s.sample], dtype=torch.long,
-                                device=self.device)  # (K,): each sampling request's last token
-        self.kv.bind(meta)
-        try:
-            logits = self.model(ids[None], meta.positions, out_rows)[0]  # (K, V)
-        finally:
-            self.kv.bind(None)
-        return ModelRunnerOutput(self._sample(sched, logits), errors)
+            with phase("forward_graph"):  # stage the inputs, replay
+                logits = self._graph_step(sched)
+        else:
+            with phase("prepare"):
+                meta = build_metadata([s.block_ids for s in reqs], [s.start_pos for s in reqs],
+                                      [len(s.token_ids) for s in reqs], self.block_size, self.device)
+                meta.plan = self.face.plan(meta)  # once per step, shared by every layer
+                qsl = meta.query_start_loc
+                ids = torch.tensor([t for s in reqs for t in s.token_ids], dtype=torch.long, device=self.device)
+                out_rows = torch.tensor([qsl[r + 1] - 1 for r, s in enumerate(reqs) if s.sample],
+                                        dtype=torch.long, device=self.device)  # (K,): each sampling request's last
+            self.kv.bind(meta)
+            try:
+                with phase("forward_eager"):
+                    logits = self.model(ids[None], meta.positions, out_rows)[0]  # (K, V)
+            finally:
+                self.kv.bind(None)
+        with phase("sample"):
+            return ModelRunnerOutput(self._sample(sched, logits), errors)
 
     def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:
         """Logits (R, V) of a decode-only step, replayed from the CUDA graph of its bucket."""

@@ -72,3 +72,17 @@ def test_wrong_variant_is_never_timed(monkeypatch):
 
 def test_every_option_is_a_flag():
     assert options_without_flags(bd) == []
+
+
+def test_profile_steps_writes_a_trace_and_kernel_classes(tmp_path, monkeypatch, capsys):
+    from bench import profiling
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    bd.run(dataclasses.replace(SMALL, batch_sizes=("1",), variants=("fused",), profile_steps=3))
+    out = capsys.readouterr().out
+    assert "profile: 3 batch-1 decode steps (fused eager, CPU): wall" in out
+    assert (tmp_path / "decode_profile.json.gz").stat().st_size > 0
+    # The kernel classes the GPU reading is built on (names as an H200 trace shows them).
+    assert [profiling.kernel_class(n) for n in (
+        "nvjet_sm90_tst_256x64_64x5_4x1_v_bz_TNT", "_decode_split_kernel", "void lab::rms_norm_kernel<bf16>",
+        "void at::native::elementwise_kernel<128, 4>", "cublasLt::splitKreduce_kernel")] == [
+        "gemm", "attention", "norm", "other", "gemm"]
