@@ -151,6 +151,11 @@ _define("integer", "check_tokens", 32, "Output tokens per gate request, at most.
 _define("integer", "profile_steps", 0, "After the policies, profile this many steps of a loaded continuous engine "
         "(torch.profiler; mixed prefill+decode steps told from decode-only ones; top ops in the log, Chrome trace "
         "serving_profile.json.gz). 0: no profile.")
+_define("integer", "shared_prefix_tokens", 0, "Every prompt starts with one shared prefix of this many tokens "
+        "(a system prompt, drawn from --seed) before its own tokens: the prefix-caching trace. 0: none.")
+_define("enum", "prefix_caching", "on", "The engine's prefix cache: on, off, or both (each policy runs twice, the "
+        "second as '<policy>/no-prefix-cache'; TTFT and prefix hit rate side by side).",
+        enum_values=["on", "off", "both"])
 _define("boolean", "plot", True, "Write serving.png (throughput, TTFT, TPOT, latency per policy; KV use over time).")
 
 
@@ -223,6 +228,13 @@ def build_trace(n: int, rate: float, prompt: LengthDist, output: LengthDist, voc
     return with_rate([TraceRequest(i, 0.0, ids, m) for i, (ids, m) in enumerate(reqs)], rate, seed)
 
 
+def with_shared_prefix(trace: list[TraceRequest], tokens: int, vocab: int, seed: int) -> list[TraceRequest]:
+    """The same requests, every prompt preceded by one shared prefix of `tokens` ids (drawn from seed)."""
+    rng = random.Random(seed + 104729)
+    prefix = [rng.randrange(vocab) for _ in range(tokens)]
+    return [TraceRequest(r.index, r.arrival_s, prefix + r.prompt_ids, r.max_tokens) for r in trace]
+
+
 def with_rate(trace: list[TraceRequest], rate: float, seed: int) -> list[TraceRequest]:
     """The same requests with Poisson arrivals at `rate`: unit-rate gaps from the seed, scaled by 1 / rate."""
     gaps = random.Random(seed + 7919)
@@ -290,13 +302,13 @@ class EngineSettings:
         return kw
 
 
-def make_engine(model, policy: str, settings: EngineSettings):
+def make_engine(model, policy: str, settings: EngineSettings, prefix_caching: bool = True):
     from scheduler import LLMEngine
 
     if model.model.embed_tokens.weight.is_cuda:
         gc.collect()
         torch.cuda.empty_cache()  # the previous engine's KV: free memory sizes this one's
-    return LLMEngine(model, policy=policy, **settings.kwargs(policy))
+    return LLMEngine(model, policy=policy, enable_prefix_caching=prefix_caching, **settings.kwargs(policy))
 
 
 # ----------------------------------------------------------------------------
@@ -452,6 +464,7 @@ def replay(engine, trace: list[TraceRequest], policy: str) -> ReplayResult:
             "tpot_s": (last - first) / (n_out - 1) if n_out > 1 else None,
             "itl_s": list(req.token_latencies),
             "preemptions": req.num_preemptions,
+            "prefix_hit_tokens": req.num_prefix_hit_tokens,
         })
         outputs[idx] = list(req.output_token_ids)
     if engine.blocks_in_use():
@@ -489,6 +502,7 @@ def summarize(res: ReplayResult) -> dict[str, Any]:
         "itl_p50_ms": q(itl, 50) if itl else None, "itl_p99_ms": q(itl, 99) if itl else None,
         "e2e_p50_s": q(e2e, 50), "e2e_p99_s": q(e2e, 99),
         "preemptions": res.preemptions,
+        "prefix_hit_pct": 100 * sum(r.get("prefix_hit_tokens", 0) for r in recs) / max(in_tokens, 1),
         "kv_util_mean": sum(u * s.dt_s for u, s in zip(util, steps)) / busy if steps else 0.0,
         "kv_util_peak": max(util) if util else 0.0,
         "kv_waste_mean": sum(waste) / len(waste) if waste else 0.0,
@@ -557,7 +571,8 @@ COLUMNS = [("policy", "policy"), ("completed", "done"), ("req_per_s", "req/s"), 
            ("ttft_p50_ms", "TTFT p50 ms"), ("ttft_p99_ms", "p99"), ("tpot_p50_ms", "TPOT p50 ms"),
            ("tpot_p99_ms", "p99"), ("itl_p99_ms", "ITL p99 ms"), ("e2e_p50_s", "E2E p50 s"), ("e2e_p99_s", "p99"),
            ("preemptions", "preempt"), ("kv_util_mean_pct", "KV use mean %"), ("kv_util_peak_pct", "peak %"),
-           ("kv_waste_mean_pct", "KV waste %"), ("mean_running", "running"), ("check", "check")]
+           ("kv_waste_mean_pct", "KV waste %"), ("mean_running", "running"), ("prefix_hit_pct", "prefix hit %"),
+           ("check", "check")]
 
 SUMMARY_KEYS = [  # (row key, record suffix, unit)
     ("req_per_s", "requests/s", "req/s"), ("out_tok_per_s", "output tok/s", "tok/s"),
@@ -566,6 +581,7 @@ SUMMARY_KEYS = [  # (row key, record suffix, unit)
     ("itl_p99_ms", "itl p99 ms", "ms"), ("e2e_p50_s", "e2e p50 s", "s"), ("e2e_p99_s", "e2e p99 s", "s"),
     ("preemptions", "preemptions", "count"), ("kv_util_mean", "kv util mean", "fraction"),
     ("kv_util_peak", "kv util peak", "fraction"), ("kv_waste_mean", "kv waste mean", "fraction"),
+    ("prefix_hit_pct", "prefix hit", "%"),
 ]
 
 
@@ -644,6 +660,8 @@ class Options:
     plot: bool
     cpu_threads: Optional[int] = 1
     profile_steps: int = 0
+    shared_prefix_tokens: int = 0
+    prefix_caching: str = "on"
 
     def __post_init__(self) -> None:
         """Bad settings, however the options were built: one ServingUsageError naming the flag."""
@@ -663,6 +681,10 @@ class Options:
                         *self.settings_partial.items()]:
             if name != "gpu_memory_fraction" and v is not None and v < 1:
                 raise ServingUsageError(f"--{name} must be >= 1, got {v}")
+        if self.shared_prefix_tokens < 0:
+            raise ServingUsageError(f"--shared_prefix_tokens must be >= 0, got {self.shared_prefix_tokens}")
+        if self.prefix_caching not in ("on", "off", "both"):
+            raise ServingUsageError(f"--prefix_caching: expected on, off or both, got {self.prefix_caching!r}")
         if self.profile_steps < 0:
             raise ServingUsageError(f"--profile_steps must be >= 0, got {self.profile_steps}")
         if self.check_requests < 0:
@@ -700,7 +722,7 @@ def options_from_flags() -> Options:
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint,
                    list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
                    FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
-                   FLAGS.profile_steps)
+                   FLAGS.profile_steps, FLAGS.shared_prefix_tokens, FLAGS.prefix_caching)
 
 
 def resolve_settings(opts: Options, model) -> EngineSettings:
@@ -713,9 +735,10 @@ def resolve_settings(opts: Options, model) -> EngineSettings:
     s["max_num_batched_tokens"] = s["max_num_batched_tokens"] or max(s["max_model_len"], 16384 if cuda else 2048)
     if s.setdefault("admission_batch", 1) > s["max_num_seqs"]:
         raise ServingUsageError(f"--admission_batch {s['admission_batch']} exceeds --max_num_seqs {s['max_num_seqs']}")
-    longest = opts.prompt.hi + opts.output.hi
+    longest = opts.shared_prefix_tokens + opts.prompt.hi + opts.output.hi
     if longest > s["max_model_len"]:
-        raise ServingUsageError(f"--prompt_max + --output_max = {longest} tokens exceeds --max_model_len "
+        raise ServingUsageError(f"--shared_prefix_tokens + --prompt_max + --output_max = {longest} tokens exceeds "
+                                f"--max_model_len "
                                 f"{s['max_model_len']}; lower them")
     if longest > s["max_num_batched_tokens"] and any(p != "chunked" for p in opts.policies):
         raise ServingUsageError(f"--max_num_batched_tokens {s['max_num_batched_tokens']} is below the longest request "
@@ -785,6 +808,8 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
             f"decoding" + (f"; near-tie divergences (parity.ties band): {ties}" if ties else ""))
 
     trace = build_trace(opts.num_requests, 1.0, opts.prompt, opts.output, vocab, opts.seed)
+    if opts.shared_prefix_tokens:
+        trace = with_shared_prefix(trace, opts.shared_prefix_tokens, vocab, opts.seed)
     stats = trace_stats(trace)
     rate, capacity = opts.rate, None
     if rate == 0:
@@ -810,15 +835,17 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
         + (f", admission batch {settings.admission_batch}" if settings.admission_batch > 1 else ""))
 
     rows, results = [], []
-    for policy in opts.policies:
-        engine = make_engine(model, policy, settings)
+    caching = {"on": [True], "off": [False], "both": [True, False]}[opts.prefix_caching]
+    for policy, cached in [(p, c) for p in opts.policies for c in caching]:
+        name = policy if cached else f"{policy}/no-prefix-cache"
+        engine = make_engine(model, policy, settings, prefix_caching=cached)
         try:
-            log(f"running {policy} ...")
-            res = replay(engine, trace, policy)
+            log(f"running {name} ...")
+            res = replay(engine, trace, name)
         finally:
             engine.close()
         results.append(res)
-        log(f"{policy} done")
+        log(f"{name} done")
         row = summarize(res)
         c = checks.get(policy)
         row["check"] = "not run" if c is None else f"ok, {len(c['near_ties'])} near tie(s)" if c["near_ties"] else "ok"
@@ -884,6 +911,11 @@ def report_lines(rows: list[dict[str, Any]], settings: EngineSettings, stats: di
     if bound:
         log("weight-streaming decode bound at each policy's mean running batch (prefill and KV reads ignored): "
             + ", ".join(bound))
+    for p in [p for p in by if f"{p}/no-prefix-cache" in by]:
+        on, off = by[p], by[f"{p}/no-prefix-cache"]
+        log(f"prefix cache, {p}: {on['prefix_hit_pct']:.1f}% of prompt tokens hit; TTFT p50 {on['ttft_p50_ms']:,.1f} "
+            f"ms against {off['ttft_p50_ms']:,.1f} without it ({off['ttft_p50_ms'] / on['ttft_p50_ms']:.2f}x), "
+            f"out tok/s {on['out_tok_per_s']:,.0f} against {off['out_tok_per_s']:,.0f}")
     wastes = ", ".join(f"{r['policy']} {r['kv_waste_mean_pct']:.1f}%" for r in rows)
     log(f"KV waste (allocated slots without a token, mean over steps): {wastes}; block {settings.block_size}, "
         f"mean request {stats['prompt_mean'] + stats['output_mean']:.0f} tokens (prompt + output)")

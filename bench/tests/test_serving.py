@@ -197,3 +197,18 @@ def test_profile_steps_tags_mixed_and_decode_steps(tmp_path):
     assert prof["trace"].exists() and prof["trace"].stat().st_size > 1000
     text = "\n".join(logs)
     assert "top ops by self host time" in text and "aten::" in text
+
+
+def test_shared_prefix_trace_hits_the_prefix_cache_only_when_it_is_on():
+    # 12 prompts behind one 32-token system prompt (8 blocks of 4): with the cache on, every request
+    # admitted after the first full prefix was computed reuses its blocks; off, nothing is reused.
+    # fp32 greedy: the outputs are the same tokens either way.
+    logs = []
+    res = sv.run(_options(policies=["continuous"], shared_prefix_tokens=32, prefix_caching="both",
+                          settings={"max_model_len": 128}), out_dir=None, log=logs.append)
+    on, off = res["rows"]
+    assert (on["policy"], off["policy"]) == ("continuous", "continuous/no-prefix-cache")
+    assert on["prefix_hit_pct"] > 20 and off["prefix_hit_pct"] == 0
+    assert all(len(r.prompt_ids) > 32 and r.prompt_ids[:32] == res["trace"][0].prompt_ids[:32] for r in res["trace"])
+    assert res["results"][0].outputs == res["results"][1].outputs
+    assert any("prefix cache, continuous:" in line for line in logs)
