@@ -13,8 +13,11 @@ import torch
 T = TypeVar("T")
 
 
-def capture_graph(fn: Callable[[], T], device, warmup: int = 3) -> tuple[torch.cuda.CUDAGraph, T]:
+def capture_graph(fn: Callable[[], T], device, warmup: int = 3, pool=None) -> tuple[torch.cuda.CUDAGraph, T]:
     """Warm fn up on a side stream, capture one call, return (graph, what that call returned).
+
+    pool: a torch.cuda.graph_pool_handle() shared by graphs that never replay at once (capture the
+    largest first): their intermediates share one allocation instead of one each.
 
     The warm-up calls run outside the capture (cuBLAS handles, Triton autotuning and JIT,
     torch.compile); the returned outputs are static tensors that every graph.replay()
@@ -28,6 +31,6 @@ def capture_graph(fn: Callable[[], T], device, warmup: int = 3) -> tuple[torch.c
             fn()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         out = fn()
     return graph, out

@@ -145,6 +145,9 @@ class LLMEngine:
         if cuda_graph if cuda_graph is not None else graphable:
             from scheduler.graphs import DecodeGraphs
             graphs = DecodeGraphs(model, self.paged_kv, max_model_len, max_num_seqs)
+            # Every bucket now, as vLLM does at start-up: a lazy capture (with the decode kernel's
+            # autotuning) lands in the middle of serving as a step of seconds.
+            graphs.capture_all()
         self.runner = ModelRunner(model, self.paged_kv, face, graphs)
         self._ids = itertools.count()
         self._live: dict[str, Request] = {}

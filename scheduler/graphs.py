@@ -56,8 +56,20 @@ class DecodeGraphs:
         self.buckets = tuple(b for b in buckets if b < max_num_seqs) + (max_num_seqs,)
         self._graphs: dict[int, _Bucket] = {}
         self.capture_s = 0.0
+        # One memory pool for every bucket (steps replay one at a time; a step's logits are
+        # sampled before the next replay), as vLLM shares one across its graphs.
+        self.pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
         # A typical serving length to tune the decode attention on: a quarter of the context.
         self.warm_len = max(1, min(self.max_blocks * self.block_size, max_model_len // 4))
+
+    def capture_all(self) -> float:
+        """Capture every bucket's graph now (largest first); returns the seconds it took (also in
+        capture_s). Graphs live as long as the engine and are reused by every decode-only step."""
+        t0 = self.capture_s
+        for size in sorted(self.buckets, reverse=True):
+            if size not in self._graphs:
+                self._graphs[size] = self._capture(size)
+        return self.capture_s - t0
 
     def bucket_for(self, num_requests: int):
         """The smallest bucket holding num_requests, or None (too many: run eagerly)."""
@@ -76,7 +88,7 @@ class DecodeGraphs:
         try:
             # warm-up outside the capture: cuBLAS, Triton autotune and JIT
             b.graph, b.logits = capture_graph(lambda: self.model(b.ids, b.meta.positions, b.rows)[0], self.device,
-                                              warmup=2)  # logits (size, V)
+                                              warmup=2, pool=self.pool)  # logits (size, V)
         finally:
             self.kv.bind(None)
         torch.cuda.synchronize(self.device)
