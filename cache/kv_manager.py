@@ -89,8 +89,10 @@ class KVCacheManager:
         (copy-on-write of a shared block about to be written), or None when the pool is
         short: then nothing changed and the caller preempts someone and retries.
         """
-        table = self.tables.setdefault(request_id, BlockTable(self.block_size))
-        self.hashes.setdefault(request_id, [])
+        table = self.tables.get(request_id)
+        if table is None:  # (not setdefault: that builds a table per call, and this runs per request per step)
+            table = self.tables[request_id] = BlockTable(self.block_size)
+            self.hashes[request_id] = []
         need = max(0, self.blocks_needed(num_computed + num_new) - len(table))
         first = num_computed // self.block_size  # block receiving the first write
         # Copy before writing into a block others hold, or one whose cached tokens are

@@ -15,7 +15,6 @@ import operator
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -41,27 +40,64 @@ DEFAULT_CPU_KV_BUDGET_BYTES = 256 << 20
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class RequestOutput:
-    """A request's outputs so far (cumulative; final when `finished`). Times in seconds."""
+    """A request's outputs so far (cumulative; final when `finished`). Times in seconds.
 
-    request_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int]  # generated ids (a stop token is kept, as decoding.generate does)
-    finished: bool
-    finish_reason: Optional[str]  # "stop", "length", "abort", "error" (then `error` says why)
-    ttft_s: Optional[float]  # arrival -> first token
-    token_latencies_s: list[float] = field(default_factory=list)  # gaps between consecutive tokens
-    num_preemptions: int = 0
-    num_prefix_hit_tokens: int = 0
-    error: Optional[str] = None  # what raised, when finish_reason is "error"
-    # Makes `text` on first read: an engine step decodes nothing for outputs nobody reads.
-    text_fn: Optional[Callable[[], Optional[str]]] = field(default=None, repr=False, compare=False)
+    token_ids and token_latencies_s are the request's lists as they stood at this step, sliced on
+    first read: a step builds an output per running request, and copying every request's whole
+    history each step was O(length) per token (the engine's lists are append-only, so the slice
+    taken later is the same snapshot).
+    """
+
+    __slots__ = ("request_id", "prompt_token_ids", "finished", "finish_reason", "ttft_s", "num_preemptions",
+                 "num_prefix_hit_tokens", "error", "text_fn", "_ids", "_lat", "__dict__")
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], token_ids: Sequence[int], finished: bool,
+                 finish_reason: Optional[str], ttft_s: Optional[float], token_latencies_s: Sequence[float] = (),
+                 num_preemptions: int = 0, num_prefix_hit_tokens: int = 0, error: Optional[str] = None,
+                 text_fn: Optional[Callable[[], Optional[str]]] = None, *, _ids_view=None, _lat_view=None):
+        self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
+        self.finished = finished
+        self.finish_reason = finish_reason  # "stop", "length", "abort", "error" (then `error` says why)
+        self.ttft_s = ttft_s  # arrival -> first token
+        self.num_preemptions = num_preemptions
+        self.num_prefix_hit_tokens = num_prefix_hit_tokens
+        self.error = error  # what raised, when finish_reason is "error"
+        self.text_fn = text_fn  # makes `text` on first read: a step decodes nothing nobody reads
+        # (list, start, end) views, or the lists themselves
+        self._ids = _ids_view if _ids_view is not None else (list(token_ids), 0, len(token_ids))
+        self._lat = _lat_view if _lat_view is not None else (list(token_latencies_s), 0, len(token_latencies_s))
+
+    @functools.cached_property
+    def token_ids(self) -> list[int]:
+        """Generated ids (a stop token is kept, as decoding.generate does)."""
+        src, a, b = self._ids
+        return src[a:b]
+
+    @functools.cached_property
+    def token_latencies_s(self) -> list[float]:
+        """Gaps between consecutive tokens."""
+        src, a, b = self._lat
+        return src[a:b]
 
     @functools.cached_property
     def text(self) -> Optional[str]:
         """Decoded generated text, cut before a matched stop string; None without a tokenizer."""
         return None if self.text_fn is None else self.text_fn()
+
+    def _key(self) -> tuple:
+        return (self.request_id, self.prompt_token_ids, self.token_ids, self.finished, self.finish_reason,
+                self.ttft_s, self.token_latencies_s, self.num_preemptions, self.num_prefix_hit_tokens, self.error)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RequestOutput) and self._key() == other._key()
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return (f"RequestOutput(request_id={self.request_id!r}, token_ids={self.token_ids!r}, "
+                f"finished={self.finished}, finish_reason={self.finish_reason!r}, error={self.error!r})")
 
 
 def default_cpu_kv_budget(config, dtype: torch.dtype, max_num_seqs: int, max_model_len: int,
@@ -282,14 +318,15 @@ class LLMEngine:
         return text[:min(cuts)] if cuts else text
 
     def _output(self, req: Request) -> RequestOutput:
-        ids, stop = req.output_token_ids, req.params.stop  # copies are C-level; no loop over past tokens
+        ids, lat, stop = req.token_ids, req.token_latencies, req.params.stop
+        start, end = req.num_prompt_tokens, len(ids)  # this step's snapshot of two append-only lists
         return RequestOutput(
-            request_id=req.request_id, prompt_token_ids=req.prompt_token_ids,
-            token_ids=ids, text_fn=lambda: self._text(ids, stop), finished=req.status.finished,
-            finish_reason=req.status.value if req.status.finished else None,
-            ttft_s=None if req.first_token_time is None else req.first_token_time - req.arrival_time,
-            token_latencies_s=list(req.token_latencies), num_preemptions=req.num_preemptions,
-            num_prefix_hit_tokens=req.num_prefix_hit_tokens, error=req.error)
+            req.request_id, req.prompt_token_ids, (), req.status.finished,
+            req.status.value if req.status.finished else None,
+            None if req.first_token_time is None else req.first_token_time - req.arrival_time,
+            num_preemptions=req.num_preemptions, num_prefix_hit_tokens=req.num_prefix_hit_tokens, error=req.error,
+            text_fn=lambda: self._text(ids[start:end], stop), _ids_view=(ids, start, end),
+            _lat_view=(lat, 0, len(lat)))
 
     # ------------------------------------------------------------------ the KV, as a benchmark reads it
     def blocks_in_use(self) -> int:
