@@ -138,7 +138,7 @@ _define("integer", "max_num_batched_tokens", None, "Token budget per step of sta
         "must fit one step, and a static batch is the prompts that fit its first step. Default max(--max_model_len, "
         "2048 on a CPU, 16384 on a GPU): a static batch of many prompts, up to --max_num_seqs.")
 _define("integer", "chunk_tokens", None, "Token budget per step of chunked (decodes plus prefill chunks). "
-        "Default 512 on a GPU (the engine's), 128 on a CPU.")
+        "Default 2048 on a GPU (the engine's, scheduler.engine.GPU_CHUNK_TOKENS), 128 on a CPU.")
 _define("integer", "admission_batch", 1, "Continuous and chunked: once max_num_seqs run, wait until this many slots "
         "are free before admitting again (prompts join in groups; fewer eager mixed steps). 1: admit at once.")
 _define("integer", "num_blocks", None, "KV blocks, the null block included (small: forces preemption). Default: the "
@@ -729,7 +729,7 @@ def options_from_flags() -> Options:
     preset = FLAGS.preset or (EMBEDDED if cpu else "llama3-8b")
     settings = dict(block_size=FLAGS.block_size, max_num_seqs=FLAGS.max_num_seqs or (16 if cpu else 64),
                     max_model_len=FLAGS.max_model_len, max_num_batched_tokens=FLAGS.max_num_batched_tokens,
-                    chunk_tokens=FLAGS.chunk_tokens or (128 if cpu else 512), num_blocks=FLAGS.num_blocks,
+                    chunk_tokens=FLAGS.chunk_tokens or (128 if cpu else 2048), num_blocks=FLAGS.num_blocks,
                     gpu_memory_fraction=FLAGS.gpu_memory_fraction if cuda else None,
                     admission_batch=FLAGS.admission_batch)
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint,
