@@ -469,7 +469,11 @@ def exit_on_failures(bench: str, failures: Sequence[str]) -> None:
     are kept, and a script or CI step running the benchmark still sees it fail.
     """
     if failures:
-        print(f"{bench}: {len(failures)} WRONG or FAILED: {', '.join(failures)}", file=sys.stderr, flush=True)
+        message = f"{bench}: {len(failures)} WRONG or FAILED: {', '.join(failures)}"
+        from export.failures import record_event  # the one failure log (triage/ reads it)
+
+        record_event(bench, "wrong", "BenchWrong", message, context={"variants": list(failures)})
+        print(message, file=sys.stderr, flush=True)
         sys.exit(1)
 
 
