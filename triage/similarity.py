@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from triage.signature import tokens
 
-THRESHOLD = 0.55
+THRESHOLD = 0.5
 
 
 class Index:
