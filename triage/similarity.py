@@ -21,34 +21,34 @@ class Index:
 
     def __init__(self, docs: Iterable[tuple[object, str]] = ()):
         self.keys: list[object] = []
-        self._tfs: list[Counter] = []
+        tfs: list[Counter] = []
         for key, text in docs:
             self.keys.append(key)
-            self._tfs.append(Counter(tokens(text)))
+            tfs.append(Counter(tokens(text)))
         df: Counter = Counter()
-        for tf in self._tfs:
+        for tf in tfs:
             df.update(tf.keys())
-        n = len(self._tfs)
-        self._idf = {t: math.log((1 + n) / (1 + d)) + 1.0 for t, d in df.items()}
-        self._vecs = [self._vector(tf) for tf in self._tfs]
+        self._n = len(tfs)
+        self._idf = {t: math.log((1 + self._n) / (1 + d)) + 1.0 for t, d in df.items()}
+        self._postings: dict[str, list[tuple[int, float]]] = {}  # token -> [(doc, weight)]: only shared words cost
+        for i, tf in enumerate(tfs):
+            for t, w in self._vector(tf).items():
+                self._postings.setdefault(t, []).append((i, w))
 
     def _vector(self, tf: Counter) -> dict[str, float]:
-        idf_unknown = math.log(1 + len(self._tfs)) + 1.0  # a word no document has: rare, weighty
+        idf_unknown = math.log(1 + self._n) + 1.0  # a word no document has: rare, weighty
         vec = {t: (1.0 + math.log(c)) * self._idf.get(t, idf_unknown) for t, c in tf.items()}
         norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
         return {t: v / norm for t, v in vec.items()}
 
     def query(self, text: str, k: int = 5) -> list[tuple[object, float]]:
         """The `k` most similar documents as (key, cosine), best first (cosine > 0 only)."""
-        q = self._vector(Counter(tokens(text)))
-        scored = []
-        for key, vec in zip(self.keys, self._vecs):
-            small, big = (q, vec) if len(q) < len(vec) else (vec, q)
-            s = sum(v * big.get(t, 0.0) for t, v in small.items())
-            if s > 0:
-                scored.append((key, s))
-        scored.sort(key=lambda kv: -kv[1])
-        return scored[:k]
+        scores: dict[int, float] = {}
+        for t, qw in self._vector(Counter(tokens(text))).items():
+            for i, w in self._postings.get(t, ()):
+                scores[i] = scores.get(i, 0.0) + qw * w
+        best = sorted(scores.items(), key=lambda kv: -kv[1])[:k]
+        return [(self.keys[i], s) for i, s in best if s > 0]
 
 
 def wilson_lower(worked: int, tried: int, z: float = 1.96) -> float:
