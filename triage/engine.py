@@ -44,11 +44,10 @@ class Triage:
 
     def _similar(self, normalized: str) -> list[tuple[str, float]]:
         """(signature, cosine) of fixed signatures above the threshold, best first."""
-        docs = self.store.fixed_signatures()
-        key = (len(docs), docs[-1] if docs else None)
+        key = self.store.fixes_version()
         with self._lock:
             if self._index is None or key != self._index_key:
-                self._index, self._index_key = Index(docs), key
+                self._index, self._index_key = Index(self.store.fixed_signatures()), key
             index = self._index
         return [(s, c) for s, c in index.query(normalized, k=10) if c >= self.threshold]
 
@@ -70,9 +69,13 @@ class Triage:
         out.sort(key=lambda f: (-f["score"], -f["similarity"], f["fix_id"]))
         return out[:MAX_FIXES]
 
-    def suggest(self, record: Mapping[str, Any], failure_id: Optional[int] = None, ask_llm: bool = True) -> dict:
-        """What is known about `record`: status known / kb / llm / open, and the suggestions."""
-        signature, normalized = sig.signature(record), sig.normalized(record)
+    def suggest(self, record: Mapping[str, Any], failure_id: Optional[int] = None, ask_llm: bool = True,
+                described: Optional[tuple[str, str]] = None) -> dict:
+        """What is known about `record`: status known / kb / llm / open, and the suggestions.
+
+        described: (signature, normalized) when the caller has them already (ingest does).
+        """
+        signature, normalized = described or sig.describe(record)
         fixes = self.known_fixes(signature, normalized)
         kb_hits = [] if fixes else kb.search(raw_text(record), normalized)
         out: dict[str, Any] = {"failure_id": failure_id, "signature": signature, "normalized": normalized,
@@ -108,7 +111,8 @@ class Triage:
     def ingest(self, record: Mapping[str, Any], source: str = "api", ask_llm: bool = True) -> dict:
         """Store `record` and return its suggestions (with failure_id)."""
         row = self.store.add_failure(record, source=source)
-        return self.suggest(record, failure_id=row["id"], ask_llm=ask_llm)
+        return self.suggest(record, failure_id=row["id"], ask_llm=ask_llm,
+                            described=(row["signature"], row["normalized"]))
 
     def feedback(self, failure_id: Optional[int] = None, fix_id: Optional[int] = None,
                  worked: Optional[bool] = None, my_fix: Optional[str] = None, note: str = "",

@@ -60,12 +60,16 @@ async def _request(reader, writer, method: str, path: str, body: bytes) -> tuple
 
 
 async def run_clients(port: int, clients: int, jobs: list[tuple[str, dict]], stop_after_acks: int | None = None,
-                      acked: dict | None = None):
+                      acked: dict | None = None, rate: float = 0.0):
     """Send `jobs` over `clients` connections; returns (latencies by kind, errors, acked {id: message}).
 
+    rate 0: closed loop (each client sends its next request as soon as the last is answered).
+    rate R > 0: open loop, job j is due at start + j / R whichever client takes it, and its latency
+    counts from that due time (a request delayed by a busy client is not excused).
     With stop_after_acks, a dropped connection ends a client quietly (the server is being killed).
     """
-    queue = list(reversed(jobs))
+    start = time.perf_counter() + 0.5
+    queue = [(j, kind, rec) for j, (kind, rec) in reversed(list(enumerate(jobs)))]
     lat: dict[str, list[float]] = {"ingest": [], "suggest": []}
     errors: list[str] = []
     acked = {} if acked is None else acked
@@ -78,9 +82,14 @@ async def run_clients(port: int, clients: int, jobs: list[tuple[str, dict]], sto
             errors.append(f"connect: {e}")
             return
         while queue and not dead.is_set():
-            kind, rec = queue.pop()
+            j, kind, rec = queue.pop()
             body = json.dumps(rec).encode()
-            t0 = time.perf_counter()
+            if rate > 0:
+                due = start + j / rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                t0 = due
+            else:
+                t0 = time.perf_counter()
             try:
                 status, payload = await _request(reader, writer, "POST", f"/{kind}", body)
             except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
@@ -114,6 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--requests", type=int, default=10000)
     p.add_argument("--ingest_fraction", type=float, default=0.5)
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="offered requests/s over all clients (open loop); 0: closed loop, as fast as answered")
     p.add_argument("--kill_after", type=int, default=500, help="acknowledged ingests before kill -9 (0: skip)")
     p.add_argument("--p99_ms", type=float, default=50.0)
     p.add_argument("--no_write", action="store_true")
@@ -137,7 +148,7 @@ def main(argv=None) -> int:
                 rec = variant(rng.choice(cases)["record"], i)
                 jobs.append(("ingest" if rng.random() < a.ingest_fraction else "suggest", rec))
             t0 = time.perf_counter()
-            lat, errors, acked = asyncio.run(run_clients(server.port, a.clients, jobs))
+            lat, errors, acked = asyncio.run(run_clients(server.port, a.clients, jobs, rate=a.rate))
             wall = time.perf_counter() - t0
             stored = open_store(db)
             lost1 = [fid for fid, msg in acked.items()
@@ -166,7 +177,7 @@ def main(argv=None) -> int:
     n = sum(len(v) for v in lat.values())
     rows = [{"phase": "mixed", "kind": k, "requests": len(v), "p50_ms": pct(v, 50), "p90_ms": pct(v, 90),
              "p99_ms": pct(v, 99), "max_ms": max(v) if v else float("nan")} for k, v in lat.items()]
-    summary = {"clients": a.clients, "requests": n, "wall_s": wall, "throughput_rps": n / wall, "errors": len(errors),
+    summary = {"clients": a.clients, "rate_offered": a.rate or "closed loop", "requests": n, "wall_s": wall, "throughput_rps": n / wall, "errors": len(errors),
                "acked_phase1": len(acked), "lost_phase1": len(lost1), "acked_before_kill": len(acked2),
                "lost_after_kill9": len(lost2), "suggest_after_restart": after}
     from bench import common
@@ -177,10 +188,11 @@ def main(argv=None) -> int:
         print("errors:", errors[:5])
     if not a.no_write:
         out = common.results_dir("loadtest", "cpu")
-        common.write_results(out, "triage_loadtest", rows + [{"phase": "summary", **summary}], [
-            {"name": "triage_loadtest.suggest_p99_ms", "value": pct(lat["suggest"], 99), "unit": "ms"},
-            {"name": "triage_loadtest.throughput", "value": n / wall, "unit": "requests/s"},
-            {"name": "triage_loadtest.lost_after_kill9", "value": len(lost2), "unit": "records"}],
+        name = "triage_loadtest" + (f"_rate{a.rate:g}" if a.rate else "_closed")
+        common.write_results(out, name, rows + [{"phase": "summary", **summary}], [
+            {"name": f"{name}.suggest_p99_ms", "value": pct(lat["suggest"], 99), "unit": "ms"},
+            {"name": f"{name}.throughput", "value": n / wall, "unit": "requests/s"},
+            {"name": f"{name}.lost_after_kill9", "value": len(lost2), "unit": "records"}],
             command=common.command_line("loadtest", argv, package="triage"), device=common.device_name("cpu"))
         print(f"results in {out}")
     failures = []

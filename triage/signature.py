@@ -83,28 +83,43 @@ def short_type(etype: str) -> str:
     return etype.rsplit(".", 1)[-1]
 
 
-def normalized(record: Mapping[str, Any]) -> str:
-    """The normalized failure: "Type: message" then the innermost frames, one per line."""
+def describe(record: Mapping[str, Any]) -> tuple[str, str]:
+    """(signature, normalized text) of a record, normalizing its message once.
+
+    normalized: "Type: message" (the first MAX_TEXT normalized characters) then the innermost
+    frames, one per line. signature: 16 hex digits of the hash of the type, the first non-blank
+    normalized message line and the frames.
+    """
     etype, message, tb = error_of(record)
-    head = f"{short_type(etype)}: {normalize_text(message)[:MAX_TEXT]}"
-    return "\n".join([head, *frame_names(tb)])
+    norm = normalize_text(message[:2 * MAX_TEXT])  # the head names the problem; graphs dumped after it don't
+    frames = frame_names(tb)
+    first = next((ln for ln in norm.splitlines() if ln.strip()), "")
+    core = "\n".join([short_type(etype), first[:MAX_TEXT], *frames])
+    return (hashlib.sha1(core.encode("utf-8")).hexdigest()[:16],
+            "\n".join([f"{short_type(etype)}: {norm[:MAX_TEXT]}", *frames]))
+
+
+def normalized(record: Mapping[str, Any]) -> str:
+    """The normalized failure text (see describe)."""
+    return describe(record)[1]
 
 
 def signature(record: Mapping[str, Any]) -> str:
-    """16 hex digits naming the failure: hash of the type, the normalized first message line, the frames."""
-    etype, message, tb = error_of(record)
-    first = next((ln for ln in normalize_text(message).splitlines() if ln.strip()), "")
-    core = "\n".join([short_type(etype), first[:MAX_TEXT], *frame_names(tb)])
-    return hashlib.sha1(core.encode("utf-8")).hexdigest()[:16]
+    """The failure's signature (see describe)."""
+    return describe(record)[0]
+
+
+_SPLIT_RE = re.compile(r"_|(?<=[a-z])(?=[A-Z])")
+_NEEDS_SPLIT = re.compile(r"_|[a-z][A-Z]")
 
 
 def tokens(text: str) -> list[str]:
     """Lower-cased words and placeholders of normalized text; snake/camel parts split too."""
     out = []
     for tok in _TOKEN_RE.findall(text):
-        low = tok.lower()
-        out.append(low)
-        parts = [p for p in re.split(r"_|(?<=[a-z])(?=[A-Z])", tok) if p]
-        if len(parts) > 1:
-            out.extend(p.lower() for p in parts)
+        out.append(tok.lower())
+        if _NEEDS_SPLIT.search(tok):
+            parts = [p for p in _SPLIT_RE.split(tok) if p]
+            if len(parts) > 1:
+                out.extend(p.lower() for p in parts)
     return out

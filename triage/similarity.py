@@ -7,6 +7,7 @@ as known. The threshold was set on the evaluation set (triage/eval): see docs/tr
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from typing import Iterable, Sequence
@@ -14,6 +15,12 @@ from typing import Iterable, Sequence
 from triage.signature import tokens
 
 THRESHOLD = 0.5
+
+
+@functools.lru_cache(maxsize=1024)
+def _counts(text: str) -> Counter:
+    """Token counts of `text` (cached: one suggest queries the fix index and the knowledge base)."""
+    return Counter(tokens(text))
 
 
 class Index:
@@ -44,7 +51,7 @@ class Index:
     def query(self, text: str, k: int = 5) -> list[tuple[object, float]]:
         """The `k` most similar documents as (key, cosine), best first (cosine > 0 only)."""
         scores: dict[int, float] = {}
-        for t, qw in self._vector(Counter(tokens(text))).items():
+        for t, qw in self._vector(_counts(text)).items():
             for i, w in self._postings.get(t, ()):
                 scores[i] = scores.get(i, 0.0) + qw * w
         best = sorted(scores.items(), key=lambda kv: -kv[1])[:k]

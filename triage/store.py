@@ -173,9 +173,10 @@ class Store:
     def add_failure(self, record: Mapping[str, Any], source: str = "log") -> dict:
         """Store one failure-log record (idempotent by content); returns its row."""
         uid = uid_of(record)
+        signature, normalized = sig.describe(record)
         row = {"uid": uid, "time": str(record.get("time") or _now()), "source": source,
                "binary_name": str(record.get("binary") or ""), "kind": str(record.get("kind") or ""),
-               "signature": sig.signature(record), "normalized": sig.normalized(record),
+               "signature": signature, "normalized": normalized,
                "record": json.dumps(record, sort_keys=True, default=str), "status": "open"}
         fid, _ = self._insert("failures", row)
         return self.failure(fid)
@@ -234,6 +235,11 @@ class Store:
         if not sigs:
             return []
         return self._fixes(f"WHERE f.signature IN ({', '.join('?' for _ in sigs)})", sigs)
+
+    def fixes_version(self) -> tuple[int, int]:
+        """(count, max id) of fixes: changes whenever a fix is added (cheap; the index cache key)."""
+        row = self.query("SELECT COUNT(*) AS n, MAX(id) AS m FROM fixes")[0]
+        return int(row["n"]), int(row["m"] or 0)
 
     def fixed_signatures(self) -> list[tuple[str, str]]:
         """(signature, normalized text) of every signature that has a user or accepted fix."""
