@@ -273,6 +273,19 @@ class Store:
                                           "body": text, "outcome": None, "created": created})
         return rid
 
+    def set_report_outcome(self, report_id: int, outcome: str) -> bool:
+        """Record what happened after a report's advice; False if there is no such report."""
+        rows = self.execute("UPDATE reports SET outcome = ? WHERE id = ? RETURNING id", (outcome, int(report_id)))
+        return bool(rows)
+
+    def reports_with_outcome(self, kind: str, prefix: str) -> list[dict]:
+        """Reports of `kind` whose outcome starts with `prefix` ("worked"), newest first, body decoded."""
+        rows = self.query("SELECT id, kind, body, outcome, created FROM reports WHERE kind = ? AND outcome LIKE ? "
+                          "ORDER BY id DESC", (kind, prefix + "%"))
+        for r in rows:
+            r["body"] = json.loads(r["body"])
+        return rows
+
     # -- dump ------------------------------------------------------------------------
     def export_jsonl(self, out: TextIO) -> int:
         """Write every failure, fix, outcome and report as JSON lines ({"table": ..., ...}); returns the count."""
