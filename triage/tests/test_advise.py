@@ -5,8 +5,7 @@ from pathlib import Path
 
 from triage import advise
 
-ROOT = Path(__file__).resolve().parents[2]
-H200 = ROOT / "bench" / "results" / "h200-2026-11-29" / "summary.json"
+H200 = Path(__file__).with_name("data") / "h200_summary.json"  # a copy of bench/results/h200-2026-11-29/summary.json
 TRACE = Path(__file__).with_name("data") / "decode_trace.json"
 
 
