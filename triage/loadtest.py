@@ -93,9 +93,17 @@ async def run_clients(port: int, clients: int, jobs: list[tuple[str, dict]], sto
             try:
                 status, payload = await _request(reader, writer, "POST", f"/{kind}", body)
             except (ConnectionError, asyncio.IncompleteReadError, OSError) as e:
-                if stop_after_acks is None:
+                if stop_after_acks is not None:
+                    break  # phase 2: the server is being killed
+                # An idle keep-alive connection the server closed as we wrote: reconnect and send
+                # once more (safe: an ingest is idempotent, its row is keyed by the record's content).
+                try:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    status, payload = await _request(reader, writer, "POST", f"/{kind}", body)
+                except (ConnectionError, asyncio.IncompleteReadError, OSError):
                     errors.append(f"{kind}: {type(e).__name__}")
-                break
+                    break
             lat[kind].append((time.perf_counter() - t0) * 1000)
             out = json.loads(payload) if payload else {}
             if status != 200 or "status" not in out:

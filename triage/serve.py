@@ -254,7 +254,9 @@ def main(argv=None) -> int:
         return 2
     import uvicorn
 
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False)
+    # Keep idle connections 75 s (uvicorn's default is 5): a client pacing requests seconds apart
+    # otherwise races the server's close of its idle connection.
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", access_log=False, timeout_keep_alive=75)
     return 0
 
 

@@ -40,7 +40,9 @@ class Server:
     def __enter__(self) -> str:
         if self.bin is None:
             raise RuntimeError("PostgreSQL binaries not found (apt-get install -y postgresql)")
-        self.tmp = tempfile.mkdtemp(prefix="lab-pg-")
+        # Under /tmp, not $TMPDIR: the server's user must reach it (a test's TMPDIR may sit under
+        # /root, mode 0700), and a unix socket path must stay under 108 bytes.
+        self.tmp = tempfile.mkdtemp(prefix="lab-pg-", dir="/tmp" if os.access("/tmp", os.W_OK) else None)
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):
                 try:

@@ -46,7 +46,8 @@ def test_ingest_suggest_feedback_metrics(server):
     for name in ("triage_requests_total", "triage_request_seconds_bucket", "triage_match_hit_rate",
                  "triage_suggestion_acceptance_rate", "triage_open_failures"):
         assert name in text, name
-    assert 'triage_suggestions_total{status="known"} 1.0' in text
+    assert "triage_suggestion_acceptance_rate 0.5" in text  # one "my fix", one "did not work"
+    assert 'triage_suggestions_total{status="known"} 2.0' in text and 'triage_suggestions_total{status="kb"} 1.0' in text
 
 
 def test_bad_requests(server):
