@@ -101,3 +101,19 @@ def test_pytest_plugin_records_failed_parity_comparison(env):
     assert r["kind"] == "parity" and r["binary"].endswith("test_planted.py::test_planted")
     nums = r["context"]["numbers"]
     assert nums["what"] == "rms_norm" and nums["bad"] >= 1 and nums["numel"] == 32 and nums["ratio"] > 1
+
+
+def test_ingest_binary_flags_and_list(env, capsys):
+    from triage import ingest
+
+    assert ingest.to_cli_argv(["--bep", "b.json", "--db", "x.db"]) == ["--db", "x.db", "ingest", "--bep", "b.json"]
+    assert cli.main(ingest.to_cli_argv(["--bep", str(_bep_copy(env))])) == 0
+    assert cli.main(["list", "--status", "open"]) == 0
+    out = capsys.readouterr().out
+    assert "bazel //kernels:rms_norm_cu" in out and "bazel //triage:test_store" in out
+
+
+def test_pytest_main_enables_the_plugin():
+    """The runner every lab_py_test runs (in its runfiles) loads the plugin when triage is importable."""
+    text = (ROOT / "tools" / "testing" / "pytest_main.py").read_text()
+    assert '"-p", "triage.pytest_plugin"' in text
