@@ -27,7 +27,7 @@ import re
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 MEMORY_ROOF = 0.60
 COMPUTE_ROOF = 0.50
