@@ -466,10 +466,15 @@ def exit_on_failures(bench: str, failures: Sequence[str]) -> None:
     """Exit 1 with one line naming every WRONG or FAILED variant (none: return).
 
     Called last, after the results files are written: the figures of the variants that passed
-    are kept, and a script or CI step running the benchmark still sees it fail.
+    are kept, and a script or CI step running the benchmark still sees it fail. The line also
+    goes to the failure log as one record (`export.failures.record_event`, kind "wrong").
     """
     if failures:
-        print(f"{bench}: {len(failures)} WRONG or FAILED: {', '.join(failures)}", file=sys.stderr, flush=True)
+        message = f"{bench}: {len(failures)} WRONG or FAILED: {', '.join(failures)}"
+        from export.failures import record_event  # the one failure log (triage/ reads it)
+
+        record_event(bench, "wrong", "BenchWrong", message, context={"variants": list(failures)})
+        print(message, file=sys.stderr, flush=True)
         sys.exit(1)
 
 

@@ -34,6 +34,11 @@ when a field changes meaning or disappears, new fields may appear at any time):
                traceback (torch.export, dynamo, FX, onnx exporters, torch_tensorrt),
                null when none is recognisable (best effort)
   failing_node FX node name ("index_copy_3") when a message names one, else null
+  context      (records of `record_event` only) {target, device, inputs, numbers, ...}:
+               what the bench gate, parity plugin or Bazel build event knew
+
+Other sources (bench WRONG gates, the parity pytest plugin, Bazel build events) append
+the same records through `record_event`; `triage/` reads this log into its database.
 """
 
 from __future__ import annotations
@@ -281,3 +286,53 @@ def capture(binary: str, **exported_defaults: Any) -> Callable:
         return wrapped
 
     return wrap
+
+
+
+def make_event(binary: str, kind: str, error_type: str, message: str, *,
+               traceback_lines: list[str] | None = None, context: Mapping[str, Any] | None = None,
+               argv: list[str] | None = None) -> dict[str, Any]:
+    """The schema-1 record of a failure that is not a raised exception (see `record_event`)."""
+    try:
+        from export.common import git_revision
+
+        git = git_revision()
+    except Exception:  # noqa: BLE001 - a record without the revision beats no record
+        git = "unknown"
+    text = f"{error_type}: {message}\n" + "\n".join(traceback_lines or [])
+    return {
+        "schema": SCHEMA,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "binary": binary,
+        "kind": kind,
+        "argv": list(sys.argv if argv is None else argv),
+        "flags": {},
+        "exported": {},
+        "versions": library_versions(),
+        "git": git,
+        "exception": {"type": error_type, "message": str(message)[:MAX_MESSAGE],
+                      "traceback": list(traceback_lines or [])[-TRACEBACK_FRAMES:], "chain": []},
+        "failing_op": failing_op(text),
+        "failing_node": failing_node(text),
+        "context": _jsonable(dict(context or {})),
+    }
+
+
+def record_event(binary: str, kind: str, error_type: str, message: str, *,
+                 traceback_lines: list[str] | None = None, context: Mapping[str, Any] | None = None,
+                 argv: list[str] | None = None, path: Path | None = None) -> Optional[Path]:
+    """Append one schema-1 record for a failure that is not a raised exception; never raises.
+
+    The one record function of the non-export sources (the bench WRONG gates, the parity
+    pytest plugin, Bazel build events): `binary` names what ran ("bench.decode",
+    "pytest parity/test_kernels.py::test_x", "bazel //pkg:target"), `kind` says which
+    gate ("wrong", "parity", "build", "test"), `context` carries what else is known
+    (target, device, input shapes/dtypes, the numbers of a failed comparison) under the
+    record's "context" key. Prints nothing; returns the path written, or None.
+    """
+    try:
+        record = make_event(binary, kind, error_type, message, traceback_lines=traceback_lines,
+                            context=context, argv=argv)
+        return append_record(record, path)
+    except Exception:  # noqa: BLE001 - a failed gate must still report itself
+        return None

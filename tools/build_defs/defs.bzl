@@ -66,7 +66,8 @@ def lab_py_test(name, srcs, deps = [], data = [], gpu = False, tags = [], size =
         srcs = srcs + ["//tools/testing:pytest_main.py"],
         main = "//tools/testing:pytest_main.py",
         args = ["$(rootpath {})".format(s) for s in srcs],
-        deps = deps,
+        # Failed parity comparisons go to the failure log (tools/testing/pytest_main.py enables it).
+        deps = deps + ["//triage:pytest_plugin"],
         data = data,
         python_version = "PY3",
         size = size,

@@ -6,6 +6,7 @@ per-test skip markers or `pytestmark`, never by module-level pytest.skip or cond
 definitions; a run of only skipped tests exits 0.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -13,6 +14,8 @@ import pytest
 
 if __name__ == "__main__":
     args = ["-q", "-p", "no:cacheprovider", "--rootdir", os.getcwd()]
+    if importlib.util.find_spec("triage") and importlib.util.find_spec("triage.pytest_plugin"):
+        args += ["-p", "triage.pytest_plugin"]  # failed parity comparisons -> the failure log
     xml = os.environ.get("XML_OUTPUT_FILE")
     if xml:
         args += ["--junitxml", xml]
