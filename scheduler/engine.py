@@ -54,6 +54,8 @@ class RequestOutput:
     num_preemptions: int = 0
     num_prefix_hit_tokens: int = 0
     error: Optional[str] = None  # what raised, when finish_reason is "error"
+    # With SamplingParams.logprobs: per generated token (its logprob, [(id, logprob)] of the top k).
+    logprobs: Optional[list[tuple[float, list[tuple[int, float]]]]] = None
     # Makes `text` on first read: an engine step decodes nothing for outputs nobody reads.
     text_fn: Optional[Callable[[], Optional[str]]] = field(default=None, repr=False, compare=False)
 
@@ -284,7 +286,8 @@ class LLMEngine:
             finish_reason=req.status.value if req.status.finished else None,
             ttft_s=None if req.first_token_time is None else req.first_token_time - req.arrival_time,
             token_latencies_s=list(req.token_latencies), num_preemptions=req.num_preemptions,
-            num_prefix_hit_tokens=req.num_prefix_hit_tokens, error=req.error)
+            num_prefix_hit_tokens=req.num_prefix_hit_tokens, error=req.error,
+            logprobs=None if req.params.logprobs is None else list(req.logprobs))
 
     # ------------------------------------------------------------------ the KV, as a benchmark reads it
     def blocks_in_use(self) -> int:
