@@ -163,26 +163,27 @@ class AsyncEngine:
         engine = self.engine
         while not self._stop:
             self._wake.clear()
-            add_errors = self._drain()
-            outs: list[RequestOutput] = []
+            add_errors, aborted = self._drain()
+            outs: list[RequestOutput] = aborted  # for the metrics; their sinks are gone
             if engine.has_unfinished_requests():
                 try:
-                    outs = engine.step()
+                    outs = aborted + engine.step()
                 except Exception as e:  # noqa: BLE001 - the live requests fail, the server keeps serving
                     log.exception("AsyncEngine: a step raised; its requests finish with an error")
-                    outs = self._fail_all(f"the engine step raised {type(e).__name__}: {e}")
+                    outs = aborted + self._fail_all(f"the engine step raised {type(e).__name__}: {e}")
                     self.step_errors += 1
                 self.steps += 1
             elif not add_errors:
-                self._observe([])
+                self._observe(outs)
                 self._wake.wait(0.5)
                 continue
             self._observe(outs)
             if outs or add_errors:
                 self._loop.call_soon_threadsafe(self._deliver, outs, add_errors)
 
-    def _drain(self) -> list[tuple[str, Exception]]:
-        errors = []
+    def _drain(self) -> tuple[list[tuple[str, Exception]], list[RequestOutput]]:
+        """Apply the inbox: (add errors, outputs of the requests aborted)."""
+        errors, aborted = [], []
         while self._inbox:
             item = self._inbox.popleft()
             if item[0] == "add":
@@ -193,8 +194,10 @@ class AsyncEngine:
                 except ValueError as e:  # ContextLengthError, KVCapacityError, bad ids: a 400
                     errors.append((rid, e))
             else:
-                self.engine.abort_request(item[1])
-        return errors
+                out = self.engine.abort_request(item[1])
+                if out is not None:
+                    aborted.append(out)
+        return errors, aborted
 
     def _fail_all(self, why: str) -> list[RequestOutput]:
         outs = []
