@@ -24,6 +24,10 @@ from absl import flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "lab-small", "What to serve: lab-small, lab-draft, embedded, a preset, or an "
                     "HF-layout directory (relative to where you ran the command).")
+flags.DEFINE_integer("n_layers", None, "Random weights (a preset --checkpoint) only: override the layer count.")
+flags.DEFINE_integer("seed", None, "Random weights only: the weights' seed (default 0).")
+flags.DEFINE_string("tokenizer", None, "A tokenizer file or folder for a checkpoint without one (a preset with random "
+                    "weights: third_party/tokenizers/llama3/tokenizer.model for llama3-8b).")
 flags.DEFINE_string("served_model_name", None, "The 'model' clients must send. Default: the checkpoint's folder name.")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind. Anything but loopback needs --api_key.")
 flags.DEFINE_integer("port", 8000, "TCP port.")
@@ -36,6 +40,7 @@ flags.DEFINE_integer("max_num_batched_tokens", None, "Tokens per step. Default t
 flags.DEFINE_integer("max_model_len", None, "Context limit, tokens. Default the model's.")
 flags.DEFINE_integer("block_size", 16, "Tokens per KV block.")
 flags.DEFINE_integer("num_blocks", None, "KV blocks (null block included). Default the engine's sizing.")
+flags.DEFINE_integer("admission_batch", 1, "Free sequence slots a full engine waits for before admitting again.")
 flags.DEFINE_integer("max_queue", 256, "Requests allowed to wait; beyond, 429 with Retry-After.")
 flags.DEFINE_integer("cpu_threads", 1, "CPU: torch intra-op threads (1: the tiny models' ops are too small to "
                      "split, and the HTTP loop needs a core).")
@@ -56,11 +61,12 @@ def is_loopback(host: str) -> bool:
 
 
 def make_app(checkpoint: str = "lab-small", *, served_model_name: Optional[str] = None, api_key: Optional[str] = None,
-             device: str = "auto", dtype: Optional[str] = None, max_queue: int = 256, **engine_kwargs):
+             device: str = "auto", dtype: Optional[str] = None, max_queue: int = 256, tokenizer: Optional[str] = None,
+             n_layers: Optional[int] = None, seed: Optional[int] = None, **engine_kwargs):
     """Load the model, build the LLMEngine, the AsyncEngine and the app. Returns the FastAPI app
     (app.state.engine is the AsyncEngine; the engine thread starts with the app)."""
     import model as lab_model
-    from model.loader import checkpoint_dir
+    from model.loader import checkpoint_dir, user_path
     from model.tokenizer import ByteTokenizer, has_tokenizer, load_tokenizer
     from scheduler import LLMEngine
     from serve.app import build_app
@@ -69,9 +75,14 @@ def make_app(checkpoint: str = "lab-small", *, served_model_name: Optional[str] 
     from serve.metrics import Metrics
 
     path = checkpoint_dir(checkpoint)
-    m = lab_model.load(checkpoint, dtype=dtype if dtype else ("auto" if device != "cpu" else None), device=device)
-    if path is not None and has_tokenizer(path):
-        tokenizer = load_tokenizer(path)
+    m = lab_model.load(checkpoint, dtype=dtype if dtype else ("auto" if device != "cpu" else None), device=device,
+                       seed=seed, n_layers=n_layers)
+    tok_path = user_path(tokenizer) if tokenizer else path if path is not None and has_tokenizer(path) else None
+    if tok_path is not None:
+        tokenizer = load_tokenizer(tok_path)
+        if tokenizer.vocab_size > m.config.vocab_size:
+            raise ServerUsageError(f"--tokenizer {tok_path} has {tokenizer.vocab_size} ids, the model only "
+                                   f"{m.config.vocab_size}")
     elif m.config.vocab_size == ByteTokenizer.vocab_size:
         tokenizer = ByteTokenizer()
     else:
@@ -125,6 +136,7 @@ def main(argv: list[str]) -> None:
 
     from model.config import ConfigError
     from model.device import UsageError
+    from model.tokenizer import TokenizerError
     from model.weights import CheckpointError
 
     try:
@@ -138,10 +150,14 @@ def main(argv: list[str]) -> None:
     try:
         app = make_app(FLAGS.checkpoint, served_model_name=FLAGS.served_model_name, api_key=FLAGS.api_key,
                        device=device, dtype=FLAGS.dtype, max_queue=FLAGS.max_queue, policy=FLAGS.policy,
+                       tokenizer=FLAGS.tokenizer, n_layers=FLAGS.n_layers, seed=FLAGS.seed,
+                       admission_batch=FLAGS.admission_batch,
                        max_num_seqs=FLAGS.max_num_seqs, max_num_batched_tokens=FLAGS.max_num_batched_tokens,
                        max_model_len=FLAGS.max_model_len, block_size=FLAGS.block_size, num_blocks=FLAGS.num_blocks)
     except (CheckpointError, ConfigError, UsageError) as e:
         raise ServerUsageError(f"--checkpoint: {e}") from None
+    except (FileNotFoundError, TokenizerError) as e:
+        raise ServerUsageError(f"--tokenizer: {e}") from None
     except ValueError as e:  # the engine's settings
         raise ServerUsageError(str(e)) from None
     print(f"serving {FLAGS.checkpoint} on http://{FLAGS.host}:{FLAGS.port} (OpenAI API under /v1)", file=sys.stderr,
