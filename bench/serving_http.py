@@ -207,7 +207,7 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def server_args(opts, settings, policy: str, max_queue: int) -> list[str]:
+def server_args(opts, settings, policy: str, max_queue: int, tokenizer: Optional[str] = None) -> list[str]:
     """The server flags giving the engine the in-process run's settings."""
     args = [f"--checkpoint={opts.checkpoint or 'lab-small'}", f"--device={opts.device}",
             f"--dtype={common.dtype_name(opts.dtype)}", f"--policy={policy}",
@@ -217,6 +217,10 @@ def server_args(opts, settings, policy: str, max_queue: int) -> list[str]:
             f"--max_queue={max_queue}", f"--cpu_threads={opts.cpu_threads or 0}", "--log_level=warning"]
     if settings.num_blocks is not None:
         args.append(f"--num_blocks={settings.num_blocks}")
+    if tokenizer:
+        from model.loader import user_path
+
+        args.append(f"--tokenizer={user_path(tokenizer)}")
     return args
 
 
@@ -247,7 +251,8 @@ def run_http(opts, url: str, api_key: Optional[str], out_dir: Optional[Path], lo
     return {"rows": [row], "results": [res]}
 
 
-def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str], None] = print) -> dict[str, Any]:
+def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str], None] = print,
+            tokenizer: Optional[str] = None) -> dict[str, Any]:
     """--backend=compare: in-process vs HTTP on one trace, then the overload run (module docstring)."""
     import torch
 
@@ -299,7 +304,7 @@ def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str],
 
     logs = out_dir or Path("/tmp")
     rows = [_row(local, 0, len(trace))]
-    server = ServerProcess(server_args(opts, settings, policy, max_queue=len(trace) + 1), logs / "serving_http_server.log")
+    server = ServerProcess(server_args(opts, settings, policy, len(trace) + 1, tokenizer), logs / "serving_http_server.log")
     try:
         name = server_info(server.url)["id"]
         log(f"server up at {server.url} (pid {server.proc.pid}); replaying the same trace over HTTP ...")
@@ -319,7 +324,7 @@ def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str],
         heavy = serving.with_rate(trace, overload * base, opts.seed + 11)
         log(f"overload: the trace at {overload:g} x {'capacity' if capacity else 'the rate'} = "
             f"{overload * base:.3g}/s against a server with --max_queue={settings.max_num_seqs} ...")
-        server = ServerProcess(server_args(opts, settings, policy, max_queue=settings.max_num_seqs),
+        server = ServerProcess(server_args(opts, settings, policy, settings.max_num_seqs, tokenizer),
                                logs / "serving_http_overload_server.log")
         try:
             over, rejected = http_replay(server.url, name, heavy, f"overload {overload:g}x", allow_429=True)
