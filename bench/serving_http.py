@@ -30,6 +30,7 @@ figure includes the client's share, as a real deployment on one box would.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -241,7 +242,8 @@ def run_http(opts, url: str, api_key: Optional[str], out_dir: Optional[Path], lo
     log(f"replaying {len(trace)} requests at {opts.rate:.3g}/s against {url} ({info['id']}) ...")
     res, rejected = http_replay(url, info["id"], trace, "http", api_key, allow_429=True)
     row = _row(res, rejected, len(trace))
-    title = f"bench.serving --backend=http: {info['id']} at {url}, {common.today()}, {len(trace)} requests at {opts.rate:.3g}/s"
+    title = (f"bench.serving --backend=http: {info['id']} at {url}, {common.today()}, {len(trace)} requests at "
+             f"{opts.rate:.3g}/s")
     common.print_table([row], HTTP_COLUMNS, title="\n" + title)
     log(f"{row['completed']} completed, {rejected} refused with 429; the server is clean afterwards (no KV block "
         f"in use, nothing running or waiting) and /health answers")
@@ -281,7 +283,7 @@ def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str],
     finally:
         engine.close()
     check = serving.check_outputs(cases, outs, opts.dtype, policy,
-                                  lambda p, t: serving.teacher_forced_logits(model, p, t))
+                                  functools.partial(serving.teacher_forced_logits, model))
     log(f"check {policy}: {check['tokens_identical']}/{check['tokens']} tokens identical to single-request decoding")
 
     trace = serving.build_trace(opts.num_requests, 1.0, opts.prompt, opts.output, vocab, opts.seed)
@@ -292,7 +294,8 @@ def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str],
         rate = opts.load * capacity
         log(f"measured capacity {capacity:.2f} requests/s ({how}); rate = {opts.load:g} x capacity = {rate:.2f}/s")
     trace = serving.with_rate(trace, rate, opts.seed)
-    log(f"trace: {len(trace)} requests at {rate:.3g}/s, last arrival {trace[-1].arrival_s:.2f} s; in-process {policy} ...")
+    log(f"trace: {len(trace)} requests at {rate:.3g}/s, last arrival {trace[-1].arrival_s:.2f} s; "
+        f"in-process {policy} ...")
     engine = serving.make_engine(model, policy, settings)
     try:
         local = serving.replay(engine, trace, "in-process")
@@ -304,7 +307,8 @@ def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str],
 
     logs = out_dir or Path("/tmp")
     rows = [_row(local, 0, len(trace))]
-    server = ServerProcess(server_args(opts, settings, policy, len(trace) + 1, tokenizer), logs / "serving_http_server.log")
+    server = ServerProcess(server_args(opts, settings, policy, len(trace) + 1, tokenizer),
+                           logs / "serving_http_server.log")
     try:
         name = server_info(server.url)["id"]
         log(f"server up at {server.url} (pid {server.proc.pid}); replaying the same trace over HTTP ...")
@@ -354,7 +358,8 @@ def compare(opts, out_dir: Optional[Path], overload: float, log: Callable[[str],
              f"{common.today()}, {len(trace)} requests at {rate:.3g}/s" + ("" if cuda else " (CPU run)"))
     common.print_table(rows, HTTP_COLUMNS, title="\n" + title)
     log(f"server cost: HTTP output tok/s = {http['out_tok_per_s']:.1f} vs in-process {eng['out_tok_per_s']:.1f} "
-        f"-> {100 * cost:+.1f}% (target <= {100 * TARGET_TOK_COST:.0f}%: {'met' if verdict['tok_s_cost_ok'] else 'MISSED'})")
+        f"-> {100 * cost:+.1f}% (target <= {100 * TARGET_TOK_COST:.0f}%: "
+        f"{'met' if verdict['tok_s_cost_ok'] else 'MISSED'})")
     log(f"streaming: HTTP ITL p99 {http['itl_p99_ms']:.2f} ms vs the engine's TPOT p99 {eng['tpot_p99_ms']:.2f} ms "
         f"-> {itl_ratio:.2f}x (target <= {TARGET_ITL_RATIO:.2f}x: {'met' if verdict['itl_ok'] else 'MISSED'}); "
         f"like for like: HTTP ITL p99 / in-process ITL p99 {verdict['itl_p99_over_engine_itl_p99']:.2f}x (the "

@@ -213,7 +213,8 @@ def build_app(engine: AsyncEngine, tokenizer, template, model_name: str, api_key
                         return
                     delta = texts[r].delta(out)
                     new = out.token_ids[sent[r]:]
-                    if not (delta or out.finished or (new and (parsed.return_token_ids or parsed.logprobs is not None))):
+                    per_token = parsed.return_token_ids or parsed.logprobs is not None
+                    if not (delta or out.finished or (new and per_token)):
                         continue
                     c: dict[str, Any] = {"index": index[r], "finish_reason": protocol.finish_reason(out)}
                     if chat:

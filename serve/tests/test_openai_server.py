@@ -245,8 +245,9 @@ def test_disconnect_aborts_and_frees_blocks(server, client):
         httpx.post(server.url + "/v1/completions", timeout=0.3,
                    json={"model": MODEL, "prompt": PROMPT, "max_tokens": 400, "ignore_eos": True})
     _wait_idle(server)
-    assert re.search(r'lab_request_finished_total\{finish_reason="abort"\} [1-9]', httpx.get(server.url + "/metrics").text)
-    assert re.search(r"^lab_kv_blocks_in_use 0\.0$", httpx.get(server.url + "/metrics").text, re.M)
+    metrics = httpx.get(server.url + "/metrics").text
+    assert re.search(r'lab_request_finished_total\{finish_reason="abort"\} [1-9]', metrics)
+    assert re.search(r"^lab_kv_blocks_in_use 0\.0$", metrics, re.M)
 
 
 # ---------------------------------------------------------------------------- errors
