@@ -160,6 +160,8 @@ _define("string", "url", "http://127.0.0.1:8000", "--backend=http: the server's 
 _define("string", "http_api_key", None, "--backend=http: the server's --api_key, if it has one.")
 _define("float", "overload", 10.0, "--backend=compare: then replay the trace at this multiple of the capacity "
         "against a server with --max_queue = --max_num_seqs (every request completes or gets 429). 0: skip.")
+_define("integer", "repeats", None, "--backend=compare: in-process then HTTP this many times on the same trace (the "
+        "figures are medians over the pairs). Default 2 on a CPU (a shared machine's load drifts), 1 on a GPU.")
 _define("string", "server_tokenizer", None, "--backend=compare: the server's --tokenizer, for a --checkpoint without "
         "one (a preset with random weights: third_party/tokenizers/llama3/tokenizer.model for llama3-8b).")
 _define("boolean", "plot", True, "Write serving.png (throughput, TTFT, TPOT, latency per policy; KV use over time).")
@@ -942,7 +944,8 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(opts.cpu_threads)
     try:
         serving_http.compare(opts, common.results_dir("serving", opts.device), FLAGS.overload,
-                             tokenizer=FLAGS.server_tokenizer)
+                             tokenizer=FLAGS.server_tokenizer,
+                             repeats=FLAGS.repeats or (1 if common.is_cuda(opts.device) else 2))
     finally:
         torch.set_num_threads(threads)
 
