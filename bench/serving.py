@@ -657,6 +657,7 @@ class Options:
     plot: bool
     cpu_threads: Optional[int] = 1
     profile_steps: int = 0
+    backend: str = "engine"  # engine, http, compare (bench/serving_http.py)
 
     def __post_init__(self) -> None:
         """Bad settings, however the options were built: one ServingUsageError naming the flag."""
@@ -713,7 +714,7 @@ def options_from_flags() -> Options:
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint,
                    list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
                    FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
-                   FLAGS.profile_steps)
+                   FLAGS.profile_steps, FLAGS.backend)
 
 
 def resolve_settings(opts: Options, model) -> EngineSettings:
@@ -927,14 +928,14 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ServingUsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
     opts = options_from_flags()
-    if FLAGS.backend == "engine":
+    if opts.backend == "engine":
         run(opts, common.results_dir("serving", opts.device))
         return
     from bench import serving_http
 
     if not FLAGS["policies"].present:
         opts.policies = ["chunked"]  # the server's default policy
-    if FLAGS.backend == "http":
+    if opts.backend == "http":
         serving_http.run_http(opts, FLAGS.url.rstrip("/"), FLAGS.http_api_key, common.results_dir("serving", opts.device))
         return
     if not opts.checkpoint:
