@@ -4,7 +4,7 @@
 #   OUT=/path/to/dir bash bench/gpu_server.sh          # from the repo root
 # Model: llama3-8b shape with random weights in bf16 (the same seed in both), served with the real
 # Llama 3 tokenizer (third_party/tokenizers/llama3). LAB_SERVER_FLAGS adds bench.serving flags.
-# Needs fastapi, uvicorn, prometheus-client, httpx2, jinja2 (requirements_lock.txt): wheels placed
+# Needs fastapi, uvicorn, prometheus-client, jinja2 (requirements_lock.txt): wheels placed
 # in .whl/ are installed to /tmp/site first. $OUT gets logs and results.tar.gz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +19,8 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 { date -u +"%Y-%m-%dT%H:%M:%SZ"; nvidia-smi --query-gpu=name,memory.total --format=csv
   python3 -c "import torch; print('torch', torch.__version__)"
-  python3 -c "import fastapi, uvicorn, prometheus_client, httpx2, jinja2; print('fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__)" \
-    || { echo "missing server packages: put wheels of fastapi, starlette, uvicorn, h11, prometheus-client, httpx2, httpcore2, anyio, jinja2 (versions of requirements_lock.txt) in .whl/"; exit 2; }
+  python3 -c "import fastapi, uvicorn, prometheus_client, jinja2; print('fastapi', fastapi.__version__, 'uvicorn', uvicorn.__version__)" \
+    || { echo "missing server packages: put wheels of fastapi, starlette, pydantic, pydantic-core, annotated-types, typing-inspection, uvicorn, h11, click, anyio, sniffio, prometheus-client, jinja2, markupsafe (versions of requirements_lock.txt) in .whl/"; exit 2; }
 } 2>&1 | tee "$log"
 echo "== bench.serving --backend=compare (in-process vs HTTP, then 10x overload)" | tee -a "$log"
 timeout "${LAB_SERVER_TIMEOUT:-420}" python3 -m bench.serving --backend=compare --checkpoint=llama3-8b \

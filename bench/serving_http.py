@@ -142,11 +142,7 @@ def http_replay(url: str, model: str, trace, label: str, api_key: Optional[str] 
                 allow_429: bool = False):
     """Replay `trace` against the server at url; a bench.serving.ReplayResult (no step samples:
     the KV is not visible over HTTP) and the number of 429s."""
-    import logging
-
     from bench.serving import ReplayResult
-
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise (absl logs INFO)
 
     before = scrape(url, api_key)
     answers, _ = asyncio.run(_replay(url, model, trace, api_key))
@@ -175,17 +171,12 @@ def http_replay(url: str, model: str, trace, label: str, api_key: Optional[str] 
 
 def scrape(url: str, api_key: Optional[str] = None) -> dict[str, float]:
     """The server's unlabelled /metrics samples (name -> value)."""
-    import httpx2 as httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    text = httpx.get(url + "/metrics", headers=headers, timeout=30).text
+    text = _get(url + "/metrics", api_key)[1].decode()
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+) ([-+0-9.e]+)$", text, re.M)}
 
 
 def wait_clean(url: str, api_key: Optional[str], label: str, timeout_s: float = 30.0) -> dict[str, float]:
     """After a replay: /health answers and, within timeout_s, no KV block, running or waiting request."""
-    import httpx2 as httpx
-
     deadline = time.monotonic() + timeout_s
     while True:
         m = scrape(url, api_key)
@@ -195,16 +186,26 @@ def wait_clean(url: str, api_key: Optional[str], label: str, timeout_s: float = 
         if time.monotonic() > deadline:
             raise HTTPReplayError(f"{label}: the server still holds {busy} {timeout_s:.0f} s after the last response")
         time.sleep(0.1)
-    if httpx.get(url + "/health", timeout=30).status_code != 200:
+    if _get(url + "/health")[0] != 200:
         raise HTTPReplayError(f"{label}: /health does not answer 200 after the replay")
     return m
 
 
 def server_info(url: str, api_key: Optional[str] = None) -> dict[str, Any]:
-    import httpx2 as httpx
+    return json.loads(_get(url + "/v1/models", api_key)[1])["data"][0]
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"][0]
+
+def _get(url: str, api_key: Optional[str] = None, timeout_s: float = 30.0) -> tuple[int, bytes]:
+    """(status, body) of a GET (urllib: the benchmark side needs no HTTP package)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 def process_cpu_s(pid: int) -> float:
@@ -218,8 +219,6 @@ class ServerProcess:
     """`python3 -m serve.openai_server` on a free loopback port, its output in log_path."""
 
     def __init__(self, args: list[str], log_path: Path, start_timeout_s: float = 600.0):
-        import httpx2 as httpx
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -237,9 +236,9 @@ class ServerProcess:
                 raise HTTPReplayError(f"the server exited ({self.proc.returncode}) before answering: "
                                       f"{log_path.read_text()[-1500:]}")
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                if _get(self.url + "/health", timeout_s=2)[0] == 200:
                     break
-            except httpx.TransportError:
+            except OSError:  # not listening yet
                 pass
             if time.monotonic() > deadline:
                 self.stop()

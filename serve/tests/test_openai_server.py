@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -383,7 +384,7 @@ def test_exposed_host_needs_a_key(capsys):
 def test_llama3_template():
     from model.tokenizer import load_tokenizer
 
-    tok = load_tokenizer("third_party/tokenizers/llama3/tokenizer.model")
+    tok = load_tokenizer(Path(__file__).absolute().parents[2] / "third_party/tokenizers/llama3/tokenizer.model")
     t = load_chat_template(tok, None)
     assert t.name == "llama3"
     sp = tok.special_tokens
