@@ -376,6 +376,15 @@ def test_exposed_host_needs_a_key(capsys):
     finally:
         flags.FLAGS.unparse_flags()
     assert "--api_key" in capsys.readouterr().err
+    for argv, needle in ((["--checkpoint=no/such/dir"], "error: --checkpoint: checkpoint directory not found"),
+                         (["--max_queue=0"], "error: --max_queue must be >= 1")):
+        flags.FLAGS(["openai_server", *argv])
+        try:
+            assert openai_server._main(["openai_server"]) == 2
+        finally:
+            flags.FLAGS.unparse_flags()
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
     assert openai_server.is_loopback("127.0.0.1") and openai_server.is_loopback("::1")
     assert not openai_server.is_loopback("0.0.0.0")
 
