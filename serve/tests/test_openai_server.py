@@ -202,6 +202,11 @@ def test_logprobs_match_the_model(client, ref):
                                           temperature=0, logprobs=True, top_logprobs=2)
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in content)
+    from scheduler.params import SamplingParamsError
+
+    for bad in (21, -1, True, 2.0):
+        with pytest.raises(SamplingParamsError, match="logprobs"):
+            SamplingParams(logprobs=bad)
 
 
 def test_64_concurrent_streams(server, ref):
