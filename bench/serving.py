@@ -8,6 +8,8 @@ does it use the paged KV cache (blocks in use, slots allocated but empty)?
   python3 -m bench.serving                                  # CPU: tiny model, 48 requests
   python3 -m bench.serving --policies=continuous --rate=20 --num_requests=200
   python3 -m bench.serving --num_blocks=40                  # a tight KV: preemptions
+  python3 -m bench.serving --backend=compare --checkpoint=lab-small   # in-process vs the HTTP server
+  python3 -m bench.serving --backend=http --url=http://127.0.0.1:8000 --rate=8   # a running server
   bazel run //bench:serving -- --preset=llama3-8b --n_layers=8   # GPU: random weights, bf16
 
 The trace. Arrivals are a Poisson process: gaps ~ Exponential(--rate), the first request
@@ -156,6 +158,17 @@ _define("integer", "shared_prefix_tokens", 0, "Every prompt starts with one shar
 _define("enum", "prefix_caching", "on", "The engine's prefix cache: on, off, or both (each policy runs twice, the "
         "second as '<policy>/no-prefix-cache'; TTFT and prefix hit rate side by side).",
         enum_values=["on", "off", "both"])
+_define("enum", "backend", "engine", "engine: the policies in-process. http: the trace over HTTP against --url "
+        "(a running serve.openai_server; needs --rate). compare: in-process vs a server subprocess on the same trace, "
+        "then the --overload run (bench/serving_http.py).", enum_values=["engine", "http", "compare"])
+_define("string", "url", "http://127.0.0.1:8000", "--backend=http: the server's base URL.")
+_define("string", "http_api_key", None, "--backend=http: the server's --api_key, if it has one.")
+_define("float", "overload", 10.0, "--backend=compare: then replay the trace at this multiple of the capacity "
+        "against a server with --max_queue = --max_num_seqs (every request completes or gets 429). 0: skip.")
+_define("integer", "repeats", None, "--backend=compare: in-process then HTTP this many times on the same trace (the "
+        "figures are medians over the pairs). Default 2 on a CPU (a shared machine's load drifts), 1 on a GPU.")
+_define("string", "server_tokenizer", None, "--backend=compare: the server's --tokenizer, for a --checkpoint without "
+        "one (a preset with random weights: third_party/tokenizers/llama3/tokenizer.model for llama3-8b).")
 _define("boolean", "plot", True, "Write serving.png (throughput, TTFT, TPOT, latency per policy; KV use over time).")
 
 
@@ -675,6 +688,7 @@ class Options:
     profile_steps: int = 0
     shared_prefix_tokens: int = 0
     prefix_caching: str = "on"
+    backend: str = "engine"  # engine, http, compare (bench/serving_http.py)
 
     def __post_init__(self) -> None:
         """Bad settings, however the options were built: one ServingUsageError naming the flag."""
@@ -735,7 +749,7 @@ def options_from_flags() -> Options:
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint,
                    list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
                    FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
-                   FLAGS.profile_steps, FLAGS.shared_prefix_tokens, FLAGS.prefix_caching)
+                   FLAGS.profile_steps, FLAGS.shared_prefix_tokens, FLAGS.prefix_caching, FLAGS.backend)
 
 
 def resolve_settings(opts: Options, model) -> EngineSettings:
@@ -966,7 +980,27 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ServingUsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
     opts = options_from_flags()
-    run(opts, common.results_dir("serving", opts.device))
+    if opts.backend == "engine":
+        run(opts, common.results_dir("serving", opts.device))
+        return
+    from bench import serving_http
+
+    if not FLAGS["policies"].present:
+        opts.policies = ["chunked"]  # the server's default policy
+    if opts.backend == "http":
+        serving_http.run_http(opts, FLAGS.url.rstrip("/"), FLAGS.http_api_key, common.results_dir("serving", opts.device))
+        return
+    if not opts.checkpoint:
+        opts.checkpoint = "lab-small"
+    threads = torch.get_num_threads()
+    if opts.cpu_threads and not common.is_cuda(opts.device):
+        torch.set_num_threads(opts.cpu_threads)
+    try:
+        serving_http.compare(opts, common.results_dir("serving", opts.device), FLAGS.overload,
+                             tokenizer=FLAGS.server_tokenizer,
+                             repeats=FLAGS.repeats or (1 if common.is_cuda(opts.device) else 2))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _main(argv: list[str]) -> int:
@@ -977,6 +1011,11 @@ def _main(argv: list[str]) -> int:
         return 2
     except ParityError as e:
         print(f"WRONG, nothing timed: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # bench.serving_http.HTTPReplayError: a wrong answer or an unclean server
+        if type(e).__name__ != "HTTPReplayError":
+            raise
+        print(f"WRONG: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -49,6 +49,11 @@ class HFTokenizer:
         """Number of ids, added tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """The added special tokens, string -> id (what a chat template writes as text)."""
+        return {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
     def encode(self, text: str, bos: bool = True) -> list[int]:
         """Token ids of text, with one leading BOS when bos is True (never two)."""
         ids = self._tok.encode(text, add_special_tokens=False).ids

@@ -57,12 +57,13 @@ class RequestOutput:
     """
 
     __slots__ = ("request_id", "prompt_token_ids", "finished", "finish_reason", "ttft_s", "num_preemptions",
-                 "num_prefix_hit_tokens", "error", "text_fn", "_ids", "_lat", "__dict__")
+                 "num_prefix_hit_tokens", "error", "logprobs", "text_fn", "_ids", "_lat", "__dict__")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], token_ids: Sequence[int], finished: bool,
                  finish_reason: Optional[str], ttft_s: Optional[float], token_latencies_s: Sequence[float] = (),
                  num_preemptions: int = 0, num_prefix_hit_tokens: int = 0, error: Optional[str] = None,
-                 text_fn: Optional[Callable[[], Optional[str]]] = None, *, _ids_view=None, _lat_view=None):
+                 logprobs: Optional[list] = None, text_fn: Optional[Callable[[], Optional[str]]] = None, *,
+                 _ids_view=None, _lat_view=None):
         self.request_id = request_id
         self.prompt_token_ids = prompt_token_ids
         self.finished = finished
@@ -71,6 +72,8 @@ class RequestOutput:
         self.num_preemptions = num_preemptions
         self.num_prefix_hit_tokens = num_prefix_hit_tokens
         self.error = error  # what raised, when finish_reason is "error"
+        # With SamplingParams.logprobs: per generated token (its logprob, [(id, logprob)] of the top k).
+        self.logprobs = logprobs
         self.text_fn = text_fn  # makes `text` on first read: a step decodes nothing nobody reads
         # (list, start, end) views, or the lists themselves
         self._ids = _ids_view if _ids_view is not None else (list(token_ids), 0, len(token_ids))
@@ -93,9 +96,25 @@ class RequestOutput:
         """Decoded generated text, cut before a matched stop string; None without a tokenizer."""
         return None if self.text_fn is None else self.text_fn()
 
+    def replace(self, **changes) -> "RequestOutput":
+        """A copy with some public fields changed (e.g. finish_reason="error", error=why)."""
+        out = object.__new__(RequestOutput)
+        for name in RequestOutput.__slots__[:-1]:
+            setattr(out, name, getattr(self, name))
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if k != "text"})
+        for name, value in changes.items():
+            if name not in RequestOutput.__slots__[:-3] and name not in ("token_ids", "token_latencies_s"):
+                raise TypeError(f"RequestOutput has no field {name!r}")
+            if name in ("token_ids", "token_latencies_s"):
+                out.__dict__[name] = list(value)
+            else:
+                setattr(out, name, value)
+        return out
+
     def _key(self) -> tuple:
         return (self.request_id, self.prompt_token_ids, self.token_ids, self.finished, self.finish_reason,
-                self.ttft_s, self.token_latencies_s, self.num_preemptions, self.num_prefix_hit_tokens, self.error)
+                self.ttft_s, self.token_latencies_s, self.num_preemptions, self.num_prefix_hit_tokens, self.error,
+                self.logprobs)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RequestOutput) and self._key() == other._key()
@@ -334,7 +353,8 @@ class LLMEngine:
             None if req.first_token_time is None else req.first_token_time - req.arrival_time,
             num_preemptions=req.num_preemptions, num_prefix_hit_tokens=req.num_prefix_hit_tokens, error=req.error,
             text_fn=lambda: self._text(ids[start:end], stop), _ids_view=(ids, start, end),
-            _lat_view=(lat, 0, len(lat)))
+            _lat_view=(lat, 0, len(lat)),
+            logprobs=None if req.params.logprobs is None else list(req.logprobs))
 
     # ------------------------------------------------------------------ the KV, as a benchmark reads it
     def blocks_in_use(self) -> int:

@@ -15,6 +15,7 @@ class NewRequestData:
     top_k: Optional[int]
     top_p: Optional[float]
     seed: Optional[int]
+    logprobs: Optional[int] = None  # SamplingParams.logprobs
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,5 @@ class ModelRunnerOutput:
 
     sampled_token_ids: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    # Requests that asked for logprobs: (sampled token's logprob, [(id, logprob)] of the top k).
+    logprobs: dict[str, tuple[float, list[tuple[int, float]]]] = field(default_factory=dict)

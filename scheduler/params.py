@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 from decoding.sampling import check_sampling  # the ranges (and MIN_TEMPERATURE, the floor)
 from decoding.stopping import LENGTH, STOP
 
+MAX_LOGPROBS = 20  # top alternatives per token at most (OpenAI's limit)
 SEED_LIMIT = 1 << 63  # seeds in [0, 2**63): a torch.Generator takes a signed 64-bit seed
 
 
@@ -72,6 +73,9 @@ class SamplingParams:
     stop_token_ids: Sequence[int] = ()  # stop after emitting any of these (kept in the output)
     stop: Sequence[str] = ()  # stop strings: the text is cut before the first match
     ignore_eos: bool = False  # keep going past the tokenizer's eos (benchmarks)
+    # Log-probabilities: None = none; k = the sampled token's and the k most likely (0..MAX_LOGPROBS),
+    # of the model's raw distribution (log_softmax of the logits, before temperature/top-k/top-p).
+    logprobs: Optional[int] = None
 
     def __post_init__(self):
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -100,6 +104,11 @@ class SamplingParams:
         put("stop", _items("stop", self.stop, "strings", _stop_string))
         if not isinstance(self.ignore_eos, bool):
             raise SamplingParamsError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        if self.logprobs is not None:
+            k = _int("logprobs", self.logprobs)
+            if not 0 <= k <= MAX_LOGPROBS:
+                raise SamplingParamsError(f"logprobs must be in [0, {MAX_LOGPROBS}] or None, got {k}")
+            put("logprobs", k)
 
 
 class RequestStatus(enum.Enum):
@@ -146,6 +155,8 @@ class Request:
     token_times: list[float] = field(default_factory=list)
     token_latencies: list[float] = field(default_factory=list)  # gaps, appended per token (O(1) a step)
     error: Optional[str] = None  # why it finished with FINISHED_ERROR
+    # With params.logprobs: per output token (its logprob, [(id, logprob)] of the top params.logprobs).
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
     def __post_init__(self):
         self.prompt_token_ids = list(self.prompt_token_ids)

@@ -76,7 +76,7 @@ class ModelRunner:
             finally:
                 self.kv.bind(None)
         with phase("sample"):
-            return ModelRunnerOutput(self._sample(sched, logits), errors)
+            return self._output(sched, logits)
 
     def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:
         """Logits (R, V) of a decode-only step, replayed from the CUDA graph of its bucket."""
@@ -85,6 +85,23 @@ class ModelRunner:
         slots = [slot_mapping(s.block_ids, p, p + 1, self.block_size)[0] for s, p in zip(reqs, positions)]
         return self.graphs.run([s.token_ids[0] for s in reqs], positions, slots,
                                [s.block_ids for s in reqs], [p + 1 for p in positions])
+
+    def _output(self, sched: SchedulerOutput, logits: torch.Tensor) -> ModelRunnerOutput:
+        """Sampled tokens, this step's errors, and the logprobs of the requests that asked."""
+        tokens = self._sample(sched, logits)
+        out = ModelRunnerOutput(tokens, self.errors)
+        rows = [(row, s.request_id) for row, s in enumerate(s for s in sched.scheduled if s.sample)
+                if s.request_id in tokens and self.params[s.request_id].logprobs is not None]
+        if rows:  # log_softmax of the raw logits (before temperature/top-k/top-p), fp32
+            lp = torch.log_softmax(logits[[r for r, _ in rows]].float(), dim=-1)  # (R, V)
+            picked = lp[torch.arange(len(rows)), torch.tensor([tokens[rid] for _, rid in rows])].tolist()
+            k = max(self.params[rid].logprobs for _, rid in rows)
+            top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0])  # (R, k)
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+            for j, (_, rid) in enumerate(rows):
+                n = self.params[rid].logprobs
+                out.logprobs[rid] = (picked[j], list(zip(top_i[j][:n], top_v[j][:n])))
+        return out
 
     def _generator(self, seed: Optional[int]) -> Optional[torch.Generator]:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)

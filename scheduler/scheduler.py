@@ -133,7 +133,7 @@ class Scheduler:
             if not req.sent_to_runner:
                 p = req.params
                 out.new_requests.append(
-                    NewRequestData(req.request_id, p.temperature, p.top_k, p.top_p, p.seed))
+                    NewRequestData(req.request_id, p.temperature, p.top_k, p.top_p, p.seed, p.logprobs))
                 req.sent_to_runner = True
 
         # 1. Running requests: a decode token each, or their next prefill chunk.
@@ -205,6 +205,8 @@ class Scheduler:
                 continue
             tok = result.sampled_token_ids[s.request_id]
             req.token_ids.append(tok)
+            if s.request_id in result.logprobs:
+                req.logprobs.append(result.logprobs[s.request_id])
             touched.append(req)
             reason = stop_reason(tok, req.num_output_tokens, req.params.max_tokens, req.params.stop_token_ids)
             if reason is None and req.num_tokens >= self.config.max_model_len:

@@ -228,3 +228,21 @@ def test_unseeded_sampling_rows_are_sampled_in_one_batched_call(monkeypatch):
     assert [o.token_ids for o in llm.generate(prompts, params)] == greedy
     assert calls and max(calls) == 3  # the three unseeded rows together, the seeded one alone
     _assert_empty(llm)
+
+
+def test_a_step_output_is_a_snapshot_that_later_steps_do_not_change():
+    # Outputs slice the request's append-only lists on first read (no per-step copy): an output
+    # read after more steps must still show the tokens of its own step.
+    from scheduler.engine import LLMEngine
+    llm = _llm(policy="continuous")
+    engine = llm.engine
+    rid = engine.add_request([1, 2, 3], SamplingParams(max_tokens=6))
+    firsts = [o for o in engine.step() if o.request_id == rid]  # not read yet
+    while engine.has_unfinished_requests():
+        last = [o for o in engine.step() if o.request_id == rid]
+    assert len(firsts[0].token_ids) == 1 and len(firsts[0].token_latencies_s) == 0 and not firsts[0].finished
+    assert len(last[0].token_ids) == 6 and last[0].token_ids[0] == firsts[0].token_ids[0]
+    failed = last[0].replace(finish_reason="error", error="boom")
+    assert (failed.finish_reason, failed.error, failed.token_ids) == ("error", "boom", last[0].token_ids)
+    assert last[0].finish_reason == "length" and failed != last[0]
+    assert isinstance(engine, LLMEngine)
