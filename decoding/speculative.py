@@ -1,8 +1,9 @@
 """Speculative decoding at batch 1 over the static cache: propose k tokens cheaply, verify them in one
 target forward over k + 1 positions, keep the longest accepted prefix plus one token from the target.
 
-    dec = SpeculativeDecoder(target, SpeculativeConfig("draft", 4), draft=draft_model, max_seq_len=512)
-    out = dec.generate(prompt_ids, max_new_tokens=128)      # SpeculativeResult: ids, timings, stats
+    dec = SpeculativeDecoder(target, draft=draft_model, max_seq_len=512)
+    out = dec.generate(prompt_ids, 128, SpeculativeConfig("draft", 4))  # SpeculativeResult: ids, times, stats
+    ref = dec.plain(prompt_ids, 128)                                   # plain decoding, same caches
 
 Proposers: "draft" (a smaller model with the same vocabulary, run k steps over its own static
 cache) and "ngram" (prompt lookup: the k tokens that followed the latest earlier occurrence of the
@@ -38,6 +39,7 @@ from decoding.generate import (ContextLengthError, GenerationResult, NonFiniteLo
 from decoding.sampling import logits_to_probs, sample
 
 METHODS = ("draft", "ngram")
+MAX_WIDTH = 33  # widths up to k + 1 = 33 run as fixed-width steps (graphed); wider ones (prefills) eagerly
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class SpeculativeConfig:
     num_speculative_tokens: int = 4  # k proposals per target forward (vLLM's and SGLang's usual 3-5)
     ngram_max: int = 4  # longest suffix the n-gram proposer looks up (prompt lookup's usual 3-4)
     ngram_min: int = 1  # shortest; 1 matches often and wrongly, but a wrong proposal costs little
+    # Draft: stop proposing once the draft gives its latest proposal less than this probability (that
+    # token is still verified). 0 = always k. Lossless either way: it only shortens proposals.
+    draft_min_prob: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -55,6 +60,8 @@ class SpeculativeConfig:
         k = self.num_speculative_tokens
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 32:
             raise ValueError(f"num_speculative_tokens must be an int in [1, 32], got {k!r}")
+        if not 0.0 <= self.draft_min_prob < 1.0:
+            raise ValueError(f"draft_min_prob must be in [0, 1), got {self.draft_min_prob!r}")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}")
 
@@ -146,19 +153,19 @@ def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[int
 class SpeculativeDecoder:
     """Greedy or sampled speculative generation at batch 1 over long-lived static caches.
 
-    target (and draft, for method "draft") are lab Transformers with the same vocabulary. Caches of
-    max_seq_len tokens are installed on both (they stay until close()); cuda_graph replays each
-    step width from a CUDA graph (GPU only); fuse fuses projections (changes the state-dict keys).
+    target (and draft, which method "draft" needs) are lab Transformers with the same vocabulary.
+    Caches of max_seq_len tokens are installed on both and stay until close(); every method (and
+    plain decoding, `plain`) runs over the same caches, so a benchmark compares them in one place.
+    cuda_graph replays each step width from a CUDA graph (GPU only); fuse fuses projections (this
+    changes the models' state-dict keys).
     """
 
-    def __init__(self, target, config: SpeculativeConfig, draft=None, max_seq_len: Optional[int] = None,
-                 cuda_graph: bool = False, fuse: bool = False):
-        self.config = config
-        if (config.method == "draft") != (draft is not None):
-            raise ValueError(f"method {config.method!r} {'needs' if config.method == 'draft' else 'takes no'} "
-                             "draft model")
+    def __init__(self, target, draft=None, max_seq_len: Optional[int] = None, cuda_graph: bool = False,
+                 fuse: bool = False):
         max_seq_len = max_seq_len or target.config.max_seq_len
         if draft is not None:
+            if draft is target:
+                raise ValueError("the draft must be a separate model object (each model holds one cache)")
             if draft.config.vocab_size != target.config.vocab_size:
                 raise ValueError(f"the draft's vocabulary ({draft.config.vocab_size}) differs from the target's "
                                  f"({target.config.vocab_size}); they must share a tokenizer")
@@ -179,16 +186,25 @@ class SpeculativeDecoder:
         graphed on a GPU; wider ones, the prefills, run eagerly)."""
         w = len(ids)
         x = torch.tensor(ids, dtype=torch.long, device=self.device)
-        if w <= self.config.num_speculative_tokens + 1:
+        if w <= MAX_WIDTH:
             out = gen.step_for(1, w)(x, start)
             return out if w == 1 else out[0]
         return gen.model(x[None], torch.arange(start, start + w, device=self.device))[0]
 
+    def plain(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: Optional[int] = None,
+              top_p: Optional[float] = None, seed: Optional[int] = None,
+              eos_id: Optional[int] = None) -> GenerationResult:
+        """Plain decoding of the target over the same cache and steps (FastGenerator.generate)."""
+        return self.target.generate(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id)
+
     @torch.inference_mode()
     def generate(self, prompt_ids: Union[Sequence[int], torch.Tensor], max_new_tokens: int,
-                 temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 seed: Optional[int] = None, eos_id: Optional[int] = None) -> SpeculativeResult:
+                 config: SpeculativeConfig, temperature: float = 0.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, seed: Optional[int] = None,
+                 eos_id: Optional[int] = None) -> SpeculativeResult:
         """Generate up to max_new_tokens after one prompt (stops after eos_id, kept as generate keeps it)."""
+        if config.method == "draft" and self.draft is None:
+            raise ValueError("method 'draft' needs a draft model: SpeculativeDecoder(target, draft=...)")
         prompt = prompt_tensor(prompt_ids, max_new_tokens, self.device)
         if prompt.shape[0] != 1:
             raise ValueError(f"speculative decoding runs one sequence at a time, got a batch of {prompt.shape[0]}")
@@ -196,7 +212,7 @@ class SpeculativeDecoder:
         if T + max_new_tokens > self.max_seq_len:
             raise ContextLengthError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the speculative "
                                      f"decoder's max_seq_len={self.max_seq_len}")
-        cfg = self.config
+        cfg = config
         greedy = temperature == 0.0
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         stats = SpecStats()
@@ -217,7 +233,7 @@ class SpeculativeDecoder:
                 proposal = ngram_propose(seq, k, cfg.ngram_max, cfg.ngram_min) if k > 0 else []
             else:
                 proposal, q, draft_len = self._draft_propose(seq, k, draft_len, temperature, top_k, top_p,
-                                                             generator, stats)
+                                                             generator, stats, cfg.draft_min_prob)
             k = len(proposal)
             logits = self._forward(self.target, [seq[-1]] + proposal, n - 1)  # (k+1, V)
             stats.target_forwards += 1
@@ -249,8 +265,9 @@ class SpeculativeDecoder:
                                  prefill_s=t_first - t0, decode_s=t_end - t_first, n_new=len(new_ids), stats=stats)
 
     def _draft_propose(self, seq: list[int], k: int, draft_len: int, temperature, top_k, top_p, generator,
-                       stats: SpecStats):
-        """k draft tokens after seq, their distributions q (k, V) when sampling, the draft's valid length."""
+                       stats: SpecStats, min_prob: float = 0.0):
+        """Up to k draft tokens after seq (fewer once one's draft probability < min_prob), their
+        distributions q (k', V) when sampling, and the draft's valid cache length."""
         if k == 0:
             return [], None, draft_len
         n = len(seq)
@@ -261,15 +278,19 @@ class SpeculativeDecoder:
             stats.draft_forwards += 1
             if temperature == 0.0:
                 tok = int(logits.argmax(-1))
+                confident = min_prob == 0.0 or float(logits.float().softmax(-1)[0, tok]) >= min_prob
             else:
                 q = logits_to_probs(logits, temperature, top_k, top_p)  # (1, V)
                 tok = int(torch.multinomial(q, 1, generator=generator))
                 qs.append(q[0])
+                confident = float(q[0, tok]) >= min_prob
             proposal.append(tok)
             start += len(feed)
             feed = [tok]
-        # The draft fed seq and proposal[:-1]: positions < n + k - 1 hold K/V.
-        return proposal, (torch.stack(qs) if qs else None), n + k - 1
+            if not confident:
+                break
+        # The draft fed seq and proposal[:-1]: positions < n + len(proposal) - 1 hold K/V.
+        return proposal, (torch.stack(qs) if qs else None), n + len(proposal) - 1
 
 
 def _check_finite(logits: torch.Tensor, step: int) -> None:
@@ -286,11 +307,11 @@ def generate_speculative(target, prompt_ids, max_new_tokens: int, config: Specul
     """One speculative generation (as decoding.generate is for plain decoding): caches sized to this
     request, installed and removed around it. The entry point of `model.generate --speculative`."""
     T = len(prompt_ids) if not isinstance(prompt_ids, torch.Tensor) else prompt_ids.shape[-1]
-    dec = SpeculativeDecoder(target, config, draft, max_seq_len=None, cuda_graph=cuda_graph, fuse=fuse)
+    dec = SpeculativeDecoder(target, draft if config.method == "draft" else None, cuda_graph=cuda_graph, fuse=fuse)
     try:
         if T + max_new_tokens > dec.max_seq_len:
             raise ContextLengthError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) = "
                                      f"{T + max_new_tokens} exceeds the model context of {dec.max_seq_len} tokens")
-        return dec.generate(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id)
+        return dec.generate(prompt_ids, max_new_tokens, config, temperature, top_k, top_p, seed, eos_id)
     finally:
         dec.close()
