@@ -174,6 +174,7 @@ class SpeculativeDecoder:
         self.target = FastGenerator(target, 1, max_seq_len, cuda_graph=cuda_graph, fuse=fuse)
         self.draft = None if draft is None else FastGenerator(draft, 1, max_seq_len, cuda_graph=cuda_graph, fuse=fuse)
         self.device = self.target.device
+        self._caches = [m.model.layers[0].self_attn.kv_cache for m in (target, draft) if m is not None]
 
     def close(self) -> None:
         """Drop graphs and caches of both models."""
@@ -205,6 +206,10 @@ class SpeculativeDecoder:
         """Generate up to max_new_tokens after one prompt (stops after eos_id, kept as generate keeps it)."""
         if config.method == "draft" and self.draft is None:
             raise ValueError("method 'draft' needs a draft model: SpeculativeDecoder(target, draft=...)")
+        models = [g.model for g in (self.target, self.draft) if g is not None]
+        if any(m.model.layers[0].self_attn.kv_cache is not c for m, c in zip(models, self._caches)):
+            raise RuntimeError("the models' caches were replaced since this SpeculativeDecoder installed them "
+                               "(another generate or setup_caches ran on them); build a new one")
         prompt = prompt_tensor(prompt_ids, max_new_tokens, self.device)
         if prompt.shape[0] != 1:
             raise ValueError(f"speculative decoding runs one sequence at a time, got a batch of {prompt.shape[0]}")
