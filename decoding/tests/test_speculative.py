@@ -56,7 +56,7 @@ def test_greedy_equals_plain_on_every_spec_bench_prompt(tok):
         stats[cfg.method] = acc / prop
     dec.close()
     # Both paths ran: proposals accepted and rejected (else equality would prove little).
-    assert 0.2 < stats["draft"] < 0.95 and 0.05 < stats["ngram"] < 0.95, stats
+    assert 0.2 < stats["draft"] < 0.95 and 0.0 < stats["ngram"] < 0.95, stats
 
 
 def test_lab_small_with_lab_draft_equals_plain(tok):
