@@ -194,21 +194,24 @@ def draft_1b_config():
                                                        tie_word_embeddings=True)
 
 
-def cost_model(opts: Options, prof_rows: list[dict]) -> tuple[list[dict], list[dict], list[str]]:
+def cost_model(opts: Options, prof_rows: list[dict], device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
+               shapes=None) -> tuple[list[dict], list[dict], list[str]]:
     """GPU: time t_1, t_{k+1} (8B shape) and t_d (1B shape) with CUDA graphs, check them, project.
-    Returns (timing rows, projection rows, failures)."""
+    Returns (timing rows, projection rows, failures). shapes ((name, preset or config) for "8b" and
+    "1b-draft") and a CPU device let a test run the same code on tiny shapes (eager, wall clock)."""
     from decoding.fast import FastGenerator
     from decoding.speculative import ngram_propose
     from model.random_weights import random_model
     from parity.ties import TIE_BAND
 
-    device, dtype = "cuda", torch.bfloat16
+    cuda = common.is_cuda(device)
+    shapes = shapes or (("8b", "llama3-8b"), ("1b-draft", draft_1b_config()))
     C = opts.cost_context
     widths = sorted({1} | {int(k) + 1 for k in opts.ks})
     timing, failures, t_us = [], [], {}
-    for name, config in (("8b", "llama3-8b"), ("1b-draft", draft_1b_config())):
+    for name, config in shapes:
         net = random_model(config, device=device, dtype=dtype, seed=0, max_seq_len=C + 64)
-        gen = FastGenerator(net, 1, C + 64, cuda_graph=True, fuse=True)
+        gen = FastGenerator(net, 1, C + 64, cuda_graph=cuda, fuse=True)
         with torch.inference_mode():
             g = torch.Generator(device="cpu").manual_seed(0)
             ctx = torch.randint(0, net.config.vocab_size, (1, C + 33), generator=g).to(device)
@@ -226,8 +229,8 @@ def cost_model(opts: Options, prof_rows: list[dict]) -> tuple[list[dict], list[d
                     if not err <= TIE_BAND[dtype]:  # two bf16 computations: ~0.02 of max|logit| (parity.ties)
                         status = f"WRONG: verify logits differ from {w} decode steps by {err:.3g} of max|logit|"
                 ids = ctx[0, C:C + w]
-                t = common.time_cuda(lambda: step(ids, C), warmup=5, iters=30, flush_l2=False) \
-                    if status == "ok" else None
+                timer = common.time_cuda if cuda else common.time_cpu
+                t = timer(lambda: step(ids, C), warmup=5, iters=30, flush_l2=False) if status == "ok" else None
                 if t is not None:
                     t_us[(name, w)] = t["p50"]
                 timing.append({"model": name, "width": w, "context": C, "p50_us": t and t["p50"],
@@ -237,7 +240,8 @@ def cost_model(opts: Options, prof_rows: list[dict]) -> tuple[list[dict], list[d
                     failures.append(f"cost_model/{name}/w{w}")
         gen.close()
         del net, gen
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     seq = torch.randint(0, 8192, (448,), generator=torch.Generator().manual_seed(0)).tolist()
     host = common.time_cpu(lambda: ngram_propose(seq, 4), warmup=5, iters=200)["p50"]
     proj = []
