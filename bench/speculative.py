@@ -120,6 +120,7 @@ def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict]
     warm = prompt_ids(tok, groups[TASKS[0]][0], 32)
     dec.plain(warm, 8)
     for cfg in cfgs:  # capture/warm every step width before anything is timed
+        dec.warm(cfg)
         dec.generate(warm, 8, cfg)
     rows, failures = [], []
     totals = {label(c): _Acc() for c in cfgs}

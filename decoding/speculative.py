@@ -39,7 +39,6 @@ from decoding.generate import (ContextLengthError, GenerationResult, NonFiniteLo
 from decoding.sampling import logits_to_probs, sample
 
 METHODS = ("draft", "ngram")
-MAX_WIDTH = 33  # widths up to k + 1 = 33 run as fixed-width steps (graphed); wider ones (prefills) eagerly
 
 
 @dataclass(frozen=True)
@@ -182,12 +181,19 @@ class SpeculativeDecoder:
         if self.draft is not None:
             self.draft.close()
 
-    def _forward(self, gen: FastGenerator, ids: list[int], start: int) -> torch.Tensor:
-        """Logits (w, V) of ids fed at positions start..start+w-1 (a fixed-width step up to k + 1 wide,
-        graphed on a GPU; wider ones, the prefills, run eagerly)."""
+    def warm(self, config: SpeculativeConfig) -> None:
+        """Build (capture, on a GPU) every step width config can use, 1..k+1, before anything is timed."""
+        for gen in (self.target, self.draft):
+            if gen is not None:
+                for w in range(1, config.num_speculative_tokens + 2):
+                    gen.step_for(1, w)
+
+    def _forward(self, gen: FastGenerator, ids: list[int], start: int, max_width: int) -> torch.Tensor:
+        """Logits (w, V) of ids fed at positions start..start+w-1: a fixed-width step (graphed on a GPU)
+        up to max_width = k + 1 wide; wider ones (the draft's first catch-up, a prefill) run eagerly."""
         w = len(ids)
         x = torch.tensor(ids, dtype=torch.long, device=self.device)
-        if w <= MAX_WIDTH:
+        if w <= max_width:
             out = gen.step_for(1, w)(x, start)
             return out if w == 1 else out[0]
         return gen.model(x[None], torch.arange(start, start + w, device=self.device))[0]
@@ -240,7 +246,7 @@ class SpeculativeDecoder:
                 proposal, q, draft_len = self._draft_propose(seq, k, draft_len, temperature, top_k, top_p,
                                                              generator, stats, cfg.draft_min_prob)
             k = len(proposal)
-            logits = self._forward(self.target, [seq[-1]] + proposal, n - 1)  # (k+1, V)
+            logits = self._forward(self.target, [seq[-1]] + proposal, n - 1, cfg.num_speculative_tokens + 1)
             stats.target_forwards += 1
             stats.cycles += 1
             stats.proposed += k
@@ -279,7 +285,7 @@ class SpeculativeDecoder:
         proposal, qs = [], []
         feed, start = seq[draft_len:], draft_len  # catch the draft up (the whole prompt the first time)
         for _ in range(k):
-            logits = self._forward(self.draft, feed, start)[-1:]  # (1, V)
+            logits = self._forward(self.draft, feed, start, k + 1)[-1:]  # (1, V)
             stats.draft_forwards += 1
             if temperature == 0.0:
                 tok = int(logits.argmax(-1))
