@@ -156,7 +156,9 @@ def run(opts: Options) -> dict:
                                       seed=opts.seed, eos_id=eos)
         s = result.stats
         spec = {"method": opts.speculative, "num_speculative_tokens": opts.num_speculative_tokens,
-                "acceptance_rate": s.acceptance_rate, "mean_accepted_length": s.mean_accepted_length,
+                # None (not NaN: --json stays valid JSON) when nothing was proposed / verified
+                "acceptance_rate": s.acceptance_rate if s.proposed else None,
+                "mean_accepted_length": s.mean_accepted_length if s.cycles else None,
                 "target_forwards": s.target_forwards, "draft_forwards": s.draft_forwards}
     else:
         result = generate(net, prompt_ids, opts.max_new_tokens, temperature=opts.temperature,
@@ -208,9 +210,10 @@ def main(argv) -> int:
               f"{rec['weight_bandwidth_gb_s']:.2f} GB/s of weights", file=sys.stderr)
         if rec["speculative"]:
             sp = rec["speculative"]
+            acc, tau = sp["acceptance_rate"], sp["mean_accepted_length"]
             print(f"[speculative {sp['method']}, k={sp['num_speculative_tokens']}] acceptance "
-                  f"{sp['acceptance_rate']:.2f}, {sp['mean_accepted_length']:.2f} tokens per target forward, "
-                  f"{sp['target_forwards']} target forwards", file=sys.stderr)
+                  f"{'-' if acc is None else f'{acc:.2f}'}, {'-' if tau is None else f'{tau:.2f}'} tokens per "
+                  f"target forward, {sp['target_forwards']} target forwards", file=sys.stderr)
     return 0
 
 
