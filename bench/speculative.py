@@ -9,8 +9,10 @@ decoding in the same run, and (on a GPU) a cost model projecting it onto the Lla
 Per prompt (the first turn, its last --max_prompt_tokens tokens; the lab models' context is 512),
 plain greedy decoding of --max_new_tokens tokens (no early stop) runs first, then each strategy
 (decoding.speculative: draft model with k proposals, prompt-lookup n-gram) over the same caches.
-Each strategy's tokens must equal plain greedy's (fp32: lossless means identical); a strategy that
-differs on any prompt is WRONG and the run exits 1 after writing its results. Per task and strategy:
+Each strategy's tokens must equal plain greedy's (lossless); where they part, the strategy's token must
+be a near tie of the target's logits there (within parity.ties' band for the dtype: 1e-4 of max|logit|
+in fp32, where a k+1-row verify and a 1-row step differ only in summation order; counted in near_ties),
+else the strategy is WRONG and the run exits 1 after writing its results. Per task and strategy:
   acceptance   accepted proposals / proposals verified
   tau          mean accepted length: tokens emitted per target verify forward (accepted + 1)
   tgt_fwd/tok  target forwards (prefill included) per generated token; plain decoding's is 1
@@ -102,6 +104,7 @@ def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict]
     import model
     from data.spec_bench import TASKS, by_task, prompt_ids
     from decoding.speculative import SpeculativeDecoder
+    from parity.ties import TIE_BAND
     from model.loader import checkpoint_dir
     from model.tokenizer import load_tokenizer
 
@@ -139,11 +142,18 @@ def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict]
                 a.add(out)
                 totals[label(cfg)].add(out)
                 if out.new_ids != ref.new_ids and a.status == "ok":
-                    got, want = out.new_ids[0], ref.new_ids[0]
-                    at = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
-                    a.status = f"WRONG: question {q.question_id} differs from plain greedy at new token {at}"
+                    gap, at = divergence_gap(dec.target.model, ids, out.new_ids[0], ref.new_ids[0])
+                    if gap <= TIE_BAND[dtype]:  # both tokens within the dtype's tie band: a near tie, not a bug
+                        a.near_ties += 1
+                    else:
+                        a.status = (f"WRONG: question {q.question_id} differs from plain greedy at new token {at} "
+                                    f"({gap:.3g} of max|logit| below the target's argmax)")
         for cfg in cfgs:
             rows.append(acc[label(cfg)].row(task, label(cfg), plain))
+            t = totals[label(cfg)]
+            t.near_ties += acc[label(cfg)].near_ties
+            if t.status == "ok":
+                t.status = acc[label(cfg)].status
     for cfg in cfgs:
         rows.append(totals[label(cfg)].row("all", label(cfg), plain_all))
     failures += [f"{r['task']}/{r['strategy']}" for r in rows if common.is_failure(r["status"])]
@@ -151,10 +161,23 @@ def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict]
     return rows, failures
 
 
+def divergence_gap(target, prompt: list[int], got: list[int], want: list[int]) -> tuple[float, int]:
+    """Where got first differs from want (greedy ids after prompt), how far got's token sits below the
+    target's maximum logit there, over max|logit| (parity.ties' measure), and that index."""
+    at = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+    if at >= min(len(got), len(want)):
+        return float("inf"), at  # one is a prefix of the other: a length bug, never a tie
+    ids = torch.tensor(prompt + got[:at], device=target.model.embed_tokens.weight.device)
+    with torch.inference_mode():  # over the installed static cache: the next generation prefills anew
+        row = target(ids[None], torch.arange(len(ids), device=ids.device))[0, -1].float()
+    return float((row.max() - row[got[at]]) / row.abs().max()), at
+
+
 class _Acc:
     """Sums over prompts of one task and strategy."""
 
     def __init__(self):
+        self.near_ties = 0  # prompts whose output parted from plain greedy's at a near tie (parity.ties)
         self.prompts = self.tokens = self.cycles = self.proposed = self.accepted = 0
         self.target_fwd = self.draft_fwd = 0
         self.seconds = self.decode_s = 0.0
@@ -184,6 +207,7 @@ class _Acc:
                 "tgt_fwd_per_tok": self.target_fwd / self.tokens, "draft_fwd_per_cycle": self.draft_fwd / self.cycles,
                 "tok_s": tok_s, "plain_tok_s": plain_tok_s, "speedup": tok_s / plain_tok_s, "ceiling": tau,
                 "e2e_speedup": (self.tokens / self.seconds) / (plain.tokens / plain.seconds),
+                "near_ties": self.near_ties,
                 "status": self.status}
 
 
@@ -277,7 +301,7 @@ def run(opts: Options) -> dict:
     t0 = time.perf_counter()
     rows, failures = profiles(opts, device, dtype)
     cols = ["task", "strategy", "prompts", "acceptance", "tau", "tgt_fwd_per_tok", "draft_fwd_per_cycle", "tok_s",
-            "plain_tok_s", "speedup", "e2e_speedup", "ceiling", "status"]
+            "plain_tok_s", "speedup", "e2e_speedup", "ceiling", "near_ties", "status"]
     dev = common.device_name(device)
     common.print_table(rows, cols, f"speculative decoding, greedy, batch 1, {opts.checkpoint or 'lab-small'} "
                        f"(+ {opts.draft_checkpoint}), {common.dtype_name(dtype)} on {dev} "

@@ -74,3 +74,18 @@ def test_cost_model_rejects_a_wrong_verify_step(tmp_path, monkeypatch):
     timing, proj, failures = _tiny_cost_model(tmp_path)
     assert failures == ["cost_model/8b/w3", "cost_model/8b/w5"] and proj == []
     assert all(r["p50_us"] is None for r in timing if r["width"] > 1)
+
+
+def test_divergence_gap_measures_how_far_below_the_argmax():
+    import model
+
+    net = model.load("lab-draft", dtype=torch.float32)
+    prompt = [0, 40, 41, 42]
+    with torch.no_grad():
+        row = net(torch.tensor([prompt]))[0, -1]
+    best, worst = int(row.argmax()), int(row.argmin())
+    gap, at = bs.divergence_gap(net, prompt, [best], [worst])
+    assert at == 0 and gap == 0.0  # the run's token is the argmax: a tie at worst
+    gap, at = bs.divergence_gap(net, prompt, [worst], [best])
+    assert gap == pytest.approx(float((row.max() - row.min()) / row.abs().max()), rel=1e-5) and gap > 0.5
+    assert bs.divergence_gap(net, prompt, [best], [best, 3]) == (float("inf"), 1)  # a length difference
