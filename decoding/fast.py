@@ -25,23 +25,37 @@ from decoding.generate import ContextLengthError, GenerationResult, _sync, decod
 
 
 class _DecodeStep:
-    """One decode step for a fixed batch size: static buffers, and a CUDA graph when asked."""
+    """One step of a fixed batch size and width: static buffers, and a CUDA graph when asked.
 
-    def __init__(self, fn: Callable, batch_size: int, device: torch.device, cuda_graph: bool):
+    Width 1 is the decode step; width w > 1 feeds w consecutive tokens per row at positions
+    pos..pos+w-1 (speculative verification, decoding/speculative.py) and returns every row's logits.
+    """
+
+    def __init__(self, fn: Callable, batch_size: int, device: torch.device, cuda_graph: bool, width: int = 1):
         self.fn = fn
-        self.ids = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.width = width
+        self.ids = torch.zeros(batch_size, width, dtype=torch.long, device=device)
+        self.pos = torch.zeros(width, dtype=torch.long, device=device)
+        self._offsets = torch.arange(width, dtype=torch.long, device=device)
         self.graph = None
         self.logits = None
-        if cuda_graph:  # logits (B, V): a static output buffer each replay rewrites
-            self.graph, self.logits = capture_graph(lambda: self.fn(self.ids, self.pos)[:, -1], device)
+        if cuda_graph:  # logits (B, V) or (B, w, V): a static output buffer each replay rewrites
+            self.graph, self.logits = capture_graph(self._run, device)
+
+    def _run(self) -> torch.Tensor:
+        out = self.fn(self.ids, self.pos)  # (B, w, V)
+        return out[:, -1] if self.width == 1 else out
 
     def __call__(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
-        """Logits (B, V) of the tokens ids (B,) at position pos. Valid until the next call."""
-        self.ids.copy_(ids.view(-1, 1))
-        self.pos.fill_(pos)
+        """Logits (B, V) of the tokens ids (B,) at position pos (width 1), or (B, w, V) of ids (B, w)
+        at positions pos..pos+w-1. Valid until the next call."""
+        self.ids.copy_(ids.view(self.ids.shape))
+        if self.width == 1:
+            self.pos.fill_(pos)
+        else:
+            torch.add(self._offsets, pos, out=self.pos)
         if self.graph is None:
-            return self.fn(self.ids, self.pos)[:, -1]
+            return self._run()
         self.graph.replay()
         return self.logits
 
@@ -64,23 +78,24 @@ class FastGenerator:
         self._fn = model.forward
         if compile_mode:  # "default" or "max-autotune-no-cudagraphs"; the graph is ours
             self._fn = torch.compile(model.forward, mode=compile_mode, fullgraph=True, dynamic=False)
-        self._steps: dict[int, _DecodeStep] = {}
-        self.capture_s: dict[int, float] = {}  # batch size -> seconds to compile/capture its step
+        self._steps: dict = {}  # batch size (decode) or (batch size, width) -> _DecodeStep
+        self.capture_s: dict = {}  # the same keys -> seconds to compile/capture that step
 
     def close(self) -> None:
         """Drop graphs and caches (frees the KV memory)."""
         self._steps.clear()
         self.model.remove_caches()
 
-    def step_for(self, batch_size: int) -> _DecodeStep:
-        """The (captured) decode step of this batch size, built on first use."""
-        if batch_size not in self._steps:
+    def step_for(self, batch_size: int, width: int = 1) -> _DecodeStep:
+        """The (captured) step of this batch size and width (1: decode), built on first use."""
+        key = batch_size if width == 1 else (batch_size, width)
+        if key not in self._steps:
             t0 = time.perf_counter()
             with torch.inference_mode():
-                self._steps[batch_size] = _DecodeStep(self._fn, batch_size, self.device, self.cuda_graph)
+                self._steps[key] = _DecodeStep(self._fn, batch_size, self.device, self.cuda_graph, width)
             _sync(self.device)
-            self.capture_s[batch_size] = time.perf_counter() - t0
-        return self._steps[batch_size]
+            self.capture_s[key] = time.perf_counter() - t0
+        return self._steps[key]
 
     @torch.inference_mode()
     def generate(self, prompt_ids: Union[Sequence[int], torch.Tensor], max_new_tokens: int,

@@ -36,6 +36,9 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"
     json: bool = False
+    speculative: str = "none"  # none, draft or ngram (decoding.speculative)
+    num_speculative_tokens: int = 4
+    draft_checkpoint: str = "lab-draft"  # the draft model of --speculative draft
 
 
 FLAGS = flags.FLAGS
@@ -55,6 +58,13 @@ flags.DEFINE_string("device", Options.device, "cpu, cuda, cuda:N or auto (cuda w
 flags.DEFINE_string("dtype", Options.dtype, "float32, bfloat16, float16 (or bf16, fp16, fp32) or auto (float32 "
                     "on cpu, bfloat16 on cuda).")
 flags.DEFINE_bool("json", Options.json, "Print one JSON object instead of text and a stats line.")
+flags.DEFINE_enum("speculative", Options.speculative, ["none", "draft", "ngram"], "Speculative decoding "
+                  "(decoding.speculative): draft = a draft model proposes, ngram = prompt lookup; the output "
+                  "equals plain decoding's (greedy) or its distribution (sampling). Default none.")
+flags.DEFINE_integer("num_speculative_tokens", Options.num_speculative_tokens, "Tokens proposed per target "
+                     "forward, 1-32 (default 4).")
+flags.DEFINE_string("draft_checkpoint", Options.draft_checkpoint, "Draft model of --speculative draft (same "
+                    "vocabulary as --checkpoint); default the shipped lab-draft.")
 
 
 def options_from_flags() -> Options:
@@ -68,6 +78,10 @@ def check_options(opts: Options) -> None:
 
     if opts.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens must be >= 1, got {opts.max_new_tokens}")
+    if opts.speculative not in ("none", "draft", "ngram"):
+        raise UsageError(f"--speculative must be none, draft or ngram, got {opts.speculative!r}")
+    if opts.speculative != "none" and not 1 <= opts.num_speculative_tokens <= 32:
+        raise UsageError(f"--num_speculative_tokens must be in [1, 32], got {opts.num_speculative_tokens}")
     try:
         check_sampling(opts.temperature, opts.top_k, opts.top_p)
     except ValueError as e:
@@ -128,8 +142,27 @@ def run(opts: Options) -> dict:
     if not prompt_ids or min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
         raise UsageError(f"prompt ids must be a non-empty list in [0, {vocab}), got {prompt_ids[:8]}")
     eos = tokenizer.eos_id if tokenizer is not None else None
-    result = generate(net, prompt_ids, opts.max_new_tokens, temperature=opts.temperature,
-                      top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed, eos_id=eos)
+    spec = None
+    if opts.speculative != "none":
+        from decoding.speculative import SpeculativeConfig, generate_speculative
+
+        draft = model.load(opts.draft_checkpoint, dtype=dtype, device=device) if opts.speculative == "draft" else None
+        if draft is not None and draft.config.vocab_size != vocab:
+            raise UsageError(f"--draft_checkpoint {opts.draft_checkpoint}: vocab {draft.config.vocab_size} differs "
+                             f"from --checkpoint's {vocab}; the draft must share the target's tokenizer")
+        result = generate_speculative(net, prompt_ids, opts.max_new_tokens,
+                                      SpeculativeConfig(opts.speculative, opts.num_speculative_tokens), draft,
+                                      temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
+                                      seed=opts.seed, eos_id=eos)
+        s = result.stats
+        spec = {"method": opts.speculative, "num_speculative_tokens": opts.num_speculative_tokens,
+                # None (not NaN: --json stays valid JSON) when nothing was proposed / verified
+                "acceptance_rate": s.acceptance_rate if s.proposed else None,
+                "mean_accepted_length": s.mean_accepted_length if s.cycles else None,
+                "target_forwards": s.target_forwards, "draft_forwards": s.draft_forwards}
+    else:
+        result = generate(net, prompt_ids, opts.max_new_tokens, temperature=opts.temperature,
+                          top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed, eos_id=eos)
     out_ids = result.new_ids[0]
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     return {
@@ -145,6 +178,7 @@ def run(opts: Options) -> dict:
         "tokens_per_s": result.tokens_per_s,
         # Each decode step reads every weight once: a lower bound on bandwidth used.
         "weight_bandwidth_gb_s": model_bytes * result.tokens_per_s / 1e9,
+        "speculative": spec,
     }
 
 
@@ -174,6 +208,12 @@ def main(argv) -> int:
         print(f"[{rec['checkpoint']} on {rec['device']} {rec['dtype']}] {rec['n_new_tokens']} tokens, "
               f"prefill {rec['prefill_s'] * 1e3:.1f} ms, decode {rec['tokens_per_s']:.1f} tokens/s, "
               f"{rec['weight_bandwidth_gb_s']:.2f} GB/s of weights", file=sys.stderr)
+        if rec["speculative"]:
+            sp = rec["speculative"]
+            acc, tau = sp["acceptance_rate"], sp["mean_accepted_length"]
+            print(f"[speculative {sp['method']}, k={sp['num_speculative_tokens']}] acceptance "
+                  f"{'-' if acc is None else f'{acc:.2f}'}, {'-' if tau is None else f'{tau:.2f}'} tokens per "
+                  f"target forward, {sp['target_forwards']} target forwards", file=sys.stderr)
     return 0
 
 

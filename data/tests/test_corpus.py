@@ -36,3 +36,14 @@ def test_split_is_fixed_and_disjoint():
 def test_unknown_split_is_one_line():
     with pytest.raises(corpus.CorpusError, match="unknown split 'dev'"):
         corpus.load_split("dev")
+
+
+def test_spec_bench_prompts_are_the_published_ones():
+    from data import spec_bench
+
+    path = corpus.data_dir() / spec_bench.QUESTIONS
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == (
+        "4b6d33e79484f9841c487ee87d1cf6aa8c6066f61d5d482ff09e5a007fafdf04")  # ../shared/data/SOURCES.md
+    groups = spec_bench.by_task()
+    assert list(groups) == list(spec_bench.TASKS) and all(len(g) == 80 for g in groups.values())
+    assert all(len(q.turns) == 2 for q in groups["multi_turn"])

@@ -110,3 +110,20 @@ def test_missing_tokenizer_fallback_only_for_a_byte_vocab(capsys):
     assert isinstance(pick_tokenizer("/ckpt", 258), ByteTokenizer)
     assert "warning: /ckpt has no tokenizer files; using the byte tokenizer" in capsys.readouterr().err
     assert isinstance(pick_tokenizer(None, 512), ByteTokenizer)  # random weights: no checkpoint, no warning
+
+
+def test_speculative_flags_give_plain_greedy_output():
+    """--speculative draft|ngram (decoding.speculative): same greedy ids as plain decoding, plus its counts."""
+    plain = run(Options(prompt="ROMEO:", max_new_tokens=16))
+    for method in ("draft", "ngram"):
+        rec = run(Options(prompt="ROMEO:", max_new_tokens=16, speculative=method, num_speculative_tokens=3))
+        assert rec["output_ids"] == plain["output_ids"], method
+        sp = rec["speculative"]
+        assert sp["method"] == method and sp["target_forwards"] <= 16
+        assert sp["acceptance_rate"] is None or 0.0 <= sp["acceptance_rate"] <= 1.0
+    proc = run_cli("--speculative", "ngram", "--max_new_tokens", "8", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["speculative"]["method"] == "ngram", proc.stderr
+    proc = run_cli("--speculative", "draft", "--num_speculative_tokens", "0")
+    assert "--num_speculative_tokens must be in [1, 32]" in error_line(proc)
+    proc = run_cli("--speculative", "draft", "--draft_checkpoint", "embedded", "--max_new_tokens", "2")
+    assert "must share the target's tokenizer" in error_line(proc)

@@ -1,0 +1,345 @@
+"""Speculative decoding on the Spec-Bench prompts: what each strategy buys per task, against plain
+decoding in the same run, and (on a GPU) a cost model projecting it onto the Llama-3-8B shape.
+
+    python3 -m bench.speculative                      # CPU: lab-small + lab-draft, 5 prompts per task
+    python3 -m bench.speculative --per_task 80        # every prompt
+    python3 -m bench.speculative --cost_model         # GPU: also the 8B-shape cost model (needs CUDA)
+    bazel run //bench:speculative
+
+Per prompt (the first turn, its last --max_prompt_tokens tokens; the lab models' context is 512),
+plain greedy decoding of --max_new_tokens tokens (no early stop) runs first, then each strategy
+(decoding.speculative: draft model with k proposals, prompt-lookup n-gram) over the same caches.
+Each strategy's tokens must equal plain greedy's (lossless); where they part, the strategy's token must
+be a near tie of the target's logits there (within parity.ties' band for the dtype: 1e-4 of max|logit|
+in fp32, where a k+1-row verify and a 1-row step differ only in summation order; counted in near_ties),
+else the strategy is WRONG and the run exits 1 after writing its results. Per task and strategy:
+  acceptance   accepted proposals / proposals verified
+  tau          mean accepted length: tokens emitted per target verify forward (accepted + 1)
+  tgt_fwd/tok  target forwards (prefill included) per generated token; plain decoding's is 1
+  tok/s        tokens after the first over the time after the first (the decode phase; a strategy's
+               includes its draft's prefill, paid on its first cycle)
+  speedup      tok/s over plain decoding's tok/s on the same prompts, interleaved prompt by prompt
+  e2e_speedup  the same with the target's prompt prefill included on both sides
+  ceiling      tau: the speedup if proposing were free and a (k+1)-token verify cost one step
+The models are tiny: on a CPU a lab-small step is ~10 ms and a lab-draft step ~3 ms, mostly
+Python and small matmuls, so the draft costs ~1/4 of the target instead of the ~1/10 to 1/20
+a real draft/target pair has. On a GPU both are launch-bound (the cost model says by how much).
+
+--cost_model (GPU only): random bf16 weights at the Llama-3-8B shape and a Llama-3.2-1B-shape draft
+(dim 2048, 16 layers, tied embeddings), CUDA graphs, --cost_context tokens in the cache. Times a
+decode step (t_1), a verify of w = k + 1 tokens (t_w) and a draft step (t_d); checks each verify's
+logits against w single steps first. Then for each measured acceptance profile prints
+  projected 8B speedup = tau * t_1 / (t_{k+1} + d * t_d + h)
+with tau and d (draft forwards per verify) measured above on the lab models and h the host time of
+one n-gram lookup (0 for the draft). A projection, not a measurement: it assumes the 8B target and
+1B draft agree as often as lab-small and lab-draft do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from absl import app
+
+from bench import common
+
+_define = common.define_flag
+_define("string", "checkpoint", None, "Target model (default lab-small).")
+_define("string", "draft_checkpoint", "lab-draft", "Draft model for the draft strategy (same tokenizer).")
+_define("list", "strategies", ["draft", "ngram"], "Strategies: draft, ngram (default both).")
+_define("list", "ks", ["2", "4"], "num_speculative_tokens values to run for each strategy (default 2,4).")
+_define("float", "draft_min_prob", 0.0, "Stop drafting once the draft's probability of its proposal is below "
+        "this (default 0: always k).")
+_define("integer", "per_task", None, "Prompts per task (default 5 on a CPU, 80 = all on a GPU).")
+_define("integer", "max_new_tokens", 64, "Tokens generated per prompt (default 64).")
+_define("integer", "max_prompt_tokens", 384, "A prompt keeps its last this many tokens (default 384: 384 + 64 "
+        "new + 33 verify positions fit the 512-token context).")
+_define("string", "device", "auto", "cuda, cpu or auto.")
+_define("string", "dtype", "fp32", "Default fp32: greedy equality is the lossless check, exact in fp32.")
+_define("boolean", "cost_model", False, "Also run the 8B-shape GPU cost model (needs CUDA).")
+_define("integer", "cost_context", 1024, "Tokens in the KV cache when the cost model times its steps (default 1024).")
+
+
+@dataclass(frozen=True)
+class Options:
+    checkpoint: str | None = None
+    draft_checkpoint: str = "lab-draft"
+    strategies: tuple = ("draft", "ngram")
+    ks: tuple = ("2", "4")
+    draft_min_prob: float = 0.0
+    per_task: int | None = None
+    max_new_tokens: int = 64
+    max_prompt_tokens: int = 384
+    device: str = "auto"
+    dtype: str = "fp32"
+    cost_model: bool = False
+    cost_context: int = 1024
+
+
+def strategies(opts: Options) -> list:
+    """SpeculativeConfig per (strategy, k), or absl's UsageError naming the flag."""
+    from decoding.speculative import METHODS, SpeculativeConfig
+
+    out = []
+    for s in opts.strategies:
+        if s not in METHODS:
+            raise app.UsageError(f"--strategies: {s!r} is not one of {', '.join(METHODS)}")
+        for k in common.int_list(list(opts.ks), ()):
+            try:
+                out.append(SpeculativeConfig(s, k, draft_min_prob=opts.draft_min_prob if s == "draft" else 0.0))
+            except ValueError as e:
+                raise app.UsageError(f"--ks/--draft_min_prob: {e}") from None
+    return out
+
+
+def label(cfg) -> str:
+    return f"{cfg.method}-k{cfg.num_speculative_tokens}"
+
+
+def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict], list[str]]:
+    """Run plain and every strategy on each task's prompts; (rows per task and strategy, failures)."""
+    import model
+    from data.spec_bench import TASKS, by_task, prompt_ids
+    from decoding.speculative import SpeculativeDecoder
+    from parity.ties import TIE_BAND
+    from model.loader import checkpoint_dir
+    from model.tokenizer import load_tokenizer
+
+    cfgs = strategies(opts)
+    if opts.max_prompt_tokens + opts.max_new_tokens > 512 - 33:
+        raise app.UsageError("--max_prompt_tokens + --max_new_tokens must leave 33 of the 512 positions free")
+    checkpoint = opts.checkpoint or "lab-small"
+    target = model.load(checkpoint, dtype=dtype, device=device)
+    draft = model.load(opts.draft_checkpoint, dtype=dtype, device=device) if any(
+        c.method == "draft" for c in cfgs) else None
+    tok = load_tokenizer(checkpoint_dir(checkpoint))
+    cuda = common.is_cuda(device)
+    dec = SpeculativeDecoder(target, draft, cuda_graph=cuda, fuse=cuda)
+    per_task = opts.per_task if opts.per_task is not None else (80 if cuda else 5)
+    groups = by_task(per_task)
+    warm = prompt_ids(tok, groups[TASKS[0]][0], 32)
+    dec.plain(warm, 8)
+    for cfg in cfgs:  # capture/warm every step width before anything is timed
+        dec.warm(cfg)
+        dec.generate(warm, 8, cfg)
+    rows, failures = [], []
+    totals = {label(c): _Acc() for c in cfgs}
+    plain_all = _Acc()
+    for task, questions in groups.items():
+        acc = {label(c): _Acc() for c in cfgs}
+        plain = _Acc()
+        for q in questions:
+            ids = prompt_ids(tok, q, opts.max_prompt_tokens)
+            ref = dec.plain(ids, opts.max_new_tokens)
+            plain.add_plain(ref)
+            plain_all.add_plain(ref)
+            for cfg in cfgs:
+                out = dec.generate(ids, opts.max_new_tokens, cfg)
+                a = acc[label(cfg)]
+                a.add(out)
+                totals[label(cfg)].add(out)
+                if out.new_ids != ref.new_ids and a.status == "ok":
+                    gap, at = divergence_gap(dec.target.model, ids, out.new_ids[0], ref.new_ids[0])
+                    if gap <= TIE_BAND[dtype]:  # both tokens within the dtype's tie band: a near tie, not a bug
+                        a.near_ties += 1
+                    else:
+                        a.status = (f"WRONG: question {q.question_id} differs from plain greedy at new token {at} "
+                                    f"({gap:.3g} of max|logit| below the target's argmax)")
+        for cfg in cfgs:
+            rows.append(acc[label(cfg)].row(task, label(cfg), plain))
+            t = totals[label(cfg)]
+            t.near_ties += acc[label(cfg)].near_ties
+            if t.status == "ok":
+                t.status = acc[label(cfg)].status
+    for cfg in cfgs:
+        rows.append(totals[label(cfg)].row("all", label(cfg), plain_all))
+    failures += [f"{r['task']}/{r['strategy']}" for r in rows if common.is_failure(r["status"])]
+    dec.close()
+    return rows, failures
+
+
+def divergence_gap(target, prompt: list[int], got: list[int], want: list[int]) -> tuple[float, int]:
+    """Where got first differs from want (greedy ids after prompt), how far got's token sits below the
+    target's maximum logit there, over max|logit| (parity.ties' measure), and that index."""
+    at = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+    if at >= min(len(got), len(want)):
+        return float("inf"), at  # one is a prefix of the other: a length bug, never a tie
+    ids = torch.tensor(prompt + got[:at], device=target.model.embed_tokens.weight.device)
+    with torch.inference_mode():  # over the installed static cache: the next generation prefills anew
+        row = target(ids[None], torch.arange(len(ids), device=ids.device))[0, -1].float()
+    return float((row.max() - row[got[at]]) / row.abs().max()), at
+
+
+class _Acc:
+    """Sums over prompts of one task and strategy."""
+
+    def __init__(self):
+        self.near_ties = 0  # prompts whose output parted from plain greedy's at a near tie (parity.ties)
+        self.prompts = self.tokens = self.cycles = self.proposed = self.accepted = 0
+        self.target_fwd = self.draft_fwd = 0
+        self.seconds = self.decode_s = 0.0
+        self.status = "ok"
+
+    def add_plain(self, res) -> None:
+        self.prompts += 1
+        self.tokens += res.n_new
+        self.seconds += res.prefill_s + res.decode_s
+        self.decode_s += res.decode_s
+
+    def add(self, res) -> None:
+        self.add_plain(res)
+        s = res.stats
+        self.cycles += s.cycles
+        self.proposed += s.proposed
+        self.accepted += s.accepted
+        self.target_fwd += s.target_forwards
+        self.draft_fwd += s.draft_forwards
+
+    def row(self, task: str, strategy: str, plain: "_Acc") -> dict[str, Any]:
+        tok_s = (self.tokens - self.prompts) / self.decode_s  # after each prompt's first token
+        plain_tok_s = (plain.tokens - plain.prompts) / plain.decode_s
+        tau = (self.accepted + self.cycles) / self.cycles
+        return {"task": task, "strategy": strategy, "prompts": self.prompts, "new_tokens": self.tokens,
+                "acceptance": self.accepted / self.proposed if self.proposed else 0.0, "tau": tau,
+                "tgt_fwd_per_tok": self.target_fwd / self.tokens, "draft_fwd_per_cycle": self.draft_fwd / self.cycles,
+                "tok_s": tok_s, "plain_tok_s": plain_tok_s, "speedup": tok_s / plain_tok_s, "ceiling": tau,
+                "e2e_speedup": (self.tokens / self.seconds) / (plain.tokens / plain.seconds),
+                "near_ties": self.near_ties,
+                "status": self.status}
+
+
+def draft_1b_config():
+    """The Llama-3.2-1B shape: Llama-3 vocabulary and RoPE, dim 2048, 16 layers, 32/8 heads, tied embeddings."""
+    from model.config import ModelConfig
+
+    return ModelConfig.from_name("llama3-8b").replace(dim=2048, n_layers=16, intermediate_size=8192,
+                                                       tie_word_embeddings=True)
+
+
+def cost_model(opts: Options, prof_rows: list[dict], device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
+               shapes=None) -> tuple[list[dict], list[dict], list[str]]:
+    """GPU: time t_1, t_{k+1} (8B shape) and t_d (1B shape) with CUDA graphs, check them, project.
+    Returns (timing rows, projection rows, failures). shapes ((name, preset or config) for "8b" and
+    "1b-draft") and a CPU device let a test run the same code on tiny shapes (eager, wall clock)."""
+    from decoding.fast import FastGenerator
+    from decoding.speculative import ngram_propose
+    from model.random_weights import random_model
+    from parity.ties import TIE_BAND
+
+    cuda = common.is_cuda(device)
+    shapes = shapes or (("8b", "llama3-8b"), ("1b-draft", draft_1b_config()))
+    C = opts.cost_context
+    widths = sorted({1} | {int(k) + 1 for k in opts.ks})
+    timing, failures, t_us = [], [], {}
+    for name, config in shapes:
+        net = random_model(config, device=device, dtype=dtype, seed=0, max_seq_len=C + 64)
+        gen = FastGenerator(net, 1, C + 64, cuda_graph=cuda, fuse=True)
+        with torch.inference_mode():
+            g = torch.Generator(device="cpu").manual_seed(0)
+            ctx = torch.randint(0, net.config.vocab_size, (1, C + 33), generator=g).to(device)
+            net(ctx[:, :C], torch.arange(C, device=device))  # fill the cache to C tokens
+            singles = []
+            for i in range(max(widths)):  # the reference: one graphed decode step per position
+                singles.append(gen.step_for(1)(ctx[0, C + i:C + i + 1], C + i).float().clone())
+            for w in (widths if name == "8b" else [1]):
+                step = gen.step_for(1, w)
+                status = "ok"
+                if w > 1:
+                    got = step(ctx[0, C:C + w], C)[0].float()  # (w, V)
+                    want = torch.cat(singles[:w])
+                    err = float((got - want).abs().max() / want.abs().max())
+                    if not err <= TIE_BAND[dtype]:  # two bf16 computations: ~0.02 of max|logit| (parity.ties)
+                        status = f"WRONG: verify logits differ from {w} decode steps by {err:.3g} of max|logit|"
+                ids = ctx[0, C:C + w]
+                timer = common.time_cuda if cuda else common.time_cpu
+                t = timer(lambda: step(ids, C), warmup=5, iters=30, flush_l2=False) if status == "ok" else None
+                if t is not None:
+                    t_us[(name, w)] = t["p50"]
+                timing.append({"model": name, "width": w, "context": C, "p50_us": t and t["p50"],
+                               "p10_us": t and t["p10"], "p90_us": t and t["p90"],
+                               "vs_decode": t and t["p50"] / t_us.get((name, 1), t["p50"]), "status": status})
+                if common.is_failure(status):
+                    failures.append(f"cost_model/{name}/w{w}")
+        gen.close()
+        del net, gen
+        if cuda:
+            torch.cuda.empty_cache()
+    seq = torch.randint(0, 8192, (448,), generator=torch.Generator().manual_seed(0)).tolist()
+    host = common.time_cpu(lambda: ngram_propose(seq, 4), warmup=5, iters=200)["p50"]
+    proj = []
+    if failures:
+        return timing, proj, failures
+    t1, td = t_us[("8b", 1)], t_us[("1b-draft", 1)]
+    for r in prof_rows:
+        if common.is_failure(r["status"]):
+            continue
+        method, k = r["strategy"].split("-k")
+        tv = t_us[("8b", int(k) + 1)]
+        d = r["draft_fwd_per_cycle"] if method == "draft" else 0.0
+        h = host if method == "ngram" else 0.0
+        speed = r["tau"] * t1 / (tv + d * td + h)
+        proj.append({"task": r["task"], "strategy": r["strategy"], "tau": r["tau"], "draft_fwd_per_cycle": d,
+                     "t1_us": t1, "tverify_us": tv, "tdraft_us": td, "host_us": h,
+                     "projected_8b_speedup": speed, "kind": "projection"})
+    return timing, proj, failures
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    run(common.options_from_flags(Options))
+
+
+def run(opts: Options) -> dict:
+    """Profiles, optionally the cost model; print the tables, write results, exit 1 on a WRONG row."""
+    device, dtype = common.device_and_dtype(opts.device, opts.dtype)
+    if opts.cost_model and not common.is_cuda(device):
+        raise app.UsageError("--cost_model needs a CUDA device (--device cuda)")
+    strategies(opts)  # flags checked before any model loads
+    t0 = time.perf_counter()
+    rows, failures = profiles(opts, device, dtype)
+    cols = ["task", "strategy", "prompts", "acceptance", "tau", "tgt_fwd_per_tok", "draft_fwd_per_cycle", "tok_s",
+            "plain_tok_s", "speedup", "e2e_speedup", "ceiling", "near_ties", "status"]
+    dev = common.device_name(device)
+    common.print_table(rows, cols, f"speculative decoding, greedy, batch 1, {opts.checkpoint or 'lab-small'} "
+                       f"(+ {opts.draft_checkpoint}), {common.dtype_name(dtype)} on {dev} "
+                       f"({time.perf_counter() - t0:.0f} s)")
+    out = common.results_dir("speculative", device)
+    summary = [{"name": f"speculative/{r['task']}/{r['strategy']}/{m}", "value": r[m], "unit": u}
+               for r in rows if r["status"] == "ok"
+               for m, u in (("speedup", "x"), ("acceptance", "fraction"), ("tau", "tokens/verify"),
+                            ("tok_s", "tokens/s"))]
+    paths = common.write_results(out, "speculative", rows, summary, device=dev)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    series = {}
+    for r in rows:
+        series.setdefault(r["strategy"], ([], []))
+        series[r["strategy"]][0].append(tasks.index(r["task"]))
+        series[r["strategy"]][1].append(r["speedup"] if r["status"] == "ok" else None)
+    paths["png"] = common.plot_panels(out / "speculative.png", [{
+        "title": "speedup over plain greedy per task (" + ", ".join(f"{i}={t}" for i, t in enumerate(tasks)) + ")",
+        "xlabel": "task", "ylabel": "x", "series": series, "hlines": {"plain 1.0x": 1.0}}])
+    if opts.cost_model:
+        timing, proj, cm_fail = cost_model(opts, rows)
+        failures += cm_fail
+        common.print_table(timing, ["model", "width", "context", "p10_us", "p50_us", "p90_us", "vs_decode", "status"],
+                           f"cost model: graphed bf16 steps on {dev}, random weights (8b = Llama-3-8B shape, "
+                           "1b-draft = Llama-3.2-1B shape)")
+        common.print_table(proj, ["task", "strategy", "tau", "draft_fwd_per_cycle", "t1_us", "tverify_us",
+                                  "tdraft_us", "host_us", "projected_8b_speedup"],
+                           "PROJECTION (not measured): 8B speedup = tau * t1 / (tverify + d * tdraft + host), "
+                           "tau and d from the lab-model profiles above")
+        common.write_results(out, "speculative_cost", timing, [
+            {"name": f"speculative_cost/{r['model']}/w{r['width']}", "value": r["p50_us"], "unit": "us"}
+            for r in timing if r["status"] == "ok"], device=dev)
+        common.write_results(out, "speculative_projection", proj, [
+            {"name": f"speculative_projection/{r['task']}/{r['strategy']}", "value": r["projected_8b_speedup"],
+             "unit": "x (projection)"} for r in proj], device=dev)
+    common.exit_on_failures("speculative", failures)
+    return paths
+
+
+if __name__ == "__main__":
+    app.run(main)
