@@ -24,13 +24,13 @@ import pickle
 import queue as queue_lib
 import socket
 import sys
+import time
 import traceback
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
 
 # Multicast (NVLS) is off everywhere: the lab's machines lend GPUs whose multicast objects
 # outlive a crashed process. setdefault: a user who sets them keeps their values.
@@ -50,6 +50,16 @@ class RankContext:
     world: int
     device: torch.device
     backend: str
+    _inbox: Any = dataclasses.field(default=None, repr=False)  # parent -> this rank (Ranks.send)
+    _outbox: Any = dataclasses.field(default=None, repr=False)  # this rank -> parent (Ranks.receive)
+
+    def recv(self) -> Any:
+        """The next object the parent sent (Ranks.send); blocks."""
+        return pickle.loads(self._inbox.get())
+
+    def send(self, obj: Any) -> None:
+        """Give the parent obj (Ranks.receive)."""
+        self._outbox.put((self.rank, "msg", pickle.dumps(obj)))
 
     @property
     def is_driver(self) -> bool:
@@ -110,73 +120,115 @@ def under_torchrun() -> bool:
 
 
 def _entry(rank: int, fn: Callable, world: int, port: int, backend: str, timeout_s: float, args: tuple,
-           results) -> None:
+           inbox, outbox) -> None:
     """One spawned rank: join the group, run fn, send its result (or its traceback) to the parent."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     try:
-        ctx = init(rank, world, backend, rank, timeout_s)
+        ctx = dataclasses.replace(init(rank, world, backend, rank, timeout_s), _inbox=inbox, _outbox=outbox)
         try:
             out = fn(ctx, *args)
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
-        # plain pickle bytes: a tensor sent as-is travels by shared-memory handle, gone once we exit
-        results.put((rank, True, pickle.dumps(out)))
+        outbox.put((rank, "done", pickle.dumps(out)))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises RankError
-        results.put((rank, False, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
+        outbox.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
+        outbox.close()
+        outbox.join_thread()
         sys.exit(1)
 
 
-def run_ranks(fn: Callable, world: int, args: Sequence[Any] = (), device: Optional[str] = None,
-              timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 0.2) -> list[Any]:
-    """Run fn(ctx: RankContext, *args) in `world` spawned processes; return their results by rank.
+class Ranks:
+    """`world` spawned ranks running fn(ctx, *args), and the parent's two-way line to them.
 
-    fn must be importable (a module-level function) and its result picklable. When a rank raises
-    or exits, the others are stopped and RankError names the first failure.
+    The parent `send`s one object to every rank (ctx.recv() there) and `receive`s one from each
+    (ctx.send(obj) there); `result()` waits for fn's return values. Any wait watches the
+    processes: when a rank raises or exits, the others are stopped and RankError names it.
+    fn must be importable (a module-level function); what crosses is pickled between our own
+    processes (plain bytes: a tensor sent as-is would travel by a shared-memory handle that
+    dies with its sender).
     """
-    if world < 1:
-        raise RankError(f"world size must be >= 1, got {world}")
-    backend = pick_backend(world, device)
-    mpctx = mp.get_context("spawn")
-    results = mpctx.Queue()
-    port = free_port()
-    procs = mp.start_processes(_entry, args=(fn, world, port, backend, timeout_s, tuple(args), results),
-                               nprocs=world, join=False, start_method="spawn")
-    got: dict[int, Any] = {}
-    failure: Optional[str] = None
 
-    def drain(block: bool = False) -> None:
-        nonlocal failure
-        while True:
+    def __init__(self, fn: Callable, world: int, args: Sequence[Any] = (), device: Optional[str] = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 0.2):
+        if world < 1:
+            raise RankError(f"world size must be >= 1, got {world}")
+        backend = pick_backend(world, device)
+        mpctx = mp.get_context("spawn")
+        self.world, self.poll_s = world, poll_s
+        self.outbox = mpctx.Queue()
+        self.inboxes = [mpctx.Queue() for _ in range(world)]
+        port = free_port()
+        self.procs = [mpctx.Process(target=_entry, args=(r, fn, world, port, backend, timeout_s, tuple(args),
+                                                         self.inboxes[r], self.outbox), daemon=True)
+                      for r in range(world)]
+        for p in self.procs:
+            p.start()
+
+    def send(self, obj: Any) -> None:
+        """Give every rank obj (its ctx.recv() returns it)."""
+        data = pickle.dumps(obj)
+        for q in self.inboxes:
+            q.put(data)
+
+    def receive(self) -> list[Any]:
+        """One ctx.send() object from each rank, by rank."""
+        return self._collect("msg")
+
+    def result(self) -> list[Any]:
+        """fn's return values by rank, once every rank has returned."""
+        out = self._collect("done")
+        for p in self.procs:
+            p.join(timeout=30)
+        return out
+
+    def _collect(self, want: str) -> list[Any]:
+        got: dict[int, Any] = {}
+        while len(got) < self.world:
             try:
-                rank, ok, out = results.get(timeout=poll_s) if block else results.get_nowait()
+                rank, kind, payload = self.outbox.get(timeout=self.poll_s)
             except queue_lib.Empty:
-                return
-            if ok:
-                got[rank] = pickle.loads(out)  # our own child's bytes, never a file
-            elif failure is None:
-                failure = f"rank {rank} of {world} failed: {out}"
-            block = False
+                dead = [(r, p.exitcode) for r, p in enumerate(self.procs) if p.exitcode is not None
+                        and (p.exitcode != 0 or r not in got)]
+                if dead:
+                    self._fail("; ".join(f"rank {r} of {self.world} exited with code {code}" for r, code in dead)
+                               + " before it answered; the other ranks were stopped")
+                continue
+            if kind == "error":  # name a rank that died first: the others' errors follow from it
+                time.sleep(1.0)
+                dead = [f"rank {r} of {self.world} exited with code {p.exitcode}" for r, p in enumerate(self.procs)
+                        if r != rank and p.exitcode not in (None, 0, 1)]
+                self._fail("; ".join(dead + [f"rank {rank} of {self.world} failed: {payload}"]))
+            if kind != want:
+                self._fail(f"rank {rank} sent {kind!r} while the parent waited for {want!r}")
+            got[rank] = pickle.loads(payload)  # our own child's bytes, never a file
+        return [got[r] for r in range(self.world)]
 
-    try:
-        while True:
-            drain()
-            try:
-                if procs.join(timeout=poll_s):
-                    break
-            except ProcessException as e:  # one exited non-zero; start_processes stopped the others
-                drain(block=True)
-                raise RankError(failure or f"rank {e.error_index} of {world} exited ({e}); the other ranks "
-                                "were stopped") from None
-        drain(block=True)
-    finally:
-        for p in procs.processes:
+    def _fail(self, why: str):
+        """Stop every rank, then raise RankError(why)."""
+        self.stop()
+        raise RankError(why)
+
+    def stop(self) -> None:
+        """Terminate the ranks still running."""
+        for p in self.procs:
             if p.is_alive():
                 p.terminate()
-    if failure is not None:
-        raise RankError(failure)
-    missing = [r for r in range(world) if r not in got]
-    if missing:
-        raise RankError(f"ranks {missing} exited without a result")
-    return [got[r] for r in range(world)]
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+
+
+def run_ranks(fn: Callable, world: int, args: Sequence[Any] = (), device: Optional[str] = None,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Any]:
+    """Run fn(ctx: RankContext, *args) in `world` spawned processes; return their results by rank.
+
+    When a rank raises or exits, the others are stopped and RankError names the first failure.
+    """
+    ranks = Ranks(fn, world, args, device, timeout_s)
+    try:
+        return ranks.result()
+    finally:
+        ranks.stop()

@@ -51,11 +51,11 @@ def test_tp2_matches_tp1(name, reference, tp2):
     assert torch.equal(tp2[0][name]["logits"], tp2[1][name]["logits"]), "ranks disagree on the gathered logits"
 
 
-def test_skipped_all_reduce_is_caught(reference):
+def test_skipped_all_reduce_is_caught(reference, tp2):
     """The planted fault: layer 0's o_proj without its all-reduce. The logit check must reject it."""
-    got = run_ranks(tp_cases.rank_cases, 2, args=(["kv2"], True), device="cpu", timeout_s=TIMEOUT_S)[0]["kv2"]
-    ref = reference["kv2"]["logits"]
-    assert not compare(got["logits"], ref, logit_tol(ref)).ok
+    name = list(tp_cases.CASES)[0]
+    ref = reference[name]["logits"]
+    assert not compare(tp2[0]["fault"], ref, logit_tol(ref)).ok
 
 
 @pytest.mark.parametrize("fn,what", [(tp_cases.rank_dies, "rank 1"), (tp_cases.rank_hangs, "rank 0")])
@@ -72,7 +72,7 @@ def test_tp_that_does_not_divide_is_one_error():
     config = ModelConfig.from_name("tiny")  # n_heads 4, n_kv 2, intermediate 192, vocab 512
     with pytest.raises(ConfigError, match=r"tensor-parallel size 3 does not divide n_heads \(4\)"):
         check_tp(config, 3)
-    with pytest.raises(ConfigError, match=r"n_kv_heads \(2; tp must divide"):
+    with pytest.raises(ConfigError, match=r"n_kv_heads \(3; tp must divide"):
         check_tp(config.replace(n_heads=6, n_kv_heads=3, head_dim=16), 2)
     check_tp(config.replace(n_kv_heads=1), 4)  # replicated KV: fine
 
@@ -102,3 +102,21 @@ def test_checkpoint_rank_reads_its_slices(tmp_path):
         assert got.keys() == want.keys()
         for k in want:
             assert torch.equal(got[k], want[k]), k
+
+
+def test_llm_tensor_parallel_matches_tp1(tmp_path, reference):
+    """LLM(path, tensor_parallel_size=2): two spawned ranks, each an engine over its checkpoint slices;
+    rank 0's outputs equal the TP=1 engine's on the same trace."""
+    from scheduler import LLM, SamplingParams
+    from model.weights import save_model
+
+    save_model(tp_cases.case_model("kv2"), str(tmp_path / "ckpt"))
+    reqs = tp_cases.trace()
+    llm = LLM(str(tmp_path / "ckpt"), tensor_parallel_size=2, device="cpu", timeout_s=TIMEOUT_S,
+              **tp_cases.ENGINE_KWARGS)
+    try:
+        outs = llm.generate([p for p, _ in reqs], [SamplingParams(max_tokens=m) for _, m in reqs])
+    finally:
+        llm.close()
+    assert [o.token_ids for o in outs] == reference["kv2"]["engine"]
+    assert all(o.finished for o in outs)

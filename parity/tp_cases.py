@@ -24,6 +24,8 @@ LOGIT_RTOL = 1e-5
 GREEDY_STEPS = 64
 SEED = 3
 # Random GQA configs: n_kv_heads 2 (each rank holds one KV head) and 1 (replicated on both ranks).
+# A small engine: 3 running at most, 16-token steps (chunked prefill), 4-token blocks.
+ENGINE_KWARGS = dict(block_size=4, num_blocks=96, max_num_seqs=3, max_num_batched_tokens=16)
 CASES = {"kv2": dict(n_kv_heads=2), "kv1": dict(n_kv_heads=1)}
 
 
@@ -57,7 +59,7 @@ def run_case(model) -> dict:
     tokens = generate(model, prompt(), GREEDY_STEPS).new_ids[0]
     model.remove_caches()
     reqs = trace()
-    llm = LLM(model, block_size=4, num_blocks=96, max_num_seqs=3, max_num_batched_tokens=16)
+    llm = LLM(model, **ENGINE_KWARGS)
     try:
         outs = llm.generate([p for p, _ in reqs], [SamplingParams(max_tokens=m) for _, m in reqs])
     finally:
@@ -71,18 +73,22 @@ def plant_fault(model) -> None:
     o.forward = lambda x: F.linear(x, o.weight)
 
 
-def rank_cases(ctx, names: list[str], fault: bool = False) -> dict:
-    """One rank: for each case, shard the whole model by this rank's plan and run_case it."""
+def rank_cases(ctx, names: list[str], fault: bool = True) -> dict:
+    """One rank: for each case, shard the whole model by this rank's plan and run_case it; with fault,
+    also the logits of the first case with plant_fault (key "fault")."""
     from model.tp import TPPlan, shard_model
 
     torch.set_num_threads(1)
     out = {}
     for name in names:
         full = case_model(name)
+        out[name] = run_case(shard_model(full, TPPlan(full.config, ctx.rank, ctx.world)))
+    if fault:
+        full = case_model(names[0])
         model = shard_model(full, TPPlan(full.config, ctx.rank, ctx.world))
-        if fault:
-            plant_fault(model)
-        out[name] = run_case(model)
+        plant_fault(model)
+        with torch.inference_mode():
+            out["fault"] = model(torch.tensor([prompt()]))[0]
     return out
 
 
