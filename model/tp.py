@@ -53,6 +53,15 @@ def check_tp(config: ModelConfig, world: int) -> None:
                           f"intermediate_size={config.intermediate_size} and vocab_size={config.vocab_size}")
 
 
+def check_tp_source(source, world: int) -> None:
+    """check_tp for what model.load(source) would build (checkpoint config or random-weights config),
+    before any rank starts: ConfigError / CheckpointError with one line."""
+    from model.loader import checkpoint_dir, random_config
+
+    path = checkpoint_dir(source)
+    check_tp(ModelConfig.from_hf_config(path) if path is not None else random_config(source), world)
+
+
 @dataclasses.dataclass(frozen=True)
 class TPPlan:
     """Which slice of every tensor rank `rank` of `world` holds, and the group it talks over."""

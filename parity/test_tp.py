@@ -120,3 +120,14 @@ def test_llm_tensor_parallel_matches_tp1(tmp_path, reference):
         llm.close()
     assert [o.token_ids for o in outs] == reference["kv2"]["engine"]
     assert all(o.finished for o in outs)
+
+
+def test_generate_binary_tp2_matches_tp1():
+    """model.generate --tp 2 starts its two ranks itself; rank 0's tokens equal --tp 1's."""
+    from model.generate import Options, run_ranks_or_one
+
+    opts = Options(checkpoint="embedded", prompt_ids="5,17,99", max_new_tokens=12, device="cpu", dtype="float32")
+    one = run_ranks_or_one(opts)
+    two = run_ranks_or_one(Options(**{**opts.__dict__, "tp": 2}))
+    assert two["tp"] == 2 and two["output_ids"] == one["output_ids"]
+    assert len(set(one["output_ids"])) > 4, "degenerate output would make the comparison weak"

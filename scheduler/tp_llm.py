@@ -72,13 +72,9 @@ class TPEngines:
         if not isinstance(source, (str, os.PathLike)):
             raise ValueError("tensor_parallel_size > 1 needs a checkpoint path or model name (each rank loads "
                              f"its own slices), not a built {type(source).__name__}")
-        from model.tp import check_tp
-        from model.config import ModelConfig
-        from model.loader import checkpoint_dir, random_config
+        from model.tp import check_tp_source
 
-        path = checkpoint_dir(source)  # one clear error here for a bad path, before any rank starts
-        config = ModelConfig.from_hf_config(path) if path is not None else random_config(source)
-        check_tp(config, world)
+        check_tp_source(source, world)  # one clear error here for a bad path or tp, before any rank starts
         self.world = world
         self.ranks = Ranks(_engine_rank, world, args=(os.fspath(source), device, dtype, engine_kwargs),
                            device=None if device is None else str(device), timeout_s=timeout_s)
