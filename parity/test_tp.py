@@ -126,7 +126,7 @@ def test_generate_binary_tp2_matches_tp1():
     """model.generate --tp 2 starts its two ranks itself; rank 0's tokens equal --tp 1's."""
     from model.generate import Options, run_ranks_or_one
 
-    opts = Options(checkpoint="embedded", prompt_ids="5,17,99", max_new_tokens=12, device="cpu", dtype="float32")
+    opts = Options(checkpoint="embedded", prompt="abc", max_new_tokens=12, device="cpu", dtype="float32")
     one = run_ranks_or_one(opts)
     two = run_ranks_or_one(Options(**{**opts.__dict__, "tp": 2}))
     assert two["tp"] == 2 and two["output_ids"] == one["output_ids"]
