@@ -1,0 +1,99 @@
+"""A small-message all-reduce over peer-to-peer buffers (CUDA IPC), for decode-sized tensors.
+
+    ar = PeerAllReduce(group, max_bytes=1 << 20, device=torch.device("cuda", rank))
+    out = ar.one_shot(x)     # every rank reads every peer's copy of x and sums them
+    out = ar.two_shot(x)     # reduce-scatter by chunks, then all-gather (less traffic per rank)
+
+The math: out = sum over ranks r = 0..n-1 of x_r, added in rank order (so every rank gets the
+same bits); NCCL's all_reduce(SUM) is the reference it is checked against (bench.allreduce).
+
+The buffers are torch symmetric memory (torch.distributed._symmetric_memory): each rank
+allocates one, `rendezvous` maps every peer's into this process over CUDA IPC, and
+`get_buffer(r, ...)` is a tensor view of rank r's, read by ordinary kernels over NVLink.
+No multicast object is made: NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and
+NVSHMEM_DISABLE_NVLS=1 are set before the allocation, and nothing here calls multimem ops.
+
+One-shot, per call: copy x into this rank's buffer, a device barrier (signal pads; the
+kernel waits for every peer's signal), then one sum over the n peer views. Two buffers
+alternate between calls, so the next call's barrier also proves every peer finished reading
+the previous call's buffer: no second barrier (3 launches; all graph-capturable).
+Two-shot: copy in, barrier, each rank sums its 1/n chunk from every peer and writes it back
+into its own buffer, barrier, then gathers the n reduced chunks from the peers (n x less
+read traffic per rank than one-shot: the better choice as messages grow).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def available() -> bool:
+    """True when torch has symmetric memory and a GPU (the only place this runs)."""
+    try:
+        import torch.distributed._symmetric_memory  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class PeerAllReduce:
+    """Sum-all-reduce of tensors up to max_bytes over this group's peer buffers (see module docstring)."""
+
+    def __init__(self, group, max_bytes: int, device: torch.device):
+        import torch.distributed as dist
+        import torch.distributed._symmetric_memory as symm_mem
+
+        for k, v in NO_MULTICAST.items():
+            os.environ.setdefault(k, v)
+        self.group = group or dist.group.WORLD
+        self.rank, self.world = dist.get_rank(self.group), dist.get_world_size(self.group)
+        self.max_bytes = max_bytes
+        # One allocation, two halves (alternating calls); 16-byte aligned halves.
+        half = -(-max_bytes // 16) * 16
+        self.half = half
+        buf = symm_mem.empty(2 * half, dtype=torch.uint8, device=device)
+        self.handle = symm_mem.rendezvous(buf, self.group.group_name)
+        self.buf = buf
+        self.calls = 0  # which half the next call uses (host-side: a captured graph bakes in its half)
+
+    def _views(self, x: torch.Tensor, which: int) -> list[torch.Tensor]:
+        """Each rank's buffer half `which` as a flat tensor of x's dtype and size."""
+        n = x.numel()
+        if n * x.element_size() > self.max_bytes:
+            raise ValueError(f"{n * x.element_size()} bytes exceed this PeerAllReduce's max_bytes={self.max_bytes}")
+        offset = which * self.half // x.element_size()
+        return [self.handle.get_buffer(r, (n,), x.dtype, offset) for r in range(self.world)]
+
+    def one_shot(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_r x_r in a new tensor shaped like x."""
+        which, self.calls = self.calls % 2, self.calls + 1
+        peers = self._views(x, which)
+        peers[self.rank].copy_(x.reshape(-1))
+        self.handle.barrier(channel=which)
+        out = peers[0].clone() if self.world == 1 else peers[0] + peers[1]
+        for r in range(2, self.world):
+            out += peers[r]
+        return out.view_as(x)
+
+    def two_shot(self, x: torch.Tensor) -> torch.Tensor:
+        """sum_r x_r in a new tensor shaped like x; x.numel() must split into world equal chunks."""
+        n = x.numel()
+        if n % self.world:
+            raise ValueError(f"two_shot needs numel ({n}) divisible by the world size ({self.world})")
+        which, self.calls = self.calls % 2, self.calls + 1
+        peers = self._views(x, which)
+        c = n // self.world
+        mine = slice(self.rank * c, (self.rank + 1) * c)
+        peers[self.rank].copy_(x.reshape(-1))
+        self.handle.barrier(channel=which)
+        part = peers[0][mine] + peers[1][mine] if self.world > 1 else peers[0][mine].clone()
+        for r in range(2, self.world):
+            part += peers[r][mine]
+        peers[self.rank][mine].copy_(part)
+        self.handle.barrier(channel=2 + which)  # every chunk is reduced before anyone gathers
+        out = torch.cat([peers[r][r * c:(r + 1) * c] for r in range(self.world)])
+        return out.view_as(x)
