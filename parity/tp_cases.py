@@ -109,3 +109,55 @@ def rank_hangs(ctx) -> None:
         return
     x = torch.ones(4)
     torch.distributed.all_reduce(x)
+
+
+def rank_gpu(ctx, names: list[str], steps: int = 32) -> dict:
+    """One GPU rank (NCCL): fp32 logits of each case, greedy tokens from the CUDA-graphed static path
+    (decoding.fast.FastGenerator: NCCL collectives captured in the graph), and the custom all-reduce
+    (kernels/custom_allreduce.py) against NCCL on integer inputs, eager and graphed."""
+    from decoding.cuda_graph import capture_graph
+    from decoding.fast import FastGenerator
+    from kernels.custom_allreduce import PeerAllReduce
+    from model.tp import TPPlan, shard_model
+
+    out = {}
+    for name in names:
+        full = case_model(name).to(ctx.device)
+        model = shard_model(full, TPPlan(full.config, ctx.rank, ctx.world))
+        del full
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt()], device=ctx.device))[0].cpu()
+        gen = FastGenerator(model, max_batch_size=1, max_seq_len=64, cuda_graph=True)
+        tokens = gen.generate(prompt(), steps).new_ids[0]
+        gen.close()
+        out[name] = {"logits": logits, "tokens": tokens}
+    ar = PeerAllReduce(None, 1 << 20, ctx.device)
+    checks = {}
+    for numel in (4096, 8 * 4096, 64 * 4096):
+        xs = [torch.randint(-8, 9, (numel,), generator=torch.Generator().manual_seed(r)).to(torch.bfloat16)
+              for r in range(ctx.world)]
+        want = sum(x.float() for x in xs)
+        x = xs[ctx.rank].to(ctx.device)
+        for kind in ("one_shot", "two_shot"):
+            fn = getattr(ar, kind)
+            checks[f"{kind}_{numel}"] = torch.equal(fn(x).float().cpu(), want)
+            graph, res = capture_graph(lambda: fn(x), ctx.device)
+            for _ in range(3):  # replays alternate nothing (the half is baked in): the barrier must still hold
+                graph.replay()
+            torch.cuda.synchronize()
+            checks[f"{kind}_{numel}_graph"] = torch.equal(res.float().cpu(), want)
+    out["custom_allreduce"] = checks
+    return out
+
+
+def reference_gpu(name: str, device, steps: int = 32) -> dict:
+    """The same numbers as rank_gpu from the whole model on one GPU."""
+    from decoding.fast import FastGenerator
+
+    model = case_model(name).to(device)
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt()], device=device))[0].cpu()
+    gen = FastGenerator(model, max_batch_size=1, max_seq_len=64, cuda_graph=True)
+    tokens = gen.generate(prompt(), steps).new_ids[0]
+    gen.close()
+    return {"logits": logits, "tokens": tokens}
