@@ -44,7 +44,7 @@ _define("integer", "custom_max_bytes", 8 << 20, "Largest message the custom all-
 _define("integer", "warmup", None, "Untimed calls per variant (default 10 on a GPU, 2 on a CPU).")
 _define("integer", "iters", None, "Timed calls per variant (default 50 on a GPU, 10 on a CPU).")
 
-REPS = 8  # all-reduces per captured graph (the figure is per all-reduce)
+REPS = 8  # all-reduces per captured graph (the figure is per all-reduce); even, so alternate calls alternate
 HIDDEN_DTYPE = torch.bfloat16
 # Nominal H200/H100 NVLink 4: 18 links x 25 GB/s per direction (NVIDIA's 900 GB/s bidirectional).
 NVLINK_NOMINAL_GBPS = 450.0
@@ -135,10 +135,12 @@ def _variants(ctx, numel: int, custom, custom_max: int) -> dict[str, tuple[Calla
     if ctx.device.type == "cuda":
         out[f"{ctx.backend}_graph"] = (nccl, True)
         if custom is not None and numel * 2 <= custom_max:
-            out["one_shot"] = (custom.one_shot, False)
-            out["one_shot_graph"] = (custom.one_shot, True)
+            safe, alt = custom
+            out["one_shot"] = (safe.one_shot, False)
+            out["one_shot_graph"] = (safe.one_shot, True)
+            out["one_shot_alt_graph"] = (alt.one_shot, True)  # REPS is even: the calls alternate
             if numel % ctx.world == 0:
-                out["two_shot_graph"] = (custom.two_shot, True)
+                out["two_shot_graph"] = (safe.two_shot, True)
     return out
 
 
@@ -149,7 +151,8 @@ def rank_main(ctx, opts: Options, sizes: list[int], decode: list[int], warmup: i
     custom, custom_status = None, "skipped: needs CUDA and torch symmetric memory"
     if ctx.device.type == "cuda" and custom_allreduce.available():
         try:
-            custom = custom_allreduce.PeerAllReduce(None, opts.custom_max_bytes, ctx.device)
+            custom = (custom_allreduce.PeerAllReduce(None, opts.custom_max_bytes, ctx.device),
+                      custom_allreduce.PeerAllReduce(None, opts.custom_max_bytes, ctx.device, alternate=True))
             custom_status = "ok"
         except Exception as e:  # noqa: BLE001 - reported as FAILED, NCCL is still measured
             custom_status = common.failure_status(e)

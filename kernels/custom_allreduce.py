@@ -14,12 +14,15 @@ No multicast object is made: NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAS
 NVSHMEM_DISABLE_NVLS=1 are set before the allocation, and nothing here calls multimem ops.
 
 One-shot, per call: copy x into this rank's buffer, a device barrier (signal pads; the
-kernel waits for every peer's signal), then one sum over the n peer views. Two buffers
-alternate between calls, so the next call's barrier also proves every peer finished reading
-the previous call's buffer: no second barrier (3 launches; all graph-capturable).
+kernel waits for every peer's signal), one sum over the n peer views, and an end barrier
+(no rank overwrites its buffer while a peer still reads it): 4 launches, all graph-capturable.
+With alternate=True two buffers alternate between calls and the end barrier goes: the next
+call's start barrier proves every peer finished reading the previous call's buffer. That is
+only sound while consecutive calls really alternate, e.g. a captured graph holding an even
+number of calls replayed back to back (a graph of one call replays the same buffer each time).
 Two-shot: copy in, barrier, each rank sums its 1/n chunk from every peer and writes it back
 into its own buffer, barrier, then gathers the n reduced chunks from the peers (n x less
-read traffic per rank than one-shot: the better choice as messages grow).
+read traffic per rank than one-shot: the better choice as messages grow), end barrier.
 """
 
 from __future__ import annotations
@@ -43,22 +46,29 @@ def available() -> bool:
 class PeerAllReduce:
     """Sum-all-reduce of tensors up to max_bytes over this group's peer buffers (see module docstring)."""
 
-    def __init__(self, group, max_bytes: int, device: torch.device):
+    def __init__(self, group, max_bytes: int, device: torch.device, alternate: bool = False):
         import torch.distributed as dist
         import torch.distributed._symmetric_memory as symm_mem
 
         for k, v in NO_MULTICAST.items():
             os.environ.setdefault(k, v)
         self.group = group or dist.group.WORLD
+        self.alternate = alternate
         self.rank, self.world = dist.get_rank(self.group), dist.get_world_size(self.group)
         self.max_bytes = max_bytes
         # One allocation, two halves (alternating calls); 16-byte aligned halves.
         half = -(-max_bytes // 16) * 16
         self.half = half
         buf = symm_mem.empty(2 * half, dtype=torch.uint8, device=device)
+        if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed by older torch, deprecated later
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                symm_mem.enable_symm_mem_for_group(self.group.group_name)
         self.handle = symm_mem.rendezvous(buf, self.group.group_name)
         self.buf = buf
-        self.calls = 0  # which half the next call uses (host-side: a captured graph bakes in its half)
+        self.calls = 0  # calls made (alternate: its parity picks the half; a captured graph bakes it in)
 
     def _views(self, x: torch.Tensor, which: int) -> list[torch.Tensor]:
         """Each rank's buffer half `which` as a flat tensor of x's dtype and size."""
@@ -70,21 +80,33 @@ class PeerAllReduce:
 
     def one_shot(self, x: torch.Tensor) -> torch.Tensor:
         """sum_r x_r in a new tensor shaped like x."""
-        which, self.calls = self.calls % 2, self.calls + 1
+        which = self._next()
         peers = self._views(x, which)
         peers[self.rank].copy_(x.reshape(-1))
         self.handle.barrier(channel=which)
         out = peers[0].clone() if self.world == 1 else peers[0] + peers[1]
         for r in range(2, self.world):
             out += peers[r]
+        self._end(which)
         return out.view_as(x)
+
+    def _next(self) -> int:
+        """The buffer half of this call (always 0 unless alternate)."""
+        which = self.calls % 2 if self.alternate else 0
+        self.calls += 1
+        return which
+
+    def _end(self, which: int) -> None:
+        """The end barrier: every peer has read this call's buffers (skipped when calls alternate)."""
+        if not self.alternate:
+            self.handle.barrier(channel=4 + which)
 
     def two_shot(self, x: torch.Tensor) -> torch.Tensor:
         """sum_r x_r in a new tensor shaped like x; x.numel() must split into world equal chunks."""
         n = x.numel()
         if n % self.world:
             raise ValueError(f"two_shot needs numel ({n}) divisible by the world size ({self.world})")
-        which, self.calls = self.calls % 2, self.calls + 1
+        which = self._next()
         peers = self._views(x, which)
         c = n // self.world
         mine = slice(self.rank * c, (self.rank + 1) * c)
@@ -96,4 +118,5 @@ class PeerAllReduce:
         peers[self.rank][mine].copy_(part)
         self.handle.barrier(channel=2 + which)  # every chunk is reduced before anyone gathers
         out = torch.cat([peers[r][r * c:(r + 1) * c] for r in range(self.world)])
+        self._end(which)
         return out.view_as(x)
