@@ -213,20 +213,35 @@ def tp_rank(ctx, preset: str, dtype, n_layers, seed: int, prompts: dict, new_tok
     from decoding.fast import FastGenerator
     from model.loader import random_config
 
+    from kernels import custom_allreduce
+    from model.tp import set_all_reduce
+
     net = lab_model.load(random_config(preset), dtype=dtype, device=ctx.device, seed=seed, n_layers=n_layers, tp=ctx)
     torch.cuda.empty_cache()  # the whole random model it was cut from is gone
-    gen = FastGenerator(net, max_batch_size=max(prompts), max_seq_len=max_len, cuda_graph=True)
     out = {}
-    for b, prompt in prompts.items():
-        prompt = prompt.to(ctx.device)
-        gen.step_for(b)
-        logits: list = []
-        checked = gen.generate(prompt, min(new_tokens, 32),
-                               on_logits=lambda i, lg: logits.append(lg.float().cpu()) if i < LOGIT_STEPS else None)
-        timed = gen.generate(prompt, new_tokens)
-        out[b] = {"checked": checked.tokens.cpu(), "logits": logits, "tokens": timed.tokens.cpu(),
-                  "prefill_s": timed.prefill_s, "decode_s": timed.decode_s, "capture_s": gen.capture_s.get(b)}
-    gen.close()
+    comms = {"nccl": None}
+    if custom_allreduce.available():  # decode-sized all-reduces over peer buffers; NCCL above 1 MiB
+        comms["custom"] = lambda: custom_allreduce.small_message_all_reduce(
+            custom_allreduce.PeerAllReduce(None, 1 << 20, ctx.device))
+    for comm, make in comms.items():
+        try:
+            set_all_reduce(net, make() if make else None)
+        except Exception as e:  # noqa: BLE001 - reported as that variant's FAILED rows
+            out[comm] = common.failure_status(e, 300)
+            continue
+        gen = FastGenerator(net, max_batch_size=max(prompts), max_seq_len=max_len, cuda_graph=True)
+        out[comm] = {}
+        for b, prompt in prompts.items():
+            prompt = prompt.to(ctx.device)
+            gen.step_for(b)
+            logits: list = []
+            checked = gen.generate(prompt, min(new_tokens, 32), on_logits=lambda i, lg: logits.append(
+                lg.float().cpu()) if i < LOGIT_STEPS else None)
+            timed = gen.generate(prompt, new_tokens)
+            out[comm][b] = {"checked": checked.tokens.cpu(), "logits": logits, "tokens": timed.tokens.cpu(),
+                            "prefill_s": timed.prefill_s, "decode_s": timed.decode_s,
+                            "capture_s": gen.capture_s.get(b)}
+        gen.close()
     return out
 
 
@@ -235,15 +250,28 @@ def tp_rows(tp: int, opts: Options, preset: str, dtype, prompts: dict, new_token
     """Rows of the graph variant on tp ranks, each checked against the reference like run_variant's."""
     from model.parallel import run_ranks
 
-    name = f"graph_tp{tp}"
     try:
         got = run_ranks(tp_rank, tp, args=(preset, dtype, opts.n_layers, opts.seed, {b: p.cpu() for b, p in
                                                                                      prompts.items()},
                                            new_tokens, max_len), device="cuda")[0]
     except Exception as e:  # noqa: BLE001 - reported as a FAILED row per batch size
-        return [{"variant": name, "batch": b, "tp": tp, "status": common.failure_status(e, 300)} for b in prompts]
+        return [{"variant": f"graph_tp{tp}", "batch": b, "tp": tp, "status": common.failure_status(e, 300)}
+                for b in prompts]
     rows = []
-    for b, r in got.items():
+    for comm, runs in got.items():
+        name = f"graph_tp{tp}" + ("" if comm == "nccl" else f"_{comm}")
+        if isinstance(runs, str):  # the communicator could not be set up
+            rows += [{"variant": name, "batch": b, "tp": tp, "status": runs} for b in prompts]
+        else:
+            rows += _tp_checked_rows(name, tp, runs, prompts, new_tokens, dtype, ref, device)
+    return rows
+
+
+def _tp_checked_rows(name: str, tp: int, runs: dict, prompts: dict, new_tokens: int, dtype, ref: Reference,
+                     device) -> list[dict[str, Any]]:
+    """One row per batch size of a tensor-parallel variant's runs, each checked against the reference."""
+    rows = []
+    for b, r in runs.items():
         row: dict[str, Any] = {"variant": name, "batch": b, "tp": tp, "capture_s": r["capture_s"]}
         T = prompts[b].shape[1]
         try:  # the ranks timed before this check ran; a run that fails it keeps no figure
@@ -388,7 +416,7 @@ def run(opts: Options) -> None:
     paths = common.write_results(out_dir, "decode", rows, summary, command=common.command_line("decode"),
                                  device=dev_name)
     series = {}
-    names = names + [f"graph_tp{t}" for t in tps if t > 1]
+    names = names + [v for t in tps if t > 1 for v in (f"graph_tp{t}", f"graph_tp{t}_custom")]
     for name in names:
         pts = sorted((r["batch"], r["tok_s"]) for r in ok if r["variant"] == name)
         if pts:

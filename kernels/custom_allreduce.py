@@ -28,6 +28,7 @@ read traffic per rank than one-shot: the better choice as messages grow), end ba
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
@@ -120,3 +121,16 @@ class PeerAllReduce:
         out = torch.cat([peers[r][r * c:(r + 1) * c] for r in range(self.world)])
         self._end(which)
         return out.view_as(x)
+
+
+def small_message_all_reduce(ar: PeerAllReduce, group=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """reduce(x): ar.one_shot for x up to ar.max_bytes, torch.distributed.all_reduce (in place) above."""
+    import torch.distributed as dist
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        if x.numel() * x.element_size() <= ar.max_bytes:
+            return ar.one_shot(x)
+        dist.all_reduce(x, group=group)
+        return x
+
+    return reduce

@@ -26,7 +26,8 @@ embedding's one and the logits' all-gather are the whole communication.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from functools import partial
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -140,12 +141,24 @@ def all_reduce_(x: torch.Tensor, group=None) -> torch.Tensor:
     return x
 
 
+def set_all_reduce(model: nn.Module, reduce: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> int:
+    """Make every all-reduce of a rank's model call reduce(x) -> summed tensor (None: NCCL/gloo's,
+    in place). E.g. kernels.custom_allreduce for decode-sized messages. Returns how many modules."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (RowParallelLinear, VocabParallelEmbedding)):
+            m.reduce = reduce if reduce is not None else partial(all_reduce_, group=m.group)
+            n += 1
+    return n
+
+
 class RowParallelLinear(nn.Linear):
     """y = all_reduce(x_local @ W_local^T): each rank holds in_features / tp input columns of W."""
 
     def __init__(self, in_features: int, out_features: int, group=None, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
         self.group = group
+        self.reduce = partial(all_reduce_, group=group)  # set_all_reduce swaps it
 
     @classmethod
     def like(cls, linear: nn.Linear, group) -> "RowParallelLinear":
@@ -155,7 +168,7 @@ class RowParallelLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_features / tp) -> (..., out_features), summed over ranks."""
-        return all_reduce_(F.linear(x, self.weight), self.group)
+        return self.reduce(F.linear(x, self.weight))
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -166,6 +179,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
         self.start, self.group = start, group
+        self.reduce = partial(all_reduce_, group=group)  # set_all_reduce swaps it
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (...) long -> (..., dim)."""
@@ -173,7 +187,7 @@ class VocabParallelEmbedding(nn.Module):
         outside = (local < 0) | (local >= self.weight.shape[0])
         x = F.embedding(local.masked_fill(outside, 0), self.weight)
         x = x.masked_fill(outside.unsqueeze(-1), 0)
-        return all_reduce_(x, self.group)
+        return self.reduce(x)
 
 
 class VocabParallelHead(nn.Module):

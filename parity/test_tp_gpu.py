@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.devi
 def test_tp2_on_gpus_matches_one_gpu():
     names = list(tp_cases.CASES)
     got = run_ranks(tp_cases.rank_gpu, 2, args=(names,), device="cuda", timeout_s=120)
-    for name in names:
-        ref = tp_cases.reference_gpu(name, torch.device("cuda", 0))
+    for name in names + [names[0] + "_custom"]:  # _custom: every all-reduce the custom one-shot
+        ref = tp_cases.reference_gpu(name.removesuffix("_custom"), torch.device("cuda", 0))
         tol = Tol(atol=tp_cases.LOGIT_RTOL * float(ref["logits"].abs().max()), rtol=tp_cases.LOGIT_RTOL)
         for rank, out in enumerate(got):
             res = compare(out[name]["logits"], ref["logits"], tol, f"{name} rank {rank}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from model.config import ModelConfig
 from model.random_weights import random_model
@@ -69,8 +68,7 @@ def run_case(model) -> dict:
 
 def plant_fault(model) -> None:
     """The bug the logit check exists to catch: layer 0's o_proj skips its all-reduce."""
-    o = model.model.layers[0].self_attn.o_proj
-    o.forward = lambda x: F.linear(x, o.weight)
+    model.model.layers[0].self_attn.o_proj.reduce = lambda x: x
 
 
 def rank_cases(ctx, names: list[str], fault: bool = True) -> dict:
@@ -131,6 +129,19 @@ def rank_gpu(ctx, names: list[str], steps: int = 32) -> dict:
         tokens = gen.generate(prompt(), steps).new_ids[0]
         gen.close()
         out[name] = {"logits": logits, "tokens": tokens}
+    from kernels.custom_allreduce import small_message_all_reduce
+    from model.tp import set_all_reduce
+
+    for name in names[:1]:  # the same model with every all-reduce the custom one-shot
+        full = case_model(name).to(ctx.device)
+        model = shard_model(full, TPPlan(full.config, ctx.rank, ctx.world))
+        del full
+        set_all_reduce(model, small_message_all_reduce(PeerAllReduce(None, 1 << 20, ctx.device)))
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt()], device=ctx.device))[0].cpu()
+        gen = FastGenerator(model, max_batch_size=1, max_seq_len=64, cuda_graph=True)
+        out[name + "_custom"] = {"logits": logits, "tokens": gen.generate(prompt(), steps).new_ids[0]}
+        gen.close()
     ar = PeerAllReduce(None, 1 << 20, ctx.device)
     checks = {}
     for numel in (4096, 8 * 4096, 64 * 4096):
