@@ -159,7 +159,8 @@ def rank_main(ctx, opts: Options, sizes: list[int], decode: list[int], warmup: i
     rows = []
     cases = [("sweep", s // 2, None) for s in sizes] + [("decode", r * opts.hidden, r) for r in decode]
     for kind, numel, nrows in cases:
-        x = rank_input(ctx.rank, numel, ctx.device)
+        # Timed input: zeros (the in-place NCCL variants sum into it call after call; checked inputs are separate).
+        x = torch.zeros(numel, dtype=HIDDEN_DTYPE, device=ctx.device)
         for name, (fn, graph) in _variants(ctx, numel, custom, opts.custom_max_bytes).items():
             row = {"kind": kind, "bytes": numel * 2, "rows": nrows, "variant": name, "world": ctx.world}
             try:
@@ -224,11 +225,16 @@ def run(opts: Options) -> tuple[list[dict], dict]:
 def main(argv: list[str]) -> int:
     del argv
     opts = common.options_from_flags(Options)
+    from model.parallel import RankError
+
     try:
         rows, extra = run(opts)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RankError as e:  # too few GPUs, or a rank that died: its first line
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     device = common.resolve_device(opts.device)
     world = rows[0]["world"] if rows else opts.world
     print(f"all-reduce over {world} ranks ({'NCCL' if common.is_cuda(device) else 'gloo'}); custom: {extra['custom']}; "
