@@ -185,15 +185,17 @@ class Ranks:
 
     def _collect(self, want: str) -> list[Any]:
         got: dict[int, Any] = {}
+        grace = False  # a rank's last message may land just after we saw it exit: one more look first
         while len(got) < self.world:
             try:
-                rank, kind, payload = self.outbox.get(timeout=self.poll_s)
+                rank, kind, payload = self.outbox.get(timeout=1.0 if grace else self.poll_s)
             except queue_lib.Empty:
                 dead = [(r, p.exitcode) for r, p in enumerate(self.procs) if p.exitcode is not None
                         and (p.exitcode != 0 or r not in got)]
-                if dead:
+                if dead and grace:
                     self._fail("; ".join(f"rank {r} of {self.world} exited with code {code}" for r, code in dead)
                                + " before it answered; the other ranks were stopped")
+                grace = bool(dead)
                 continue
             if kind == "error":  # name a rank that died first: the others' errors follow from it
                 time.sleep(1.0)

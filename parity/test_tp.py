@@ -131,3 +131,15 @@ def test_generate_binary_tp2_matches_tp1():
     two = run_ranks_or_one(Options(**{**opts.__dict__, "tp": 2}))
     assert two["tp"] == 2 and two["output_ids"] == one["output_ids"]
     assert len(set(one["output_ids"])) > 4, "degenerate output would make the comparison weak"
+
+
+def test_too_few_gpus_is_one_error(capsys):
+    """--tp 2 --device cuda on a host without 2 GPUs: one line, exit 1, no rank started."""
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
+        pytest.skip("this host has 2 GPUs")
+    from model import generate
+
+    generate.FLAGS(["generate", "--tp", "2", "--device", "cuda", "--checkpoint", "embedded", "--prompt", "abc"])
+    assert generate.main(["generate"]) == 1
+    err = capsys.readouterr().err
+    assert "2 tensor-parallel ranks need 2 GPUs" in err and "Traceback" not in err
