@@ -12,6 +12,9 @@ REPS all-reduces (the host launch leaves the figure; divided by REPS). Decode si
 4096 bf16 (rows 1..64): the two all-reduces per layer of a TP decode step of Llama-3-8B.
 The ceiling: p2p_read, this rank copying a peer's 256 MiB buffer over NVLink (measured here).
 
+torch_symm_one_shot_graph is PyTorch's own one-shot kernel over symmetric memory (the best
+alternative installed; skipped with its reason when this torch lacks it).
+
 Every variant is checked before it is timed: inputs are small integers (distinct per rank, so
 a rank that read its own copy twice is caught) whose sums bf16 holds exactly; each rank
 computes the expected sum from all ranks' seeds and every output must equal it exactly; the
@@ -141,7 +144,38 @@ def _variants(ctx, numel: int, custom, custom_max: int) -> dict[str, tuple[Calla
             out["one_shot_alt_graph"] = (alt.one_shot, True)  # REPS is even: the calls alternate
             if numel % ctx.world == 0:
                 out["two_shot_graph"] = (safe.two_shot, True)
+            torch_one_shot = _torch_one_shot(ctx, numel)
+            if torch_one_shot is not None:  # the best alternative installed: torch's fused one-shot kernel
+                out["torch_symm_one_shot_graph"] = (torch_one_shot, True)
     return out
+
+
+_TORCH_ONE_SHOT_SKIP: list[str] = []  # why torch's one-shot was left out (once per run, on stdout)
+
+
+def _torch_one_shot(ctx, numel: int):
+    """fn(x) -> torch.ops.symm_mem.one_shot_all_reduce over a symmetric buffer of numel (x copied in),
+    or None when this torch lacks it (the reason is printed once and the variant is skipped)."""
+    if _TORCH_ONE_SHOT_SKIP:
+        return None
+    try:
+        import torch.distributed as dist
+        import torch.distributed._symmetric_memory as symm_mem
+
+        op = torch.ops.symm_mem.one_shot_all_reduce
+        buf = symm_mem.empty(numel, dtype=HIDDEN_DTYPE, device=ctx.device)
+        name = dist.group.WORLD.group_name
+        symm_mem.rendezvous(buf, name)
+    except Exception as e:  # noqa: BLE001 - an optional alternative: skipped, with its reason
+        _TORCH_ONE_SHOT_SKIP.append(f"{type(e).__name__}: {e}")
+        print(f"torch symm_mem one_shot_all_reduce skipped: {_TORCH_ONE_SHOT_SKIP[0][:200]}", flush=True)
+        return None
+
+    def fn(x):
+        buf.copy_(x)
+        return op(buf, "sum", name)
+
+    return fn
 
 
 def rank_main(ctx, opts: Options, sizes: list[int], decode: list[int], warmup: int, iters: int) -> dict:
