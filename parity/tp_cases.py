@@ -113,9 +113,7 @@ def rank_gpu(ctx, names: list[str], steps: int = 32) -> dict:
     """One GPU rank (NCCL): fp32 logits of each case, greedy tokens from the CUDA-graphed static path
     (decoding.fast.FastGenerator: NCCL collectives captured in the graph), and the custom all-reduce
     (kernels/custom_allreduce.py) against NCCL on integer inputs, eager and graphed."""
-    from decoding.cuda_graph import capture_graph
     from decoding.fast import FastGenerator
-    from kernels.custom_allreduce import PeerAllReduce
     from model.tp import TPPlan, shard_model
 
     out = {}
@@ -129,9 +127,21 @@ def rank_gpu(ctx, names: list[str], steps: int = 32) -> dict:
         tokens = gen.generate(prompt(), steps).new_ids[0]
         gen.close()
         out[name] = {"logits": logits, "tokens": tokens}
-    from kernels.custom_allreduce import small_message_all_reduce
-    from model.tp import set_all_reduce
+    try:  # the custom all-reduce's own failure is its test's, not the NCCL checks'
+        out.update(_custom_checks(ctx, names, steps))
+    except Exception as e:  # noqa: BLE001 - reported to test_custom_all_reduce
+        out["custom_error"] = f"{type(e).__name__}: {e}"
+    return out
 
+
+def _custom_checks(ctx, names: list[str], steps: int) -> dict:
+    """The model with every all-reduce the custom one-shot, and PeerAllReduce against the exact sum."""
+    from decoding.cuda_graph import capture_graph
+    from decoding.fast import FastGenerator
+    from kernels.custom_allreduce import PeerAllReduce, small_message_all_reduce
+    from model.tp import TPPlan, set_all_reduce, shard_model
+
+    out = {}
     for name in names[:1]:  # the same model with every all-reduce the custom one-shot
         full = case_model(name).to(ctx.device)
         model = shard_model(full, TPPlan(full.config, ctx.rank, ctx.world))
@@ -153,7 +163,7 @@ def rank_gpu(ctx, names: list[str], steps: int = 32) -> dict:
             fn = getattr(ar, kind)
             checks[f"{kind}_{numel}"] = torch.equal(fn(x).float().cpu(), want)
             graph, res = capture_graph(lambda: fn(x), ctx.device)
-            for _ in range(3):  # replays alternate nothing (the half is baked in): the barrier must still hold
+            for _ in range(3):  # back-to-back replays of one call reuse one buffer: the end barrier guards it
                 graph.replay()
             torch.cuda.synchronize()
             checks[f"{kind}_{numel}_graph"] = torch.equal(res.float().cpu(), want)
