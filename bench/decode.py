@@ -56,7 +56,8 @@ _define("boolean", "coordinate_descent", True, "Inductor coordinate-descent tuni
                   "(as gpt-fast sets it; default on).")
 _define("integer", "seed", 0, "Seed for weights and prompts.")
 _define("list", "tp", ["1"], "Tensor-parallel sizes (default 1). Each size > 1 runs the graph variant on that many "
-                  "spawned ranks, one GPU each (model/tp.py, NCCL inside the graphs), checked like the others.")
+                  "spawned ranks, one GPU each (model/tp.py, NCCL inside the graphs), checked like the others; "
+                  "on a CPU the fused variant over gloo (a harness check, not a speed-up).")
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def tp_rank(ctx, preset: str, dtype, n_layers, seed: int, prompts: dict, new_tok
     torch.cuda.empty_cache()  # the whole random model it was cut from is gone
     out = {}
     comms = {"nccl": None}
-    if custom_allreduce.available():  # decode-sized all-reduces over peer buffers; NCCL above 1 MiB
+    if ctx.device.type == "cuda" and custom_allreduce.available():  # decode-sized all-reduces over peer buffers; NCCL above 1 MiB
         comms["custom"] = lambda: custom_allreduce.small_message_all_reduce(
             custom_allreduce.PeerAllReduce(None, 1 << 20, ctx.device))
     for comm, make in comms.items():
@@ -229,7 +230,8 @@ def tp_rank(ctx, preset: str, dtype, n_layers, seed: int, prompts: dict, new_tok
         except Exception as e:  # noqa: BLE001 - reported as that variant's FAILED rows
             out[comm] = common.failure_status(e, 300)
             continue
-        gen = FastGenerator(net, max_batch_size=max(prompts), max_seq_len=max_len, cuda_graph=True)
+        gen = FastGenerator(net, max_batch_size=max(prompts), max_seq_len=max_len,
+                            cuda_graph=ctx.device.type == "cuda")  # CPU (gloo): the fused path, a harness check
         out[comm] = {}
         for b, prompt in prompts.items():
             prompt = prompt.to(ctx.device)
@@ -250,16 +252,17 @@ def tp_rows(tp: int, opts: Options, preset: str, dtype, prompts: dict, new_token
     """Rows of the graph variant on tp ranks, each checked against the reference like run_variant's."""
     from model.parallel import run_ranks
 
+    base = "graph" if common.is_cuda(device) else "fused"  # what a rank runs: graphs need a GPU
     try:
         got = run_ranks(tp_rank, tp, args=(preset, dtype, opts.n_layers, opts.seed, {b: p.cpu() for b, p in
                                                                                      prompts.items()},
-                                           new_tokens, max_len), device="cuda")[0]
+                                           new_tokens, max_len), device=str(device))[0]
     except Exception as e:  # noqa: BLE001 - reported as a FAILED row per batch size
-        return [{"variant": f"graph_tp{tp}", "batch": b, "tp": tp, "status": common.failure_status(e, 300)}
+        return [{"variant": f"{base}_tp{tp}", "batch": b, "tp": tp, "status": common.failure_status(e, 300)}
                 for b in prompts]
     rows = []
     for comm, runs in got.items():
-        name = f"graph_tp{tp}" + ("" if comm == "nccl" else f"_{comm}")
+        name = f"{base}_tp{tp}" + ("" if comm == "nccl" else f"_{comm}")
         if isinstance(runs, str):  # the communicator could not be set up
             rows += [{"variant": name, "batch": b, "tp": tp, "status": runs} for b in prompts]
         else:
@@ -320,8 +323,8 @@ def run(opts: Options) -> None:
         raise app.UsageError("--new_tokens >= 2 and --prompt_len >= 1 required")
     max_len = opts.prompt_len + new_tokens
     tps = sorted({int(t) for t in opts.tp})
-    if any(t < 1 for t in tps) or (max(tps) > 1 and not cuda):
-        raise app.UsageError(f"--tp: sizes >= 1, and sizes > 1 need CUDA GPUs (got {opts.tp} on {device})")
+    if any(t < 1 for t in tps):
+        raise app.UsageError(f"--tp: sizes must be >= 1, got {opts.tp}")
 
     dev_name = common.device_name(device)
     copy_gbs = common.measure_copy_bandwidth(device)
@@ -390,8 +393,9 @@ def run(opts: Options) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     summary = [{"name": f"decode/{preset}/{r['variant']}/bs{r['batch']}/tok_s", "value": r["tok_s"],
                 "unit": "tok/s"} for r in ok]
-    for r in ok:  # tensor-parallel speed-up over the one-GPU graph variant at the same batch
-        one = next((o for o in ok if o["variant"] == "graph" and o["batch"] == r["batch"]), None)
+    for r in ok:  # tensor-parallel speed-up over the one-device graph (CPU: fused) variant at the same batch
+        one = next((o for o in ok if o["variant"] == ("graph" if cuda else "fused") and o["batch"] == r["batch"]),
+                   None)
         if r["tp"] > 1 and one:
             r["speedup_vs_tp1"] = r["tok_s"] / one["tok_s"]
             summary.append({"name": f"decode/{preset}/{r['variant']}/bs{r['batch']}/speedup_vs_tp1",
@@ -416,7 +420,8 @@ def run(opts: Options) -> None:
     paths = common.write_results(out_dir, "decode", rows, summary, command=common.command_line("decode"),
                                  device=dev_name)
     series = {}
-    names = names + [v for t in tps if t > 1 for v in (f"graph_tp{t}", f"graph_tp{t}_custom")]
+    base = "graph" if cuda else "fused"
+    names = names + [v for t in tps if t > 1 for v in (f"{base}_tp{t}", f"{base}_tp{t}_custom")]
     for name in names:
         pts = sorted((r["batch"], r["tok_s"]) for r in ok if r["variant"] == name)
         if pts:
