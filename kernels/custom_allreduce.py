@@ -44,32 +44,41 @@ def available() -> bool:
     return torch.cuda.is_available()
 
 
+def buffer_bytes(max_bytes: int) -> int:
+    """Bytes of one buffer half for messages up to max_bytes (16-byte aligned)."""
+    return -(-max_bytes // 16) * 16
+
+
 class PeerAllReduce:
     """Sum-all-reduce of tensors up to max_bytes over this group's peer buffers (see module docstring)."""
 
-    def __init__(self, group, max_bytes: int, device: torch.device, alternate: bool = False):
+    def __init__(self, group, max_bytes: int, device: torch.device, alternate: bool = False, handle=None,
+                 rank: int = 0, world: int = 1):
+        """handle (tests only): anything with get_buffer(rank, sizes, dtype, offset) and barrier(channel)
+        over buffers of 2 * buffer_bytes(max_bytes), standing in for the symmetric memory; rank, world go
+        with it. Without it the buffers are allocated and exchanged over `group` (None: the world)."""
+        self.alternate = alternate
+        self.max_bytes = max_bytes
+        self.half = buffer_bytes(max_bytes)  # one allocation, two 16-byte aligned halves (alternate calls)
+        self.calls = 0  # calls made (alternate: its parity picks the half; a captured graph bakes it in)
+        if handle is not None:
+            self.handle, self.rank, self.world = handle, rank, world
+            return
         import torch.distributed as dist
         import torch.distributed._symmetric_memory as symm_mem
 
         for k, v in NO_MULTICAST.items():
             os.environ.setdefault(k, v)
         self.group = group or dist.group.WORLD
-        self.alternate = alternate
         self.rank, self.world = dist.get_rank(self.group), dist.get_world_size(self.group)
-        self.max_bytes = max_bytes
-        # One allocation, two halves (alternating calls); 16-byte aligned halves.
-        half = -(-max_bytes // 16) * 16
-        self.half = half
-        buf = symm_mem.empty(2 * half, dtype=torch.uint8, device=device)
+        self.buf = symm_mem.empty(2 * self.half, dtype=torch.uint8, device=device)
         if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed by older torch, deprecated later
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 symm_mem.enable_symm_mem_for_group(self.group.group_name)
-        self.handle = symm_mem.rendezvous(buf, self.group.group_name)
-        self.buf = buf
-        self.calls = 0  # calls made (alternate: its parity picks the half; a captured graph bakes it in)
+        self.handle = symm_mem.rendezvous(self.buf, self.group.group_name)
 
     def _views(self, x: torch.Tensor, which: int) -> list[torch.Tensor]:
         """Each rank's buffer half `which` as a flat tensor of x's dtype and size."""
