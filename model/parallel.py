@@ -23,7 +23,6 @@ import os
 import pickle
 import queue as queue_lib
 import socket
-import sys
 import time
 import traceback
 from typing import Any, Callable, Optional, Sequence
@@ -126,17 +125,15 @@ def _entry(rank: int, fn: Callable, world: int, port: int, backend: str, timeout
                       LOCAL_RANK=str(rank))
     try:
         ctx = dataclasses.replace(init(rank, world, backend, rank, timeout_s), _inbox=inbox, _outbox=outbox)
-        try:
-            out = fn(ctx, *args)
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
-        outbox.put((rank, "done", pickle.dumps(out)))
+        out = pickle.dumps(fn(ctx, *args))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises RankError
         outbox.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"))
         outbox.close()
         outbox.join_thread()
-        sys.exit(1)
+        os._exit(1)  # no group teardown: destroying a communicator whose peer is gone can block
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    outbox.put((rank, "done", out))
 
 
 class Ranks:
