@@ -45,3 +45,23 @@ def test_custom_all_reduce(ranks):
         bad = [k for k, ok in out["custom_allreduce"].items() if not ok]
         assert not bad, f"rank {rank}: custom all-reduce differs from the exact sum at {bad}"
     _check(ranks, NAMES[0] + "_custom")  # the model with every all-reduce the custom one-shot
+
+
+def test_llm_tensor_parallel_on_gpus(tmp_path):
+    """LLM(path, tensor_parallel_size=2) over NCCL (fp32, eager steps) gives one GPU's engine tokens."""
+    from model.weights import save_model
+    from scheduler import LLM, SamplingParams
+
+    save_model(tp_cases.case_model("kv1"), str(tmp_path / "ckpt"))
+    reqs = tp_cases.trace()
+    params = [SamplingParams(max_tokens=m) for _, m in reqs]
+    kw = dict(device="cuda", dtype=torch.float32, cuda_graph=False, **tp_cases.ENGINE_KWARGS)
+    one = LLM(str(tmp_path / "ckpt"), **kw)
+    want = [o.token_ids for o in one.generate([p for p, _ in reqs], params)]
+    one.close()
+    two = LLM(str(tmp_path / "ckpt"), tensor_parallel_size=2, timeout_s=60, **kw)
+    try:
+        got = [o.token_ids for o in two.generate([p for p, _ in reqs], params)]
+    finally:
+        two.close()
+    assert got == want
