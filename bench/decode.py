@@ -58,6 +58,9 @@ _define("integer", "seed", 0, "Seed for weights and prompts.")
 _define("integer", "profile_steps", 0, "After the variants, profile this many batch-1 decode steps of the graph "
         "variant (fused on a CPU) with torch.profiler: device time per step by kernel class (gemm, attention, "
         "norm, other) against the step's wall time, top kernels, and decode_profile.json.gz. 0: no profile.")
+_define("list", "tp", ["1"], "Tensor-parallel sizes (default 1). Each size > 1 runs the graph variant on that many "
+                  "spawned ranks, one GPU each (model/tp.py, NCCL inside the graphs), checked like the others; "
+                  "on a CPU the fused variant over gloo (a harness check, not a speed-up).")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Options:
     coordinate_descent: bool
     seed: int
     profile_steps: int = 0
+    tp: tuple[str, ...] = ("1",)
 
 LOGIT_STEPS = 8  # first decode steps whose logits are compared with the reference
 
@@ -207,6 +211,92 @@ def run_variant(name: str, model, gen, ref: Reference, prompt, new_tokens: int, 
     return row
 
 
+def tp_rank(ctx, preset: str, dtype, n_layers, seed: int, prompts: dict, new_tokens: int, max_len: int) -> dict:
+    """One tensor-parallel rank of the graph variant: its slices of the same random model, a graphed
+    FastGenerator, per batch a 32-token checked run (first steps' logits kept) and the timed run."""
+    import model as lab_model
+    from decoding.fast import FastGenerator
+    from model.loader import random_config
+
+    from kernels import custom_allreduce
+    from model.tp import set_all_reduce
+
+    net = lab_model.load(random_config(preset), dtype=dtype, device=ctx.device, seed=seed, n_layers=n_layers, tp=ctx)
+    torch.cuda.empty_cache()  # the whole random model it was cut from is gone
+    out = {}
+    comms = {"nccl": None}
+    if ctx.device.type == "cuda" and custom_allreduce.available():  # decode-sized all-reduces over peer buffers; NCCL above 1 MiB
+        comms["custom"] = lambda: custom_allreduce.small_message_all_reduce(
+            custom_allreduce.PeerAllReduce(None, 1 << 20, ctx.device))
+    for comm, make in comms.items():
+        try:
+            set_all_reduce(net, make() if make else None)
+        except Exception as e:  # noqa: BLE001 - reported as that variant's FAILED rows
+            out[comm] = common.failure_status(e, 300)
+            continue
+        gen = FastGenerator(net, max_batch_size=max(prompts), max_seq_len=max_len,
+                            cuda_graph=ctx.device.type == "cuda")  # CPU (gloo): the fused path, a harness check
+        out[comm] = {}
+        for b, prompt in prompts.items():
+            prompt = prompt.to(ctx.device)
+            gen.step_for(b)
+            logits: list = []
+            checked = gen.generate(prompt, min(new_tokens, 32), on_logits=lambda i, lg: logits.append(
+                lg.float().cpu()) if i < LOGIT_STEPS else None)
+            timed = gen.generate(prompt, new_tokens)
+            out[comm][b] = {"checked": checked.tokens.cpu(), "logits": logits, "tokens": timed.tokens.cpu(),
+                            "prefill_s": timed.prefill_s, "decode_s": timed.decode_s,
+                            "capture_s": gen.capture_s.get(b)}
+        gen.close()
+    return out
+
+
+def tp_rows(tp: int, opts: Options, preset: str, dtype, prompts: dict, new_tokens: int, max_len: int,
+            ref: Reference, device) -> list[dict[str, Any]]:
+    """Rows of the graph variant on tp ranks, each checked against the reference like run_variant's."""
+    from model.parallel import run_ranks
+
+    base = "graph" if common.is_cuda(device) else "fused"  # what a rank runs: graphs need a GPU
+    try:
+        got = run_ranks(tp_rank, tp, args=(preset, dtype, opts.n_layers, opts.seed, {b: p.cpu() for b, p in
+                                                                                     prompts.items()},
+                                           new_tokens, max_len), device=str(device))[0]
+    except Exception as e:  # noqa: BLE001 - reported as a FAILED row per batch size
+        return [{"variant": f"{base}_tp{tp}", "batch": b, "tp": tp, "status": common.failure_status(e, 300)}
+                for b in prompts]
+    rows = []
+    for comm, runs in got.items():
+        name = f"{base}_tp{tp}" + ("" if comm == "nccl" else f"_{comm}")
+        if isinstance(runs, str):  # the communicator could not be set up
+            rows += [{"variant": name, "batch": b, "tp": tp, "status": runs} for b in prompts]
+        else:
+            rows += _tp_checked_rows(name, tp, runs, prompts, new_tokens, dtype, ref, device)
+    return rows
+
+
+def _tp_checked_rows(name: str, tp: int, runs: dict, prompts: dict, new_tokens: int, dtype, ref: Reference,
+                     device) -> list[dict[str, Any]]:
+    """One row per batch size of a tensor-parallel variant's runs, each checked against the reference."""
+    rows = []
+    for b, r in runs.items():
+        row: dict[str, Any] = {"variant": name, "batch": b, "tp": tp, "capture_s": r["capture_s"]}
+        T = prompts[b].shape[1]
+        try:  # the ranks timed before this check ran; a run that fails it keeps no figure
+            row.update(ref.check(r["checked"].to(device), T, dtype, f"{name} bs{b}",
+                                 [lg.to(device) for lg in r["logits"]]))
+            timed = ref.check(r["tokens"].to(device), T, dtype, f"{name} bs{b} timed run")
+            row.update(timed_agreement=timed["agreement"], timed_tie_gap=timed["tie_gap"])
+        except Exception as e:  # noqa: BLE001
+            row["status"] = common.failure_status(e, 300)
+            rows.append(row)
+            continue
+        row["status"] = "ok"
+        row.update(prefill_ms=r["prefill_s"] * 1e3, decode_s=r["decode_s"], tok_s=b * (new_tokens - 1) / r["decode_s"],
+                   ms_per_step=r["decode_s"] / (new_tokens - 1) * 1e3)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str]) -> None:
     """The binary: the flags, read once into Options, then run."""
     del argv
@@ -236,6 +326,9 @@ def run(opts: Options) -> None:
     if new_tokens < 2 or opts.prompt_len < 1:
         raise app.UsageError("--new_tokens >= 2 and --prompt_len >= 1 required")
     max_len = opts.prompt_len + new_tokens
+    tps = sorted({int(t) for t in opts.tp})
+    if any(t < 1 for t in tps):
+        raise app.UsageError(f"--tp: sizes must be >= 1, got {opts.tp}")
 
     dev_name = common.device_name(device)
     copy_gbs = common.measure_copy_bandwidth(device)
@@ -268,8 +361,9 @@ def run(opts: Options) -> None:
 
     def record(row):
         b = row["batch"]
+        row.setdefault("tp", 1)
         kv = kv_bytes_per_step(config, b, opts.prompt_len + new_tokens / 2, dtype)
-        row["roofline_tok_s"] = b * copy_gbs * 1e9 / (w_bytes + kv)
+        row["roofline_tok_s"] = row["tp"] * b * copy_gbs * 1e9 / (w_bytes + kv)  # tp GPUs each read 1/tp
         if row.get("tok_s"):
             row["pct_roofline"] = 100 * row["tok_s"] / row["roofline_tok_s"]
             row["achieved_gbs"] = row["tok_s"] / b * (w_bytes + kv) / 1e9
@@ -296,6 +390,9 @@ def run(opts: Options) -> None:
         gen.close()
         if name == "compile":
             torch._dynamo.reset()
+    for tp in [t for t in tps if t > 1]:
+        for row in tp_rows(tp, opts, preset, dtype, prompts, new_tokens, max_len, ref, device):
+            record(row)
 
     out_dir = common.results_dir("decode", device)
     profile = None
@@ -305,6 +402,13 @@ def run(opts: Options) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     summary = [{"name": f"decode/{preset}/{r['variant']}/bs{r['batch']}/tok_s", "value": r["tok_s"],
                 "unit": "tok/s"} for r in ok]
+    for r in ok:  # tensor-parallel speed-up over the one-device graph (CPU: fused) variant at the same batch
+        one = next((o for o in ok if o["variant"] == ("graph" if cuda else "fused") and o["batch"] == r["batch"]),
+                   None)
+        if r["tp"] > 1 and one:
+            r["speedup_vs_tp1"] = r["tok_s"] / one["tok_s"]
+            summary.append({"name": f"decode/{preset}/{r['variant']}/bs{r['batch']}/speedup_vs_tp1",
+                            "value": r["speedup_vs_tp1"], "unit": "x"})
     summary.append({"name": "decode/copy_bandwidth", "value": copy_gbs, "unit": "GB/s"})
     for b in batch_sizes:
         ours = [r for r in ok if r["batch"] == b and r["variant"] != "hf"]
@@ -316,7 +420,7 @@ def run(opts: Options) -> None:
             if hf_row:
                 summary.append({"name": f"decode/{preset}/best_ours_vs_hf/bs{b}",
                                 "value": best["tok_s"] / hf_row["tok_s"], "unit": "x", "variant": best["variant"]})
-    cols = ["variant", "batch", "status", "tok_s", "ms_per_step", "pct_roofline", "achieved_gbs", "prefill_ms",
+    cols = ["variant", "tp", "batch", "status", "tok_s", "speedup_vs_tp1", "ms_per_step", "pct_roofline", "achieved_gbs", "prefill_ms",
             "agreement", "timed_agreement", "logit_rel_err", "capture_s"]
     title = (f"bench.decode: {preset} {common.dtype_name(dtype)} on {dev_name}, {common.today()} "
              f"(roofline: {copy_gbs:,.0f} GB/s copy over {w_bytes / 1e9:.2f} GB weights + KV)")
@@ -329,6 +433,8 @@ def run(opts: Options) -> None:
     paths = common.write_results(out_dir, "decode", rows, summary, command=common.command_line("decode"),
                                  device=dev_name)
     series = {}
+    base = "graph" if cuda else "fused"
+    names = names + [v for t in tps if t > 1 for v in (f"{base}_tp{t}", f"{base}_tp{t}_custom")]
     for name in names:
         pts = sorted((r["batch"], r["tok_s"]) for r in ok if r["variant"] == name)
         if pts:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from absl import app, flags
 
 from model.device import UsageError, parse_ids
@@ -39,6 +40,7 @@ class Options:
     speculative: str = "none"  # none, draft or ngram (decoding.speculative)
     num_speculative_tokens: int = 4
     draft_checkpoint: str = "lab-draft"  # the draft model of --speculative draft
+    tp: int = 1  # tensor-parallel ranks (model/tp.py); >1 spawns them unless run under torchrun
 
 
 FLAGS = flags.FLAGS
@@ -65,6 +67,8 @@ flags.DEFINE_integer("num_speculative_tokens", Options.num_speculative_tokens, "
                      "forward, 1-32 (default 4).")
 flags.DEFINE_string("draft_checkpoint", Options.draft_checkpoint, "Draft model of --speculative draft (same "
                     "vocabulary as --checkpoint); default the shipped lab-draft.")
+flags.DEFINE_integer("tp", Options.tp, "Tensor-parallel ranks (default 1). >1 starts that many processes itself (NCCL "
+                     "with one GPU each, else gloo on the CPU); under torchrun each process is one rank.")
 
 
 def options_from_flags() -> Options:
@@ -76,10 +80,14 @@ def check_options(opts: Options) -> None:
     """Raise UsageError naming the flag for a value that cannot run (before any model is loaded)."""
     from decoding.sampling import check_sampling
 
+    if opts.tp < 1:
+        raise UsageError(f"--tp must be >= 1, got {opts.tp}")
     if opts.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens must be >= 1, got {opts.max_new_tokens}")
     if opts.speculative not in ("none", "draft", "ngram"):
         raise UsageError(f"--speculative must be none, draft or ngram, got {opts.speculative!r}")
+    if opts.speculative != "none" and opts.tp > 1:
+        raise UsageError("--speculative runs on one process; it cannot be combined with --tp > 1")
     if opts.speculative != "none" and not 1 <= opts.num_speculative_tokens <= 32:
         raise UsageError(f"--num_speculative_tokens must be in [1, 32], got {opts.num_speculative_tokens}")
     try:
@@ -117,18 +125,21 @@ def pick_tokenizer(path: Optional[str], vocab_size: int, needed: bool = True):
     return ByteTokenizer()
 
 
-def run(opts: Options) -> dict:
-    """Do the work of main; return the result record (raises on bad input)."""
+def run(opts: Options, rank=None) -> dict:
+    """Do the work of main; return the result record (raises on bad input).
+
+    rank: this process's model.parallel.RankContext when --tp > 1 (it loads only its slices)."""
     import model
     from decoding.generate import generate
     from model.device import dtype_name, resolve_device, resolve_dtype
     from model.loader import checkpoint_dir
 
     check_options(opts)
-    device = resolve_device(opts.device)
+    device = resolve_device(opts.device) if rank is None else rank.device
     dtype = resolve_dtype(opts.dtype, device)
     checkpoint = opts.checkpoint or "lab-small"
-    net = model.load(checkpoint, dtype=dtype, device=device)
+    torch.manual_seed(opts.seed)  # the same on every rank: unseeded paths sample alike
+    net = model.load(checkpoint, dtype=dtype, device=device, tp=rank)
     path = checkpoint_dir(checkpoint)
     tokenizer = pick_tokenizer(path, net.config.vocab_size, needed=opts.prompt_ids is None)
     if opts.prompt_ids is not None:
@@ -164,10 +175,11 @@ def run(opts: Options) -> dict:
         result = generate(net, prompt_ids, opts.max_new_tokens, temperature=opts.temperature,
                           top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed, eos_id=eos)
     out_ids = result.new_ids[0]
-    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters()) * opts.tp  # all ranks' weights
     return {
         "checkpoint": checkpoint,
         "device": str(device),
+        "tp": opts.tp,
         "dtype": dtype_name(dtype),
         "prompt_ids": prompt_ids,
         "output_ids": out_ids,
@@ -182,10 +194,40 @@ def run(opts: Options) -> dict:
     }
 
 
+def _rank_run(rank, opts: Options) -> dict:
+    """One spawned rank of --tp: run() on its slices."""
+    return run(opts, rank)
+
+
+def run_ranks_or_one(opts: Options) -> Optional[dict]:
+    """run() in one process (--tp 1), in --tp spawned ranks (rank 0's record), or as this torchrun rank
+    (None on ranks other than 0)."""
+    if opts.tp == 1:
+        return run(opts)
+    from model.parallel import init_from_env, run_ranks, under_torchrun
+    from model.tp import check_tp_source
+
+    check_options(opts)
+    if under_torchrun():
+        import torch.distributed as dist
+
+        rank = init_from_env(opts.device)
+        if rank.world != opts.tp:
+            raise UsageError(f"--tp {opts.tp} but torchrun started {rank.world} ranks")
+        try:
+            rec = run(opts, rank)
+        finally:
+            dist.destroy_process_group()
+        return rec if rank.is_driver else None
+    check_tp_source(opts.checkpoint or "lab-small", opts.tp)
+    return run_ranks(_rank_run, opts.tp, args=(opts,), device=opts.device)[0]
+
+
 def main(argv) -> int:
     """Entry point for absl: print the generation and its speed; exit 2 with one line on error."""
     from decoding.generate import ContextLengthError, NonFiniteLogitsError
     from model.config import ConfigError
+    from model.parallel import RankError
     from model.weights import CheckpointError
 
     if len(argv) > 1:
@@ -193,11 +235,16 @@ def main(argv) -> int:
         return 2
     opts = options_from_flags()
     try:
-        rec = run(opts)
+        rec = run_ranks_or_one(opts)
     except (UsageError, ConfigError, CheckpointError, ContextLengthError, NonFiniteLogitsError,
             FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RankError as e:  # a rank's failure: its first line (the traceback went to that rank's record)
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    if rec is None:  # a torchrun rank other than 0: rank 0 prints
+        return 0
     if opts.json:
         print(json.dumps(rec))
     else:

@@ -75,7 +75,7 @@ def random_config(source: Union[str, ModelConfig], **overrides) -> ModelConfig:
 
 
 def load(source: Union[str, os.PathLike, ModelConfig] = "lab-small", dtype=None, device="cpu", *,
-         seed: Optional[int] = None, **overrides) -> Transformer:
+         seed: Optional[int] = None, tp=None, **overrides) -> Transformer:
     """The model `source` names (see the module docstring), in eval mode on `device` in `dtype`.
 
     dtype: torch.dtype or a name (float32, bf16, ...); None keeps a checkpoint's own dtype
@@ -83,6 +83,8 @@ def load(source: Union[str, os.PathLike, ModelConfig] = "lab-small", dtype=None,
     device: cpu, cuda, cuda:N, auto, or a torch.device.
     seed: random weights only (default 0; `embedded` is seed EMBEDDED_SEED).
     overrides: ModelConfig fields for random weights only (n_layers=2, vocab_size=300).
+    tp: this process's tensor-parallel rank (anything with .rank and .world: model.parallel.RankContext);
+    it gets its slices only (model/tp.py): read by slice from safetensors, or cut from the random model.
     Raises CheckpointError / ConfigError / model.device.UsageError with a one-line reason.
     """
     device = resolve_device(device)
@@ -92,8 +94,25 @@ def load(source: Union[str, os.PathLike, ModelConfig] = "lab-small", dtype=None,
         given = [k for k, v in overrides.items() if v is not None] + (["seed"] if seed is not None else [])
         if given:
             raise CheckpointError(f"{', '.join(given)} apply to random weights only, not to the checkpoint {source}")
-        return load_model(path, device=device, dtype=dtype)
+        return load_model(path, device=device, dtype=dtype, tp=_plan(tp))
     if seed is None:
         seed = EMBEDDED_SEED if source == EMBEDDED else 0
     config = random_config(source, **overrides)
-    return random_model(config, device=device, dtype=dtype or torch.float32, seed=seed)
+    plan = _plan(tp)
+    if plan is not None:
+        plan(config)  # a tp that does not divide the model fails before any weight is made
+    full = random_model(config, device=device, dtype=dtype or torch.float32, seed=seed)
+    if plan is None:
+        return full
+    from model.tp import shard_model
+
+    return shard_model(full, plan(config))  # every rank draws the same weights, keeps its slices
+
+
+def _plan(tp):
+    """config -> model.tp.TPPlan for rank tp.rank of tp.world, or None (one rank)."""
+    if tp is None or tp.world == 1:
+        return None
+    from model.tp import TPPlan
+
+    return lambda config: TPPlan(config, tp.rank, tp.world)

@@ -79,10 +79,12 @@ def _resolve_dtype(dtype, config: ModelConfig) -> torch.dtype:
         raise CheckpointError(str(e)) from None
 
 
-def load_model(path: str, device="cpu", dtype=None) -> Transformer:
+def load_model(path: str, device="cpu", dtype=None, tp=None) -> Transformer:
     """Load a HF-layout checkpoint directory (config.json + safetensors) into a Transformer.
 
     dtype: torch.dtype or name; None keeps the checkpoint's `torch_dtype`.
+    tp: a callable config -> model.tp.TPPlan (one tensor-parallel rank): build that rank's model and
+    read only its slices of each tensor (safetensors get_slice), so no process holds the whole model.
     Raises CheckpointError (or ConfigError for unsupported configs) with a one-line reason.
     """
     path = os.fspath(path)
@@ -94,9 +96,12 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     dtype = _resolve_dtype(dtype, config)
     files = weight_files(path)
 
+    plan = tp(config) if tp is not None else None
     with torch.device("meta"):
         model = Transformer(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+        expected = {k: v.shape for k, v in model.state_dict().items()}  # the whole model's shapes
+        if plan is not None:
+            model = plan.build()
     tied = config.tie_word_embeddings
     wanted = set(expected) - ({"lm_head.weight"} if tied else set())
     names = set(files) - {n for n in files if n.endswith("rotary_emb.inv_freq")}
@@ -116,7 +121,8 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     for fname, tensor_names in by_file.items():
         with open_safetensors(fname) as f:
             for name in tensor_names:
-                t = read_float_tensor(f, fname, name, tuple(expected[name])).to(dtype=dtype).to(device)
+                index = plan.index(name) if plan is not None else None
+                t = read_float_tensor(f, fname, name, tuple(expected[name]), index=index).to(dtype=dtype).to(device)
                 check_finite(t, name, fname, dtype)  # on the target device: a GPU scans 8B weights in ms
                 state[name] = t
     if tied:
@@ -126,9 +132,11 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     return model.eval()
 
 
-def read_float_tensor(f, fname: str, name: str, shape: tuple, error: type = CheckpointError) -> torch.Tensor:
+def read_float_tensor(f, fname: str, name: str, shape: tuple, error: type = CheckpointError,
+                      index: Optional[tuple] = None) -> torch.Tensor:
     """Tensor `name` of the open safetensors file f, which must have `shape` and a floating dtype
-    (an int8 or bool tensor where float weights belong is refused, not cast); `error` otherwise."""
+    (an int8 or bool tensor where float weights belong is refused, not cast); `error` otherwise.
+    index (a tuple of slices): read only that part of it (the file's other bytes are never read)."""
     sl = f.get_slice(name)
     got = tuple(sl.get_shape())
     if got != shape:
@@ -137,7 +145,7 @@ def read_float_tensor(f, fname: str, name: str, shape: tuple, error: type = Chec
         raise error(f"tensor {name} in {fname} has dtype {sl.get_dtype()}; float weights are expected "
                     f"({', '.join(FLOAT_CODES)})")
     try:
-        return f.get_tensor(name)
+        return f.get_tensor(name) if index is None else sl[index]
     except (SafetensorError, OSError, RuntimeError) as e:
         raise error(f"cannot read tensor {name} from {fname}: {e}") from None
 

@@ -390,7 +390,16 @@ class LLMEngine:
 class LLM:
     """vLLM-style front door: LLM(model_or_path, ...).generate(prompts, sampling_params)."""
 
-    def __init__(self, model_or_path, tokenizer=None, *, device=None, dtype=None, **engine_kwargs):
+    def __init__(self, model_or_path, tokenizer=None, *, device=None, dtype=None, tensor_parallel_size: int = 1,
+                 **engine_kwargs):
+        self.tp = None  # tensor_parallel_size > 1: N spawned ranks, each an engine (scheduler/tp_llm.py)
+        if tensor_parallel_size != 1:
+            from scheduler.tp_llm import TPEngines
+
+            self.tp = TPEngines(model_or_path, tensor_parallel_size, device=device, dtype=dtype,
+                                tokenizer=tokenizer, **engine_kwargs)
+            self.engine = None
+            return
         if isinstance(model_or_path, (str, os.PathLike)):
             from model.tokenizer import has_tokenizer, load_tokenizer
             from model.weights import load_model
@@ -408,6 +417,8 @@ class LLM:
     def generate(self, prompts, sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
                  on_token: Optional[Callable] = None) -> list[RequestOutput]:
         """Run every prompt (text, or a list of ids; or one of either) to completion; outputs in input order."""
+        if self.tp is not None:
+            return self.tp.generate(prompts, sampling_params, on_token)
         if not isinstance(prompts, (str, list, tuple)):
             raise ValueError(f"prompts must be text, a list of token ids, or a list of either; got "
                              f"{type(prompts).__name__}")
@@ -435,6 +446,14 @@ class LLM:
                 if out.finished:
                     final[out.request_id] = out
         return [final[rid] for rid in ids]
+
+
+    def close(self) -> None:
+        """Free the KV cache (tensor parallel: stop the ranks)."""
+        if self.tp is not None:
+            self.tp.close()
+        else:
+            self.engine.close()
 
 
 def _token_ids(prompt) -> list[int]:
