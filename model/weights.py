@@ -176,7 +176,7 @@ def split_shards(tensors: dict, max_shard_bytes=None) -> list[dict]:
 
 def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = None, *,
                overwrite: bool = False, flag: str = "path", extra_config: Optional[dict] = None,
-               metadata: Optional[dict[str, str]] = None) -> None:
+               metadata: Optional[dict[str, str]] = None, state: Optional[dict] = None) -> None:
     """Write config.json and safetensors weights in the Hugging Face layout.
 
     One model.safetensors when everything fits in max_shard_bytes (or it is None);
@@ -184,7 +184,8 @@ def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = N
     with metadata.total_size and weight_map, as `save_pretrained` writes them.
     Tied lm_head.weight is not stored (HF omits it too). extra_config: keys added to config.json
     (quant.save_quantized's quantization_config). metadata: strings added to every safetensors
-    file's header (train.checkpoint's step).
+    file's header (train.checkpoint's step). state: the tensors to write instead of model.state_dict()
+    (quant.save_quantized's packed GPTQ/AWQ tensors).
 
     `path` follows model.output_dir.prepare_output_dir (flag names it in errors): a directory
     someone else wrote is refused unless overwrite. Over an earlier save of ours the files are
@@ -196,7 +197,7 @@ def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = N
 
     path = prepare_output_dir(path, writer="model.save_model", flag=flag, overwrite=overwrite)
     config = model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     hf = config.to_hf_config()
