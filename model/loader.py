@@ -56,18 +56,6 @@ def checkpoint_dir(source: Union[str, os.PathLike, ModelConfig]) -> Optional[str
     return path
 
 
-def _quantized(path: str) -> bool:
-    """Whether path's config.json carries a quantization_config (then quant.load_quantized reads it)."""
-    import json
-
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            raw = json.load(f)
-    except (OSError, ValueError):
-        return False  # load_model reports the problem with its own message
-    return isinstance(raw, dict) and isinstance(raw.get("quantization_config"), dict)
-
-
 def random_config(source: Union[str, ModelConfig], **overrides) -> ModelConfig:
     """The config of a random-weights source (`embedded`, a preset name or a ModelConfig) with
     `overrides` applied; an override of None is ignored (a flag left unset). ConfigError if bad."""
@@ -104,9 +92,6 @@ def load(source: Union[str, os.PathLike, ModelConfig] = "lab-small", dtype=None,
         given = [k for k, v in overrides.items() if v is not None] + (["seed"] if seed is not None else [])
         if given:
             raise CheckpointError(f"{', '.join(given)} apply to random weights only, not to the checkpoint {source}")
-        if _quantized(path):  # GPTQ / AWQ / lab quantized checkpoints: quant/ owns their formats
-            from quant import load_quantized  # lazy: quant depends on model, not the reverse
-            return load_quantized(path, device=device, dtype=dtype)
         return load_model(path, device=device, dtype=dtype)
     if seed is None:
         seed = EMBEDDED_SEED if source == EMBEDDED else 0

@@ -83,13 +83,19 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     """Load a HF-layout checkpoint directory (config.json + safetensors) into a Transformer.
 
     dtype: torch.dtype or name; None keeps the checkpoint's `torch_dtype`.
-    Raises CheckpointError (or ConfigError for unsupported configs) with a one-line reason.
+    A config.json with a quantization_config (GPTQ, AWQ, or quant/'s own) is read by
+    quant.load_quantized. Raises CheckpointError (or ConfigError for unsupported configs,
+    quant.QuantizationError for a bad quantized one) with a one-line reason.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint directory not found: {path}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CheckpointError(f"no config.json in {path}; expected a Hugging Face checkpoint directory")
+    if _quantized(path):  # GPTQ / AWQ / lab quantized checkpoints: quant/ owns their formats
+        from quant import load_quantized  # lazy: quant depends on model, not the reverse
+
+        return load_quantized(path, device=device, dtype=dtype)
     config = ModelConfig.from_hf_config(os.path.join(path, "config.json"))
     dtype = _resolve_dtype(dtype, config)
     files = weight_files(path)
@@ -124,6 +130,18 @@ def load_model(path: str, device="cpu", dtype=None) -> Transformer:
     model.load_state_dict(state, assign=True, strict=True)
     model.tie_weights()  # assign=True replaced the shared Parameter; share it again
     return model.eval()
+
+
+def _quantized(path: str) -> bool:
+    """Whether path's config.json carries a quantization_config (then quant.load_quantized reads it)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return False  # load_model reports the problem with its own message
+    return isinstance(raw, dict) and isinstance(raw.get("quantization_config"), dict)
 
 
 def read_float_tensor(f, fname: str, name: str, shape: tuple, error: type = CheckpointError) -> torch.Tensor:

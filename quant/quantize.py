@@ -328,6 +328,12 @@ def load_quantized(path: str, device="cpu", dtype=None) -> nn.Module:
         config = ModelConfig.from_hf_config(raw)
     except ConfigError as e:
         raise QuantizationError(f"{cfg_path}: {e}") from None
+    if isinstance(dtype, str):
+        from model.device import UsageError, parse_dtype
+        try:
+            dtype = parse_dtype(dtype, flag="dtype")
+        except UsageError as e:
+            raise QuantizationError(str(e)) from None
     dtype = dtype or DTYPES.get(config.torch_dtype, torch.float32)
     files = weight_files(path, QuantizationError)
     with torch.device("meta"):

@@ -40,7 +40,6 @@ def test_gptq_checkpoint_written_and_loadable(tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (("--group_size", "48"), "group_size=48 does not divide in_features=128"),
     (("--method", "gptq4"), "--method 'gptq4' is unknown"),
-    (("--bits", "3"), "unsupported bits=3"),
 ])
 def test_bad_flags_one_line(tmp_path, args, msg):
     p = run_cli("--checkpoint", "lab-draft", "--method", "rtn", *args, "--output", str(tmp_path / "o"))

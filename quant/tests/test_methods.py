@@ -281,3 +281,19 @@ def test_quant_linear_forward_matches_dequantized_reference():
     ref = x @ dequantize(*codes).T + lin.bias.detach()
     assert_close(m(x), ref, Tol(1e-5, 1e-5), "W4A16 forward")
     assert m.weight_bytes() == 24 * 64 // 2 + 2 * 24 * 2 + 2 * 24 // 2 + 24 * 4
+
+
+def test_llm_serves_a_gptq_checkpoint(tmp_path):
+    from scheduler import LLM, SamplingParams
+
+    model = quantize(tiny_model(tie=True), "gptq", calib(), bits=4, group_size=32)
+    save_quantized(model, tmp_path)
+    llm = LLM(str(tmp_path))  # model.weights.load_model hands quantized checkpoints to quant.load_quantized
+    assert isinstance(llm.engine.model.model.layers[0].self_attn.q_proj, QuantLinear)
+    prompt = [1, 5, 9, 3]
+    got = llm.generate([prompt], SamplingParams(max_tokens=5, temperature=0))[0].token_ids
+    ids = torch.tensor([prompt])
+    with torch.no_grad():  # greedy without a cache, on the in-memory quantized model
+        for _ in range(5):
+            ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
+    assert list(got) == ids[0, 4:].tolist()
