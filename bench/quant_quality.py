@@ -239,18 +239,19 @@ def write(rows: list[dict], claims: list[dict], opts: Options) -> None:
                                  device=common.device_name(opts.device))
     panels = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        series = {}
-        for r in rows:
-            if r["model"] == model:
-                fam = r["variant"].split("_")[0]
-                xs, ys = series.setdefault(fam, ([], []))
-                xs.append(r["weight_MB"])
-                ys.append(r["wt2_ppl"])
-        for xs_ys in series.values():  # sorted by bytes so a family's points join left to right
-            pts = sorted(zip(*xs_ys))
-            xs_ys[0][:], xs_ys[1][:] = [p[0] for p in pts], [p[1] for p in pts]
-        panels.append({"title": f"{model}: WikiText-2 perplexity vs decoder Linear bytes", "series": series,
-                       "xlabel": "weight MB", "ylabel": "perplexity", "logy": True})
+        for key, what in (("wt2_ppl", "perplexity"), ("wt2_kl", "KL(fp32 || quantized), nats/token")):
+            series = {}
+            for r in rows:
+                if r["model"] == model:
+                    fam = r["variant"].split("_")[0]
+                    xs, ys = series.setdefault(fam, ([], []))
+                    xs.append(r["weight_MB"])
+                    ys.append(r[key] if r[key] > 0 else None)  # fp32's KL of 0 has no place on a log axis
+            for xs_ys in series.values():  # sorted by bytes so a family's points join left to right
+                pts = sorted(zip(*xs_ys), key=lambda p: (p[0], p[1] or 0))
+                xs_ys[0][:], xs_ys[1][:] = [p[0] for p in pts], [p[1] for p in pts]
+            panels.append({"title": f"{model}: WikiText-2 {what.split(',')[0]} vs decoder Linear bytes",
+                           "series": series, "xlabel": "weight MB", "ylabel": what, "logy": True})
     png = common.plot_panels(out / "quant_quality.png", panels, title="quantization quality vs weight bytes")
     print(f"wrote {paths['json']}, {paths['summary']} and {png}")
 
