@@ -6,7 +6,9 @@ AutoGPTQ/AutoGPTQ@c80855e25b165006688a642beaf0ee4f8400f27f), checkpoint_format "
           output o, input r*pf + j at bits [bits*j, bits*j + bits)   (pf = 32 / bits)
   qzeros  int32 (n_groups, out * bits / 32): zero points packed the same way along outputs,
           each stored as (zero - 1) & maxq: the v1 off-by-one GPTQModel documents in
-          convert_gptq_v1_to_v2_format_module (readers add 1 back)
+          convert_gptq_v1_to_v2_format_module (readers add 1 back). An asymmetric zero of 0
+          (a group with no negative weight) is stored as maxq and read back as 0 here; readers
+          that do not mask after adding 1 (AutoGPTQ's torch path) see maxq + 1 for it
   scales  fp16 (n_groups, out);  g_idx int32 (in,): the group of each input (act-order permutes)
   W[o, i] = scales[g_idx[i], o] * (q[i, o] - zero[g_idx[i], o])
 AWQ GEMM, as AutoAWQ's WQLinear_GEMM.from_linear (awq/modules/linear/gemm.py,
