@@ -85,13 +85,22 @@ def load_model(path: str, device="cpu", dtype=None, tp=None) -> Transformer:
     dtype: torch.dtype or name; None keeps the checkpoint's `torch_dtype`.
     tp: a callable config -> model.tp.TPPlan (one tensor-parallel rank): build that rank's model and
     read only its slices of each tensor (safetensors get_slice), so no process holds the whole model.
-    Raises CheckpointError (or ConfigError for unsupported configs) with a one-line reason.
+    A config.json with a quantization_config (GPTQ, AWQ, or quant/'s own) is read by
+    quant.load_quantized. Raises CheckpointError (or ConfigError for unsupported configs,
+    quant.QuantizationError for a bad quantized one) with a one-line reason.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint directory not found: {path}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise CheckpointError(f"no config.json in {path}; expected a Hugging Face checkpoint directory")
+    if _quantized(path):  # GPTQ / AWQ / lab quantized checkpoints: quant/ owns their formats
+        if tp is not None:
+            raise CheckpointError(f"{path} is a quantized checkpoint; tensor parallelism does not split "
+                                  "quantized layers yet: run it with tp=1")
+        from quant import load_quantized  # lazy: quant depends on model, not the reverse
+
+        return load_quantized(path, device=device, dtype=dtype)
     config = ModelConfig.from_hf_config(os.path.join(path, "config.json"))
     dtype = _resolve_dtype(dtype, config)
     files = weight_files(path)
@@ -130,6 +139,18 @@ def load_model(path: str, device="cpu", dtype=None, tp=None) -> Transformer:
     model.load_state_dict(state, assign=True, strict=True)
     model.tie_weights()  # assign=True replaced the shared Parameter; share it again
     return model.eval()
+
+
+def _quantized(path: str) -> bool:
+    """Whether path's config.json carries a quantization_config (then quant.load_quantized reads it)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            raw = json.load(f)
+    except (OSError, ValueError):
+        return False  # load_model reports the problem with its own message
+    return isinstance(raw, dict) and isinstance(raw.get("quantization_config"), dict)
 
 
 def read_float_tensor(f, fname: str, name: str, shape: tuple, error: type = CheckpointError,
@@ -184,7 +205,7 @@ def split_shards(tensors: dict, max_shard_bytes=None) -> list[dict]:
 
 def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = None, *,
                overwrite: bool = False, flag: str = "path", extra_config: Optional[dict] = None,
-               metadata: Optional[dict[str, str]] = None) -> None:
+               metadata: Optional[dict[str, str]] = None, state: Optional[dict] = None) -> None:
     """Write config.json and safetensors weights in the Hugging Face layout.
 
     One model.safetensors when everything fits in max_shard_bytes (or it is None);
@@ -192,7 +213,8 @@ def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = N
     with metadata.total_size and weight_map, as `save_pretrained` writes them.
     Tied lm_head.weight is not stored (HF omits it too). extra_config: keys added to config.json
     (quant.save_quantized's quantization_config). metadata: strings added to every safetensors
-    file's header (train.checkpoint's step).
+    file's header (train.checkpoint's step). state: the tensors to write instead of model.state_dict()
+    (quant.save_quantized's packed GPTQ/AWQ tensors).
 
     `path` follows model.output_dir.prepare_output_dir (flag names it in errors): a directory
     someone else wrote is refused unless overwrite. Over an earlier save of ours the files are
@@ -204,7 +226,7 @@ def save_model(model: Transformer, path: str, max_shard_bytes: Optional[int] = N
 
     path = prepare_output_dir(path, writer="model.save_model", flag=flag, overwrite=overwrite)
     config = model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     hf = config.to_hf_config()

@@ -1,0 +1,54 @@
+"""//quant:quantize end to end on lab-draft: a GPTQ checkpoint model.load reads, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model as lab_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "quant.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)
+
+
+def test_gptq_checkpoint_written_and_loadable(tmp_path):
+    out = tmp_path / "q"
+    p = run_cli("--checkpoint", "lab-draft", "--method", "gptq", "--bits", "4", "--group_size", "128",
+                "--calib_samples", "2", "--calib_len", "128", "--output", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "gptq" and qc["bits"] == 4 and qc["group_size"] == 128
+    assert (out / "tokenizer.json").is_file()
+    q = lab_model.load(str(out))
+    ref = lab_model.load("lab-draft")
+    ids = torch.randint(0, 8000, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = q(ids), ref(ids)
+    assert type(q.model.layers[0].mlp.down_proj).__name__ == "QuantLinear"
+    # W4 g128 GPTQ on lab-draft: logits within ~15% (measured ~7%); an unpacking bug gives ~100%.
+    assert not float((a - b).norm() / b.norm()) >= 0.3
+
+
+@pytest.mark.parametrize("args,msg", [
+    (("--group_size", "48"), "group_size=48 does not divide in_features=128"),
+    (("--method", "gptq4"), "--method 'gptq4' is unknown"),
+])
+def test_bad_flags_one_line(tmp_path, args, msg):
+    p = run_cli("--checkpoint", "lab-draft", "--method", "rtn", *args, "--output", str(tmp_path / "o"))
+    assert p.returncode == 2
+    assert msg in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "o").exists()  # nothing written on bad input
+
+
+def test_refuses_foreign_output_dir(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    p = run_cli("--checkpoint", "lab-draft", "--method", "rtn", "--output", str(tmp_path))
+    assert p.returncode == 2 and "--output" in p.stderr and (tmp_path / "mine.txt").read_text() == "keep me"
