@@ -129,6 +129,7 @@ class GatherFace:
 
     def __init__(self, block_size: int):
         self.block_size = block_size
+        self.window: Optional[int] = None  # sliding window (set by setup_paged_caches); None = full
 
     def plan(self, meta) -> None:
         """This face reads the metadata as it is."""
@@ -137,7 +138,7 @@ class GatherFace:
     def __call__(self, q, k, v, layer_cache, input_pos=None, mask=None) -> torch.Tensor:
         """q (1, Hq, N, D), k/v (1, Hkv, N, D) after RoPE over a cache.PagedLayerCache -> (1, Hq, N, D)."""
         meta, k_cache, v_cache = _write(k, v, layer_cache)
-        return gather_paged_attention(q, k_cache, v_cache, meta)
+        return gather_paged_attention(q, k_cache, v_cache, meta, self.window)
 
 
 class FlashFace:
@@ -166,8 +167,12 @@ class FlashFace:
         return flash_paged_attention(q, k_cache, v_cache, meta.plan)
 
 
-def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:
-    """The gather face: per request, contiguous K/V and SDPA with the position mask. (1, Hq, N, D)."""
+def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta,
+                           window: Optional[int] = None) -> torch.Tensor:
+    """The gather face: per request, contiguous K/V and SDPA with the position mask. (1, Hq, N, D).
+
+    window: keys at positions > query - window only (Mistral). Blocks that fall out of the
+    window are still held and masked, not freed (the block pool keeps whole sequences)."""
     outs = []
     qsl = meta.query_start_loc
     for r, seq_len in enumerate(meta.seq_lens_host):
@@ -176,5 +181,7 @@ def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         vr = gather_kv(v_cache, meta.block_tables[r], seq_len).to(q.dtype)
         key_pos = torch.arange(seq_len, device=q.device)
         mask = key_pos[None, :] <= meta.positions[s:e, None]  # (t, L) bool
+        if window is not None:
+            mask = mask & (key_pos[None, :] > meta.positions[s:e, None] - window)
         outs.append(F.scaled_dot_product_attention(q[:, :, s:e], kr, vr, attn_mask=mask, enable_gqa=True))
     return torch.cat(outs, dim=2)  # (1, Hq, N, D)

@@ -38,7 +38,27 @@ CASES = {
     "gqa_llama3_rope": dict(num_key_value_heads=2, num_hidden_layers=3, head_dim=32,
                             rope_parameters={"rope_theta": 500000.0, **LLAMA3_SCALING}),
     "mqa_mistral": dict(num_key_value_heads=1, sliding_window=None, model_type="mistral"),
+    # The other architectures (model/arch.py). A window of 7 (< the 24-40 token prompts) so the
+    # sliding window changes the logits; Qwen2 with biases and tied embeddings; Phi-3's fused
+    # qkv / gate_up tensors; Phi-2's parallel block, LayerNorm, GELU and half-rotary heads
+    # (head_dim 16, rotary 8); Mixtral with 4 experts, top-2.
+    "mistral_window": dict(num_key_value_heads=2, sliding_window=7, model_type="mistral"),
+    "qwen2_tied": dict(num_key_value_heads=2, tie_word_embeddings=True, model_type="qwen2"),
+    "phi3_fused": dict(num_key_value_heads=2, sliding_window=None, model_type="phi3"),
+    "phi2": dict(num_key_value_heads=4, partial_rotary_factor=0.5, layer_norm_eps=1e-5, model_type="phi"),
+    "mixtral_top2": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                         intermediate_size=96, sliding_window=None, model_type="mixtral"),
 }
+# The model classes of each model_type (transformers' own, built offline from a config object).
+HF_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "phi": ("PhiConfig", "PhiForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+}
+ARCH_CASES = ("mistral_window", "qwen2_tied", "phi3_fused", "phi2", "mixtral_top2")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,10 +71,7 @@ def make_hf(case: str, seed: int = 0):
     """A random tiny HF causal LM for CASES[case], eval mode, fp32."""
     kw = {**BASE, **CASES[case]}
     model_type = kw.pop("model_type", "llama")
-    if model_type == "mistral":
-        cls_cfg, cls_model = transformers.MistralConfig, transformers.MistralForCausalLM
-    else:
-        cls_cfg, cls_model = transformers.LlamaConfig, transformers.LlamaForCausalLM
+    cls_cfg, cls_model = (getattr(transformers, n) for n in HF_CLASSES[model_type])
     torch.manual_seed(seed)
     model = cls_model(cls_cfg(**kw)).eval()
     randomize_(model, seed)
