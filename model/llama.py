@@ -13,6 +13,7 @@ from torch import nn
 
 from cache.static_cache import StaticKVCache
 from kernels import ops
+from model import masks
 from model.attention_backend import PAGED, STATIC, choose_attention
 from model.config import ModelConfig
 from model.layers import MLP, Attention, make_norm, precompute_rope, signed_sin
@@ -170,11 +171,9 @@ class Transformer(nn.Module):
         mask = None  # None = causal over the T given tokens
         window = self.config.sliding_window
         if cached or (window is not None and self.paged_kv is None):
-            key_pos = torch.arange(self.max_seq_len if cached else T, device=input_ids.device)
-            key_pos = key_pos if cached else input_pos  # no cache: keys are the given tokens
-            mask = key_pos[None, :] <= input_pos[:, None]  # (T, max_seq_len or T) bool
-            if window is not None:  # sliding window: keys within the last `window` positions
-                mask = mask & (key_pos[None, :] > input_pos[:, None] - window)
+            # over a static cache the keys are its slots; without one, the given tokens (window only)
+            key_pos = torch.arange(self.max_seq_len, device=input_ids.device) if cached else input_pos
+            mask = masks.visible_keys(key_pos, input_pos, window)  # (T, max_seq_len or T) bool
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         pos = input_pos if cached else None
         plain = self.config.norm_type != "rms" or self.config.parallel_block  # no fused add + RMSNorm

@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from model import masks
+
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
              k: torch.Tensor, v: torch.Tensor) -> None:
@@ -180,8 +182,6 @@ def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         kr = gather_kv(k_cache, meta.block_tables[r], seq_len).to(q.dtype)  # (1, Hkv, L, D)
         vr = gather_kv(v_cache, meta.block_tables[r], seq_len).to(q.dtype)
         key_pos = torch.arange(seq_len, device=q.device)
-        mask = key_pos[None, :] <= meta.positions[s:e, None]  # (t, L) bool
-        if window is not None:
-            mask = mask & (key_pos[None, :] > meta.positions[s:e, None] - window)
+        mask = masks.visible_keys(key_pos, meta.positions[s:e], window)  # (t, L) bool
         outs.append(F.scaled_dot_product_attention(q[:, :, s:e], kr, vr, attn_mask=mask, enable_gqa=True))
     return torch.cat(outs, dim=2)  # (1, Hq, N, D)
