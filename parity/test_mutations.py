@@ -19,10 +19,11 @@ from kernels import _triton
 from kernels import flash_attention as fa
 from kernels import rms_norm as rms
 from kernels.tests import attention_cases as ac
+from kernels import fused_moe
 from model import arch, layers, masks, moe
 from model import paged_attention as pa
 from model.llama import TransformerBlock
-from parity import engine_cases, hf_cases, paged_cases
+from parity import engine_cases, hf_cases, moe_cases, paged_cases
 from parity import kernel_cases as kc
 from scheduler.scheduler import Scheduler
 
@@ -135,6 +136,14 @@ def qkv_split_swapped(real):
     return twin
 
 
+def next_expert(real):
+    """Fused MoE alignment that hands every block of tokens to the next expert's weights."""
+    def twin(ids, n_experts, block_m=fused_moe.BLOCK_M):
+        slots, experts = real(ids, n_experts, block_m)
+        return slots, (experts + 1) % n_experts
+    return twin
+
+
 # ------------------------------------------------------------------------ the checks
 
 def rms_check():
@@ -158,6 +167,11 @@ def hf_arch_check(case):
         hf_cases.check_logits_fp32(case, tmp_path)
     check.needs_tmp = True
     return check
+
+
+def fused_moe_check():
+    """test_fused_moe's check, fp32, 37 tokens over 4 experts (Triton)."""
+    moe_cases.check_fused_moe(37, 4, 64, 96, 2, torch.float32, _triton.run_device())
 
 
 def paged_check():
@@ -190,6 +204,8 @@ CASES = {
     "partial rotary dim ignored (Phi-2)": (arch, "partial_rotary_factor", full_rotary, hf_arch_check("phi2"), False),
     "fused qkv split k/v swapped (Phi-3)": (arch, "checkpoint_plan", qkv_split_swapped,
                                             hf_arch_check("phi3_fused"), False),
+    "fused MoE tokens sent to the next expert (Triton)": (fused_moe, "align_by_expert", next_expert,
+                                                          fused_moe_check, True),
     "MoE router weights not renormalised (Mixtral)": (moe, "route", router_not_renormalised,
                                                       hf_arch_check("mixtral_top2"), False),
 }
