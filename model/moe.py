@@ -67,6 +67,10 @@ class MoE(nn.Module):
         self.w13 = nn.Parameter(torch.empty(e, 2 * i, h))
         self.w2 = nn.Parameter(torch.empty(e, h, i))
 
+    def fuse(self) -> bool:
+        """fuse_projections' hook: w13 already holds [w1 | w3] per expert, nothing to fuse."""
+        return False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, dim) -> (B, T, dim)."""
         shape = x.shape

@@ -31,12 +31,12 @@ TOLERANCE = {torch.float32: Tol(1e-5, 1e-5), torch.float16: Tol(6e-3, 6e-3), tor
 
 def moe_inputs(n_tokens: int, n_experts: int, hidden: int, inter: int, top_k: int, dtype, device, seed: int = 0):
     """(x (N, H), w13 (E, 2I, H), w2 (E, H, I), weights (N, k), ids (N, k)) in dtype on device."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(n_tokens, hidden, generator=g)
-    w13 = torch.randn(n_experts, 2 * inter, hidden, generator=g) * hidden ** -0.5
-    w2 = torch.randn(n_experts, hidden, inter, generator=g) * inter ** -0.5
-    gate = torch.randn(n_experts, hidden, generator=g) * hidden ** -0.5
-    x, w13, w2, gate = (t.to(device=device, dtype=dtype) for t in (x, w13, w2, gate))
+    g = torch.Generator(device=device).manual_seed(seed)  # drawn on the device: a Mixtral layer is 1.4e9 numbers
+    x = torch.randn(n_tokens, hidden, generator=g, device=device)
+    w13 = torch.randn(n_experts, 2 * inter, hidden, generator=g, device=device) * hidden ** -0.5
+    w2 = torch.randn(n_experts, hidden, inter, generator=g, device=device) * inter ** -0.5
+    gate = torch.randn(n_experts, hidden, generator=g, device=device) * hidden ** -0.5
+    x, w13, w2, gate = (t.to(dtype=dtype) for t in (x, w13, w2, gate))
     weights, ids = route(x, gate, top_k)
     return x, w13, w2, weights, ids
 
