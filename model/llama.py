@@ -1,4 +1,5 @@
-"""The Llama decoder. State-dict keys equal Hugging Face's LlamaForCausalLM keys.
+"""The Llama decoder, configured for the other architectures of model/arch.py (Mistral, Qwen2,
+Phi-3, Phi-2, Mixtral). State-dict keys equal Hugging Face's LlamaForCausalLM keys.
 
 Sampling, caching policy, quantization and loading live elsewhere and act on a
 built model; this file is only the network.
