@@ -148,7 +148,8 @@ class ModelConfig:
             n_heads=c["num_attention_heads"],
             n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
             intermediate_size=c["intermediate_size"],
-            norm_eps=c.get("rms_norm_eps", c.get("layer_norm_eps", 1e-6)),
+            norm_eps=(c.get("layer_norm_eps", 1e-5) if fields.get("norm_type") == "layer"  # Phi-2's LayerNorm
+                      else c.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_scaling=scaling,
             max_seq_len=c.get("max_position_embeddings", 2048),
