@@ -9,7 +9,8 @@ by model.weights.load_model. Nothing here builds layers.
   llama    LlamaForCausalLM    the reference layout
   mistral  MistralForCausalLM  + sliding_window (keys at positions > q - window)
   qwen2    Qwen2ForCausalLM    + q/k/v biases; tied embeddings where the config says so
-  phi3     Phi3ForCausalLM     fused qkv_proj / gate_up_proj tensors (split on load), sliding window
+  phi3     Phi3ForCausalLM     fused qkv_proj / gate_up_proj tensors (split on load), sliding window,
+                               longrope ("su") RoPE scaling (model/config.py, model/layers.py)
   phi      PhiForCausalLM      Phi-2: parallel attention + MLP under one LayerNorm (with bias),
                                biases on every linear incl. lm_head, GELU (tanh), partial rotary;
                                `dense` -> o_proj, fc1/fc2 -> up/down_proj, final_layernorm -> norm

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -233,9 +234,27 @@ def _check_token_ids(c: dict) -> None:
                               f"got {value!r}")
 
 
+# Keys of a longrope (Phi-3 "su") scaling dict once read (model/layers.precompute_rope uses them).
+LONGROPE_KEYS = ("short_factor", "long_factor", "original_max_position_embeddings", "attention_factor")
+
+
 def _check_rope_scaling(scaling: dict) -> dict:
-    """Validate a llama3 rope_scaling dict; return it with only the llama3 keys."""
+    """Validate a llama3 or longrope rope_scaling dict; return it with only that type's keys."""
     rope_type = scaling.get("rope_type", scaling.get("type", "llama3"))
+    if rope_type in ("longrope", "su"):
+        missing = [k for k in LONGROPE_KEYS if k not in scaling]
+        if missing:
+            raise ConfigError(f"longrope rope_scaling lacks {missing}; expected keys {list(LONGROPE_KEYS)}")
+        out = {k: scaling[k] for k in LONGROPE_KEYS}
+        for k in ("short_factor", "long_factor"):
+            if not (isinstance(out[k], list) and out[k] and all(isinstance(f, (int, float)) and f > 0
+                                                                 for f in out[k])):
+                raise ConfigError(f"longrope {k} must be a non-empty list of positive numbers")
+            out[k] = [float(f) for f in out[k]]
+        _check_number("original_max_position_embeddings", out["original_max_position_embeddings"], int)
+        _check_number("attention_factor", out["attention_factor"], float)
+        out["rope_type"] = "longrope"
+        return out
     if rope_type != "llama3":
         raise ConfigError(f"unsupported rope type {rope_type!r}; only 'default' and 'llama3' "
                           "RoPE are implemented")
@@ -258,6 +277,15 @@ def _read_rope(c: dict) -> tuple[float, Optional[dict]]:
     rope_type = params.get("rope_type", params.get("type", "default")) if params else "default"
     if rope_type == "default":
         return float(theta), None
+    if rope_type in ("longrope", "su"):  # Phi-3: the attention factor follows transformers' rule
+        params = dict(params)
+        orig = params.get("original_max_position_embeddings", c.get("original_max_position_embeddings"))
+        _check_number("original_max_position_embeddings", orig, int)
+        params["original_max_position_embeddings"] = orig
+        if params.get("attention_factor") is None:
+            factor = params.get("factor") or c.get("max_position_embeddings", orig) / orig
+            params["attention_factor"] = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+        return float(theta), _check_rope_scaling(params)
     if rope_type != "llama3":
         raise ConfigError(f"unsupported rope type {rope_type!r}; only 'default' and 'llama3' "
                           "RoPE are implemented")

@@ -88,9 +88,25 @@ def rope_inv_freq(config: ModelConfig, device=None) -> torch.Tensor:
 
 
 def precompute_rope(config: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return real-valued (cos, sin) tables, each (seq_len, rotary_dim) fp32, HF rotate-half layout."""
-    inv_freq = rope_inv_freq(config, device)
+    """Return real-valued (cos, sin) tables, each (seq_len, rotary_dim) fp32, HF rotate-half layout.
+
+    longrope (Phi-3): positions below original_max_position_embeddings use the short factors,
+    the others the long ones, and both tables are scaled by attention_factor. transformers picks
+    one set for a whole forward (long once any position passes the original length), so the two
+    agree exactly while a sequence stays within the original length, and not beyond it.
+    """
     pos = torch.arange(seq_len, device=device, dtype=torch.int64).float()
+    s = config.rope_scaling
+    if s is not None and s["rope_type"] == "longrope":
+        d = config.rotary_dim
+        base = config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / d)
+        short, long = (1.0 / (torch.tensor(s[k], dtype=torch.float32, device=device) * base)
+                       for k in ("short_factor", "long_factor"))
+        use_short = (pos < s["original_max_position_embeddings"])[:, None]
+        freqs = torch.where(use_short, torch.outer(pos, short), torch.outer(pos, long))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos() * s["attention_factor"], emb.sin() * s["attention_factor"]
+    inv_freq = rope_inv_freq(config, device)
     freqs = torch.outer(pos, inv_freq)  # (seq_len, head_dim // 2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (seq_len, head_dim)
     return emb.cos(), emb.sin()

@@ -47,6 +47,14 @@ CASES = {
     "mistral_window": dict(num_key_value_heads=2, sliding_window=7, model_type="mistral"),
     "qwen2_tied": dict(num_key_value_heads=2, tie_word_embeddings=True, model_type="qwen2"),
     "phi3_fused": dict(num_key_value_heads=2, sliding_window=None, model_type="phi3"),
+    # Phi-3 longrope within the original length (64 > the 44-token runs): short factors and the
+    # attention factor sqrt(1 + ln 4 / ln 64) of max_position_embeddings 256 = 4 x 64.
+    "phi3_longrope": dict(num_key_value_heads=2, sliding_window=None, model_type="phi3",
+                          original_max_position_embeddings=64,
+                          rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                           "original_max_position_embeddings": 64,
+                                           "short_factor": [1.0, 1.3, 1.7, 2.2, 3.0, 4.1, 5.5, 7.0],
+                                           "long_factor": [1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0]}),
     "phi2": dict(num_key_value_heads=4, partial_rotary_factor=0.5, layer_norm_eps=1e-5, model_type="phi"),
     "mixtral_top2": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
                          intermediate_size=96, sliding_window=None, model_type="mixtral"),
@@ -60,7 +68,7 @@ HF_CLASSES = {
     "phi": ("PhiConfig", "PhiForCausalLM"),
     "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
 }
-ARCH_CASES = ("mistral_window", "qwen2_tied", "phi3_fused", "phi2", "mixtral_top2")
+ARCH_CASES = ("mistral_window", "qwen2_tied", "phi3_fused", "phi3_longrope", "phi2", "mixtral_top2")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

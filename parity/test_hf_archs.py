@@ -9,6 +9,7 @@ test_engine.py (fp32, same SDPA and masks; batching changes only summation order
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -103,4 +104,7 @@ def test_arch_fields_read_from_config(tmp_path):
     assert (p2.parallel_block, p2.norm_type, p2.gated_mlp, p2.out_bias, p2.rotary_dim) == (True, "layer", False,
                                                                                            True, 8)
     assert (got["mixtral_top2"].n_experts, got["mixtral_top2"].n_experts_per_tok) == (4, 2)
-    assert got["phi3_fused"].arch == "phi3"
+    assert got["phi3_fused"].arch == "phi3" and got["phi3_fused"].rope_scaling is None
+    lr = got["phi3_longrope"].rope_scaling
+    assert lr["rope_type"] == "longrope" and lr["original_max_position_embeddings"] == 64
+    assert abs(lr["attention_factor"] - (1 + math.log(4) / math.log(64)) ** 0.5) < 1e-12

@@ -22,6 +22,7 @@ from kernels.tests import attention_cases as ac
 from kernels import fused_moe
 from model import arch, layers, masks, moe
 from model import paged_attention as pa
+from model import llama
 from model.llama import TransformerBlock
 from parity import engine_cases, hf_cases, moe_cases, paged_cases
 from parity import kernel_cases as kc
@@ -144,6 +145,16 @@ def next_expert(real):
     return twin
 
 
+def long_factors_everywhere(real):
+    """longrope tables that use the long factors at every position (the short ones ignored)."""
+    def twin(config, seq_len, device=None):
+        s = config.rope_scaling
+        if s is not None and s.get("rope_type") == "longrope":
+            config = config.replace(rope_scaling={**s, "short_factor": s["long_factor"]})
+        return real(config, seq_len, device)
+    return twin
+
+
 # ------------------------------------------------------------------------ the checks
 
 def rms_check():
@@ -202,6 +213,8 @@ CASES = {
                                             hf_arch_check("mistral_window"), False),
     "q/k/v bias missing (Qwen2)": (arch, "checkpoint_plan", dropped_bias, hf_arch_check("qwen2_tied"), False),
     "partial rotary dim ignored (Phi-2)": (arch, "partial_rotary_factor", full_rotary, hf_arch_check("phi2"), False),
+    "longrope short factors ignored (Phi-3)": (llama, "precompute_rope", long_factors_everywhere,
+                                               hf_arch_check("phi3_longrope"), False),
     "fused qkv split k/v swapped (Phi-3)": (arch, "checkpoint_plan", qkv_split_swapped,
                                             hf_arch_check("phi3_fused"), False),
     "fused MoE tokens sent to the next expert (Triton)": (fused_moe, "align_by_expert", next_expert,
