@@ -13,6 +13,14 @@ Perplexity = exp(total NLL / tokens scored); a NaN or infinite one (results stil
 makes the run exit 1. WikiText-2 here is the word-level
 tokenized version (<unk>, @-@): the numbers are not comparable with published
 wikitext-2-raw perplexities.
+
+Streaming rows (--sinks S, S >= 0; model/streaming.py): over the first --stream_tokens tokens
+of each split, every token after the first is scored from a cache of the previous tokens:
+  full context     the protocol above with windows of the model's context (disjoint chunks)
+  window only      a rolling window of the last N + S tokens, keys re-positioned in the cache
+  window + sinks   the first S tokens kept (attention sinks) + the last N tokens
+(N = --window, equal cache sizes for the last two), one token at a time, fp32.
+    python3 -m bench.perplexity --checkpoint lab-small --splits wikitext2_test --window 60 --sinks 4
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ _define("integer", "batch_size", 8, "Windows per forward pass (default 8: bounde
 _define("integer", "max_windows", 0, "Score at most this many windows per split; 0 = all (default).")
 _define("boolean", "bos", False, "Prepend BOS to each window so every window token is scored "
         "(default off: matches how the lab models were trained, without BOS).")
+_define("integer", "sinks", -1, "Attention sinks for the streaming rows (model/streaming.py); -1 (default): "
+        "no streaming rows, the disjoint-window protocol only.")
+_define("integer", "stream_tokens", 4096, "Tokens of each split the streaming rows score (default 4096: "
+        "8 contexts of the lab models, about a minute per row on a CPU).")
 _define("string", "device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
 _define("string", "weights_dtype", "float32", "float32, bfloat16 or float16 for the weights (default float32: "
         "exact log-probabilities).")
@@ -58,6 +70,8 @@ class Options:
     bos: bool
     device: str | None
     weights_dtype: str
+    sinks: int = -1
+    stream_tokens: int = 4096
 
 
 def perplexity(model, token_ids, window: int, device="cpu", batch_size: int = 8,
@@ -112,6 +126,26 @@ def protocol(result: dict, split: str, tokenizer_path: str, bos: bool) -> str:
             "token-level, no context carried across windows")
 
 
+def stream_rows(model, ids: list[int], opts: Options, split: str, name: str, device: str, rows: list,
+                summary: list) -> None:
+    """The three streaming rows (module docstring) of one split, appended to rows and summary."""
+    from model.streaming import stream_nll
+
+    n, s, ctx = opts.window, opts.sinks, min(model.config.max_seq_len, len(ids))
+    full = perplexity(model, ids, ctx, device, opts.batch_size)
+    variants = [("full context", f"disjoint windows of {ctx} (the model context)", full),
+                ("window only", f"rolling window of {n + s}", stream_nll(model, ids, 0, n + s)),
+                ("window + sinks", f"{s} sinks + rolling window of {n}", stream_nll(model, ids, s, n))]
+    for variant, what, r in variants:
+        proto = f"split={split}, first {len(ids):,} tokens, {r['tokens_scored']:,} scored, {what}"
+        print(f"{split} {variant}: perplexity {r['perplexity']:.3f} (NLL {r['nll']:.4f})  [{proto}]")
+        rows.append({"checkpoint": name, "split": split, "variant": variant, "window": n, "sinks": s,
+                     "perplexity": r["perplexity"], "nll": r["nll"], "tokens_scored": r["tokens_scored"],
+                     "protocol": proto})
+        summary.append({"name": f"perplexity/{name}/{split}/stream{len(ids)}/{variant.replace(' ', '_')}/w{n}s{s}",
+                         "value": r["perplexity"], "unit": "perplexity", "protocol": proto})
+
+
 def main(argv: list[str]) -> int:
     """The binary: the flags, read once into Options, then run; returns the exit status."""
     del argv
@@ -132,7 +166,8 @@ def run(opts: Options) -> int:
         print("error: --checkpoint is required (an HF-layout directory with tokenizer.json)", file=sys.stderr)
         return 2
     for flag, value, least in (("--window", opts.window, 2), ("--batch_size", opts.batch_size, 1),
-                               ("--max_windows", opts.max_windows, 0)):
+                               ("--max_windows", opts.max_windows, 0), ("--sinks", opts.sinks, -1),
+                               ("--stream_tokens", opts.stream_tokens, 2)):
         if value < least:  # checked before any loading: one line, not a traceback from the scoring loop
             print(f"error: {flag} must be at least {least}, got {value}", file=sys.stderr)
             return 2
@@ -148,8 +183,8 @@ def run(opts: Options) -> int:
         bad = [s for s in opts.splits if s not in corpus.SPLITS]
         if bad:
             raise ValueError(f"unknown split(s) {bad}; choose from {', '.join(corpus.SPLITS)}")
-        if opts.window > model.config.max_seq_len:
-            raise ValueError(f"--window {opts.window} exceeds the model context {model.config.max_seq_len}")
+        if opts.window + max(opts.sinks, 0) > model.config.max_seq_len:
+            raise ValueError(f"--window {opts.window} (+ --sinks) exceeds the model context {model.config.max_seq_len}")
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -161,6 +196,9 @@ def run(opts: Options) -> int:
     rows, summary = [], []
     for split in opts.splits:
         ids = corpus.token_stream(tokenizer, split)
+        if opts.sinks >= 0:
+            stream_rows(model, ids[:opts.stream_tokens], opts, split, name, device, rows, summary)
+            continue
         r = perplexity(model, ids, opts.window, device, opts.batch_size, bos_id, opts.max_windows,
                        progress=True)
         tok_name = os.path.relpath(tokenizer.path, root)

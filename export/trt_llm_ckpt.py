@@ -30,6 +30,21 @@ Tensor names per rank (HF name -> TRT-LLM name; "col" = split along the output d
 
 Float weights keep HF's (out_features, in_features) layout, in config["dtype"].
 
+Mistral and Qwen2 (read at NVIDIA/TensorRT-LLM commit 0428c18828880e7c60c13cc5cc0794bbbc05c0a3:
+tensorrt_llm/models/llama/config.py, tensorrt_llm/models/qwen/{config,convert}.py, and
+qwen/utils.py get_qwen_key_list at 65b31db1b401d3752b8ebe7c29093cbfb6af04b7):
+  Mistral  LLaMAConfig.from_hugging_face with architecture = hf architectures[0]
+           ("MistralForCausalLM", which TensorRT-LLM's MODEL_MAP sends to LLaMAForCausalLM):
+           the tensors and keys above, unchanged. No sliding-window key is read from the HF
+           config there: the window is a runtime setting of the engine (max_attention_window_size),
+           so a windowed Mistral is written with its window in config.json's lab_export only.
+  Qwen2    QWenConfig: architecture "Qwen2ForCausalLM", qwen_type "qwen2", attn_bias true,
+           mlp_bias false. Tensors as Llama's (get_qwen_key_list's qwen2 list: up_proj -> mlp.gate,
+           gate_proj -> mlp.fc, the same swap) plus
+  layers.{i}.self_attn.{q,k,v}_proj.bias     -> transformer.layers.{i}.attention.qkv.bias:
+        cat(bq_r, bk_r, bv_r), split like the weights (kv biases duplicated by dup_kv_bias
+        when n_kv_heads < tp_size); never quantized.
+
 W8A16 (quant_algo "W8A16", weight-only int8, per output channel), for each of
 qkv/dense/fc/gate/proj (never lm_head or the embedding):
   <name>.weight             int8 (in_features, out_features_r): rank r's fp weight is
@@ -105,12 +120,18 @@ def _int8_checks(config, tp: int, sm: int) -> None:
 def trtllm_config(config, dtype: torch.dtype, tp: int, quant: str, revision: str,
                   sm: Optional[int]) -> dict:
     """The config.json dict (PretrainedConfig + LLaMAConfig keys) for our ModelConfig."""
+    arch = getattr(config, "arch", "llama")
+    if arch not in TRT_ARCHITECTURES:
+        raise ExportError(f"no TensorRT-LLM checkpoint writer for {arch}; supported: "
+                          f"{', '.join(TRT_ARCHITECTURES)}")
     scaling = None
     if config.rope_scaling is not None:
         scaling = dict(config.rope_scaling)
         scaling["type"] = scaling["rope_type"] = "llama3"  # older releases read "type"
+    extra = {"qwen_type": "qwen2"} if arch == "qwen2" else {}
     return {
-        "architecture": "LlamaForCausalLM",
+        **extra,
+        "architecture": TRT_ARCHITECTURES[arch],
         "dtype": dtype_name(dtype),
         "logits_dtype": "float32",
         "vocab_size": config.vocab_size,
@@ -126,7 +147,7 @@ def trtllm_config(config, dtype: torch.dtype, tp: int, quant: str, revision: str
         "position_embedding_type": "rope_gpt_neox",
         "rotary_base": config.rope_theta,
         "rotary_scaling": scaling,
-        "attn_bias": False,
+        "attn_bias": bool(config.qkv_bias),
         "mlp_bias": False,
         "tie_word_embeddings": config.tie_word_embeddings,
         # lm_head.weight is always written (the converter copies a tied embedding too).
@@ -137,7 +158,8 @@ def trtllm_config(config, dtype: torch.dtype, tp: int, quant: str, revision: str
         "quantization": {"quant_algo": QUANT_ALGOS[quant], "kv_cache_quant_algo": None},
         # Ours, ignored by TensorRT-LLM: who wrote this and in which layout.
         "lab_export": {"format_version": FORMAT_VERSION, "git_revision": revision,
-                       "int8_layout_sm": sm if quant == "int8" else None},
+                       "int8_layout_sm": sm if quant == "int8" else None,
+                       "sliding_window": config.sliding_window},
     }
 
 
@@ -187,12 +209,19 @@ def unpreprocess_int8_weight(t: torch.Tensor, sm: int) -> torch.Tensor:
     return t.contiguous()
 
 
+# Our model_type -> TensorRT-LLM's "architecture" (its MODEL_MAP key) for the archs written here.
+TRT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def _split(w: torch.Tensor, tp: int, r: int, dim: int) -> torch.Tensor:
     return torch.chunk(w, tp, dim=dim)[r].contiguous()
 
 
 def _dup_kv(w: torch.Tensor, n_kv: int, tp: int) -> torch.Tensor:
-    """Repeat each kv head tp // n_kv times (rows grouped by head), as dup_kv_weight does."""
+    """Repeat each kv head tp // n_kv times (rows grouped by head), as dup_kv_weight (and, for a
+    1-D bias, dup_kv_bias) does."""
+    if w.dim() == 1:
+        return _dup_kv(w[:, None], n_kv, tp)[:, 0]
     reps = tp // n_kv
     head = w.shape[0] // n_kv
     return w.view(n_kv, 1, head, -1).expand(n_kv, reps, head, w.shape[1]).reshape(-1, w.shape[1])
@@ -222,6 +251,12 @@ def convert_rank(state: dict, config, dtype: torch.dtype, tp: int, rank: int, qu
             k, v = _dup_kv(k, n_kv, tp), _dup_kv(v, n_kv, tp)
         qkv = torch.cat([_split(q, tp, rank, 0), _split(k, tp, rank, 0), _split(v, tp, rank, 0)])
         _linear(out, tl + "attention.qkv", qkv, dtype, quant, sm)  # (q+k+v rows per rank, dim)
+        if config.qkv_bias:  # Qwen2: the biases fused and split like the weights, never quantized
+            bq, bk, bv = (state[hf + f"self_attn.{n}_proj.bias"] for n in "qkv")
+            if n_kv < tp:
+                bk, bv = _dup_kv(bk, n_kv, tp), _dup_kv(bv, n_kv, tp)
+            out[tl + "attention.qkv.bias"] = torch.cat(
+                [_split(bq, tp, rank, 0), _split(bk, tp, rank, 0), _split(bv, tp, rank, 0)]).to(dtype)
         _linear(out, tl + "attention.dense", _split(state[hf + "self_attn.o_proj.weight"], tp, rank, 1),
                 dtype, quant, sm)
         _linear(out, tl + "mlp.fc", _split(state[hf + "mlp.gate_proj.weight"], tp, rank, 0),
@@ -239,6 +274,8 @@ def convert_rank(state: dict, config, dtype: torch.dtype, tp: int, rank: int, qu
     if pad:
         head = torch.nn.functional.pad(head, (0, 0, 0, pad))  # zero rows up to a multiple of tp
     out["lm_head.weight"] = _split(head.to(dtype), tp, rank, 0)
+    if config.tie_word_embeddings:  # at tp 1 in the weights' dtype it would alias the embedding
+        out["lm_head.weight"] = out["lm_head.weight"].clone()
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -294,6 +331,8 @@ def expected_tensors(cfg: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]
         p = f"transformer.layers.{i}."
         exp[p + "input_layernorm.weight"] = ((h,), dtype)
         exp[p + "post_layernorm.weight"] = ((h,), dtype)
+        if cfg.get("attn_bias"):
+            exp[p + "attention.qkv.bias"] = ((qkv_out,), dtype)
         for name, (n_out, n_in) in linears.items():
             if int8:
                 exp[p + name + ".weight"] = ((n_in, n_out), torch.int8)
@@ -370,6 +409,14 @@ def to_hf_state(cfg: dict, ranks: list[dict]) -> dict[str, torch.Tensor]:
         if n_kv < tp:  # undo the duplication: keep the first copy of each head
             k = k.view(n_kv, tp // n_kv, d, -1)[:, 0].reshape(n_kv * d, -1)
             v = v.view(n_kv, tp // n_kv, d, -1)[:, 0].reshape(n_kv * d, -1)
+        if cfg.get("attn_bias"):
+            bqs, bks, bvs = zip(*(torch.split(t[p + "attention.qkv.bias"].float(), [q_r, kv_r, kv_r])
+                                  for t in ranks))
+            bk, bv = torch.cat(bks), torch.cat(bvs)
+            if n_kv < tp:
+                bk, bv = bk.view(n_kv, tp // n_kv, d)[:, 0].reshape(-1), bv.view(n_kv, tp // n_kv, d)[:, 0].reshape(-1)
+            state[hf + "self_attn.q_proj.bias"] = torch.cat(bqs)
+            state[hf + "self_attn.k_proj.bias"], state[hf + "self_attn.v_proj.bias"] = bk, bv
         state[hf + "self_attn.q_proj.weight"] = torch.cat(qs)
         state[hf + "self_attn.k_proj.weight"] = k
         state[hf + "self_attn.v_proj.weight"] = v

@@ -30,17 +30,20 @@ CHOICES = ("auto", "sdpa", "flash")
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
 FLASH_HEAD_DIMS = (64, 128)
 
-def choose_attention(choice: Optional[str], cache: torch.Tensor, compute_dtype: torch.dtype) -> str:
+def choose_attention(choice: Optional[str], cache: torch.Tensor, compute_dtype: torch.dtype,
+                     window: Optional[int] = None) -> str:
     """"flash" or "sdpa" for a cache tensor (..., head_dim) read by activations of compute_dtype.
 
     choice None reads $LAB_ATTENTION (unset: "auto"). Raises ValueError for a value not in
-    CHOICES, or for "flash" where the kernels cannot run.
+    CHOICES, or for "flash" where the kernels cannot run. A sliding-window model (window not None)
+    runs SDPA with the window in its mask: the flash kernels take no window yet.
     """
     source = "attention" if choice is not None else ENV
     choice = choice if choice is not None else os.environ.get(ENV, "auto")
     if choice not in CHOICES:
         raise ValueError(f"{source} must be one of {', '.join(CHOICES)}, got {choice!r}")
-    why_not = _flash_unavailable(cache, compute_dtype)
+    why_not = _flash_unavailable(cache, compute_dtype) or (
+        f"the model has a sliding window ({window}) and the flash kernels take none" if window else "")
     if choice == "flash" and why_not:
         raise ValueError(f"{source}=flash, but the flash kernels cannot run here: {why_not}")
     return "flash" if choice != "sdpa" and not why_not else "sdpa"

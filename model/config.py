@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -18,8 +19,8 @@ class ConfigError(ValueError):
     """A config the model cannot run; the message is one line saying what to do."""
 
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+# The architectures and their switches live in model/arch.py (one model, configured).
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "phi3", "phi", "mixtral")
 # Keys a llama3 rope_scaling dict must hold (Llama 3.1 long-context frequency scaling).
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor",
                     "original_max_position_embeddings")
@@ -46,6 +47,19 @@ class ModelConfig:
     head_dim: Optional[int] = None  # derived: dim // n_heads unless given
     bos_token_id: Optional[int] = 1
     eos_token_id: Any = 2  # int or list of ints (Llama 3 has several)
+    # Architecture switches (model/arch.py reads them from config.json; defaults are Llama).
+    arch: str = "llama"  # HF model_type the checkpoint names follow
+    qkv_bias: bool = False  # q/k/v projections carry a bias (Qwen2, Phi-2)
+    out_bias: bool = False  # o_proj, the MLP and lm_head carry biases (Phi-2)
+    norm_type: str = "rms"  # "rms" (RMSNorm) or "layer" (LayerNorm with bias, Phi-2)
+    hidden_act: str = "silu"  # MLP activation; gelu_new = tanh-approximated GELU (Phi-2)
+    gated_mlp: bool = True  # SwiGLU down(act(gate x) * up x); False: down(act(up x)) (Phi-2)
+    parallel_block: bool = False  # x + attn(ln(x)) + mlp(ln(x)), one norm per block (Phi-2)
+    rotary_dim: Optional[int] = None  # RoPE on the first rotary_dim channels of a head; None -> head_dim
+    # Keys a query at position i sees: positions > i - sliding_window (Mistral); None = all.
+    sliding_window: Optional[int] = None
+    n_experts: int = 0  # > 0: a mixture of experts replaces the MLP (Mixtral, model/moe.py)
+    n_experts_per_tok: int = 2  # experts each token is routed to (top-k of the router)
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -67,6 +81,21 @@ class ModelConfig:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.rope_scaling is not None:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling)
+        if self.rotary_dim is None:
+            self.rotary_dim = self.head_dim
+        if not (isinstance(self.rotary_dim, int) and 0 < self.rotary_dim <= self.head_dim
+                and self.rotary_dim % 2 == 0):
+            raise ConfigError(f"rotary_dim must be an even integer in 2..head_dim ({self.head_dim}), "
+                              f"got {self.rotary_dim!r}")
+        if self.norm_type not in ("rms", "layer"):
+            raise ConfigError(f"norm_type must be 'rms' or 'layer', got {self.norm_type!r}")
+        if self.sliding_window is not None:
+            _check_number("sliding_window", self.sliding_window, int)
+        if self.n_experts:
+            _check_number("n_experts", self.n_experts, int)
+            if not 1 <= self.n_experts_per_tok <= self.n_experts:
+                raise ConfigError(f"n_experts_per_tok must be in 1..n_experts ({self.n_experts}), "
+                                  f"got {self.n_experts_per_tok!r}")
 
     @classmethod
     def from_name(cls, name: str) -> "ModelConfig":
@@ -93,14 +122,10 @@ class ModelConfig:
                 return cls.from_hf_config(config)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
+        from model import arch
+
         c = dict(config)
-        model_type = c.get("model_type")
-        archs = c.get("architectures") or []
-        if model_type not in SUPPORTED_MODEL_TYPES or any(
-                a not in SUPPORTED_ARCHITECTURES for a in archs):
-            raise ConfigError(
-                f"unsupported architecture (model_type={model_type!r}, architectures={archs}); "
-                f"only {'/'.join(SUPPORTED_MODEL_TYPES)} decoder checkpoints are supported")
+        fields = arch.read_fields(c, ConfigError)  # model_type / architectures; unknown -> error
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                     "intermediate_size", "vocab_size"):
             if key not in c:
@@ -110,15 +135,12 @@ class ModelConfig:
             if c.get(key) is not None:
                 _check_number(key, c[key], kind)
         _check_token_ids(c)
-        # Bias and pretraining_tp variants change the network; refuse rather than mis-load.
-        if c.get("attention_bias") or c.get("mlp_bias"):
-            raise ConfigError("attention_bias/mlp_bias checkpoints are not supported; "
-                              "use a bias-free Llama/Mistral checkpoint")
-        if c.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"hidden_act {c['hidden_act']!r} is not supported; expected 'silu'")
-        # Mistral's sliding_window is ignored: full attention is exact while the
-        # context stays within the window (4096 for v0.1; null from v0.2 on).
         theta, scaling = _read_rope(c)
+        params = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        factor = arch.partial_rotary_factor(c, params)
+        if factor != 1.0:
+            fields["rotary_dim"] = int(head_dim * factor)  # as transformers: int(head_dim * factor)
         dtype = c.get("dtype") or c.get("torch_dtype") or "float32"
         return cls(
             vocab_size=c["vocab_size"],
@@ -127,7 +149,8 @@ class ModelConfig:
             n_heads=c["num_attention_heads"],
             n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
             intermediate_size=c["intermediate_size"],
-            norm_eps=c.get("rms_norm_eps", 1e-6),
+            norm_eps=(c.get("layer_norm_eps", 1e-5) if fields.get("norm_type") == "layer"  # Phi-2's LayerNorm
+                      else c.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_scaling=scaling,
             max_seq_len=c.get("max_position_embeddings", 2048),
@@ -136,10 +159,16 @@ class ModelConfig:
             head_dim=c.get("head_dim"),
             bos_token_id=c.get("bos_token_id"),
             eos_token_id=c.get("eos_token_id"),
+            **fields,
         )
 
     def to_hf_config(self) -> dict:
-        """Return a config.json dict that transformers' LlamaConfig loads (both spellings of rope)."""
+        """Return a config.json dict that transformers' LlamaConfig loads (both spellings of rope).
+
+        Llama and Mistral layouts only (save_model writes Llama names); ConfigError otherwise."""
+        if self.arch not in ("llama", "mistral") or self.sliding_window is not None:
+            raise ConfigError(f"writing a {self.arch} checkpoint (sliding_window={self.sliding_window}) "
+                              "is not implemented; only the Llama layout is written")
         rope_parameters = {"rope_theta": self.rope_theta, "rope_type": "default"}
         if self.rope_scaling is not None:
             rope_parameters.update(self.rope_scaling)
@@ -174,7 +203,7 @@ class ModelConfig:
 
 # Optional HF fields that must be positive numbers when present (int: a count, float: any real).
 HF_OPTIONAL_NUMBERS = {"num_key_value_heads": int, "head_dim": int, "max_position_embeddings": int,
-                       "rms_norm_eps": float, "rope_theta": float}
+                       "rms_norm_eps": float, "layer_norm_eps": float, "rope_theta": float}
 
 
 def read_json(path: str, error: type):
@@ -205,9 +234,27 @@ def _check_token_ids(c: dict) -> None:
                               f"got {value!r}")
 
 
+# Keys of a longrope (Phi-3 "su") scaling dict once read (model/layers.precompute_rope uses them).
+LONGROPE_KEYS = ("short_factor", "long_factor", "original_max_position_embeddings", "attention_factor")
+
+
 def _check_rope_scaling(scaling: dict) -> dict:
-    """Validate a llama3 rope_scaling dict; return it with only the llama3 keys."""
+    """Validate a llama3 or longrope rope_scaling dict; return it with only that type's keys."""
     rope_type = scaling.get("rope_type", scaling.get("type", "llama3"))
+    if rope_type in ("longrope", "su"):
+        missing = [k for k in LONGROPE_KEYS if k not in scaling]
+        if missing:
+            raise ConfigError(f"longrope rope_scaling lacks {missing}; expected keys {list(LONGROPE_KEYS)}")
+        out = {k: scaling[k] for k in LONGROPE_KEYS}
+        for k in ("short_factor", "long_factor"):
+            if not (isinstance(out[k], list) and out[k] and all(isinstance(f, (int, float)) and f > 0
+                                                                 for f in out[k])):
+                raise ConfigError(f"longrope {k} must be a non-empty list of positive numbers")
+            out[k] = [float(f) for f in out[k]]
+        _check_number("original_max_position_embeddings", out["original_max_position_embeddings"], int)
+        _check_number("attention_factor", out["attention_factor"], float)
+        out["rope_type"] = "longrope"
+        return out
     if rope_type != "llama3":
         raise ConfigError(f"unsupported rope type {rope_type!r}; only 'default' and 'llama3' "
                           "RoPE are implemented")
@@ -230,6 +277,15 @@ def _read_rope(c: dict) -> tuple[float, Optional[dict]]:
     rope_type = params.get("rope_type", params.get("type", "default")) if params else "default"
     if rope_type == "default":
         return float(theta), None
+    if rope_type in ("longrope", "su"):  # Phi-3: the attention factor follows transformers' rule
+        params = dict(params)
+        orig = params.get("original_max_position_embeddings", c.get("original_max_position_embeddings"))
+        _check_number("original_max_position_embeddings", orig, int)
+        params["original_max_position_embeddings"] = orig
+        if params.get("attention_factor") is None:
+            factor = params.get("factor") or c.get("max_position_embeddings", orig) / orig
+            params["attention_factor"] = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+        return float(theta), _check_rope_scaling(params)
     if rope_type != "llama3":
         raise ConfigError(f"unsupported rope type {rope_type!r}; only 'default' and 'llama3' "
                           "RoPE are implemented")

@@ -35,6 +35,20 @@ def _fuse(module: nn.Module, parts: tuple[str, ...], fused_name: str) -> bool:
     return True
 
 
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The block norm config.norm_type names: RMSNorm, or LayerNorm with bias (Phi-2)."""
+    if config.norm_type == "layer":
+        return nn.LayerNorm(config.dim, eps=config.norm_eps)
+    return RMSNorm(config.dim, config.norm_eps)
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The MLP activation of HF's hidden_act name (model.arch.ACTIVATIONS)."""
+    if name == "silu":
+        return F.silu
+    return lambda x: F.gelu(x, approximate="none" if name == "gelu" else "tanh")
+
+
 class RMSNorm(nn.Module):
     """y = weight * (x / sqrt(mean(x^2) + eps)), normalised in fp32 and cast back (as HF)."""
 
@@ -56,7 +70,7 @@ def rope_inv_freq(config: ModelConfig, device=None) -> torch.Tensor:
     original_len / low_freq_factor are divided by `factor`, and the band between is
     interpolated smoothly.
     """
-    d = config.head_dim
+    d = config.rotary_dim  # head_dim unless partial rotary (Phi-2)
     inv_freq = 1.0 / (config.rope_theta ** (
         torch.arange(0, d, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / d))
     s = config.rope_scaling
@@ -74,9 +88,25 @@ def rope_inv_freq(config: ModelConfig, device=None) -> torch.Tensor:
 
 
 def precompute_rope(config: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return real-valued (cos, sin) tables, each (seq_len, head_dim) fp32, HF rotate-half layout."""
-    inv_freq = rope_inv_freq(config, device)
+    """Return real-valued (cos, sin) tables, each (seq_len, rotary_dim) fp32, HF rotate-half layout.
+
+    longrope (Phi-3): positions below original_max_position_embeddings use the short factors,
+    the others the long ones, and both tables are scaled by attention_factor. transformers picks
+    one set for a whole forward (long once any position passes the original length), so the two
+    agree exactly while a sequence stays within the original length, and not beyond it.
+    """
     pos = torch.arange(seq_len, device=device, dtype=torch.int64).float()
+    s = config.rope_scaling
+    if s is not None and s["rope_type"] == "longrope":
+        d = config.rotary_dim
+        base = config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / d)
+        short, long = (1.0 / (torch.tensor(s[k], dtype=torch.float32, device=device) * base)
+                       for k in ("short_factor", "long_factor"))
+        use_short = (pos < s["original_max_position_embeddings"])[:, None]
+        freqs = torch.where(use_short, torch.outer(pos, short), torch.outer(pos, long))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos() * s["attention_factor"], emb.sin() * s["attention_factor"]
+    inv_freq = rope_inv_freq(config, device)
     freqs = torch.outer(pos, inv_freq)  # (seq_len, head_dim // 2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (seq_len, head_dim)
     return emb.cos(), emb.sin()
@@ -110,10 +140,12 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.rotary_dim = config.rotary_dim  # < head_dim: RoPE on the first rotary_dim channels only
+        qkv_bias = config.qkv_bias
+        self.q_proj = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=config.out_bias)
         # StaticKVCache (setup_caches) or cache.PagedLayerCache (setup_paged_caches); None = no cache.
         self.kv_cache: Optional[nn.Module] = None
         # attend(q, k, v, kv_cache, input_pos, mask), bound with the cache (model/attention_backend.py).
@@ -131,8 +163,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: Optional[torch.Tensor], input_pos: Optional[torch.Tensor]) -> torch.Tensor:
-        """x (B, T, dim); cos/sin (T, head_dim); mask bool (T, S) over a static cache, else None.
-        Over a paged cache B is 1 and T tokens of several requests lie flat."""
+        """x (B, T, dim); cos/sin (T, rotary_dim); mask bool (T, S) over a static cache; without a
+        cache None (causal) or a (T, T) sliding-window mask. Over a paged cache B is 1 and T tokens
+        of several requests lie flat."""
         B, T, _ = x.shape
         if self.qkv_proj is not None:  # fused (fuse_projections): one matmul, then views
             q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
@@ -142,8 +175,15 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         # q: (B, n_heads, T, head_dim); k, v: (B, n_kv_heads, T, head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is None:
+        if self.rotary_dim == self.head_dim:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        else:  # partial rotary (Phi-2): rotate the first rotary_dim channels, pass the rest
+            r = self.rotary_dim
+            q = torch.cat((apply_rope(q[..., :r], cos, sin), q[..., r:]), dim=-1)
+            k = torch.cat((apply_rope(k[..., :r], cos, sin), k[..., r:]), dim=-1)
+        if self.kv_cache is None and mask is not None:  # sliding window without a cache
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        elif self.kv_cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:  # the static or paged cache's attention, bound once by setup_caches / setup_paged_caches
             y = self.attend(q, k, v, self.kv_cache, input_pos, mask)
@@ -152,21 +192,27 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); config.gated_mlp False: down(act(up(x)))
+    with biases (Phi-2's fc1 = up_proj, fc2 = down_proj)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.dim, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.dim, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.dim, bias=False)
+        bias = config.out_bias
+        self.gated = config.gated_mlp
+        self.act = activation(config.hidden_act)
+        self.gate_proj = nn.Linear(config.dim, config.intermediate_size, bias=bias) if self.gated else None
+        self.up_proj = nn.Linear(config.dim, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.dim, bias=bias)
         self.gate_up_proj: Optional[nn.Module] = None  # set by fuse(); replaces gate/up_proj
 
     def fuse(self) -> bool:
         """Replace gate/up_proj by one gate_up_proj ([gate | up] weights); False if not plain Linear."""
-        return _fuse(self, ("gate_proj", "up_proj"), "gate_up_proj")
+        return self.gated and _fuse(self, ("gate_proj", "up_proj"), "gate_up_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, dim) -> (B, T, dim)."""
+        if not self.gated:
+            return self.down_proj(self.act(self.up_proj(x)))
         if self.gate_up_proj is not None:
             return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
         if x.is_cuda and not torch.compiler.is_compiling():

@@ -1,4 +1,5 @@
-"""The Llama decoder. State-dict keys equal Hugging Face's LlamaForCausalLM keys.
+"""The Llama decoder, configured for the other architectures of model/arch.py (Mistral, Qwen2,
+Phi-3, Phi-2, Mixtral). State-dict keys equal Hugging Face's LlamaForCausalLM keys.
 
 Sampling, caching policy, quantization and loading live elsewhere and act on a
 built model; this file is only the network.
@@ -13,9 +14,11 @@ from torch import nn
 
 from cache.static_cache import StaticKVCache
 from kernels import ops
+from model import masks
 from model.attention_backend import PAGED, STATIC, choose_attention
 from model.config import ModelConfig
-from model.layers import MLP, Attention, RMSNorm, precompute_rope, signed_sin
+from model.layers import MLP, Attention, make_norm, precompute_rope, signed_sin
+from model.moe import MoE
 
 
 class TransformerBlock(nn.Module):
@@ -24,12 +27,18 @@ class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.self_attn = Attention(config)
-        self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = MoE(config) if config.n_experts else MLP(config)
+        self.input_layernorm = make_norm(config)
+        # Phi-2's parallel block: attention and MLP both read input_layernorm(x); no second norm.
+        self.parallel = config.parallel_block
+        if not self.parallel:
+            self.post_attention_layernorm = make_norm(config)
 
     def forward(self, x, cos, sin, mask, input_pos):
         """x (B, T, dim) -> (B, T, dim)."""
+        if self.parallel:
+            h = self.input_layernorm(x)
+            return x + self.self_attn(h, cos, sin, mask, input_pos) + self.mlp(h)
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -54,7 +63,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.norm = make_norm(config)
 
 
 class Transformer(nn.Module):
@@ -64,7 +73,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=config.out_bias)
         self.tie_weights()
         # RoPE tables are built lazily on the weights' device (never here), sized to
         # the cache length once caches exist, else to config.max_seq_len.
@@ -95,7 +104,7 @@ class Transformer(nn.Module):
         self.remove_caches()  # old caches go before new ones are allocated
         caches = [StaticKVCache(max_batch_size, self.config.n_kv_heads, max_seq_len, self.config.head_dim,
                                 dtype=dtype, device=device) for _ in self.model.layers]
-        name = choose_attention(attention, caches[0].k_cache, weight.dtype)
+        name = choose_attention(attention, caches[0].k_cache, weight.dtype, self.config.sliding_window)
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         for layer, cache in zip(self.model.layers, caches):
             layer.self_attn.set_cache(cache, STATIC[name])
@@ -107,8 +116,9 @@ class Transformer(nn.Module):
         here, once (attention as in setup_caches). forward then takes a flat batch (1, N) whose
         addressing the runner binds with paged_kv.bind(meta) after meta.plan = face.plan(meta).
         Returns the face (model.paged_attention.GatherFace or FlashFace)."""
-        face = PAGED[choose_attention(attention, paged_kv.k[0], self.model.embed_tokens.weight.dtype)](
-            paged_kv.block_size)
+        face = PAGED[choose_attention(attention, paged_kv.k[0], self.model.embed_tokens.weight.dtype,
+                                      self.config.sliding_window)](paged_kv.block_size)
+        face.window = self.config.sliding_window
         self.remove_caches()
         self.paged_kv = paged_kv
         for layer, view in zip(self.model.layers, paged_kv.layer_views()):
@@ -160,12 +170,15 @@ class Transformer(nn.Module):
             self.setup_rope(self.max_seq_len if cached else None, input_ids.device)
         cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]  # (T, head_dim) fp32
         mask = None  # None = causal over the T given tokens
-        if cached:
-            key_pos = torch.arange(self.max_seq_len, device=input_ids.device)
-            mask = key_pos[None, :] <= input_pos[:, None]  # (T, max_seq_len) bool
+        window = self.config.sliding_window
+        if cached or (window is not None and self.paged_kv is None):
+            # over a static cache the keys are its slots; without one, the given tokens (window only)
+            key_pos = torch.arange(self.max_seq_len, device=input_ids.device) if cached else input_pos
+            mask = masks.visible_keys(key_pos, input_pos, window)  # (T, max_seq_len or T) bool
         x = self.model.embed_tokens(input_ids)  # (B, T, dim)
         pos = input_pos if cached else None
-        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        plain = self.config.norm_type != "rms" or self.config.parallel_block  # no fused add + RMSNorm
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or plain:
             # training, autograd or autocast (mixed dtypes in the residual): the plain pre-norm blocks
             for layer in self.model.layers:
                 x = layer(x, cos, sin, mask, pos)

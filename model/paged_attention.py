@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from model import masks
+
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
              k: torch.Tensor, v: torch.Tensor) -> None:
@@ -129,6 +131,7 @@ class GatherFace:
 
     def __init__(self, block_size: int):
         self.block_size = block_size
+        self.window: Optional[int] = None  # sliding window (set by setup_paged_caches); None = full
 
     def plan(self, meta) -> None:
         """This face reads the metadata as it is."""
@@ -137,7 +140,7 @@ class GatherFace:
     def __call__(self, q, k, v, layer_cache, input_pos=None, mask=None) -> torch.Tensor:
         """q (1, Hq, N, D), k/v (1, Hkv, N, D) after RoPE over a cache.PagedLayerCache -> (1, Hq, N, D)."""
         meta, k_cache, v_cache = _write(k, v, layer_cache)
-        return gather_paged_attention(q, k_cache, v_cache, meta)
+        return gather_paged_attention(q, k_cache, v_cache, meta, self.window)
 
 
 class FlashFace:
@@ -166,8 +169,12 @@ class FlashFace:
         return flash_paged_attention(q, k_cache, v_cache, meta.plan)
 
 
-def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta) -> torch.Tensor:
-    """The gather face: per request, contiguous K/V and SDPA with the position mask. (1, Hq, N, D)."""
+def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta,
+                           window: Optional[int] = None) -> torch.Tensor:
+    """The gather face: per request, contiguous K/V and SDPA with the position mask. (1, Hq, N, D).
+
+    window: keys at positions > query - window only (Mistral). Blocks that fall out of the
+    window are still held and masked, not freed (the block pool keeps whole sequences)."""
     outs = []
     qsl = meta.query_start_loc
     for r, seq_len in enumerate(meta.seq_lens_host):
@@ -175,6 +182,6 @@ def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         kr = gather_kv(k_cache, meta.block_tables[r], seq_len).to(q.dtype)  # (1, Hkv, L, D)
         vr = gather_kv(v_cache, meta.block_tables[r], seq_len).to(q.dtype)
         key_pos = torch.arange(seq_len, device=q.device)
-        mask = key_pos[None, :] <= meta.positions[s:e, None]  # (t, L) bool
+        mask = masks.visible_keys(key_pos, meta.positions[s:e], window)  # (t, L) bool
         outs.append(F.scaled_dot_product_attention(q[:, :, s:e], kr, vr, attn_mask=mask, enable_gqa=True))
     return torch.cat(outs, dim=2)  # (1, Hq, N, D)

@@ -3,7 +3,7 @@
 The usual N(0, 0.02) init with unit norms (and a tied lm_head) makes greedy decoding echo
 the last token, so a broken engine could still "match" its reference. This recipe gives
 O(1) activations and varied logits: norms U(0.5, 1.5), embeddings N(0, 0.1) (small, so a
-tied lm_head does not echo the input), every other matrix N(0, 1/fan_in). It serves the
+tied lm_head does not echo the input), biases N(0, 0.1), every other matrix N(0, 1/fan_in). It serves the
 embedded model, the parity tests and the benchmarks' presets.
 """
 
@@ -25,10 +25,10 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
         for name, p in params:
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5, generator=g)
-            elif "embed_tokens" in name:
+            elif "embed_tokens" in name or p.dim() == 1:  # embeddings; biases (Qwen2, Phi-2)
                 p.normal_(0.0, 0.1, generator=g)
-            else:
-                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
+            else:  # (out, in) matrices and (experts, out, in) stacks: fan_in is the last dim
+                p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
     return model
 
 

@@ -38,10 +38,17 @@ from model.config import ConfigError, ModelConfig
 from model.llama import Transformer
 
 
+TP_ARCHITECTURES = ("llama", "mistral")  # the layouts whose every weight this module knows how to split
+
+
 def check_tp(config: ModelConfig, world: int) -> None:
     """Raise ConfigError naming the sizes when `world` ranks cannot split this model."""
     if not isinstance(world, int) or isinstance(world, bool) or world < 1:
         raise ConfigError(f"tensor-parallel size must be an integer >= 1, got {world!r}")
+    arch = getattr(config, "arch", "llama")
+    if world > 1 and arch not in TP_ARCHITECTURES:
+        raise ConfigError(f"tensor parallelism splits {', '.join(TP_ARCHITECTURES)} models; this one is {arch} "
+                          "(biases, parallel blocks and experts are not split yet): run it with tp=1")
     bad = [f"{name} ({size})" for name, size in (("n_heads", config.n_heads), ("intermediate_size",
                                                  config.intermediate_size), ("vocab_size", config.vocab_size))
            if size % world]

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from model import arch
 from model.config import ModelConfig, read_json
 from model.device import SHORT_NAMES, UsageError, dtype_name, parse_dtype
 from model.llama import Transformer
@@ -105,14 +106,25 @@ def load_model(path: str, device="cpu", dtype=None, tp=None) -> Transformer:
     dtype = _resolve_dtype(dtype, config)
     files = weight_files(path)
 
-    plan = tp(config) if tp is not None else None
+    tp_plan = tp(config) if tp is not None else None
     with torch.device("meta"):
         model = Transformer(config)
         expected = {k: v.shape for k, v in model.state_dict().items()}  # the whole model's shapes
-        if plan is not None:
-            model = plan.build()
+        if tp_plan is not None:
+            model = tp_plan.build()
     tied = config.tie_word_embeddings
-    wanted = set(expected) - ({"lm_head.weight"} if tied else set())
+    ours = sorted(set(expected) - ({"lm_head.weight"} if tied else set()))
+    # Our names -> the checkpoint's (model/arch.py: renames, fused tensors split, experts stacked).
+    plan = arch.checkpoint_plan(config, ours)
+    source_shape = arch.source_shapes(plan, expected)
+    wanted = set(source_shape)
+    ours_of = {}  # checkpoint name -> our name, for the tensor-parallel slices (plain copies only)
+    if tp_plan is not None:
+        fused = sorted(n for n, entry in plan.items() if not arch.is_plain_copy(entry))
+        if fused:
+            raise CheckpointError(f"{path}: tensor parallelism reads one checkpoint tensor per weight; this "
+                                  f"{config.arch} checkpoint fuses or stacks {_short(fused)}: run it with tp=1")
+        ours_of = {srcs[0]: name for name, (srcs, _) in plan.items()}
     names = set(files) - {n for n in files if n.endswith("rotary_emb.inv_freq")}
     if tied:
         names.discard("lm_head.weight")  # some tied checkpoints still store a copy
@@ -123,17 +135,21 @@ def load_model(path: str, device="cpu", dtype=None, tp=None) -> Transformer:
         raise CheckpointError(f"checkpoint {path} has {len(unexpected)} unexpected tensor(s): "
                               f"{_short(unexpected)}")
 
-    state = {}
+    read = {}
     by_file: dict[str, list[str]] = {}
     for name in sorted(wanted):
         by_file.setdefault(files[name], []).append(name)
     for fname, tensor_names in by_file.items():
         with open_safetensors(fname) as f:
             for name in tensor_names:
-                index = plan.index(name) if plan is not None else None
-                t = read_float_tensor(f, fname, name, tuple(expected[name]), index=index).to(dtype=dtype).to(device)
+                index = tp_plan.index(ours_of[name]) if tp_plan is not None else None
+                t = read_float_tensor(f, fname, name, tuple(source_shape[name]), index=index).to(dtype=dtype).to(device)
                 check_finite(t, name, fname, dtype)  # on the target device: a GPU scans 8B weights in ms
-                state[name] = t
+                read[name] = t
+    state = {}
+    for name in ours:  # a copy is the tensor itself; a split is a view of the fused rows
+        srcs, combine = plan[name]
+        state[name] = combine([read[s] for s in srcs]).contiguous()
     if tied:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, assign=True, strict=True)

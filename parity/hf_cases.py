@@ -8,7 +8,9 @@ Tolerances, with rel_err(a, b) = max|a - b| / max|b| (whole-model logits, not ke
   implementations rounding at different points drift by a few units over layers.
 Measured (2026-11-26, torch 2.13, transformers 5.24, CPU): 0.0 for every case of the fp32 logits
 check at seeds 0..2 and for the bf16 check at seeds 6..8: today both sides run the same ops in the
-same order. The bounds leave room for a reordering; every planted fault in test_mutations.py that
+same order. The architecture cases (2026-11-29, transformers 5.24): 0.0, except phi2 at 3.2e-7
+(transformers' gelu_new is its own tanh formula; ours is F.gelu(approximate="tanh")). The
+bounds leave room for a reordering; every planted fault in test_mutations.py that
 goes through check_logits_fp32 misses by ~1 (1e5 times the bound).
 """
 
@@ -38,7 +40,35 @@ CASES = {
     "gqa_llama3_rope": dict(num_key_value_heads=2, num_hidden_layers=3, head_dim=32,
                             rope_parameters={"rope_theta": 500000.0, **LLAMA3_SCALING}),
     "mqa_mistral": dict(num_key_value_heads=1, sliding_window=None, model_type="mistral"),
+    # The other architectures (model/arch.py). A window of 7 (< the 24-40 token prompts) so the
+    # sliding window changes the logits; Qwen2 with biases and tied embeddings; Phi-3's fused
+    # qkv / gate_up tensors; Phi-2's parallel block, LayerNorm, GELU and half-rotary heads
+    # (head_dim 16, rotary 8); Mixtral with 4 experts, top-2.
+    "mistral_window": dict(num_key_value_heads=2, sliding_window=7, model_type="mistral"),
+    "qwen2_tied": dict(num_key_value_heads=2, tie_word_embeddings=True, model_type="qwen2"),
+    "phi3_fused": dict(num_key_value_heads=2, sliding_window=None, model_type="phi3"),
+    # Phi-3 longrope within the original length (64 > the 44-token runs): short factors and the
+    # attention factor sqrt(1 + ln 4 / ln 64) of max_position_embeddings 256 = 4 x 64.
+    "phi3_longrope": dict(num_key_value_heads=2, sliding_window=None, model_type="phi3",
+                          original_max_position_embeddings=64,
+                          rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                           "original_max_position_embeddings": 64,
+                                           "short_factor": [1.0, 1.3, 1.7, 2.2, 3.0, 4.1, 5.5, 7.0],
+                                           "long_factor": [1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0]}),
+    "phi2": dict(num_key_value_heads=4, partial_rotary_factor=0.5, layer_norm_eps=1e-5, model_type="phi"),
+    "mixtral_top2": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                         intermediate_size=96, sliding_window=None, model_type="mixtral"),
 }
+# The model classes of each model_type (transformers' own, built offline from a config object).
+HF_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "phi": ("PhiConfig", "PhiForCausalLM"),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+}
+ARCH_CASES = ("mistral_window", "qwen2_tied", "phi3_fused", "phi3_longrope", "phi2", "mixtral_top2")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -51,10 +81,7 @@ def make_hf(case: str, seed: int = 0):
     """A random tiny HF causal LM for CASES[case], eval mode, fp32."""
     kw = {**BASE, **CASES[case]}
     model_type = kw.pop("model_type", "llama")
-    if model_type == "mistral":
-        cls_cfg, cls_model = transformers.MistralConfig, transformers.MistralForCausalLM
-    else:
-        cls_cfg, cls_model = transformers.LlamaConfig, transformers.LlamaForCausalLM
+    cls_cfg, cls_model = (getattr(transformers, n) for n in HF_CLASSES[model_type])
     torch.manual_seed(seed)
     model = cls_model(cls_cfg(**kw)).eval()
     randomize_(model, seed)

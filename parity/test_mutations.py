@@ -19,10 +19,12 @@ from kernels import _triton
 from kernels import flash_attention as fa
 from kernels import rms_norm as rms
 from kernels.tests import attention_cases as ac
-from model import layers
+from kernels import fused_moe
+from model import arch, layers, masks, moe
 from model import paged_attention as pa
+from model import llama
 from model.llama import TransformerBlock
-from parity import engine_cases, hf_cases, paged_cases
+from parity import engine_cases, hf_cases, moe_cases, paged_cases
 from parity import kernel_cases as kc
 from scheduler.scheduler import Scheduler
 
@@ -94,6 +96,65 @@ def dropped_residual(real):
     return lambda self, x, residual, *args: real(self, x, None, *args)
 
 
+def window_off_by_one(real):
+    """Sliding-window mask that lets one key too many in (window + 1)."""
+    return lambda key_pos, query_pos, window: real(key_pos, query_pos, None if window is None else window + 1)
+
+
+def dropped_bias(real):
+    """Loader plan that loads every q/k/v bias as zeros (a missing bias)."""
+    def twin(config, ours):
+        plan = real(config, ours)
+        for name, (srcs, combine) in plan.items():
+            if name.endswith("_proj.bias"):
+                plan[name] = (srcs, lambda ts, c=combine: torch.zeros_like(c(ts)))
+        return plan
+    return twin
+
+
+def full_rotary(real):
+    """Config reader that ignores partial_rotary_factor (RoPE over the whole head)."""
+    return lambda c, params: 1.0
+
+
+def router_not_renormalised(real):
+    """Mixtral router that keeps the top-k softmax probabilities without renormalising them."""
+    def twin(x, gate_weight, top_k):
+        probs = torch.softmax(torch.nn.functional.linear(x, gate_weight), dim=-1, dtype=torch.float)
+        weights, ids = torch.topk(probs, top_k, dim=-1)
+        return weights.to(x.dtype), ids
+    return twin
+
+
+def qkv_split_swapped(real):
+    """Phi-3 loader plan that takes k and v from each other's rows of the fused qkv tensor."""
+    def twin(config, ours):
+        plan = real(config, ours)
+        for name in [n for n in plan if n.endswith("self_attn.k_proj.weight")]:
+            v = name.replace("k_proj", "v_proj")
+            plan[name], plan[v] = plan[v], plan[name]
+        return plan
+    return twin
+
+
+def next_expert(real):
+    """Fused MoE alignment that hands every block of tokens to the next expert's weights."""
+    def twin(ids, n_experts, block_m=fused_moe.BLOCK_M):
+        slots, experts = real(ids, n_experts, block_m)
+        return slots, (experts + 1) % n_experts
+    return twin
+
+
+def long_factors_everywhere(real):
+    """longrope tables that use the long factors at every position (the short ones ignored)."""
+    def twin(config, seq_len, device=None):
+        s = config.rope_scaling
+        if s is not None and s.get("rope_type") == "longrope":
+            config = config.replace(rope_scaling={**s, "short_factor": s["long_factor"]})
+        return real(config, seq_len, device)
+    return twin
+
+
 # ------------------------------------------------------------------------ the checks
 
 def rms_check():
@@ -109,6 +170,19 @@ def attention_check():
 def hf_check(tmp_path):
     """test_hf_llama's fp32 logits check against transformers."""
     hf_cases.check_logits_fp32("mha_untied", tmp_path)
+
+
+def hf_arch_check(case):
+    """test_hf_llama's fp32 logits check on one of the other architectures (parity/hf_cases.py)."""
+    def check(tmp_path):
+        hf_cases.check_logits_fp32(case, tmp_path)
+    check.needs_tmp = True
+    return check
+
+
+def fused_moe_check():
+    """test_fused_moe's check, fp32, 37 tokens over 4 experts (Triton)."""
+    moe_cases.check_fused_moe(37, 4, 64, 96, 2, torch.float32, _triton.run_device())
 
 
 def paged_check():
@@ -135,6 +209,18 @@ CASES = {
     "block table pointing at the wrong block": (pa, "gather_kv", wrong_block, paged_check, False),
     "engine ignores a stop token": (Scheduler, "update_from_output", stop_token_ignored, "engine", False),
     "decoder block drops the residual": (TransformerBlock, "forward_residual", dropped_residual, hf_check, False),
+    "sliding window off by one (Mistral)": (masks, "visible_keys", window_off_by_one,
+                                            hf_arch_check("mistral_window"), False),
+    "q/k/v bias missing (Qwen2)": (arch, "checkpoint_plan", dropped_bias, hf_arch_check("qwen2_tied"), False),
+    "partial rotary dim ignored (Phi-2)": (arch, "partial_rotary_factor", full_rotary, hf_arch_check("phi2"), False),
+    "longrope short factors ignored (Phi-3)": (llama, "precompute_rope", long_factors_everywhere,
+                                               hf_arch_check("phi3_longrope"), False),
+    "fused qkv split k/v swapped (Phi-3)": (arch, "checkpoint_plan", qkv_split_swapped,
+                                            hf_arch_check("phi3_fused"), False),
+    "fused MoE tokens sent to the next expert (Triton)": (fused_moe, "align_by_expert", next_expert,
+                                                          fused_moe_check, True),
+    "MoE router weights not renormalised (Mixtral)": (moe, "route", router_not_renormalised,
+                                                      hf_arch_check("mixtral_top2"), False),
 }
 
 
@@ -150,8 +236,8 @@ def test_planted_fault_is_rejected(name, monkeypatch, tmp_path, request):
     if check == "engine":
         model, prompt, ref = request.getfixturevalue("engine_case")
         check = lambda: engine_cases.check_stop_token(model, prompt, ref)  # noqa: E731
-    elif check is hf_check:
-        check = lambda: hf_check(tmp_path)  # noqa: E731
+    elif check is hf_check or getattr(check, "needs_tmp", False):
+        check = lambda c=check: c(tmp_path)  # noqa: E731
     check()  # the unmutated code passes
     monkeypatch.setattr(owner, attr, fault(getattr(owner, attr)))
     with pytest.raises(AssertionError) as caught:

@@ -121,3 +121,19 @@ def test_bad_sizes_are_one_error_line_before_any_work(field, value, least, capsy
 
 def test_every_option_is_a_flag():
     assert options_without_flags(bpx) == []
+
+
+def test_streaming_rows(tmp_path, monkeypatch, capsys):
+    """--sinks adds the full-context, window-only and window+sinks rows over the same tokens."""
+    from bench import perplexity as bp
+
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    opts = bp.Options(checkpoint=str(REPO / "models" / "lab-draft"), tokenizer=None, splits=("heldout",), window=12,
+                      batch_size=8, max_windows=0, bos=False, device="cpu", weights_dtype="float32", sinks=2,
+                      stream_tokens=80)
+    assert bp.run(opts) == 0
+    rows = json.loads((tmp_path / "perplexity.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full context", "window only", "window + sinks"]
+    assert rows[1]["tokens_scored"] == rows[2]["tokens_scored"] == 79
+    assert all(math.isfinite(r["perplexity"]) and r["perplexity"] > 1 for r in rows)
+    assert rows[1]["perplexity"] != rows[2]["perplexity"]  # the sinks change what is attended

@@ -209,3 +209,52 @@ def test_binary_default_and_errors(tmp_path):
                       (("--quant", "int8", "--dtype", "float32"), "needs --dtype float16 or bfloat16")]:
         line = error_line(run_cli("trt_llm", "--output", str(tmp_path / "bad"), *args))
         assert msg in line
+
+
+# Mistral and Qwen2 (export/trt_llm_ckpt.py cites the TensorRT-LLM files and commit): Llama's
+# table, the architecture name, and for Qwen2 attn_bias + qkv.bias = cat of the rank slices of
+# the q, k, v biases (kv biases duplicated when n_kv_heads < tp_size, as dup_kv_bias does).
+@pytest.mark.parametrize("case, arch", [("qwen2_tied", "Qwen2ForCausalLM"), ("mistral_window", "MistralForCausalLM")])
+@pytest.mark.parametrize("tp", [1, 4])
+def test_mistral_and_qwen2_names_follow_trtllm_source(tmp_path, case, arch, tp):
+    from safetensors.torch import load_file
+
+    from model.weights import load_model
+    from parity.hf_cases import make_hf, save_hf
+
+    model = load_model(save_hf(make_hf(case, seed=0), tmp_path / "hf"), dtype=torch.float32)
+    out = tmp_path / "trt"
+    write_checkpoint(model, out, torch.float32, tp=tp)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == arch
+    bias = case == "qwen2_tied"
+    assert cfg["attn_bias"] is bias and (cfg.get("qwen_type") == "qwen2") is bias
+    table = trtllm_table(model, tp, torch.float32, False)
+    c = model.config
+    qkv_out = (c.n_heads + 2 * max(c.n_kv_heads, tp)) * c.head_dim // tp
+    if bias:
+        table.update({f"transformer.layers.{i}.attention.qkv.bias": ((qkv_out,), torch.float32, None, 0)
+                      for i in range(c.n_layers)})
+    assert {k: v[:2] for k, v in table.items()} == expected_tensors(cfg)
+    state = model.state_dict()
+    for r in range(tp):
+        got = load_file(str(out / f"rank{r}.safetensors"))
+        assert set(got) == set(table)
+        if bias:
+            bq, bk, bv = (state[f"model.layers.1.self_attn.{n}_proj.bias"] for n in "qkv")
+            if c.n_kv_heads < tp:  # each kv head's bias repeated tp // n_kv times, in head order
+                d, rep = c.head_dim, tp // c.n_kv_heads
+                bk, bv = (b.view(c.n_kv_heads, 1, d).expand(-1, rep, -1).reshape(-1) for b in (bk, bv))
+            want = torch.cat([bq.chunk(tp)[r], bk.chunk(tp)[r], bv.chunk(tp)[r]])
+            assert torch.equal(got["transformer.layers.1.attention.qkv.bias"], want)
+    report = validate_checkpoint(str(out), model, [3, 17, 42, 99, 5, 250, 7, 8, 9, 10])
+    assert report["logits_rel_err"] <= 1e-5
+
+
+def test_other_architectures_are_refused(tmp_path):
+    from model.weights import load_model
+    from parity.hf_cases import make_hf, save_hf
+
+    model = load_model(save_hf(make_hf("phi2", seed=0), tmp_path / "hf"))
+    with pytest.raises(ExportError, match="no TensorRT-LLM checkpoint writer for phi"):
+        write_checkpoint(model, tmp_path / "trt", torch.float32)
