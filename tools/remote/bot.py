@@ -5,12 +5,13 @@ BuildGrid's wheels), so this is ours. It runs in BuildGrid's own venv
 (tools/remote/venv.sh) and uses the protos and CAS client inside that wheel.
 
 One bot holds one lease at a time:
-  CreateBotSession (advertising OSFamily, and gpu when it has one) ->
+  CreateBotSession (advertising OSFamily, and gpu=cuda or gpu=none) ->
   UpdateBotSession long-polls for a lease -> the action runs in a per-action
   directory (input root fetched from CAS) while the bot keeps heart-beating ->
   outputs, stdout and stderr go to CAS -> the lease is COMPLETED with the
   ActionResult packed in it. Every finished action is one JSON line in the
-  audit log (bot id, gpu, action digest, the test target, exit code, times).
+  audit log: a "start" line when it begins and a "done" line with the exit code
+and times when it ends (bot id, gpu, lease id, the test target, argv head).
 
 A bot killed mid-action loses nothing: BuildGrid expires its session after
 `bot-session-keepalive-timeout` and hands the job to another bot.
@@ -52,7 +53,7 @@ def parse_args(argv):
     p.add_argument("--work-dir", required=True, help="where per-action directories are made")
     p.add_argument("--audit-log", required=True, help="JSON-lines file: one line per finished action")
     p.add_argument("--os-family", default="Linux", help="the OSFamily property advertised")
-    p.add_argument("--gpu", action="store_true", help="advertise gpu=cuda; refuses to start without a GPU")
+    p.add_argument("--gpu", action="store_true", help="advertise gpu=cuda (else gpu=none); refuses to start without a GPU")
     p.add_argument("--test_double", "--test-double", dest="test_double", action="store_true",
                    help="with --gpu: start without a GPU (a stand-in for routing tests on CPU machines)")
     return p.parse_args(argv)
@@ -76,8 +77,7 @@ def channel_for(server):
 def bot_session(args):
     """The BotSession we register: one primary device carrying the routing properties."""
     props = [worker_pb2.Device.Property(key="OSFamily", value=args.os_family)]
-    if args.gpu:
-        props.append(worker_pb2.Device.Property(key="gpu", value="cuda"))
+    props.append(worker_pb2.Device.Property(key="gpu", value="cuda" if args.gpu else "none"))
     worker = worker_pb2.Worker(devices=[worker_pb2.Device(handle=args.bot_id, properties=props)])
     return bots_pb2.BotSession(bot_id=args.bot_id, status=BOT_OK, worker=worker)
 
@@ -203,6 +203,7 @@ class Bot:
             env = {v.name: v.value for v in command.environment_variables}
             record["target"] = env.get("TEST_TARGET", "")
             record["argv"] = list(command.arguments[:3])
+            self.audit(dict(record, event="start"))
             _make_output_parents(root, command)
             timeout = action.timeout.seconds or None
             meta.execution_start_timestamp.CopyFrom(_now())
@@ -233,9 +234,13 @@ class Bot:
             return {"status": status_pb2.Status(code=code_pb2.INTERNAL, message=f"bot {self.args.bot_id}: {exc!r}")}
         finally:
             record["end"] = time.time()
-            with open(self.args.audit_log, "a") as log:
-                log.write(json.dumps(record) + "\n")
+            self.audit(dict(record, event="done"))
             shutil.rmtree(action_dir, ignore_errors=True)
+
+    def audit(self, record):
+        """Appends one JSON line to the audit log (one short write: lines of concurrent bots do not mix)."""
+        with open(self.args.audit_log, "a") as log:
+            log.write(json.dumps(record) + "\n")
 
 
 def main(argv=None):
