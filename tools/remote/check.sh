@@ -77,6 +77,7 @@ echo "== remote check 1: tools/bazel test --config=remote //parity/... (a CPU bo
   done
 ) &
 killer=$!
+"${bazel[@]}" clean  # a rerun must not be served by the nested Bazel's own local cache
 t1=$(date +%s)
 "${bazel[@]}" test "${common[@]}" --execution_log_json_file="$logs/exec1.json" //parity/... 2>&1 | tee "$logs/run1.log" \
   | grep -E '^(//|INFO: (Elapsed|Build)|ERROR|FAIL|Executed)|remote check'
