@@ -202,6 +202,8 @@ def serving(records):
     rows = []
     for r in recs:
         mode, _, metric = r["name"].removeprefix("serving/").partition(" ")
+        if metric not in SERVING_METRICS:  # "ttft p50 ms": the unit ends the name
+            metric = metric.removesuffix(f" {r['unit']}")
         if metric in SERVING_METRICS:
             rows.append({"run": r["run"], "mode": mode, "metric": metric, "value": r["value"], "unit": r["unit"]})
     if not rows:

@@ -41,7 +41,7 @@ repo_env=()
 [[ -n "${LAB_PYTHON:-}" ]] && repo_env=(--repo_env=LAB_PYTHON="$LAB_PYTHON")
 
 bazel=(tools/bazel --output_user_root="$out_root")
-common=(--config=remote --remote_executor="grpc://127.0.0.1:$port" "${repo_env[@]}" --color=no --curses=no
+common=(--config=remote --remote_executor="grpc://127.0.0.1:$port" "${repo_env[@]}" --color=no --curses=no --symlink_prefix=/
         --show_progress_rate_limit=30 "${extra[@]}")
 
 cleanup() {
