@@ -79,7 +79,10 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
 
 
-def test_notebook_executes_on_the_committed_results(tmp_path):
+def test_notebook_executes_on_the_committed_results(tmp_path, monkeypatch):
+    # The kernel's connection file, IPython's and matplotlib's caches: in the test's own tmp dir.
+    for var in ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
     summaries = sorted(RESULTS.glob("*/summary.json"))
     assert summaries, f"no summary.json under {RESULTS} (the //bench:results_summaries data dep)"
     nb = render.execute(ROOT / "notebooks" / "results.ipynb", results_dir=RESULTS, timeout=240)
