@@ -109,6 +109,7 @@ echo "remote check 3: $(elapsed "$t3")"
 echo "== remote check 4: no GPU bot: a GPU action fails after the ${queue_timeout} s queue timeout, not hangs"
 # A fresh stack with no GPU bot and a short queue timeout (the first one's 600 s
 # keeps real jobs alive while all bots are busy or one was lost).
+cp "$run/audit.jsonl" "$logs/audit_checks_1-3.jsonl"
 tools/remote/down >/dev/null
 tools/remote/up --cpu-bots 1 --gpu-bots 0 --port "$port" --queue-timeout "$queue_timeout"
 gpu_test="$("${bazel[@]}" query "${repo_env[@]}" 'attr(tags, "requires-gpu", tests(//parity/...))' 2>/dev/null | head -1)"
@@ -127,4 +128,4 @@ if grep -q '"event": "start"' "$run/audit.jsonl" 2>/dev/null; then
 fi
 echo "remote check 4: $gpu_test failed as expected (exit $rc) after $took s: $(grep -m1 -oE '(Job was|queued|timed? ?out|DEADLINE|UNAVAILABLE)[^.]*' "$logs/run4.log" || echo 'see run4.log')"
 
-echo "remote check: all passed in $(elapsed "$t0") (logs: $logs, audit: $run/audit.jsonl)"
+echo "remote check: all passed in $(elapsed "$t0") (logs and audit_checks_1-3.jsonl: $logs)"
