@@ -23,6 +23,7 @@ A bot killed mid-action loses nothing: BuildGrid expires its session after
 import argparse
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -114,6 +115,25 @@ def _upload_outputs(uploader, root, command, result):
             result.output_directories.add(path=rel, tree_digest=uploader.upload_tree(path))
 
 
+def _kill_tree(pid):
+    """SIGKILLs `pid` and its descendants (Linux /proc). The action stays in the bot's
+    process group, so stopping the bot (tools/remote/down) also stops what it runs."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        for children in (pathlib.Path("/proc") / str(p) / "task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in children.read_text().split())
+            except OSError:
+                pass
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Bot:
     """One bot session: poll for a lease, run it, report it, repeat."""
 
@@ -152,15 +172,17 @@ class Bot:
         """Marks the lease ACTIVE, runs it with heartbeats, and sends it back COMPLETED."""
         lease.state = ACTIVE
         outcome = {}
-        worker = threading.Thread(target=lambda: outcome.update(self.execute(lease)), daemon=True)
+        cancelled = threading.Event()
+        worker = threading.Thread(target=lambda: outcome.update(self.execute(lease, cancelled)), daemon=True)
         worker.start()
         while worker.is_alive():
             try:
                 session = self.update(session, POLL_TIMEOUT_S)
+                if not any(l.id == lease.id for l in session.leases) and not cancelled.is_set():
+                    print(f"bot {self.args.bot_id}: lease {lease.id} was cancelled by the server", flush=True)
+                    cancelled.set()  # execute() kills the action
             except grpc.RpcError as err:
                 print(f"bot {self.args.bot_id}: heartbeat: {err.code().name}", flush=True)
-            if not any(l.id == lease.id for l in session.leases):
-                print(f"bot {self.args.bot_id}: lease {lease.id} was cancelled by the server", flush=True)
             worker.join(HEARTBEAT_S)
         # The heartbeat replies replaced `session`: put our completed lease back in it.
         kept = [l for l in session.leases if l.id != lease.id]
@@ -177,8 +199,8 @@ class Bot:
                 time.sleep(1.0 + attempt)
         raise SystemExit(f"bot {self.args.bot_id}: could not report lease {lease.id}")
 
-    def execute(self, lease):
-        """Runs the lease's action; returns {'status': Status, 'result': ActionResult}."""
+    def execute(self, lease, cancelled):
+        """Runs the lease's action (killed if `cancelled` is set); returns {'status': Status, 'result': ActionResult}."""
         action = re_pb2.Action()
         if lease.payload.Is(re_pb2.Action.DESCRIPTOR):
             lease.payload.Unpack(action)
@@ -209,15 +231,20 @@ class Bot:
             meta.execution_start_timestamp.CopyFrom(_now())
             with open(os.path.join(action_dir, "stdout"), "wb") as out, \
                     open(os.path.join(action_dir, "stderr"), "wb") as err:
-                try:
-                    proc = subprocess.run(list(command.arguments), cwd=os.path.join(root, command.working_directory),
-                                          env=env, stdout=out, stderr=err, timeout=timeout)
-                    exit_code = proc.returncode
-                    status = status_pb2.Status(code=code_pb2.OK)
-                except subprocess.TimeoutExpired:
-                    exit_code = -signal.SIGKILL
-                    status = status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED,
-                                               message=f"action ran past its {timeout} s timeout")
+                proc = subprocess.Popen(list(command.arguments), cwd=os.path.join(root, command.working_directory),
+                                        env=env, stdout=out, stderr=err)
+                deadline = time.monotonic() + timeout if timeout else None
+                status = status_pb2.Status(code=code_pb2.OK)
+                while proc.poll() is None:
+                    if cancelled.is_set() or (deadline and time.monotonic() > deadline):
+                        _kill_tree(proc.pid)
+                        status = (status_pb2.Status(code=code_pb2.CANCELLED, message="lease cancelled by the server")
+                                  if cancelled.is_set() else
+                                  status_pb2.Status(code=code_pb2.DEADLINE_EXCEEDED,
+                                                    message=f"action ran past its {timeout} s timeout"))
+                        break
+                    cancelled.wait(0.2)
+                exit_code = proc.wait()
             meta.execution_completed_timestamp.CopyFrom(_now())
             result = re_pb2.ActionResult(exit_code=exit_code)
             meta.output_upload_start_timestamp.CopyFrom(_now())
