@@ -86,6 +86,9 @@ py_runtime(
     name = "runtime",
     interpreter_path = "{python}",
     python_version = "PY3",
+    # The launcher stub runs with this interpreter, not `python` from PATH (a
+    # remote bot's PATH is --incompatible_strict_action_env's, which has no `python`).
+    stub_shebang = "#!{python}",
 )
 
 py_runtime_pair(

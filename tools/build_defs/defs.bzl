@@ -1,7 +1,8 @@
 """Macros for the repeated target shapes of the lab.
 
 - `lab_py_test`: a pytest-driven py_test; `gpu = True` adds the `requires-gpu`
-  tag (filtered out by default, run with `--config=cuda`).
+  tag (filtered out by default, run with `--config=cuda`) and needs an
+  execution platform with a GPU (remote: //tools/remote:gpu).
 - `cuda_library`: .cu files compiled by nvcc for sm_80 and sm_90 plus sm_90 PTX.
 - `pybind_extension`: a Python extension (.so) linking pybind11 and the static
   CUDA runtime, with no libtorch dependency.
@@ -32,6 +33,8 @@ NVCC_FLAGS = [
 ]
 
 GPU_TAGS = ["requires-gpu"]
+
+GPU_PLATFORM_CONSTRAINT = "//tools/remote:has_gpu"
 
 def _cuda_compat():
     return [] if CUDA_FOUND else ["@platforms//:incompatible"]
@@ -72,6 +75,8 @@ def lab_py_test(name, srcs, deps = [], data = [], gpu = False, tags = [], size =
         python_version = "PY3",
         size = size,
         tags = tags + (GPU_TAGS if gpu else []),
+        # Remote execution routes GPU tests to a GPU execution platform (tools/remote/BUILD.bazel).
+        exec_compatible_with = [GPU_PLATFORM_CONSTRAINT] if gpu else [],
         **kwargs
     )
 
