@@ -1,5 +1,5 @@
 # The triage service: docker build -f docker/triage.Dockerfile -t lab-triage .
-# docker run -p 8377:8377 -e LAB_TRIAGE_TOKEN=... -v triage-db:/data lab-triage
+# docker run -p 127.0.0.1:8377:8377 -e LAB_TRIAGE_TOKEN=... -v triage-db:/data lab-triage
 # Bound to 0.0.0.0 inside the container, so the service refuses to start without a token.
 FROM python:3.12-slim
 WORKDIR /lab
