@@ -11,7 +11,6 @@ equal rank 0's, else RankError says the ranks diverged.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Optional
 
@@ -51,7 +50,7 @@ def _engine_rank(ctx, source: Any, device: Optional[str], dtype, engine_kwargs: 
                 sent = []
                 for out in outs:  # text now: its decoder closure does not cross processes
                     text = out.text
-                    out = dataclasses.replace(out, text_fn=None)
+                    out = out.replace(text_fn=None)
                     out.__dict__["text"] = text
                     sent.append(out)
                 ctx.send(sent)
