@@ -462,18 +462,22 @@ def attempted(status: str) -> bool:
     return status == "ok" or is_failure(status)
 
 
-def exit_on_failures(bench: str, failures: Sequence[str]) -> None:
+def exit_on_failures(bench: str, failures: Sequence[str], inputs: Sequence[Mapping] | None = None) -> None:
     """Exit 1 with one line naming every WRONG or FAILED variant (none: return).
 
     Called last, after the results files are written: the figures of the variants that passed
     are kept, and a script or CI step running the benchmark still sees it fail. The line also
-    goes to the failure log as one record (`export.failures.record_event`, kind "wrong").
+    goes to the failure log as one record (`export.failures.record_event`, kind "wrong") with
+    each variant's inputs: `inputs` (one mapping per failure: shapes, dtypes) when the caller
+    passes them, else the dtypes, `name=N` sizes and `AxB` shapes its name carries.
     """
     if failures:
         message = f"{bench}: {len(failures)} WRONG or FAILED: {', '.join(failures)}"
-        from export.failures import record_event  # the one failure log (triage/ reads it)
+        from export.failures import inputs_from_text, record_event  # the one failure log (triage/ reads it)
 
-        record_event(bench, "wrong", "BenchWrong", message, context={"variants": list(failures)})
+        found = list(inputs) if inputs is not None else [inputs_from_text(f) for f in failures]
+        record_event(bench, "wrong", "BenchWrong", message,
+                     context={"variants": list(failures), "inputs": dict(zip(failures, found))})
         print(message, file=sys.stderr, flush=True)
         sys.exit(1)
 

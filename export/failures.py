@@ -22,7 +22,9 @@ when a field changes meaning or disappears, new fields may appear at any time):
   argv         the command line, list of strings (sys.argv)
   flags        {name: value} of the binary's own flags (those of export.* modules and
                the main script; absl's own are left out), values JSON-safe
-  exported     {"checkpoint": path or "embedded", "dtype": str, "quant": str, ...}
+  exported     {"checkpoint": path or "embedded", "dtype": str, "quant": str, ...,
+               "inputs": {"input_ids": {"shape", "dtype"}, ...} from --prompt_ids and
+               --max_seq_len where the binary has them (the KV-step exports)}
   versions     {"python", "torch", "cuda", "onnx", "onnxscript", "onnxruntime",
                "tensorrt", "tensorrt_llm", "torch_tensorrt"}: installed version
                strings, null when absent (read from package metadata, nothing imported)
@@ -241,7 +243,30 @@ def _exported_from_flags(flag_values: Mapping[str, Any], defaults: Mapping[str, 
     for key in ("dtype", "quant", "tp_size", "max_seq_len"):
         if key in flag_values:
             out[key] = flag_values[key]
+    prompt = flag_values.get("prompt_ids")
+    if isinstance(prompt, str) and prompt.strip():  # the KV step's traced inputs (export/kv_step.py)
+        t = len([x for x in prompt.split(",") if x.strip()])
+        out["inputs"] = {"input_ids": {"shape": [1, t], "dtype": "int64"},
+                         "input_pos": {"shape": [t], "dtype": "int64"}}
+        if "max_seq_len" in out:
+            out["inputs"]["k_cache"] = {"shape": ["n_layers", 1, "n_kv_heads", out["max_seq_len"], "head_dim"],
+                                        "dtype": out.get("dtype")}
     return out
+
+
+_DTYPE_WORD = re.compile(r"\b(b?float(?:16|32|64)|f(?:p|loat)8\w*|fp(?:16|32|64)|bf16|u?int(?:4|8|16|32|64)|"
+                         r"w4a16|w8a16|w8a8|nvfp4|e4m3\w*|e5m2\w*)\b", re.IGNORECASE)
+_SIZE = re.compile(r"\b([A-Za-z_]\w*)=(\d+)\b")
+_SHAPE = re.compile(r"\b\d+(?:x\d+)+\b")
+
+
+def inputs_from_text(text: str) -> dict[str, Any]:
+    """The dtypes, `name=N` sizes and `AxB` shapes a failure line names ("rms_norm float16 M=4
+    width=64" -> {"dtypes": ["float16"], "sizes": {"M": 4, "width": 64}}); empty keys left out."""
+    out: dict[str, Any] = {"dtypes": list(dict.fromkeys(m.group(1) for m in _DTYPE_WORD.finditer(text))),
+                           "sizes": {k: int(v) for k, v in _SIZE.findall(text)},
+                           "shapes": _SHAPE.findall(text)}
+    return {k: v for k, v in out.items() if v}
 
 
 def record_failure(binary: str, exc: BaseException, exported_defaults: Mapping[str, Any] | None = None

@@ -41,23 +41,29 @@ def unavailable(dtype: torch.dtype, device) -> Optional[str]:
 
 
 def export_onnx(model, path: str, max_len: int) -> str:
-    """Export the fp32 step of a CPU model to `path` (an .onnx file, weights inline); return path.
-
-    The exporter's passes log one INFO line per initializer (loud under absl): silenced here.
-    """
-    import onnx
-
+    """Export the fp32 step of a CPU model to `path` (an .onnx file, weights inline); return path."""
     model.setup_caches(1, max_len)
     step = KVCacheStep(model).eval()
     k, v = empty_caches(model, 1, max_len)
     args = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4), k, v)
     T = torch.export.Dim("T", min=1, max=max_len)
+    with torch.no_grad():
+        return export_module(step, args, path, INPUTS, OUTPUTS, dynamic_shapes=({1: T}, {0: T}, None, None))
+
+
+def export_module(module, args: tuple, path: str, input_names: list[str], output_names: list[str],
+                  dynamic_shapes=None) -> str:
+    """torch.onnx.export (dynamo, opset 18, weights inline) of any module to `path`, checked; return path.
+
+    The exporter's passes log one INFO line per initializer (loud under absl): silenced here.
+    """
+    import onnx
+
     logging.disable(logging.INFO)
     try:
-        with torch.no_grad():
-            prog = torch.onnx.export(step, args, input_names=INPUTS, output_names=OUTPUTS,
-                                     dynamic_shapes=({1: T}, {0: T}, None, None), dynamo=True,
-                                     opset_version=18, external_data=False)
+        prog = torch.onnx.export(module, args, input_names=input_names, output_names=output_names,
+                                 dynamic_shapes=dynamic_shapes, dynamo=True, opset_version=18,
+                                 external_data=False)
     finally:
         logging.disable(logging.NOTSET)
     prog.save(path)

@@ -37,13 +37,17 @@ class Closeness:
     num_bad: int
     numel: int
     num_nonfinite: int = 0  # NaN/Inf elements of got (an unwritten NaN-poisoned element counts here)
+    shape: tuple = ()  # the compared tensors' shape, and their dtypes (for the failure log)
+    got_dtype: str = ""
+    ref_dtype: str = ""
 
     def __str__(self) -> str:
         verdict = "ok" if self.ok else f"FAIL: {self.num_bad} of {self.numel} elements out of bound"
         if self.num_nonfinite:
             verdict += f" ({self.num_nonfinite} NaN/Inf)"
         return (f"{self.what}: {verdict}; worst at {self.index}: got {self.got:.6g}, ref {self.ref:.6g}, "
-                f"|diff| {abs(self.got - self.ref):.3g} vs bound {self.bound:.3g} ({self.ratio:.3g} of it)")
+                f"|diff| {abs(self.got - self.ref):.3g} vs bound {self.bound:.3g} ({self.ratio:.3g} of it)"
+                + (f"; inputs {self.shape} got {self.got_dtype}, ref {self.ref_dtype}" if self.got_dtype else ""))
 
 
 def compare(got: torch.Tensor, ref: torch.Tensor, tol: Tol, what: str = "output") -> Closeness:
@@ -64,7 +68,8 @@ def compare(got: torch.Tensor, ref: torch.Tensor, tol: Tol, what: str = "output"
     return Closeness(what=what, ok=not bool(bad.any()), index=index, got=g.reshape(-1)[flat].item(),
                      ref=r.reshape(-1)[flat].item(), bound=bound.reshape(-1)[flat].item(),
                      ratio=ratio.reshape(-1)[flat].item(), num_bad=int(bad.sum()), numel=r.numel(),
-                     num_nonfinite=int((~torch.isfinite(g)).sum()))
+                     num_nonfinite=int((~torch.isfinite(g)).sum()), shape=tuple(ref.shape),
+                     got_dtype=str(got.dtype).removeprefix("torch."), ref_dtype=str(ref.dtype).removeprefix("torch."))
 
 
 def assert_close(got: torch.Tensor, ref: torch.Tensor, tol: Tol, what: str = "output") -> Closeness:

@@ -1,5 +1,5 @@
-"""`tools/bazel run //triage:divergence -- --a ours --b hf|quantized --checkpoint DIR`: where two
-implementations part.
+"""`tools/bazel run //triage:divergence -- --a ours --b hf|quantized|compiled|onnx --checkpoint DIR`:
+where two implementations part.
 
 Both models run the same seeded random ids; forward hooks on the modules the two share by name
 (our attribute names follow the HF checkpoint layout) capture, per layer: norm1
@@ -13,6 +13,15 @@ on which op that is (and on position 0, which RoPE, the causal mask and the soft
 change) name the likely cause: eps, dtype/accumulation, RoPE variant, mask/positions, scale,
 weight tying, MLP activation. The table prints, the error-by-layer plot is written, and the
 report goes to the triage database (and, when they part, one record to the failure log).
+
+--b compiled and --b onnx compare at the same per-op granularity: a copy of our model is wrapped
+(Tapped) so that the same hooks put every point into the wrapper's outputs, and that wrapper is
+compiled whole by torch.compile(fullgraph=True, Inductor by default: dynamo traces the hooks, so
+each point is an output of the one compiled graph) or exported by torch.onnx (export/onnx_step.py
+export_module) and run in onnxruntime's CPU provider. The taps make each point a graph output the
+compiler must materialize; the kernels between them are the compiler's own (fusions inside an op
+remain), so a parting found here is the compiler's. Tolerance: fp32 1e-5 as for hf (the same math,
+other kernels; measured <= 1e-6 on the tiny test model for both).
 
 Our model runs its training-form forward (grad mode on, weights frozen) so every block and norm
 is a module call the hooks see; the inference form's fused add+RMSNorm is the same arithmetic.
@@ -76,6 +85,68 @@ def capture(model: torch.nn.Module, root: str, n_layers: int) -> tuple[dict[str,
     return got, handles
 
 
+class Tapped(torch.nn.Module):
+    """`model` whose forward returns every captured point, in `keys` order (for compile and export)."""
+
+    def __init__(self, model: torch.nn.Module, n_layers: int, ids: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.got, self.handles = capture(model, "model", n_layers)
+        self.eval()
+        self(ids, probe=True)
+
+    def forward(self, ids: torch.Tensor, probe: bool = False):
+        """ids (B, T) -> tuple of the points' tensors (fp32), training form as in compare."""
+        self.got.clear()
+        with torch.enable_grad():
+            self.model(ids)
+        if probe:
+            self.keys = list(self.got)
+        return tuple(self.got[k] for k in self.keys)
+
+
+class Runner:
+    """The `b` side that is not a hookable module: `runner(ids) -> {point: tensor}`."""
+
+    def __init__(self, keys: list[str], fn, what: str):
+        self.keys, self.fn, self.what = keys, fn, what
+
+    def __call__(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.keys, (torch.as_tensor(t).float() for t in self.fn(ids))))
+
+
+def compiled_runner(model: torch.nn.Module, n_layers: int, ids: torch.Tensor, backend: str = "inductor") -> Runner:
+    """`model` (a copy; frozen) tapped and compiled whole with torch.compile(fullgraph=True)."""
+    tapped = Tapped(model, n_layers, ids)
+    fn = torch.compile(tapped, backend=backend, fullgraph=True, dynamic=False)
+    return Runner(tapped.keys, lambda x: fn(x), f"torch.compile(backend={backend})")
+
+
+def onnx_runner(model: torch.nn.Module, n_layers: int, ids: torch.Tensor, path: str) -> Runner:
+    """`model` tapped, exported to ONNX at `path` (ids' shape, static) and run in onnxruntime CPU."""
+    from export.onnx_step import export_module, unavailable
+
+    why = unavailable(torch.float32, "cpu")
+    if why:
+        raise ValueError(f"--b onnx: {why}")
+    import onnxruntime as ort
+
+    import warnings
+
+    tapped = Tapped(model, n_layers, ids)
+    with warnings.catch_warnings():  # the taps are plain attributes by design: they become outputs
+        warnings.filterwarnings("ignore", message="The tensor attributes")
+        export_module(tapped, (ids,), path, ["input_ids"], tapped.keys)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        if x.shape != ids.shape:
+            raise ValueError(f"the ONNX graph was exported for ids {tuple(ids.shape)}, got {tuple(x.shape)}")
+        return [torch.from_numpy(o) for o in session.run(tapped.keys, {"input_ids": x.numpy()})]
+
+    return Runner(tapped.keys, run, "onnxruntime CPU")
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a - b| / max|b| in fp64 (parity/hf_cases' measure; NaN in a gives NaN)."""
     a, b = a.double(), b.double()
@@ -85,12 +156,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(a: torch.nn.Module, b: torch.nn.Module, ids: torch.Tensor, n_layers: int, tol: float) -> dict:
     """Run both on `ids`, compare every shared point; returns the table, first parting and classification."""
     got_a, ha = capture(a, "model", n_layers)
-    got_b, hb = capture(b, "model", n_layers)
+    got_b, hb = capture(b, "model", n_layers) if isinstance(b, torch.nn.Module) else ({}, [])
     try:
         with torch.enable_grad():  # ours: the plain pre-norm blocks, every norm a module call
             a(ids)
-        with torch.no_grad():
-            b(ids)
+        if isinstance(b, Runner):
+            got_b = b(ids)
+        else:
+            with torch.no_grad():
+                b(ids)
     finally:
         for h in ha + hb:
             h.remove()
@@ -169,7 +243,8 @@ def plot(result: dict, path: Path, title: str) -> Path:
 
 
 def build_pair(checkpoint: str, b: str, seed: int):
-    """(ours, other, n_layers, vocab) for --b hf | quantized, both fp32 eval models."""
+    """(ours, other, n_layers, vocab) for --b hf | quantized, both fp32 eval models; for --b compiled |
+    onnx `other` is a frozen copy of ours (main wraps it with compiled_runner / onnx_runner)."""
     from model.loader import load
 
     ours = load(checkpoint, dtype="float32").eval()
@@ -183,8 +258,10 @@ def build_pair(checkpoint: str, b: str, seed: int):
         from quant.quantize import quantize
 
         other = quantize(copy.deepcopy(ours))
+    elif b in ("compiled", "onnx"):
+        other = copy.deepcopy(ours)
     else:
-        raise ValueError(f"--b {b}: expected hf or quantized")
+        raise ValueError(f"--b {b}: expected hf, quantized, compiled or onnx")
     cfg = ours.config
     return ours, other, cfg.n_layers, cfg.vocab_size
 
@@ -206,12 +283,14 @@ def main(argv=None) -> int:
     """Parse flags, compare, print, plot, log."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--a", default="ours", choices=["ours"])
-    p.add_argument("--b", default="hf", choices=["hf", "quantized"])
+    p.add_argument("--b", default="hf", choices=["hf", "quantized", "compiled", "onnx"])
+    p.add_argument("--compile_backend", default="inductor", help="torch.compile backend for --b compiled")
     p.add_argument("--checkpoint", required=True, help="HF-layout checkpoint directory (or a shipped name)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq_len", type=int, default=24)
-    p.add_argument("--tol", type=float, help="rel_err bound (default: 1e-5 for hf, 5e-2 for quantized)")
+    p.add_argument("--tol", type=float, help="rel_err bound (default: 1e-5 for hf, compiled, onnx; 5e-2 for "
+                   "quantized)")
     p.add_argument("--plot", default="divergence.png", help="PNG path (relative to where you run the command)")
     p.add_argument("--db", help="triage database for the report (default $LAB_TRIAGE_DB or ~/.cache/lab/triage.db)")
     a = p.parse_args(argv)
@@ -228,8 +307,19 @@ def main(argv=None) -> int:
         return 2
     from parity.hf_cases import FP32_TOL, random_prompt
 
-    tol = a.tol if a.tol is not None else (FP32_TOL if a.b == "hf" else QUANT_TOL)
+    tol = a.tol if a.tol is not None else (QUANT_TOL if a.b == "quantized" else FP32_TOL)
     ids = random_prompt(a.batch, a.seq_len, vocab, seed=a.seed)
+    if a.b == "compiled":
+        other = compiled_runner(other, n_layers, ids, a.compile_backend)
+    elif a.b == "onnx":
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="lab_divergence_") as tmp:
+            try:
+                other = onnx_runner(other, n_layers, ids, str(Path(tmp) / "tapped.onnx"))
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
     result = compare(ours, other, ids, n_layers, tol)
     print_table(result)
     png = plot(result, user_path(a.plot), f"ours vs {a.b}: {a.checkpoint}")

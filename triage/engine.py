@@ -6,6 +6,7 @@ an OpenAI-compatible endpoint; otherwise the failure stays open. Feedback change
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Mapping, Optional
 
 from triage import kb, llm
@@ -14,6 +15,10 @@ from triage.similarity import THRESHOLD, Index, wilson_lower
 from triage.store import Store
 
 MAX_FIXES = 5
+# How stale the in-memory fixes may be for writes made by other processes (the CLI, another
+# server on the same database): their fixes and outcomes show up within this many seconds.
+# Writes through this Triage object are seen at once.
+REFRESH_S = 1.0
 
 
 def raw_text(record: Mapping[str, Any]) -> str:
@@ -32,23 +37,46 @@ def score(similarity: float, worked: int, tried: int) -> float:
 
 
 class Triage:
-    """A store plus its similarity index of fixed signatures (rebuilt when fixes are added)."""
+    """A store plus an in-memory snapshot of its fixes (with outcome counts) and their TF-IDF index.
+
+    The snapshot is rebuilt when this object records a fix or an outcome, and when the database's
+    fixes/outcomes changed (checked at most every REFRESH_S seconds), so a suggest with a known
+    fix reads no row from the database.
+    """
 
     def __init__(self, store: Store, endpoint: Optional[llm.Endpoint] = None, threshold: float = THRESHOLD):
         self.store = store
         self.endpoint = endpoint
         self.threshold = threshold
         self._index: Optional[Index] = None
-        self._index_key = None
+        self._by_sig: dict[str, list[dict]] = {}
+        self._key = None
+        self._checked = 0.0
+        self._dirty = True
         self._lock = threading.Lock()
+
+    def _snapshot(self) -> tuple[Index, dict[str, list[dict]]]:
+        """(index of fixed signatures, {signature: fixes}) as of at most REFRESH_S ago."""
+        with self._lock:
+            now = time.monotonic()
+            if self._dirty or now - self._checked >= REFRESH_S:
+                key = self.store.fixes_version()
+                self._checked, self._dirty = now, False
+                if key != self._key or self._index is None:
+                    by_sig: dict[str, list[dict]] = {}
+                    for fix in self.store.all_fixes():
+                        by_sig.setdefault(fix["signature"], []).append(fix)
+                    self._index = Index(self.store.fixed_signatures())
+                    self._by_sig, self._key = by_sig, key
+            return self._index, self._by_sig
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._dirty = True
 
     def _similar(self, normalized: str) -> list[tuple[str, float]]:
         """(signature, cosine) of fixed signatures above the threshold, best first."""
-        key = self.store.fixes_version()
-        with self._lock:
-            if self._index is None or key != self._index_key:
-                self._index, self._index_key = Index(self.store.fixed_signatures()), key
-            index = self._index
+        index, _ = self._snapshot()
         return [(s, c) for s, c in index.query(normalized, k=10) if c >= self.threshold]
 
     def known_fixes(self, signature: str, normalized: str) -> list[dict]:
@@ -56,8 +84,9 @@ class Triage:
         sims = {signature: 1.0}
         for s, c in self._similar(normalized):
             sims.setdefault(s, min(c, 0.999))  # a similar signature never ties an exact one
+        _, by_sig = self._snapshot()
         out = []
-        for fix in self.store.fixes_for(sims):
+        for fix in (f for s in sims for f in by_sig.get(s, ())):
             similarity = sims[fix["signature"]]
             out.append({"fix_id": fix["id"], "text": fix["text"], "origin": fix["origin"],
                         "provenance": fix["provenance"],
@@ -95,6 +124,7 @@ class Triage:
             else:
                 fix = self.store.add_fix(signature, normalized, answer["text"], origin=f"llm:{self.endpoint.model}",
                                          provenance=answer["provenance"])
+                self._changed()
                 out["llm"] = {"fix_id": fix["id"], **answer}
                 out["status"] = "llm"
         else:
@@ -105,14 +135,23 @@ class Triage:
 
     def _similar_any(self, normalized: str) -> list[tuple[str, float]]:
         """Most similar fixed signatures whatever their score (context for the LLM prompt)."""
-        self._similar(normalized)
-        return self._index.query(normalized, k=3) if self._index else []
+        index, _ = self._snapshot()
+        return index.query(normalized, k=3)
 
     def ingest(self, record: Mapping[str, Any], source: str = "api", ask_llm: bool = True) -> dict:
-        """Store `record` and return its suggestions (with failure_id)."""
-        row = self.store.add_failure(record, source=source)
-        return self.suggest(record, failure_id=row["id"], ask_llm=ask_llm,
-                            described=(row["signature"], row["normalized"]))
+        """Store `record` (with the status its suggestions give it) and return them (with failure_id)."""
+        described = sig.describe(record)
+        try:
+            out = self.suggest(record, ask_llm=ask_llm, described=described)
+        except Exception:
+            self.store.insert_failure(record, source, "open", described)  # the record is kept whatever happens
+            raise
+        status = "known" if out["status"] == "known" else "open"
+        fid, inserted = self.store.insert_failure(record, source, status, described)
+        if not inserted:  # the same record again: its row takes this answer's status, as before
+            self.store.set_status(fid, status)
+        out["failure_id"] = fid
+        return out
 
     def feedback(self, failure_id: Optional[int] = None, fix_id: Optional[int] = None,
                  worked: Optional[bool] = None, my_fix: Optional[str] = None, note: str = "",
@@ -143,7 +182,10 @@ class Triage:
             worked = True if worked is None else worked
         if fix_id is None or worked is None:
             raise ValueError("feedback needs a fix_id and worked true/false, or my_fix with a failure_id")
-        outcome = self.store.add_outcome(fix_id, bool(worked), note, failure_id=failure_id)
+        try:
+            outcome = self.store.add_outcome(fix_id, bool(worked), note, failure_id=failure_id)
+        finally:
+            self._changed()
         if failure_id is not None and worked:
             self.store.set_status(failure_id, "resolved")
         return {"outcome_id": outcome["id"], "fix": self.store.fix(fix_id)}

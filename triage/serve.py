@@ -89,25 +89,27 @@ def make_app(db: Optional[str] = None, token: Optional[str] = None, max_body: in
     def error(code: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=code)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        start = time.perf_counter()
-        route = request.url.path if request.url.path in ("/ingest", "/suggest", "/feedback", "/reports", "/metrics",
-                                                         "/healthz") else "other"
-        if token and request.url.path != "/healthz":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                resp = error(401, "missing or wrong bearer token")
-                metrics.requests.labels(route, "401").inc()
-                return resp
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            metrics.requests.labels(route, "413").inc()
-            return error(413, f"body over {max_body} bytes")
-        resp = await call_next(request)
-        metrics.requests.labels(route, str(resp.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - start)
-        return resp
+    def reply(out: Any) -> Response:
+        """The answer as JSON, without FastAPI's recursive jsonable_encoder (our dicts are JSON already)."""
+        return Response(json.dumps(out, default=str).encode(), media_type="application/json")
+
+    async def work(fn, *args):
+        """Run a store/engine call. Without an LLM endpoint it is CPU and SQLite work under the GIL:
+        run inline on the event loop (one thread, one database connection per worker; a thread hop
+        buys no parallelism). With an endpoint a suggest may wait on the network: a worker thread."""
+        if endpoint is None:
+            return fn(*args)
+        return await run_in_threadpool(fn, *args)
+
+    app.add_middleware(_Guard, token=token, max_body=max_body, metrics=metrics)
+
+    def post(path: str):
+        """A plain Starlette route: the handler takes the Request and returns a Response, so FastAPI's
+        per-request dependency solving and response encoding are skipped on the hot paths."""
+        def register(fn):
+            app.add_route(path, fn, methods=["POST"])
+            return fn
+        return register
 
     async def body(request: Request) -> Any:
         raw = b""
@@ -135,27 +137,27 @@ def make_app(db: Optional[str] = None, token: Optional[str] = None, max_body: in
     async def healthz():
         return {"ok": True, "schema": tri.store.version()}
 
-    @app.post("/ingest")
+    @post("/ingest")
     async def ingest(request: Request):
         rec = record_of(await body(request))
-        out = await run_in_threadpool(tri.ingest, rec, "api")
+        out = await work(tri.ingest, rec, "api")
         metrics.observe_suggestion(out["status"])
-        return out
+        return reply(out)
 
-    @app.post("/suggest")
+    @post("/suggest")
     async def suggest(request: Request):
         obj = await body(request)
         if isinstance(obj, dict) and set(obj) == {"failure_id"}:
-            row = await run_in_threadpool(tri.store.failure, _int(obj["failure_id"], "failure_id"))
+            row = await work(tri.store.failure, _int(obj["failure_id"], "failure_id"))
             if row is None:
                 raise _HTTPError(404, "no such failure")
-            out = await run_in_threadpool(tri.suggest, row["record"], row["id"])
+            out = await work(tri.suggest, row["record"], row["id"])
         else:
-            out = await run_in_threadpool(tri.suggest, record_of(obj))
+            out = await work(tri.suggest, record_of(obj))
         metrics.observe_suggestion(out["status"])
-        return out
+        return reply(out)
 
-    @app.post("/feedback")
+    @post("/feedback")
     async def feedback(request: Request):
         obj = await body(request)
         if not isinstance(obj, dict):
@@ -167,29 +169,29 @@ def make_app(db: Optional[str] = None, token: Optional[str] = None, max_body: in
                       worked=worked, my_fix=_str(obj.get("my_fix"), "my_fix"), note=_str(obj.get("note"), "note") or "",
                       kb_id=_str(obj.get("kb_id"), "kb_id"))
         try:
-            out = await run_in_threadpool(lambda: tri.feedback(**kwargs))
+            out = await work(lambda: tri.feedback(**kwargs))
         except KeyError as e:
             raise _HTTPError(404, str(e).strip("'\"")) from None
         except ValueError as e:
             raise _HTTPError(400, str(e)) from None
         metrics.observe_feedback(True if worked is None else worked)
-        return out
+        return reply(out)
 
-    @app.post("/reports")
+    @post("/reports")
     async def reports(request: Request):
         obj = await body(request)
         if not isinstance(obj, dict) or obj.get("kind") not in ("divergence", "advice") or \
                 not isinstance(obj.get("body"), dict):
             raise _HTTPError(400, "expected {\"kind\": \"divergence\" | \"advice\", \"body\": {...}}")
-        rid = await run_in_threadpool(tri.store.add_report, obj["kind"], obj["body"])
-        return {"report_id": rid}
+        rid = await work(tri.store.add_report, obj["kind"], obj["body"])
+        return reply({"report_id": rid})
 
     @app.get("/failures/{fid}.html")
     async def failure_html(fid: int):
-        row = await run_in_threadpool(tri.store.failure, fid)
+        row = await work(tri.store.failure, fid)
         if row is None:
             return HTMLResponse("<p>no such failure</p>", status_code=404)
-        out = await run_in_threadpool(tri.suggest, row["record"], None, False)
+        out = await work(tri.suggest, row["record"], None, False)
         e = html.escape
         items = "".join(f"<li>{e(f['text'])} <small>({e(f['origin'])}, worked {f['worked']}/{f['tried']})</small></li>"
                         for f in out["fixes"])
@@ -204,6 +206,50 @@ def make_app(db: Optional[str] = None, token: Optional[str] = None, max_body: in
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _Guard:
+    """Pure ASGI middleware (cheaper than @app.middleware("http")): the bearer token, a declared
+    Content-Length over max_body (413), and per-route request counts and latency."""
+
+    ROUTES = {"/ingest", "/suggest", "/feedback", "/reports", "/metrics", "/healthz"}
+
+    def __init__(self, app, token: Optional[str], max_body: int, metrics: "Metrics"):
+        self.app, self.token, self.max_body, self.metrics = app, token, max_body, metrics
+        self.expected = f"Bearer {token}".encode() if token else b""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        path = scope["path"]
+        route = path if path in self.ROUTES else "other"
+        headers = dict(scope["headers"])
+        if self.token and path != "/healthz" and not hmac.compare_digest(headers.get(b"authorization", b""),
+                                                                        self.expected):
+            return await self._refuse(send, route, 401, "missing or wrong bearer token")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await self._refuse(send, route, 413, f"body over {self.max_body} bytes")
+        code = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                code[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(route, str(code[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+    async def _refuse(self, send, route: str, code: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": code,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.requests.labels(route, str(code)).inc()
 
 
 class _HTTPError(Exception):

@@ -172,14 +172,21 @@ class Store:
     # -- failures --------------------------------------------------------------------
     def add_failure(self, record: Mapping[str, Any], source: str = "log") -> dict:
         """Store one failure-log record (idempotent by content); returns its row."""
-        uid = uid_of(record)
-        signature, normalized = sig.describe(record)
-        row = {"uid": uid, "time": str(record.get("time") or _now()), "source": source,
-               "binary_name": str(record.get("binary") or ""), "kind": str(record.get("kind") or ""),
-               "signature": signature, "normalized": normalized,
-               "record": json.dumps(record, sort_keys=True, default=str), "status": "open"}
-        fid, _ = self._insert("failures", row)
+        fid, _ = self.insert_failure(record, source)
         return self.failure(fid)
+
+    def insert_failure(self, record: Mapping[str, Any], source: str = "log", status: str = "open",
+                       described: Optional[tuple[str, str]] = None) -> tuple[int, bool]:
+        """Insert one record unless stored already (uid of its content): (id, inserted), no read back.
+
+        described: (signature, normalized) when the caller has them (signature.describe).
+        """
+        signature, normalized = described or sig.describe(record)
+        text = json.dumps(record, sort_keys=True, default=str)
+        row = {"uid": uid_of(record), "time": str(record.get("time") or _now()), "source": source,
+               "binary_name": str(record.get("binary") or ""), "kind": str(record.get("kind") or ""),
+               "signature": signature, "normalized": normalized, "record": text, "status": status}
+        return self._insert("failures", row)
 
     def failure(self, fid: int) -> Optional[dict]:
         """One failure row by id (record decoded), or None."""
@@ -236,10 +243,16 @@ class Store:
             return []
         return self._fixes(f"WHERE f.signature IN ({', '.join('?' for _ in sigs)})", sigs)
 
-    def fixes_version(self) -> tuple[int, int]:
-        """(count, max id) of fixes: changes whenever a fix is added (cheap; the index cache key)."""
-        row = self.query("SELECT COUNT(*) AS n, MAX(id) AS m FROM fixes")[0]
-        return int(row["n"]), int(row["m"] or 0)
+    def fixes_version(self) -> tuple[int, int, int, int]:
+        """(count, max id) of fixes and of outcomes: changes whenever a fix or an outcome is added
+        (cheap; the key of the engine's in-memory fixes)."""
+        row = self.query("SELECT (SELECT COUNT(*) FROM fixes) AS n, (SELECT MAX(id) FROM fixes) AS m, "
+                         "(SELECT COUNT(*) FROM outcomes) AS on_, (SELECT MAX(id) FROM outcomes) AS om")[0]
+        return int(row["n"]), int(row["m"] or 0), int(row["on_"]), int(row["om"] or 0)
+
+    def all_fixes(self) -> list[dict]:
+        """Every fix with its worked/tried counts."""
+        return self._fixes("", ())
 
     def fixed_signatures(self) -> list[tuple[str, str]]:
         """(signature, normalized text) of every signature that has a user or accepted fix."""

@@ -70,8 +70,11 @@ def test_forced_failure_inside_export_writes_one_record(tmp_path, monkeypatch, c
     assert FIELDS <= set(rec) and rec["schema"] == 1 and rec["binary"] == "export.onnx_export"
     assert rec["kind"] == "error" and rec["time"].endswith("+00:00")
     assert rec["flags"]["max_seq_len"] == 16 and rec["flags"]["output"] == str(tmp_path / "out")
+    inputs = rec["exported"].pop("inputs")
     assert rec["exported"] == {"checkpoint": "embedded", "dtype": "float32", "quant": "none+int8",
                                "max_seq_len": 16}
+    assert inputs["input_ids"] == {"shape": [1, 6], "dtype": "int64"}, "the default prompt: 6 ids"
+    assert inputs["k_cache"]["shape"][3] == 16 and inputs["k_cache"]["dtype"] == "float32"
     assert rec["versions"]["python"] and rec["versions"]["torch"] and "tensorrt_llm" in rec["versions"]
     assert rec["exception"]["type"] == "RuntimeError" and "ONNX" in rec["exception"]["message"]
     assert rec["exception"]["chain"][0]["type"] == "NotImplementedError"

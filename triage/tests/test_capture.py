@@ -39,10 +39,17 @@ def test_bench_wrong_gate_appends_a_record(env):
 
     with pytest.raises(SystemExit):
         common.exit_on_failures("bench.decode", ["eager@4", "graphs@16"])
-    (r,) = _log(env)
+    with pytest.raises(SystemExit):
+        common.exit_on_failures("bench.kernel_ops", ["rms_norm float16 M=4 width=64 triton"])
+    with pytest.raises(SystemExit):
+        common.exit_on_failures("bench.decode", ["eager@4"], inputs=[{"batch": 4, "dtype": "bfloat16"}])
+    r, k, d = _log(env)
     assert r["binary"] == "bench.decode" and r["kind"] == "wrong" and r["schema"] == 1
     assert r["exception"]["type"] == "BenchWrong" and r["context"]["variants"] == ["eager@4", "graphs@16"]
     assert r["git"] and r["versions"]["python"]
+    assert k["context"]["inputs"] == {"rms_norm float16 M=4 width=64 triton": {
+        "dtypes": ["float16"], "sizes": {"M": 4, "width": 64}}}, "the inputs a variant's name carries"
+    assert d["context"]["inputs"] == {"eager@4": {"batch": 4, "dtype": "bfloat16"}}, "the caller's own"
 
 
 def test_bep_parse(tmp_path):
@@ -90,7 +97,7 @@ def test_pytest_plugin_records_failed_parity_comparison(env):
     test.write_text(
         "import torch\nfrom parity.tolerance import Tol, assert_close\n"
         "def test_planted():\n    ref = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))\n"
-        "    got = ref.clone(); got[:, 1] = 0  # planted: a zeroed column\n"
+        "    got = ref.half(); got[:, 1] = 0  # planted: a zeroed column\n"
         "    assert_close(got, ref, Tol(1e-5, 1e-5), what='rms_norm')\n"
         "def test_unrelated():\n    assert 1 == 2\n")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
@@ -101,6 +108,9 @@ def test_pytest_plugin_records_failed_parity_comparison(env):
     assert r["kind"] == "parity" and r["binary"].endswith("test_planted.py::test_planted")
     nums = r["context"]["numbers"]
     assert nums["what"] == "rms_norm" and nums["bad"] >= 1 and nums["numel"] == 32 and nums["ratio"] > 1
+    assert (nums["shape"], nums["got_dtype"], nums["ref_dtype"]) == ([4, 8], "float16", "float32")
+    assert r["context"]["inputs"]["test_planted:got"] == {"shape": [4, 8], "dtype": "float16"}
+    assert r["context"]["inputs"]["test_planted:ref"] == {"shape": [4, 8], "dtype": "float32"}
 
 
 def test_ingest_binary_flags_and_list(env, capsys):

@@ -62,3 +62,36 @@ def test_cli_quantized_table_plot_and_report(pair, tmp_path, monkeypatch, capsys
     assert "layers.0.q" in out and (tmp_path / "d.png").stat().st_size > 1000
     assert "report 1 stored" in out
     assert divergence.main(["--b", "quantized", "--checkpoint", str(tmp_path / "nope")]) == 2
+
+
+def test_compiled_agrees_then_planted_fault_found(pair):
+    """One Inductor compile of a tapped copy: agreement, then a norm weight scaled in place inside the
+    compiled model (parameters are graph inputs, no recompile) is found at that norm."""
+    ours, _, n, ids, _ = pair
+    other = copy.deepcopy(ours)
+    runner = divergence.compiled_runner(other, n, ids)
+    r = run(ours, runner, n, ids)
+    assert r["first"] is None, r["rows"]
+    assert len(r["rows"]) == 1 + 9 * n + 2
+    assert max(row["rel_err"] for row in r["rows"][1:]) > 0, "the compiled side ran its own kernels"
+    with torch.no_grad():
+        other.model.layers[1].input_layernorm.weight.mul_(1.01)
+    r = run(ours, runner, n, ids)
+    assert r["first"] is not None and r["first"]["point"] == "layers.1.norm1", r["rows"][:12]
+    assert r["classification"]["class"] == "eps", r["classification"]
+
+
+def test_onnx_agrees_and_planted_fault_found(pair, tmp_path):
+    """The tapped ONNX export in onnxruntime: agreement; gate/up swapped before export found at the MLP."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    ours, _, n, ids, _ = pair
+    r = run(ours, divergence.onnx_runner(copy.deepcopy(ours), n, ids, str(tmp_path / "a.onnx")), n, ids)
+    assert r["first"] is None, r["rows"]
+    assert len(r["rows"]) == 1 + 9 * n + 2
+    bad = copy.deepcopy(ours)
+    mlp = bad.model.layers[0].mlp
+    mlp.gate_proj.weight, mlp.up_proj.weight = mlp.up_proj.weight, mlp.gate_proj.weight
+    r = run(ours, divergence.onnx_runner(bad, n, ids, str(tmp_path / "b.onnx")), n, ids)
+    assert r["first"] is not None and r["first"]["point"] == "layers.0.mlp", r["rows"][:12]
+    assert r["classification"]["class"] == "mlp", r["classification"]

@@ -131,3 +131,23 @@ def test_llm_only_when_configured_and_stored_with_provenance(tmp_path, monkeypat
     dead = Triage(open_store(str(tmp_path / "u.db")), endpoint=llm.Endpoint("http://127.0.0.1:9", "k", timeout=2))
     out = dead.ingest(rec("my.pkg.WeirdError", "nothing known"))
     assert out["status"] == "open" and "no usable answer" in out["llm"]["error"]
+
+
+def test_fixes_written_elsewhere_show_up_after_the_refresh(tmp_path, monkeypatch):
+    """The in-memory fixes: another writer's fix is seen once REFRESH_S has passed, not before."""
+    from triage import engine
+
+    db = str(tmp_path / "t.db")
+    tri = Triage(open_store(db))
+    r = rec("IndexError", "index out of range in self", ["/x/llama.py:3 in forward: e"])
+    out = tri.ingest(r)
+    assert out["status"] != "known"
+    other = Triage(open_store(db))  # another process (the CLI) on the same database
+    other.feedback(failure_id=out["failure_id"], my_fix="clamp token ids to the vocab")
+    monkeypatch.setattr(engine, "REFRESH_S", 3600.0)
+    assert tri.suggest(r)["status"] != "known", "within REFRESH_S the snapshot is used"
+    monkeypatch.setattr(engine, "REFRESH_S", 0.0)
+    assert tri.suggest(r)["status"] == "known"
+    fix_id = tri.suggest(r)["fixes"][0]["fix_id"]
+    other.feedback(fix_id=fix_id, worked=False)
+    assert tri.suggest(r)["fixes"][0]["tried"] == 2, "outcomes recorded elsewhere refresh it too"

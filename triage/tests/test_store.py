@@ -28,6 +28,10 @@ def _exercise(store):
     got = store.fix(fix["id"])
     assert (got["worked"], got["tried"]) == (1, 2)
     assert store.fixes_for([a["signature"]])[0]["id"] == fix["id"]
+    assert store.fixes_version() == (1, fix["id"], 2, store.fixes_version()[3]), "fixes and outcomes counted"
+    assert [(f["id"], f["worked"], f["tried"]) for f in store.all_fixes()] == [(fix["id"], 1, 2)]
+    fid, inserted = store.insert_failure(_record(), status="known")
+    assert (fid, inserted) == (a["id"], False), "insert_failure is idempotent by content too"
     # A value with SQL in it is data, never SQL.
     evil = store.add_failure(_record(msg="x'); DROP TABLE failures; --"))
     assert store.failure(evil["id"])["record"]["exception"]["message"].startswith("x');")
