@@ -109,3 +109,14 @@ def test_sample_batch_draws_only_allowed_tokens_and_top_k_1_is_greedy():
     assert allowed.gather(-1, draws[:, None]).all()
     top1 = k == 1
     assert torch.equal(draws[top1], x[top1].argmax(-1))
+
+
+def test_phase_ranges_reach_the_profiler_only_while_it_records():
+    from decoding.ranges import phase
+    with phase("outside"):  # no profiler: nothing to record, and no error
+        pass
+    with torch.profiler.profile() as prof:
+        with phase("inside"):
+            torch.ones(3).add_(1)
+    names = {e.key for e in prof.key_averages()}
+    assert "lab::inside" in names and "lab::outside" not in names
