@@ -820,13 +820,22 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
     cases = [CheckCase(p, min(m, opts.check_tokens))
              for p, m in draw_requests(opts.check_requests, opts.prompt, opts.output, vocab, opts.seed + 2)]
     prepare_check(model, cases)
+    trace = build_trace(opts.num_requests, 1.0, opts.prompt, opts.output, vocab, opts.seed)
+    if opts.shared_prefix_tokens:
+        trace = with_shared_prefix(trace, opts.shared_prefix_tokens, vocab, opts.seed)
     checks: dict[str, dict[str, Any]] = {}
-    for policy in opts.policies if cases else ():
+    warm_s: dict[str, float] = {}
+    for policy in opts.policies:
         engine = make_engine(model, policy, settings)
         try:
-            outputs = engine_outputs(engine, cases, policy)
+            outputs = engine_outputs(engine, cases, policy) if cases else None
+            # The kernels' autotuning for the trace's shapes happens here, untimed; the timed run
+            # gets a fresh engine (nothing of the trace in its prefix cache).
+            warm_s[policy] = warm_up(engine, trace, 2 * settings.max_num_seqs)
         finally:
             engine.close()
+        if outputs is None:
+            continue
         checks[policy] = c = check_outputs(cases, outputs, opts.dtype, policy,
                                            lambda p, t: teacher_forced_logits(model, p, t))
         ties = "; ".join(f"request {i} from output {j} (largest gap {gap:.2g} of max|logit|)"
@@ -834,9 +843,6 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
         log(f"check {policy}: {c['tokens_identical']}/{c['tokens']} tokens identical to single-request greedy "
             f"decoding" + (f"; near-tie divergences (parity.ties band): {ties}" if ties else ""))
 
-    trace = build_trace(opts.num_requests, 1.0, opts.prompt, opts.output, vocab, opts.seed)
-    if opts.shared_prefix_tokens:
-        trace = with_shared_prefix(trace, opts.shared_prefix_tokens, vocab, opts.seed)
     stats = trace_stats(trace)
     rate, capacity = opts.rate, None
     if rate == 0:
@@ -866,15 +872,10 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
     for policy, cached in [(p, c) for p in opts.policies for c in caching]:
         name = policy if cached else f"{policy}/no-prefix-cache"
         engine = make_engine(model, policy, settings, prefix_caching=cached)
-        try:
-            warm_s = warm_up(engine, trace, 2 * settings.max_num_seqs)
-        finally:
-            engine.close()
-        engine = make_engine(model, policy, settings, prefix_caching=cached)  # fresh: no prefix cached by the warm-up
         graphs = engine.runner.graphs
         try:
-            log(f"running {name} (warm-up {warm_s:.1f} s, not timed; this engine's CUDA-graph capture "
-                f"{graphs.capture_s if graphs else 0:.1f} s at start-up) ...")
+            log(f"running {name} (warm-up {warm_s[policy]:.1f} s before, not timed; this engine's CUDA-graph "
+                f"capture {graphs.capture_s if graphs else 0:.1f} s at start-up) ...")
             res = replay(engine, trace, name)
         finally:
             engine.close()

@@ -241,11 +241,12 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
     o_part = torch.empty(B, Hq, num_splits, D, device=q.device, dtype=torch.float32)
     lse_part = torch.empty(B, Hq, num_splits, device=q.device, dtype=torch.float32)
     bt = block_table if paged else seq_lens  # unused pointer when not paged
+    kv_bucket = triton.next_power_of_2(max(max_kv_len, 1))
+    work_bucket = _work_bucket(B * num_kv_heads * num_splits)
     args = (q, k_cache, v_cache, seq_lens, bt, o_part, lse_part,
             q.stride(0), q.stride(1), *kv_strides, bt.stride(0) if paged else 0,
             Hq * num_splits, num_splits, 1,  # (b, h, s) strides of lse_part, in elements
-            scale * LOG2E, num_splits, triton.next_power_of_2(max(max_kv_len, 1)),
-            _work_bucket(B * num_kv_heads * num_splits))
+            scale * LOG2E, num_splits, kv_bucket, work_bucket)
     consts = dict(GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=D,
                   PAGED=paged, PAGE_SIZE=page_size, UPCAST=interpret_upcast(q))
     with device_guard(q):
@@ -254,7 +255,7 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
         if fixed:
             _decode_split_kernel[grid](*args, **consts, **fixed)
         else:
-            key = (args[-2], args[-1], D, consts["BLOCK_H"], paged, page_size, q.dtype, q.device)
+            key = (kv_bucket, work_bucket, D, consts["BLOCK_H"], paged, page_size, q.dtype, q.device)
             tuned = _TUNED.get(key)
             if tuned is None:
                 _decode_split_tuned[grid](*args, **consts)
