@@ -191,22 +191,30 @@ def make_record(binary: str, exc: BaseException, kind: str, exported: Mapping[st
     chain = _chain(exc)
     text = "\n".join(f"{_qualname(e)}: {e}" for e in chain)
     text += "\n" + "\n".join(line for e in chain for line in _frames(e))
+    exception = {
+        "type": _qualname(exc),
+        "message": str(exc)[:MAX_MESSAGE],
+        "traceback": _frames(exc),
+        "chain": [{"type": _qualname(e), "message": str(e)[:MAX_MESSAGE]} for e in chain[1:]],
+    }
+    return _record(binary, kind, argv, dict(binary_flags() if flags is None else flags), exported or {},
+                   git_revision(), exception, text)
+
+
+def _record(binary: str, kind: str, argv: list[str] | None, flags: Mapping[str, Any],
+            exported: Mapping[str, Any], git: str, exception: dict[str, Any], text: str) -> dict[str, Any]:
+    """The fields every schema-1 record has, in order; `text` is what failing_op/node are parsed from."""
     return {
         "schema": SCHEMA,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "binary": binary,
         "kind": kind,
         "argv": list(sys.argv if argv is None else argv),
-        "flags": _jsonable(dict(binary_flags() if flags is None else flags)),
-        "exported": _jsonable(dict(exported or {})),
+        "flags": _jsonable(dict(flags)),
+        "exported": _jsonable(dict(exported)),
         "versions": library_versions(),
-        "git": git_revision(),
-        "exception": {
-            "type": _qualname(exc),
-            "message": str(exc)[:MAX_MESSAGE],
-            "traceback": _frames(exc),
-            "chain": [{"type": _qualname(e), "message": str(e)[:MAX_MESSAGE]} for e in chain[1:]],
-        },
+        "git": git,
+        "exception": exception,
         "failing_op": failing_op(text),
         "failing_node": failing_node(text),
     }
@@ -325,22 +333,9 @@ def make_event(binary: str, kind: str, error_type: str, message: str, *,
     except Exception:  # noqa: BLE001 - a record without the revision beats no record
         git = "unknown"
     text = f"{error_type}: {message}\n" + "\n".join(traceback_lines or [])
-    return {
-        "schema": SCHEMA,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "binary": binary,
-        "kind": kind,
-        "argv": list(sys.argv if argv is None else argv),
-        "flags": {},
-        "exported": {},
-        "versions": library_versions(),
-        "git": git,
-        "exception": {"type": error_type, "message": str(message)[:MAX_MESSAGE],
-                      "traceback": list(traceback_lines or [])[-TRACEBACK_FRAMES:], "chain": []},
-        "failing_op": failing_op(text),
-        "failing_node": failing_node(text),
-        "context": _jsonable(dict(context or {})),
-    }
+    exception = {"type": error_type, "message": str(message)[:MAX_MESSAGE],
+                 "traceback": list(traceback_lines or [])[-TRACEBACK_FRAMES:], "chain": []}
+    return {**_record(binary, kind, argv, {}, {}, git, exception, text), "context": _jsonable(dict(context or {}))}
 
 
 def record_event(binary: str, kind: str, error_type: str, message: str, *,
