@@ -109,6 +109,23 @@ def assert_not_degenerate(logits: torch.Tensor) -> None:
     assert logits.std() > 1e-2, "logits are constant; the comparison would be vacuous"
 
 
+def cache_vs_full_err(model, ids: torch.Tensor, prefill: int = 16) -> float:
+    """Relative error of prefill + one-token steps through the static cache against one full
+    forward over ids (B, T); the full logits are checked non-degenerate first."""
+    B, T = ids.shape
+    with torch.no_grad():
+        full = model(ids)  # (B, T, V)
+        model.setup_caches(max_batch_size=B, max_seq_len=T + 24)
+        try:
+            steps = [model(ids[:, :prefill], torch.arange(prefill))]
+            for t in range(prefill, T):
+                steps.append(model(ids[:, t:t + 1], torch.tensor([t])))
+        finally:
+            model.remove_caches()
+    assert_not_degenerate(full)
+    return rel_err(torch.cat(steps, dim=1), full)
+
+
 def check_logits_fp32(case: str, path: Path, seed: int = 0) -> float:
     """Asserts our model, loaded from a saved random HF checkpoint of CASES[case], gives HF's
     fp32 logits on a random batch (rel_err <= FP32_TOL); returns the error."""

@@ -21,8 +21,7 @@ from export.onnx_step import export_onnx, ort_greedy, unavailable
 from model.config import ConfigError, ModelConfig
 from model.weights import load_model
 from parity.engine_cases import random_requests
-from parity.hf_cases import (ARCH_CASES, BASE, FP32_TOL, assert_not_degenerate, make_hf, random_prompt, rel_err,
-                             save_hf)
+from parity.hf_cases import ARCH_CASES, BASE, FP32_TOL, cache_vs_full_err, make_hf, random_prompt, save_hf
 from scheduler import LLM, SamplingParams
 
 
@@ -36,16 +35,7 @@ def test_cache_matches_full_forward(case, tmp_path):
     past the window of 7 for mistral_window), and cached greedy equals uncached."""
     ours = load_case(case, tmp_path, seed=4)
     ids = random_prompt(2, 40, BASE["vocab_size"], seed=5)
-    T0 = 16
-    with torch.no_grad():
-        full = ours(ids)
-        ours.setup_caches(max_batch_size=2, max_seq_len=64)
-        steps = [ours(ids[:, :T0], torch.arange(T0))]
-        for t in range(T0, ids.shape[1]):
-            steps.append(ours(ids[:, t:t + 1], torch.tensor([t])))
-        ours.remove_caches()
-    assert_not_degenerate(full)
-    err = rel_err(torch.cat(steps, dim=1), full)
+    err = cache_vs_full_err(ours, ids)
     assert err <= FP32_TOL, f"{case}: cached vs full rel err {err:.3g}"
 
 

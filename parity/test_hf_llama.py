@@ -15,8 +15,8 @@ import transformers
 
 from decoding.generate import generate
 from model.weights import load_model, save_model
-from parity.hf_cases import (BASE, BF16_TOL, CASES, FP32_TOL, N_NEW, assert_not_degenerate, check_logits_fp32,
-                             make_hf, random_prompt, rel_err, save_hf)
+from parity.hf_cases import (BASE, BF16_TOL, CASES, FP32_TOL, N_NEW, assert_not_degenerate, cache_vs_full_err,
+                             check_logits_fp32, make_hf, random_prompt, rel_err, save_hf)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -46,16 +46,7 @@ def test_cache_matches_full_forward(case, tmp_path):
     """Prefill + one-token decode steps through the static cache equal a full forward."""
     ours = load_model(save_hf(make_hf(case, seed=4), tmp_path), dtype=torch.float32)
     ids = random_prompt(2, 40, BASE["vocab_size"], seed=5)
-    T0 = 16
-    with torch.no_grad():
-        full = ours(ids)  # (B, 40, V)
-        ours.setup_caches(max_batch_size=2, max_seq_len=64)
-        steps = [ours(ids[:, :T0], torch.arange(T0))]
-        for t in range(T0, ids.shape[1]):
-            steps.append(ours(ids[:, t:t + 1], torch.tensor([t])))
-        ours.remove_caches()
-    assert_not_degenerate(full)
-    assert rel_err(torch.cat(steps, dim=1), full) <= FP32_TOL
+    assert cache_vs_full_err(ours, ids) <= FP32_TOL
     gen_c = generate(ours, ids, N_NEW, use_cache=True)
     gen_u = generate(ours, ids, N_NEW, use_cache=False)
     assert gen_c.new_ids == gen_u.new_ids
