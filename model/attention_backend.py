@@ -69,12 +69,27 @@ def static_sdpa(q, k, v, cache, input_pos, mask) -> torch.Tensor:
 def static_flash(q, k, v, cache, input_pos, mask) -> torch.Tensor:
     """static_sdpa, but a one-token step reads only the valid prefix through kernels.flash_decode.
 
-    torch.export keeps SDPA: the runtimes of the exports built on it cannot call a Python op.
+    k, v None: static_flash.rope_cache already wrote them (model.layers.Attention). torch.export
+    keeps SDPA: the runtimes of the exports built on it cannot call a Python op.
     """
+    if k is None:
+        B = q.shape[0]
+        k, v = cache.k_cache[:B], cache.v_cache[:B]
+    else:
+        k, v = cache.update(input_pos, k, v)
     if q.shape[2] != 1 or torch.compiler.is_exporting():
-        return static_sdpa(q, k, v, cache, input_pos, mask)
-    k, v = cache.update(input_pos, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     return decode_attention.attend(q, k, v, input_pos)
+
+
+def _static_rope_cache(qkv, cos, sin, n_heads, n_kv_heads, cache, input_pos) -> torch.Tensor:
+    """RoPE + the StaticKVCache write in one kernel (kernels.rope_cache); returns q (B * T, Hq, D)."""
+    from kernels.rope_cache import rope_cache
+
+    return rope_cache(qkv, cos, sin, n_heads, n_kv_heads, cache.k_cache, cache.v_cache, input_pos=input_pos)
+
+
+static_flash.rope_cache = _static_rope_cache  # the flash backend fuses RoPE with its cache write
 
 
 STATIC = {"sdpa": static_sdpa, "flash": static_flash}  # name -> attend over a StaticKVCache

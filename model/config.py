@@ -198,6 +198,8 @@ class ModelConfig:
         """Return a copy with `changes` applied (derived fields recomputed unless given)."""
         if "head_dim" not in changes and ("dim" in changes or "n_heads" in changes):
             changes["head_dim"] = None
+        if "head_dim" in changes and "rotary_dim" not in changes and self.rotary_dim == self.head_dim:
+            changes["rotary_dim"] = None  # full rotary stays full (was: a new head_dim kept the old width)
         return dataclasses.replace(self, **changes)
 
 

@@ -28,10 +28,31 @@ def _(q, k_cache, v_cache, seq_lens):
     return torch.empty_like(q)
 
 
+_memo: list = [None, 0, None]  # input_pos, B, seq_lens: this forward's lengths
+
+
+def new_forward() -> None:
+    """Forget the last forward's lengths (called at the start of every Transformer.forward)."""
+    _memo[:] = [None, 0, None]
+
+
+def _seq_lens(input_pos: torch.Tensor, B: int) -> torch.Tensor:
+    """(B,) int32 input_pos + 1, built once per forward (the first layer) rather than per layer.
+
+    Transformer.forward calls new_forward() first, so nothing outlives one forward (whose
+    input_pos nobody writes); within it the memo is keyed on the input_pos tensor. Under CUDA-graph
+    capture the first layer's kernels are captured and the later layers read their output."""
+    if _memo[0] is input_pos and _memo[1] == B and not torch.compiler.is_compiling():
+        return _memo[2]
+    seq_lens = (input_pos.to(torch.int32) + 1).expand(B).contiguous()
+    _memo[:] = [input_pos, B, seq_lens]
+    return seq_lens
+
+
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
     """q (B, Hq, 1, D) at position input_pos (1,) over caches (B, Hkv, S, D) -> (B, Hq, 1, D)."""
     B = q.shape[0]
-    seq_lens = (input_pos.to(torch.int32) + 1).expand(B).contiguous()
+    seq_lens = _seq_lens(input_pos, B)
     q1 = q[:, :, 0].contiguous()
     if torch.compiler.is_compiling():  # an opaque op for Inductor
         return _flash_decode_op(q1, k_cache, v_cache, seq_lens)[:, :, None]

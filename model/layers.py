@@ -168,7 +168,17 @@ class Attention(nn.Module):
         of several requests lie flat."""
         B, T, _ = x.shape
         if self.qkv_proj is not None:  # fused (fuse_projections): one matmul, then views
-            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+            qkv = self.qkv_proj(x)
+            rope_cache = getattr(self.attend, "rope_cache", None)  # the flash backends' fused write
+            if (rope_cache is not None and self.rotary_dim == self.head_dim and cos.dtype == qkv.dtype
+                    and not torch.compiler.is_compiling()):
+                # One kernel: RoPE on q and k, k and v stored in the cache; attend reads the cache.
+                q = rope_cache(qkv.view(B * T, -1), cos, sin, self.n_heads, self.n_kv_heads, self.kv_cache,
+                               input_pos)  # (B * T, n_heads, head_dim)
+                y = self.attend(q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2), None, None,
+                                self.kv_cache, input_pos, mask)
+                return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+            q, k, v = qkv.split(self.qkv_sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)

@@ -14,7 +14,7 @@ from torch import nn
 
 from cache.static_cache import StaticKVCache
 from kernels import ops
-from model import masks
+from model import decode_attention, masks
 from model.attention_backend import PAGED, STATIC, choose_attention
 from model.config import ModelConfig
 from model.layers import MLP, Attention, make_norm, precompute_rope, signed_sin
@@ -159,6 +159,7 @@ class Transformer(nn.Module):
         """
         assert input_ids.dim() == 2, f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}"
         B, T = input_ids.shape
+        decode_attention.new_forward()
         cached = self.max_seq_len > 0
         if input_pos is None:
             assert not cached and self.paged_kv is None, (

@@ -156,9 +156,22 @@ class FlashFace:
         """The step's FlashPlan; None for a decode-only step, which reads the metadata directly."""
         return None if meta.decode_only else FlashPlan(meta, self.block_size)
 
+    @staticmethod
+    def rope_cache(qkv, cos, sin, n_heads, n_kv_heads, layer_cache, input_pos=None) -> torch.Tensor:
+        """RoPE + the paged cache write at meta.slot_mapping in one kernel (kernels.rope_cache);
+        returns q (N, Hq, D)."""
+        from kernels.rope_cache import rope_cache
+
+        return rope_cache(qkv, cos, sin, n_heads, n_kv_heads, layer_cache.k_cache, layer_cache.v_cache,
+                          slot_mapping=layer_cache.meta.slot_mapping)
+
     def __call__(self, q, k, v, layer_cache, input_pos=None, mask=None) -> torch.Tensor:
-        """q (1, Hq, N, D), k/v (1, Hkv, N, D) after RoPE over a cache.PagedLayerCache -> (1, Hq, N, D)."""
-        meta, k_cache, v_cache = _write(k, v, layer_cache)
+        """q (1, Hq, N, D), k/v (1, Hkv, N, D) after RoPE over a cache.PagedLayerCache -> (1, Hq, N, D).
+        k, v None: rope_cache already wrote them."""
+        if k is None:
+            meta, k_cache, v_cache = layer_cache.meta, layer_cache.k_cache, layer_cache.v_cache
+        else:
+            meta, k_cache, v_cache = _write(k, v, layer_cache)
         if meta.decode_only:  # the common step (and the CUDA-graph one): one launch, no indexing
             from kernels.flash_decode import paged_flash_decode
 

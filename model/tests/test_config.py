@@ -95,3 +95,12 @@ def test_errors_are_one_line(change, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         ModelConfig.from_hf_config(tmp_path)
+
+
+def test_replace_head_dim_keeps_full_rotary():
+    """Overriding head_dim of a full-rotary preset keeps RoPE on every channel (was: the old width)."""
+    from model.config import ModelConfig
+
+    c = ModelConfig.from_name("tiny").replace(dim=256, n_heads=4, head_dim=64)
+    assert c.head_dim == 64 and c.rotary_dim == 64
+    assert ModelConfig.from_name("tiny").replace(dim=256).rotary_dim == 256 // ModelConfig.from_name("tiny").n_heads
