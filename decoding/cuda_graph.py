@@ -26,11 +26,15 @@ def capture_graph(fn: Callable[[], T], device, warmup: int = 3, pool=None) -> tu
     device = torch.device(device)
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        out = fn()
+    # No autograd, whoever calls: a replay never records it, and the model's inference path
+    # (fused add + RMSNorm, fused RoPE + cache write) runs only with grad off. An engine that
+    # captured at start-up with grad on baked the slower training-form blocks into its graphs.
+    with torch.no_grad():
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
     return graph, out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels import _triton
 from kernels._triton import HAVE_TRITON
 
 if HAVE_TRITON:
@@ -89,6 +90,10 @@ if HAVE_TRITON:
             tl.store(v_cache + dst + d, v.to(v_cache.dtype.element_ty))
 
 
+# No multiply-add contraction: an FMA would skip the rounding of x * cos that apply_rope does.
+_NO_FMA = {} if _triton.interpreting() else {"enable_fp_fusion": False}
+
+
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, n_heads: int, n_kv_heads: int,
                k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor | None = None,
                slot_mapping: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,5 +119,6 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, n
         args = (input_pos, T, k_cache.stride(0), k_cache.stride(2), k_cache.stride(1))
     _rope_cache_kernel[(N, n_heads + n_kv_heads)](
         qkv, qkv.stride(0), cos, sin_signed, q_out, k_cache, v_cache, *args,
-        HQ=n_heads, HKV=n_kv_heads, D=D, PAGED=slot_mapping is not None, num_warps=1 if D <= 64 else 2)
+        HQ=n_heads, HKV=n_kv_heads, D=D, PAGED=slot_mapping is not None, num_warps=1 if D <= 64 else 2,
+        **_NO_FMA)
     return q_out

@@ -151,3 +151,22 @@ def test_engine_paged_fused_path_matches(monkeypatch):
     want = run()
     assert len({t for out in want for t in out}) >= 4  # not a degenerate output
     assert got == want
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_engine_graphs_capture_the_inference_path(monkeypatch):
+    """The decode graphs captured at engine start-up take the fused path (grad off in the capture):
+    once they were captured with grad on and replayed the unfused training-form blocks."""
+    from model.paged_attention import FlashFace
+    from model.random_weights import random_model
+    from scheduler import LLM
+
+    calls = []
+    fused = FlashFace.rope_cache
+    monkeypatch.setattr(FlashFace, "rope_cache", staticmethod(lambda *a: calls.append(1) or fused(*a)))
+    model = random_model("tiny", device="cuda", dtype=torch.bfloat16, seed=2, n_layers=2, dim=256,
+                         n_heads=4, n_kv_heads=2, head_dim=64, vocab_size=128)
+    assert torch.is_grad_enabled()
+    llm = LLM(model, num_blocks=32, block_size=16, max_num_seqs=4, cuda_graph=True)
+    assert calls, "the captured decode graphs do not use the fused RoPE + cache write"
+    llm.engine.runner.close()
