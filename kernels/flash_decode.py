@@ -50,6 +50,7 @@ _INTERPRET_META = dict(BLOCK_N=16, num_warps=4, num_stages=1)
 _SMALL_KV = 256  # caches this short skip autotuning and use _SMALL_META
 _SMALL_META = dict(BLOCK_N=32, num_warps=4, num_stages=2)
 _SMEM_BUDGET_BYTES = 227 * 1024
+_NO_WINDOW = 1 << 30  # the kernel's window when there is none: longer than any cache
 
 DECODE_CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -87,9 +88,9 @@ def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part,
     g = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + b)
-    # Sliding window (window > 0): the query at position seq_len - 1 sees the last `window` tokens;
-    # the splits divide only those, so tokens before them are never loaded (O(window) per step).
-    first = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)
+    # Sliding window: the query at position seq_len - 1 sees the last `window` tokens (no window:
+    # the host passes 2^30); the splits divide only those, so earlier tokens are never loaded.
+    first = tl.maximum(seq_len - window, 0)
     chunk = tl.cdiv(tl.cdiv(seq_len - first, num_splits), BLOCK_N) * BLOCK_N
     lo = first + split * chunk
     hi = tl.minimum(lo + chunk, seq_len)
@@ -255,7 +256,7 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
     args = (q, k_cache, v_cache, seq_lens, bt, o_part, lse_part,
             q.stride(0), q.stride(1), *kv_strides, bt.stride(0) if paged else 0,
             Hq * num_splits, num_splits, 1,  # (b, h, s) strides of lse_part, in elements
-            scale * LOG2E, num_splits, window, kv_bucket, work_bucket)
+            scale * LOG2E, num_splits, window or _NO_WINDOW, kv_bucket, work_bucket)
     consts = dict(GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=D,
                   PAGED=paged, PAGE_SIZE=page_size, UPCAST=interpret_upcast(q))
     with device_guard(q):
