@@ -75,8 +75,10 @@ def align_by_expert(ids: torch.Tensor, n_experts: int, block_m: int = BLOCK_M):
 # Candidate tiles per token bucket (bucket = next power of two of the token count, capped at 512):
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). The first is the untimed default.
 CONFIGS = {
-    1: [(16, 128, 128, 1, 4, 5), (16, 64, 256, 1, 4, 4), (16, 64, 128, 1, 4, 5)],
-    4: [(16, 128, 128, 1, 4, 5), (16, 64, 128, 1, 4, 5), (16, 64, 256, 1, 4, 4)],
+    # 1-4 tokens touch 2-8 experts: the down projection (N = H = 4096) has only
+    # experts x H / BLOCK_N programs, so the narrow-N candidates keep every SM streaming there.
+    1: [(16, 128, 128, 1, 4, 5), (16, 64, 256, 1, 4, 4), (16, 32, 256, 1, 4, 4)],
+    4: [(16, 128, 128, 1, 4, 5), (16, 64, 128, 1, 4, 5), (16, 32, 256, 1, 4, 4)],
     16: [(16, 128, 128, 1, 4, 4), (16, 64, 256, 16, 4, 3), (16, 128, 256, 16, 4, 2)],
     64: [(32, 128, 128, 16, 4, 3), (16, 128, 128, 16, 8, 3), (32, 64, 128, 8, 4, 4)],
     128: [(64, 128, 128, 1, 8, 4), (64, 128, 64, 8, 4, 4), (32, 128, 128, 16, 4, 3)],
