@@ -200,3 +200,41 @@ def test_paged_decode_window_large():
     got = paged_flash_decode(q, k_pages, v_pages, table, lens, window=window, max_seq_len=4096)
     check_attention(got, want, dtype, "paged_flash_decode B=8 L<=4096 window=1024")
     assert ON_GPU
+
+
+def _time_us(fn, iters: int = 30) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / iters
+
+
+@gpu_only
+def test_paged_decode_window_cost_is_o_window():
+    """Decode with window 512 over 4,096 and 32,768 cached tokens (B 8, 32/8 heads, bf16): the same
+    cost within 1.5x (reading all 32K tokens would be ~8x), while the full-cache decode grows; each
+    windowed output equals the no-window kernel over the last 512 tokens alone (checked before timing)."""
+    dtype, B, hq, hkv, d, bs, window = torch.bfloat16, 8, 32, 8, 128, 16, 512
+    times = {}
+    for L in (4096, 32768):
+        q = randn(B, hq, d, dtype=dtype, seed=L)
+        k = randn(B * L // bs, bs, hkv, d, dtype=dtype, seed=L + 1)
+        v = randn(B * L // bs, bs, hkv, d, dtype=dtype, seed=L + 2)
+        table = torch.arange(B * L // bs, dtype=torch.int32, device=DEVICE).reshape(B, L // bs)
+        lens = torch.full((B,), L, dtype=torch.int32, device=DEVICE)
+        got = paged_flash_decode(q, k, v, table, lens, window=window)
+        # The table is the identity: sequence b's token j is row b * L + j of the flattened pool.
+        k_tail, v_tail = (t.reshape(B, L, hkv, d)[:, L - window:].transpose(1, 2).float() for t in (k, v))
+        want = attention_ref(q[:, :, None].float(), k_tail, v_tail)[:, :, 0]
+        check_attention(got, want, dtype, f"window {window} of {L} tokens vs the last {window} alone")
+        times[L] = (_time_us(lambda: paged_flash_decode(q, k, v, table, lens, window=window)),
+                    _time_us(lambda: paged_flash_decode(q, k, v, table, lens)))
+        print(f"paged decode B={B} L={L}: window {window} {times[L][0]:.1f} us, full {times[L][1]:.1f} us")
+    windowed, full = times[32768][0] / times[4096][0], times[32768][1] / times[4096][1]
+    assert full >= 3, f"the full decode should grow with L (x{full:.2f}); the timing cannot tell: {times}"
+    assert windowed <= 1.5, f"windowed decode grew x{windowed:.2f} from 4K to 32K tokens: not O(window); {times}"
