@@ -8,7 +8,8 @@ window for the whole model; model/arch.py refuses per-layer windows). KVCacheMan
 table entries set to the null block, so the table keeps its positions (block p still holds
 tokens p*bs ..) and the attention kernels, whose window bound starts past them, never read
 them (kernels/flash_decode.py, kernels/flash_attention.py; the gather face reads the null
-block's finite contents and masks them).
+block's finite contents and masks them). Releasing before an allocation that then fails (the
+scheduler preempts and retries) is still right: those blocks are dead either way.
 
 A request then holds at most cdiv(W - 1 + k, bs) + 1 blocks during a step of k new tokens
 (cdiv(W, bs) + 1 while decoding), whatever its length: `max_tokens_held` is what admission

@@ -20,8 +20,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from cache.block_pool import BlockPool
-from cache.window import max_tokens_held
 from cache.paged_cache import KVCapacity, PagedKVCache, bytes_per_token, kv_capacity, resolve_budget
+from cache.window import max_tokens_held
 from decoding.generate import ContextLengthError
 from decoding.ranges import phase
 from decoding.stopping import stop_string_hit
