@@ -38,8 +38,10 @@ step() {  # step NAME LOGFILE CMD...: run, keep its whole output in $OUT/LOGFILE
 } 2>&1 | tee "$log"
 step "sliding-window kernels and models (GPU)" window.log \
   python3 -m pytest -q -p no:cacheprovider -rs kernels/tests/test_window_attention.py parity/test_window.py
+# LAB_MOE_TUNE=0: each test shape takes its bucket's first candidate untimed (every candidate is
+# checked by test_every_config_matches_loop); bench.moe then times the candidates per bucket.
 step "fused MoE parity (GPU)" fused_moe.log \
-  python3 -m pytest -q -p no:cacheprovider -s parity/test_fused_moe.py \
+  env LAB_MOE_TUNE=0 python3 -m pytest -q -p no:cacheprovider -s parity/test_fused_moe.py \
   "parity/test_mutations.py::test_planted_fault_is_rejected[fused_MoE_tokens_sent_to_the_next_expert_(Triton)]"
 if [ "${LAB_ARCH_CPU_PARITY:-0}" = 1 ]; then
   step "architecture parity (CPU fp32 against transformers)" arch_parity.log \
