@@ -10,6 +10,8 @@ Two faces, chosen once when the caches are set up (model/attention_backend.py), 
   packed tensor by a single index op and go to kernels.flash_attention_varlen in one launch
   (causal bottom-right per request: a chunk after a cached prefix sees that prefix).
   A handful of launches per layer whatever the batch, instead of a loop over requests.
+  With a sliding window (face.window) both kernels take it: decodes read only the window's
+  blocks, prefills gather only the keys from their first query's window on.
 
 Each face splits planning from running, as FlashInfer does: `face.plan(meta)` once per step
 (the runner calls it before the forward; the result goes in meta.plan), then `face(q, k, v,
