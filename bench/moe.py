@@ -61,6 +61,7 @@ def expert_bytes(ids: torch.Tensor, hidden: int, inter: int, elem: int) -> int:
 def run(opts: Options) -> int:
     """Check, time and write one row per (tokens, variant); 0, 1 if a variant is WRONG/FAILED, 2 on bad flags."""
     from kernels import _triton
+    from kernels.fused_moe import config_for as fused_config
     from kernels.fused_moe import fused_moe
     from model.moe import moe_reference
     from parity.moe_cases import TOLERANCE, moe_inputs
@@ -102,12 +103,15 @@ def run(opts: Options) -> int:
                 t = common.time_fn(lambda fn=fn: fn(x, w13, w2, weights, ids), device, opts.warmup, opts.iters)
                 row.update(status="ok", p50_us=t["p50"], p10_us=t["p10"], p90_us=t["p90"],
                            gbps=nbytes / (t["p50"] * 1e-6) / 1e9, of_floor=floor_us / t["p50"])
+                if name == "fused":  # the tiles the first call chose: (BLOCK_M, N, K, GROUP_M, warps, stages)
+                    row["tiles"] = "/".join(map(str, fused_config(x, w13, w2, weights, ids)))
             except Exception as e:  # noqa: BLE001 - a variant's failure is a row, the others still run
                 row["status"] = common.failure_status(e)
                 failures.append(f"{name}@{n}")
             rows.append(row)
     common.print_table(rows, ["tokens", "variant", "status", "experts_read", ("p50_us", "p50 us"),
-                              ("floor_us", "floor us"), ("gbps", "weights GB/s"), ("of_floor", "of floor")])
+                              ("floor_us", "floor us"), ("gbps", "weights GB/s"), ("of_floor", "of floor"),
+                              "tiles"])
     out = common.results_dir("moe", device)
     summary = [{"name": f"moe/{r['variant']}/{r['dtype']}/n{r['tokens']}", "value": r["p50_us"], "unit": "us",
                 "floor_us": r["floor_us"], "copy_gbps": bw, "matmul_tflops": tflops}

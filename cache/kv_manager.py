@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from cache.block_pool import BlockPool, hash_block_tokens
+from cache import window as sliding
+from cache.block_pool import NULL_BLOCK_ID, BlockPool, hash_block_tokens
 
 
 def cdiv(a: int, b: int) -> int:
@@ -25,12 +26,14 @@ class BlockTable:
 
     Invariant: append-only. The one exception is copy-on-write, which swaps the LAST
     entry for a private copy before anything is written to it; entries before it never
-    change, so block ids handed to the runner for earlier tokens stay valid.
+    change, so block ids handed to the runner for earlier tokens stay valid. With a sliding
+    window the first num_released entries are the null block (cache/window.py: freed).
     """
 
     def __init__(self, block_size: int):
         self.block_size = block_size
         self.block_ids: list[int] = []
+        self.num_released = 0
 
     def __len__(self) -> int:
         return len(self.block_ids)
@@ -47,8 +50,9 @@ class BlockTable:
 class KVCacheManager:
     """Block tables of live requests, allocated from one BlockPool."""
 
-    def __init__(self, pool: BlockPool):
+    def __init__(self, pool: BlockPool, window: Optional[int] = None):
         self.pool = pool
+        self.window = window  # sliding window: blocks before it are freed (cache/window.py)
         self.block_size = pool.block_size
         self.tables: dict[str, BlockTable] = {}
         self.hashes: dict[str, list[int]] = {}  # hash chain of the request's full computed blocks
@@ -93,6 +97,8 @@ class KVCacheManager:
         if table is None:  # (not setdefault: that builds a table per call, and this runs per request per step)
             table = self.tables[request_id] = BlockTable(self.block_size)
             self.hashes[request_id] = []
+        if self.window:
+            sliding.release_out_of_window(table, self.pool, num_computed, self.window)
         need = max(0, self.blocks_needed(num_computed + num_new) - len(table))
         first = num_computed // self.block_size  # block receiving the first write
         # Copy before writing into a block others hold, or one whose cached tokens are
@@ -122,11 +128,12 @@ class KVCacheManager:
         start = len(hashes)
         hashes[:] = self._chain(token_ids, num_full, hashes)
         for i in range(start, num_full):
-            self.pool.cache_block(table.block_ids[i], hashes[i])
+            if table.block_ids[i] != NULL_BLOCK_ID:  # (a block freed out of a sliding window)
+                self.pool.cache_block(table.block_ids[i], hashes[i])
 
     def free(self, request_id: str) -> None:
         """Release every block of the request (preemption, finish or cancel)."""
         table = self.tables.pop(request_id, None)
         self.hashes.pop(request_id, None)
         if table is not None:
-            self.pool.free(reversed(table.block_ids))
+            self.pool.free([b for b in reversed(table.block_ids) if b != NULL_BLOCK_ID])

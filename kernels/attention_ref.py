@@ -23,11 +23,13 @@ import torch
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
-                  sm_scale: float | None = None) -> torch.Tensor:
+                  sm_scale: float | None = None, window: int | None = None) -> torch.Tensor:
     """softmax(sm_scale * q k^T [+ causal mask]) v in fp32, for (B, H, S, D) tensors.
 
     q: (B, Hq, S_q, D); k, v: (B, Hkv, S_kv, D) with Hq % Hkv == 0. Causal alignment is
-    bottom-right: query i attends keys j <= i + S_kv - S_q. Returns (B, Hq, S_q, D) in q.dtype.
+    bottom-right: query i attends keys j <= i + S_kv - S_q. window (causal only; None/0 = none):
+    also j > i + S_kv - S_q - window, the rule of model.masks.visible_keys (transformers' sliding
+    window). Returns (B, Hq, S_q, D) in q.dtype.
     """
     B, Hq, S_q, D = q.shape
     Bk, Hkv, S_kv, Dk = k.shape
@@ -39,7 +41,10 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     kf = k.float().repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
     vf = v.float().repeat_interleave(group, dim=1)  # (B, Hq, S_kv, D)
     scores = scale * (q.float() @ kf.transpose(-1, -2))  # (B, Hq, S_q, S_kv)
-    if causal:
+    if window:
+        assert causal, "attention_ref: a window needs causal=True"
+        allowed = window_visible(S_q, S_kv, window, q.device)  # (S_q, S_kv)
+    elif causal:
         allowed = ~causal_mask(S_q, S_kv, q.device)  # (S_q, S_kv)
     else:
         allowed = torch.ones(S_q, S_kv, dtype=torch.bool, device=q.device)
@@ -47,6 +52,15 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     probs = torch.softmax(scores, dim=-1)
     probs = torch.where(allowed.any(dim=-1, keepdim=True), probs, 0.0)  # empty rows -> 0, not NaN
     return (probs @ vf).to(q.dtype)  # (B, Hq, S_q, D)
+
+
+def window_visible(seq_q: int, seq_kv: int, window: int, device) -> torch.Tensor:
+    """(S_q, S_kv) bool, True where key j is visible to query i at position p = i + S_kv - S_q
+    under a sliding window: p - window < j <= p (model.masks.visible_keys' rule; the kernel
+    tests check the two agree with transformers' sliding-window mask)."""
+    pos = torch.arange(seq_q, device=device)[:, None] + (seq_kv - seq_q)
+    j = torch.arange(seq_kv, device=device)[None, :]
+    return (j <= pos) & (j > pos - window)
 
 
 def causal_mask(seq_q: int, seq_kv: int, device) -> torch.Tensor:
@@ -100,7 +114,7 @@ def paged_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_size: int, seed
 
 def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                          cu_seqlens_k: torch.Tensor, causal: bool = False,
-                         sm_scale: float | None = None) -> torch.Tensor:
+                         sm_scale: float | None = None, window: int | None = None) -> torch.Tensor:
     """attention_ref over packed sequences, flash-attn's varlen layout.
 
     q: (total_q, Hq, D); k, v: (total_k, Hkv, D); cu_seqlens_q / cu_seqlens_k: (num_seqs + 1,)
@@ -116,7 +130,7 @@ def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
         qs = q[cq[s]:cq[s + 1]].transpose(0, 1)[None]  # (1, Hq, S_q, D)
         ks = k[ck[s]:ck[s + 1]].transpose(0, 1)[None]  # (1, Hkv, S_kv, D)
         vs = v[ck[s]:ck[s + 1]].transpose(0, 1)[None]  # (1, Hkv, S_kv, D)
-        out[cq[s]:cq[s + 1]] = attention_ref(qs, ks, vs, causal, sm_scale)[0].transpose(0, 1)
+        out[cq[s]:cq[s + 1]] = attention_ref(qs, ks, vs, causal, sm_scale, window)[0].transpose(0, 1)
     return out
 
 

@@ -25,6 +25,11 @@ Hopper (sm_90+): Q/K/V/O tiles move through host-built TMA tensor descriptors
 S); every other device, and Triton's interpreter, takes the portable pointer path. The
 two paths share the same online-softmax code.
 
+Sliding window (Mistral; `window=`, causal only): query position p sees keys in (p - window, p].
+HAS_WINDOW is a compile-time switch, so the no-window kernels are the code they were; with it,
+the KV loop starts at the tile of the tile's first row's lowest key (tiles wholly below the
+window are never loaded), a straddling tile runs masked and the rest as above.
+
 Reference: kernels/attention_ref.py (attention_ref, varlen_attention_ref).
 """
 
@@ -164,14 +169,17 @@ def tile_dot(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV, causal_offset,
-                         MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
+def _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV, causal_offset, window,
+                         MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                         UPCAST: tl.constexpr):
     """Fold one KV tile into (acc, l, m). q: (BM, D), k/v: (BN, D); acc (BM, D) fp32."""
     qk = tile_dot(q, tl.trans(k), None, UPCAST)  # (BM, BN) fp32
     if MASKED:
         keep = cols[None, :] < S_KV
         if IS_CAUSAL:
             keep = keep & (cols[None, :] <= rows[:, None] + causal_offset)
+        if HAS_WINDOW:  # sliding window: keys at positions > the query's - window
+            keep = keep & (cols[None, :] > rows[:, None] + causal_offset - window)
         qk = tl.where(keep, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         # A row with nothing visible yet keeps m = -inf; subtract 0 there so 2^(-inf - 0) = 0, not NaN.
@@ -190,10 +198,13 @@ def _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV, cau
 
 @triton.jit
 def _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn,
-                   lo, hi, rows, S_KV, causal_offset, qk_scale,
-                   MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                   HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
-    """Run KV tiles [lo, hi) (lo a multiple of BLOCK_N). K/V point at this (batch, kv head)."""
+                   lo, hi, rows, S_KV, causal_offset, qk_scale, window, key_lo,
+                   MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                   BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr,
+                   UPCAST: tl.constexpr):
+    """Run KV tiles [lo, hi) (lo a multiple of BLOCK_N). K/V point at this (batch, kv head).
+    With HAS_WINDOW the masked (pointer-path) loads also skip keys < key_lo: below the window
+    of every row of the tile, so a freed paged block there is never read."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in tl.range(lo, hi, BLOCK_N):
@@ -204,21 +215,28 @@ def _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, s
             v = desc_v.load([b, h_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
         elif MASKED:
             in_kv = cols[:, None] < S_KV
+            if HAS_WINDOW:
+                in_kv = in_kv & (cols[:, None] >= key_lo)
             k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=in_kv, other=0.0)
             v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=in_kv, other=0.0)
         else:
             k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :])
             v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :])
         acc, l_i, m_i = _online_softmax_step(acc, l_i, m_i, q, k, v, qk_scale, cols, rows, S_KV,
-                                             causal_offset, MASKED, IS_CAUSAL, UPCAST)
+                                             causal_offset, window, MASKED, IS_CAUSAL, HAS_WINDOW, UPCAST)
     return acc, l_i, m_i
 
 
 @triton.jit
-def _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, S_KV, qk_scale,
-               IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, S_KV, qk_scale, window,
+               IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
-    """Normalized output (BM, D) fp32 for query rows [m0, m0 + BM) of one (batch, head)."""
+    """Normalized output (BM, D) fp32 for query rows [m0, m0 + BM) of one (batch, head).
+
+    HAS_WINDOW (causal only): row i (position i + c) sees keys in (i + c - window, i + c]. The
+    KV loop starts at the tile holding the first row's lowest key, so tiles wholly below the
+    window are skipped, not masked; tiles straddling its lower edge run masked, the band every
+    row sees whole runs unmasked."""
     rows = m0 + tl.arange(0, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -233,14 +251,26 @@ def _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, 
         full_end = S_KV
         end = S_KV
     full_end = (full_end // BLOCK_N) * BLOCK_N
-    # Off-diagonal tiles: no mask.
+    key_lo = 0
+    start = 0
+    if HAS_WINDOW:
+        # First row's lowest visible key; from `start` on every row of the tile sees every key.
+        key_lo = tl.maximum(m0 + causal_offset - window + 1, 0)
+        lo = (key_lo // BLOCK_N) * BLOCK_N
+        start = tl.cdiv(tl.maximum(m0 + BLOCK_M + causal_offset - window, 0), BLOCK_N) * BLOCK_N
+        start = tl.minimum(tl.maximum(start, lo), full_end)
+        # Lower window edge: masked (tiles below lo are never visited).
+        acc, l_i, m_i = _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn,
+                                       lo, start, rows, S_KV, causal_offset, qk_scale, window, key_lo,
+                                       True, IS_CAUSAL, HAS_WINDOW, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
+    # Off-diagonal tiles inside the window: no mask.
     acc, l_i, m_i = _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn,
-                                   0, full_end, rows, S_KV, causal_offset, qk_scale,
-                                   False, IS_CAUSAL, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
+                                   start, full_end, rows, S_KV, causal_offset, qk_scale, window, key_lo,
+                                   False, IS_CAUSAL, HAS_WINDOW, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
     # Diagonal band and ragged tail: masked.
     acc, l_i, m_i = _attn_kv_range(acc, l_i, m_i, q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn,
-                                   full_end, end, rows, S_KV, causal_offset, qk_scale,
-                                   True, IS_CAUSAL, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
+                                   full_end, end, rows, S_KV, causal_offset, qk_scale, window, key_lo,
+                                   True, IS_CAUSAL, HAS_WINDOW, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
     inv_l = 1.0 / tl.where(l_i == 0.0, 1.0, l_i)  # rows that saw no key: acc = 0 -> output 0
     return acc * inv_l[:, None]
 
@@ -251,10 +281,10 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
                       stride_kb, stride_kh, stride_kn,
                       stride_vb, stride_vh, stride_vn,
                       stride_ob, stride_oh, stride_om,
-                      qk_scale, H_Q, S_Q, S_KV,
+                      qk_scale, H_Q, S_Q, S_KV, window,
                       S_Q_BUCKET, S_KV_BUCKET, BH_BUCKET,  # autotune key only
                       GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                      USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
+                      HAS_WINDOW: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (cdiv(S_q, BLOCK_M), B * Hq). Last dim of every tensor has stride 1."""
     pid_m = tl.program_id(0)
@@ -277,8 +307,8 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
         q_ptrs = Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None] * stride_qm + offs_d[None, :]
         q = tl.load(q_ptrs, mask=rows[:, None] < S_Q, other=0.0)  # (BM, D)
 
-    out = _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, S_KV, qk_scale,
-                     IS_CAUSAL, BLOCK_M, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
+    out = _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, S_KV, qk_scale, window,
+                     IS_CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N, HEAD_DIM, USE_TMA, UPCAST)
     if USE_TMA:  # the descriptor drops rows past S_q
         desc_o.store([b, h, m0, 0], out.to(O.dtype.element_ty).reshape(1, 1, BLOCK_M, HEAD_DIM))
     else:
@@ -290,10 +320,10 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
 def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                          stride_ot, stride_oh,
-                         qk_scale, H_Q,
+                         qk_scale, H_Q, window,
                          S_Q_BUCKET, S_KV_BUCKET,  # autotune key only
                          GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                         UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (cdiv(max_seqlen_q, BLOCK_M), num_seqs * Hq) over packed (total, H, D) tensors."""
     pid_m = tl.program_id(0)
     pid_sh = tl.program_id(1)
@@ -316,13 +346,13 @@ def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
     V = V + k_start.to(tl.int64) * stride_vt + h_kv * stride_vh
     q_ptrs = Q + (q_start + rows.to(tl.int64))[:, None] * stride_qt + h * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=rows[:, None] < S_Q, other=0.0)  # (BM, D)
-    out = _attn_tile(q, K, V, None, None, seq, h_kv, stride_kt, stride_vt, m0, S_Q, S_KV, qk_scale,
-                     IS_CAUSAL, BLOCK_M, BLOCK_N, HEAD_DIM, False, UPCAST)
+    out = _attn_tile(q, K, V, None, None, seq, h_kv, stride_kt, stride_vt, m0, S_Q, S_KV, qk_scale, window,
+                     IS_CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N, HEAD_DIM, False, UPCAST)
     o_ptrs = O + (q_start + rows.to(tl.int64))[:, None] * stride_ot + h * stride_oh + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=rows[:, None] < S_Q)
 
 
-_KEY = ["S_Q_BUCKET", "S_KV_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL"]
+_KEY = ["S_Q_BUCKET", "S_KV_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "HAS_WINDOW"]
 _flash_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY + ["BH_BUCKET", "USE_TMA"],
                                    prune_configs_by={"early_config_prune": _prune})(_flash_fwd_kernel)
 _flash_varlen_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY,
@@ -360,9 +390,20 @@ def _raise(name: str, problems: list[str]) -> None:
         raise ValueError(f"{name}: " + "; ".join(problems))
 
 
+def window_arg(name: str, window, causal: bool = True) -> int:
+    """The kernels' window: 0 for None/0 (no window), else a positive int (causal attention only)."""
+    if window is None or (not isinstance(window, bool) and isinstance(window, int) and window == 0):
+        return 0
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        _raise(name, [f"window must be None, 0 or a positive int, got {window!r}"])
+    if not causal:
+        _raise(name, [f"window={window} needs causal=True (a sliding window looks back from each query)"])
+    return window
+
+
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                     sm_scale: float | None = None, *, out: torch.Tensor | None = None,
-                    use_tma: bool | None = None) -> torch.Tensor:
+                    use_tma: bool | None = None, window: int | None = None) -> torch.Tensor:
     """softmax(sm_scale * q k^T [causal]) v for (B, H, S, D)-shaped tensors, in Triton.
 
     q: (B, Hq, S_q, D); k, v: (B, Hkv, S_kv, D); fp16 or bf16, D in {64, 128}, Hq % Hkv == 0.
@@ -372,8 +413,12 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     place and returned (same shape/dtype as q); otherwise the result has q's strides.
     use_tma: None picks TMA descriptors on sm_90+ when strides/alignment allow; False forces
     the portable pointer path (for A/B timing); True demands TMA.
+    window (causal only; None or 0 = none): query i (position i + S_kv - S_q) sees keys in
+    (position - window, position] (Mistral / transformers' sliding window); KV tiles wholly
+    outside every row's window are skipped, so the cost per query is O(window).
     """
     _raise("flash_attention", _check_common("flash_attention", q, k, v, out, 4, 1))
+    win = window_arg("flash_attention", window, causal)
     B, Hq, S_q, D = q.shape
     Bk, Hkv, S_kv, _ = k.shape
     if Bk != B:
@@ -402,9 +447,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     args = (q, k, v, out, *descs,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            scale * LOG2E, Hq, S_q, S_kv, _seq_bucket(S_q), _seq_bucket(S_kv),
+            scale * LOG2E, Hq, S_q, S_kv, win, _seq_bucket(S_q), _seq_bucket(S_kv),
             triton.next_power_of_2(B * Hq))  # batch x heads: how many tiles fill the GPU
-    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), USE_TMA=tma, UPCAST=interpret_upcast(q))
+    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), HAS_WINDOW=win > 0, USE_TMA=tma,
+                  UPCAST=interpret_upcast(q))
     grid = lambda meta: (triton.cdiv(S_q, meta["BLOCK_M"]), B * Hq)  # noqa: E731
     with device_guard(q):
         if fixed:
@@ -417,7 +463,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                            cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
                            causal: bool = False, sm_scale: float | None = None, *,
-                           out: torch.Tensor | None = None) -> torch.Tensor:
+                           out: torch.Tensor | None = None, window: int | None = None) -> torch.Tensor:
     """flash_attention over packed variable-length sequences (flash-attn's varlen layout).
 
     q: (total_q, Hq, D); k, v: (total_k, Hkv, D); fp16/bf16, D in {64, 128}.
@@ -426,9 +472,12 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     max_seqlen_q / max_seqlen_k: host ints >= every sequence's length (they size the grid and
     the autotune key; no device sync here). Each sequence attends only to itself, causal
     bottom-right per sequence. Returns (total_q, Hq, D) (or fills `out`).
+    window: as in flash_attention, per sequence (keys below every row's window are not even
+    loaded, so a sequence's K may start anywhere before its window).
     """
     name = "flash_attention_varlen"
     problems = _check_common(name, q, k, v, out, 3, 1)
+    win = window_arg(name, window, causal)
     for n, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if cu.dtype != torch.int32 or cu.dim() != 1 or cu.numel() < 2 or cu.device != q.device:
             problems.append(f"{n} must be a 1-D int32 tensor of num_seqs + 1 >= 2 entries on {q.device}, "
@@ -451,9 +500,10 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
 
     args = (q, k, v, out, cu_seqlens_q, cu_seqlens_k,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            out.stride(0), out.stride(1), scale * LOG2E, Hq,
+            out.stride(0), out.stride(1), scale * LOG2E, Hq, win,
             _coarse_bucket(max_seqlen_q), _coarse_bucket(max_seqlen_k))
-    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), UPCAST=interpret_upcast(q))
+    consts = dict(GROUP=Hq // Hkv, HEAD_DIM=D, IS_CAUSAL=bool(causal), HAS_WINDOW=win > 0,
+                  UPCAST=interpret_upcast(q))
     fixed = _INTERPRET_META if interpreting() else (
         _SMALL_META if max(max_seqlen_q, max_seqlen_k) <= _SMALL_SEQ else None)
     with device_guard(q):

@@ -25,6 +25,10 @@ Two caches share the kernels (PAGED is a compile-time switch):
   contiguous  k_cache[b, g, j, :]                                   (B, Hkv, S_max, D)
   paged       k_cache[block_table[b, j // bs], j % bs, g, :]        (num_blocks, bs, Hkv, D)
 
+Sliding window (`window=`, Mistral): the splits divide only the last `window` tokens
+[max(L - window, 0), L), so earlier tokens (and, paged, their blocks) are never read and a
+step costs O(window); num_splits is chosen for min(max KV length, window).
+
 Reference: kernels/attention_ref.py (attention_ref, paged_decode_ref).
 """
 
@@ -38,7 +42,7 @@ import triton
 import triton.language as tl
 
 from kernels.flash_attention import (LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, device_guard,
-                                     device_problem, interpret_upcast, interpreting, tile_dot)
+                                     device_problem, interpret_upcast, interpreting, tile_dot, window_arg)
 
 MIN_TOKENS_PER_SPLIT = 128  # below this a split's fixed cost (q load, partial write) dominates
 MAX_SPLITS = 64
@@ -46,6 +50,7 @@ _INTERPRET_META = dict(BLOCK_N=16, num_warps=4, num_stages=1)
 _SMALL_KV = 256  # caches this short skip autotuning and use _SMALL_META
 _SMALL_META = dict(BLOCK_N=32, num_warps=4, num_stages=2)
 _SMEM_BUDGET_BYTES = 227 * 1024
+_NO_WINDOW = 1 << 30  # the kernel's window when there is none: longer than any cache
 
 DECODE_CONFIGS = [
     triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -71,7 +76,7 @@ def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part,
                          stride_vblk, stride_vtok, stride_vh,
                          stride_bt,
                          stride_pb, stride_ph, stride_ps,
-                         qk_scale, num_splits,
+                         qk_scale, num_splits, window,
                          KV_BUCKET, WORK_BUCKET,  # autotune key only
                          GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
                          PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr,
@@ -83,8 +88,11 @@ def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part,
     g = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens + b)
-    chunk = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
-    lo = split * chunk
+    # Sliding window: the query at position seq_len - 1 sees the last `window` tokens (no window:
+    # the host passes 2^30); the splits divide only those, so earlier tokens are never loaded.
+    first = tl.maximum(seq_len - window, 0)
+    chunk = tl.cdiv(tl.cdiv(seq_len - first, num_splits), BLOCK_N) * BLOCK_N
+    lo = first + split * chunk
     hi = tl.minimum(lo + chunk, seq_len)
 
     offs_h = tl.arange(0, BLOCK_H)
@@ -225,13 +233,15 @@ def _check(name: str, q, k_cache, v_cache, seq_lens, out, extra: dict) -> list[s
 
 
 def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, max_kv_len,
-         num_kv_heads, kv_strides, paged, page_size):
+         num_kv_heads, kv_strides, paged, page_size, window):
     B, Hq, D = q.shape
     group = Hq // num_kv_heads
     if out is None:
         out = torch.empty_like(q)
     if out.numel() == 0:
         return out
+    if window:  # a step reads at most `window` tokens per sequence: split (and tune) for that
+        max_kv_len = min(max_kv_len, window)
     if num_splits is None:
         num_splits = choose_num_splits(B, num_kv_heads, max_kv_len, _num_sms(q))
     num_splits = max(1, int(num_splits))
@@ -246,7 +256,7 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
     args = (q, k_cache, v_cache, seq_lens, bt, o_part, lse_part,
             q.stride(0), q.stride(1), *kv_strides, bt.stride(0) if paged else 0,
             Hq * num_splits, num_splits, 1,  # (b, h, s) strides of lse_part, in elements
-            scale * LOG2E, num_splits, kv_bucket, work_bucket)
+            scale * LOG2E, num_splits, window or _NO_WINDOW, kv_bucket, work_bucket)
     consts = dict(GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=D,
                   PAGED=paged, PAGE_SIZE=page_size, UPCAST=interpret_upcast(q))
     with device_guard(q):
@@ -270,7 +280,8 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
 
 def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                  sm_scale: float | None = None, *, out: torch.Tensor | None = None,
-                 num_splits: int | None = None, max_seq_len: int | None = None) -> torch.Tensor:
+                 num_splits: int | None = None, max_seq_len: int | None = None,
+                 window: int | None = None) -> torch.Tensor:
     """One decode step over a contiguous per-sequence KV cache (split-KV, two launches).
 
     q:        (B, Hq, D) fp16/bf16, D in {64, 128}; the new token's query per sequence.
@@ -280,8 +291,11 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
               Tokens at positions >= seq_lens[b] are never read. 0 gives an output of 0.
     out:      optional (B, Hq, D) buffer to fill. num_splits: override the heuristic.
     max_seq_len: host bound on seq_lens (default S_max); only steers num_splits.
+    window:   sliding window (None/0 = none): only the last `window` tokens (positions
+              > seq_lens[b] - 1 - window) are read; earlier ones are never loaded.
     Returns (B, Hq, D): softmax(sm_scale * q k^T) v per (sequence, head).
     """
+    win = window_arg("flash_decode", window)
     problems = _check("flash_decode", q, k_cache, v_cache, seq_lens, out, {})
     if not problems:
         if k_cache.shape[0] != q.shape[0] or k_cache.shape[1] == 0 or q.shape[1] % k_cache.shape[1]:
@@ -294,13 +308,13 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     kv_strides = (k_cache.stride(0), k_cache.stride(2), k_cache.stride(1),
                   v_cache.stride(0), v_cache.stride(2), v_cache.stride(1))
     return _run(q, k_cache, v_cache, seq_lens, None, out, sm_scale, num_splits,
-                s_max if max_seq_len is None else max_seq_len, hkv, kv_strides, False, 1)
+                s_max if max_seq_len is None else max_seq_len, hkv, kv_strides, False, 1, win)
 
 
 def paged_flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                        block_table: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float | None = None, *,
                        out: torch.Tensor | None = None, num_splits: int | None = None,
-                       max_seq_len: int | None = None) -> torch.Tensor:
+                       max_seq_len: int | None = None, window: int | None = None) -> torch.Tensor:
     """One decode step over a paged KV cache addressed by block tables (vLLM layout).
 
     q:           (B, Hq, D) fp16/bf16, D in {64, 128}.
@@ -312,8 +326,11 @@ def paged_flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     seq_lens:    (B,) int32 on q's device, 0 <= seq_lens[b] <= max_blocks * block_size.
     out:         optional (B, Hq, D) buffer to fill. num_splits: override the heuristic.
     max_seq_len: host bound on seq_lens (default max_blocks * block_size); only steers num_splits.
+    window:      sliding window (None/0 = none): only the last `window` tokens are read, so block
+                 table entries wholly before them are never read either (may be the null block).
     Returns (B, Hq, D).
     """
+    win = window_arg("paged_flash_decode", window)
     problems = _check("paged_flash_decode", q, k_cache, v_cache, seq_lens, out, {"block_table": block_table})
     if not problems:
         if k_cache.shape[2] == 0 or q.shape[1] % k_cache.shape[2]:
@@ -331,4 +348,4 @@ def paged_flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
                   v_cache.stride(0), v_cache.stride(1), v_cache.stride(2))
     bound = block_table.shape[1] * block_size if max_seq_len is None else max_seq_len
     return _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, bound, hkv,
-                kv_strides, True, block_size)
+                kv_strides, True, block_size, win)

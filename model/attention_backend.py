@@ -15,6 +15,7 @@ with q (B, Hq, T, D) and k, v (B, Hkv, T, D) after RoPE.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -36,14 +37,13 @@ def choose_attention(choice: Optional[str], cache: torch.Tensor, compute_dtype: 
 
     choice None reads $LAB_ATTENTION (unset: "auto"). Raises ValueError for a value not in
     CHOICES, or for "flash" where the kernels cannot run. A sliding-window model (window not None)
-    runs SDPA with the window in its mask: the flash kernels take no window yet.
+    takes the flash kernels too: they take the window and skip the blocks before it.
     """
     source = "attention" if choice is not None else ENV
     choice = choice if choice is not None else os.environ.get(ENV, "auto")
     if choice not in CHOICES:
         raise ValueError(f"{source} must be one of {', '.join(CHOICES)}, got {choice!r}")
-    why_not = _flash_unavailable(cache, compute_dtype) or (
-        f"the model has a sliding window ({window}) and the flash kernels take none" if window else "")
+    why_not = _flash_unavailable(cache, compute_dtype)
     if choice == "flash" and why_not:
         raise ValueError(f"{source}=flash, but the flash kernels cannot run here: {why_not}")
     return "flash" if choice != "sdpa" and not why_not else "sdpa"
@@ -66,8 +66,9 @@ def static_sdpa(q, k, v, cache, input_pos, mask) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
 
 
-def static_flash(q, k, v, cache, input_pos, mask) -> torch.Tensor:
-    """static_sdpa, but a one-token step reads only the valid prefix through kernels.flash_decode.
+def static_flash(q, k, v, cache, input_pos, mask, window: Optional[int] = None) -> torch.Tensor:
+    """static_sdpa, but a one-token step reads only the valid prefix (with a sliding window, only
+    its last `window` tokens) through kernels.flash_decode.
 
     k, v None: static_flash.rope_cache already wrote them (model.layers.Attention). torch.export
     keeps SDPA: the runtimes of the exports built on it cannot call a Python op.
@@ -79,7 +80,7 @@ def static_flash(q, k, v, cache, input_pos, mask) -> torch.Tensor:
         k, v = cache.update(input_pos, k, v)
     if q.shape[2] != 1 or torch.compiler.is_exporting():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    return decode_attention.attend(q, k, v, input_pos)
+    return decode_attention.attend(q, k, v, input_pos, window)
 
 
 def _static_rope_cache(qkv, cos, sin, n_heads, n_kv_heads, cache, input_pos) -> torch.Tensor:
@@ -93,4 +94,14 @@ static_flash.rope_cache = _static_rope_cache  # the flash backend fuses RoPE wit
 
 
 STATIC = {"sdpa": static_sdpa, "flash": static_flash}  # name -> attend over a StaticKVCache
+
+
+def static_attend(name: str, window: Optional[int] = None):
+    """STATIC[name] for a model with sliding window `window` (None: none); the SDPA path's window
+    is in the mask the model builds, the flash path's a kernel argument bound here."""
+    if name == "flash" and window:
+        bound = functools.partial(static_flash, window=window)
+        bound.rope_cache = _static_rope_cache
+        return bound
+    return STATIC[name]
 PAGED = {"sdpa": GatherFace, "flash": FlashFace}  # name -> face class (of block_size) over a PagedKVCache

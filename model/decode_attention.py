@@ -12,19 +12,21 @@ LAB_ATTENTION=sdpa turns it off, to compare or to rule it out).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
 @torch.library.custom_op("lab::flash_decode", mutates_args=())
 def _flash_decode_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     seq_lens: torch.Tensor) -> torch.Tensor:
+                     seq_lens: torch.Tensor, window: int = 0) -> torch.Tensor:
     from kernels.flash_decode import flash_decode
 
-    return flash_decode(q, k_cache, v_cache, seq_lens)
+    return flash_decode(q, k_cache, v_cache, seq_lens, window=window)
 
 
 @_flash_decode_op.register_fake
-def _(q, k_cache, v_cache, seq_lens):
+def _(q, k_cache, v_cache, seq_lens, window=0):
     return torch.empty_like(q)
 
 
@@ -49,13 +51,15 @@ def _seq_lens(input_pos: torch.Tensor, B: int) -> torch.Tensor:
     return seq_lens
 
 
-def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    """q (B, Hq, 1, D) at position input_pos (1,) over caches (B, Hkv, S, D) -> (B, Hq, 1, D)."""
+def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, input_pos: torch.Tensor,
+           window: Optional[int] = None) -> torch.Tensor:
+    """q (B, Hq, 1, D) at position input_pos (1,) over caches (B, Hkv, S, D) -> (B, Hq, 1, D);
+    window: sliding window (None = none), only the last `window` cached tokens are read."""
     B = q.shape[0]
     seq_lens = _seq_lens(input_pos, B)
     q1 = q[:, :, 0].contiguous()
     if torch.compiler.is_compiling():  # an opaque op for Inductor
-        return _flash_decode_op(q1, k_cache, v_cache, seq_lens)[:, :, None]
+        return _flash_decode_op(q1, k_cache, v_cache, seq_lens, window or 0)[:, :, None]
     from kernels.flash_decode import flash_decode  # eager: skip the custom op's dispatch cost
 
-    return flash_decode(q1, k_cache, v_cache, seq_lens)[:, :, None]
+    return flash_decode(q1, k_cache, v_cache, seq_lens, window=window)[:, :, None]

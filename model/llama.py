@@ -15,7 +15,7 @@ from torch import nn
 from cache.static_cache import StaticKVCache
 from kernels import ops
 from model import decode_attention, masks
-from model.attention_backend import PAGED, STATIC, choose_attention
+from model.attention_backend import PAGED, choose_attention, static_attend
 from model.config import ModelConfig
 from model.layers import MLP, Attention, make_norm, precompute_rope, signed_sin
 from model.moe import MoE
@@ -107,7 +107,7 @@ class Transformer(nn.Module):
         name = choose_attention(attention, caches[0].k_cache, weight.dtype, self.config.sliding_window)
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         for layer, cache in zip(self.model.layers, caches):
-            layer.self_attn.set_cache(cache, STATIC[name])
+            layer.self_attn.set_cache(cache, static_attend(name, self.config.sliding_window))
         self.setup_rope(max_seq_len, device)
         return name
 

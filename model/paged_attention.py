@@ -10,6 +10,8 @@ Two faces, chosen once when the caches are set up (model/attention_backend.py), 
   packed tensor by a single index op and go to kernels.flash_attention_varlen in one launch
   (causal bottom-right per request: a chunk after a cached prefix sees that prefix).
   A handful of launches per layer whatever the batch, instead of a loop over requests.
+  With a sliding window (face.window) both kernels take it: decodes read only the window's
+  blocks, prefills gather only the keys from their first query's window on.
 
 Each face splits planning from running, as FlashInfer does: `face.plan(meta)` once per step
 (the runner calls it before the forward; the result goes in meta.plan), then `face(q, k, v,
@@ -52,9 +54,12 @@ class FlashPlan:
     dec_tables (R_dec, max_blocks) int32, dec_lens (R_dec,) int32: the decodes' rows of the
     metadata. cu_q, cu_k (R_pre + 1,) int32: prefix sums of the prefills' new and total tokens;
     key_slots (sum of their lengths,) long: the flat cache slot of every key, in request order.
+    With a sliding window a prefill's keys start at its first query's window (first position
+    - window + 1): the bottom-right causal alignment is unchanged by dropping keys from the
+    front, and blocks before them (freed, the null block) are never gathered.
     """
 
-    def __init__(self, meta, block_size: int):
+    def __init__(self, meta, block_size: int, window: Optional[int] = None):
         device = meta.block_tables.device
         qsl, lens = meta.query_start_loc, meta.seq_lens_host
         n_new = [qsl[r + 1] - qsl[r] for r in range(len(lens))]
@@ -74,7 +79,10 @@ class FlashPlan:
             self.dec_tables, self.dec_lens = meta.block_tables[sel], meta.seq_lens[sel]
         self.pre_rows = rows(pre) if pre else None
         if pre:
-            q_lens, k_lens = [n_new[r] for r in pre], [lens[r] for r in pre]
+            q_lens = [n_new[r] for r in pre]
+            # Keys before the first query's window are seen by no query of the chunk: not gathered.
+            k_from = [max(0, lens[r] - n_new[r] - window + 1) if window else 0 for r in pre]
+            k_lens = [lens[r] - f for r, f in zip(pre, k_from)]
             self.cu_q = torch.tensor([0, *itertools.accumulate(q_lens)], dtype=torch.int32, device=device)
             self.cu_k = torch.tensor([0, *itertools.accumulate(k_lens)], dtype=torch.int32, device=device)
             self.max_q, self.max_k = max(q_lens), max(k_lens)
@@ -83,6 +91,8 @@ class FlashPlan:
             req = torch.repeat_interleave(t(pre), k_lens_t)
             start = torch.repeat_interleave(self.cu_k[:-1].long(), k_lens_t)
             pos = torch.arange(int(sum(k_lens)), device=device) - start
+            if window:
+                pos = pos + torch.repeat_interleave(t(k_from), k_lens_t)
             blocks = meta.block_tables[req, pos // block_size].long()
             self.key_slots = blocks * block_size + pos % block_size
 
@@ -96,8 +106,9 @@ def _run_rows(kernel, qt: torch.Tensor, out: torch.Tensor, rows) -> None:
 
 
 def flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          plan: FlashPlan) -> torch.Tensor:
-    """Decodes through paged flash decode, prefills through varlen flash attention. (1, Hq, N, D)."""
+                          plan: FlashPlan, window: Optional[int] = None) -> torch.Tensor:
+    """Decodes through paged flash decode, prefills through varlen flash attention, both with the
+    sliding window `window` (None: none). (1, Hq, N, D)."""
     from kernels.flash_attention import flash_attention_varlen
     from kernels.flash_decode import paged_flash_decode
 
@@ -106,12 +117,12 @@ def flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     out = torch.empty_like(qt)
     if plan.dec_rows is not None:
         _run_rows(lambda x, out=None: paged_flash_decode(x, k_cache, v_cache, plan.dec_tables, plan.dec_lens,
-                                                         out=out), qt, out, plan.dec_rows)
+                                                         out=out, window=window), qt, out, plan.dec_rows)
     if plan.pre_rows is not None:
         kp = k_cache.view(-1, hkv, d).index_select(0, plan.key_slots)  # (Nk, Hkv, D)
         vp = v_cache.view(-1, hkv, d).index_select(0, plan.key_slots)
         _run_rows(lambda x, out=None: flash_attention_varlen(x, kp, vp, plan.cu_q, plan.cu_k, plan.max_q,
-                                                             plan.max_k, causal=True, out=out),
+                                                             plan.max_k, causal=True, out=out, window=window),
                   qt, out, plan.pre_rows)
     return out.transpose(0, 1)[None]  # (1, Hq, N, D)
 
@@ -151,10 +162,11 @@ class FlashFace:
 
     def __init__(self, block_size: int):
         self.block_size = block_size
+        self.window: Optional[int] = None  # sliding window (set by setup_paged_caches); None = full
 
     def plan(self, meta) -> Optional[FlashPlan]:
         """The step's FlashPlan; None for a decode-only step, which reads the metadata directly."""
-        return None if meta.decode_only else FlashPlan(meta, self.block_size)
+        return None if meta.decode_only else FlashPlan(meta, self.block_size, self.window)
 
     @staticmethod
     def rope_cache(qkv, cos, sin, n_heads, n_kv_heads, layer_cache, input_pos=None) -> torch.Tensor:
@@ -176,18 +188,19 @@ class FlashFace:
             from kernels.flash_decode import paged_flash_decode
 
             qd = q[0].transpose(0, 1).contiguous()  # (R, Hq, D): one token per request
-            out = paged_flash_decode(qd, k_cache, v_cache, meta.block_tables, meta.seq_lens)
+            out = paged_flash_decode(qd, k_cache, v_cache, meta.block_tables, meta.seq_lens, window=self.window)
             return out.transpose(0, 1)[None]  # (1, Hq, R, D)
         assert meta.plan is not None, "a mixed step needs meta.plan = face.plan(meta) before the forward"
-        return flash_paged_attention(q, k_cache, v_cache, meta.plan)
+        return flash_paged_attention(q, k_cache, v_cache, meta.plan, self.window)
 
 
 def gather_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta,
                            window: Optional[int] = None) -> torch.Tensor:
     """The gather face: per request, contiguous K/V and SDPA with the position mask. (1, Hq, N, D).
 
-    window: keys at positions > query - window only (Mistral). Blocks that fall out of the
-    window are still held and masked, not freed (the block pool keeps whole sequences)."""
+    window: keys at positions > query - window only (Mistral). Blocks wholly before the window may
+    have been freed (cache/window.py: their table entries name the null block, whose finite
+    contents are gathered and masked here; the flash face never reads them)."""
     outs = []
     qsl = meta.query_start_loc
     for r, seq_len in enumerate(meta.seq_lens_host):

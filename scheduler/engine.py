@@ -21,6 +21,7 @@ import torch
 
 from cache.block_pool import BlockPool
 from cache.paged_cache import KVCapacity, PagedKVCache, bytes_per_token, kv_capacity, resolve_budget
+from cache.window import max_tokens_held
 from decoding.generate import ContextLengthError
 from decoding.ranges import phase
 from decoding.stopping import stop_string_hit
@@ -191,6 +192,7 @@ class LLMEngine:
         self.pool = BlockPool(self.capacity.num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(policy, max_num_seqs, max_num_batched_tokens, max_model_len,
                                                    admission_batch), self.pool)
+        self.scheduler.kv.window = config.sliding_window  # frees blocks that leave the window
         on_gpu = device.type == "cuda"
         if cuda_graph and not on_gpu:
             raise ValueError("cuda_graph=True needs the model on a CUDA device; leave it None on a CPU")
@@ -239,7 +241,8 @@ class LLMEngine:
         if len(prompt_ids) >= cfg.max_model_len or total > cfg.max_model_len:
             raise ContextLengthError(f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = "
                                      f"{total} exceeds the context of {cfg.max_model_len} tokens")
-        self.capacity.check_fits(total)
+        self.capacity.check_fits(max_tokens_held(total, self.scheduler.kv.window, cfg.max_num_batched_tokens,
+                                                 self.capacity.block_size))
         if cfg.policy != "chunked" and total > cfg.max_num_batched_tokens:
             raise ValueError(f"policy {cfg.policy!r} runs a prompt in one step, but {total} tokens exceed "
                              f"max_num_batched_tokens={cfg.max_num_batched_tokens}; use policy='chunked'")
