@@ -96,13 +96,13 @@ def _min_margin(model, prompt, tokens) -> float:
 
 
 def test_kernel_path_greedy_matches_sdpa(monkeypatch):
-    """Exact tokens: the case (seed 21, 2 requests x 24 tokens) has no near tie on its greedy path
+    """Exact tokens: the case (seed 44, 2 requests x 24 tokens) has no near tie on its greedy path
     in fp32: every top-1 leads its runner-up by >= 0.008 of max|logit|, above one fp16 forward's
     error on this model (<= 0.0074, parity/ties.py), so two correct fp16 paths cannot part. (Seed 5
     parts at a 0.0004 tie: the fp32 model sides with the kernels there.)"""
     device = _kernel_device()
-    reference = windowed_model(seed=21)
-    reqs = [(p, 24) for p, _ in random_requests(2, seed=22, max_prompt=14, vocab=reference.config.vocab_size)]
+    reference = windowed_model(seed=44)  # 0.0141 (seed 21 read 0.002 once RoPE covered all 64 channels)
+    reqs = [(p, 24) for p, _ in random_requests(2, seed=45, max_prompt=14, vocab=reference.config.vocab_size)]
     margin = min(_min_margin(reference, p, generate(reference, p, m).new_ids[0]) for p, m in reqs)
     assert margin >= 0.008, f"the case has a near tie ({margin:.4f}); pick another seed"
     model = reference.to(device=device, dtype=torch.float16)
