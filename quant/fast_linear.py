@@ -140,8 +140,8 @@ class W8A8Linear(nn.Module):
     """SmoothQuant's W8A8 (smoothing already folded into the weights): y = (xq @ wq^T) * sx * sw.
 
     xq int8 per-token dynamic (quantize_tokens_int8), wq int8 (out, in) = the reference layer's
-    codes minus its zero point 128, sw fp32 (out,) per-channel. Buffer weight_t is wq^T (in, out), the
-    column-major operand torch._int_mm wants.
+    codes minus its zero point 128, sw fp32 (out,) per-channel. Buffer weight is wq (out, in) row-major,
+    so weight.T is the column-major operand torch._int_mm takes (torchao's convention).
     """
 
     def __init__(self, mod: QuantLinear, name: str = "layer"):
@@ -152,7 +152,7 @@ class W8A8Linear(nn.Module):
                                     f"activations, got {mod.extra_repr()}")
         self.in_features, self.out_features = mod.in_features, mod.out_features
         wq = (mod.qweight.to(torch.int16) - mod.zeros[0].to(torch.int16)[:, None]).to(torch.int8)  # (out, in); zero 128
-        self.register_buffer("weight_t", wq.T.contiguous())
+        self.register_buffer("weight", wq.contiguous())
         self.register_buffer("weight_scale", mod.scales[0].float().contiguous())
         self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
 
@@ -160,7 +160,7 @@ class W8A8Linear(nn.Module):
         """x (..., in) -> (..., out) in x's dtype."""
         x2 = x.reshape(-1, self.in_features)
         xq, sx = quantize_tokens_int8(x2)
-        acc = int8_matmul(xq, self.weight_t)  # (M, out) int32
+        acc = int8_matmul(xq, self.weight.T)  # (M, out) int32
         y = (acc.float() * sx * self.weight_scale).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 

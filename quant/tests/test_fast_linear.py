@@ -61,17 +61,17 @@ def test_w8a8_integer_path_matches_reference_on_cpu():
     ref = w8a8_ref(lin)
     x = x_of(6, 192, seed=3) * 3
     fast = W8A8Linear(ref)
-    assert fast.weight_t.dtype == torch.int8 and fast.weight_t.shape == (192, 80)
+    assert fast.weight.dtype == torch.int8 and fast.weight.shape == (80, 192)
     assert_close(fast(x), ref(x), TOL[torch.float32], "W8A8Linear (CPU integer path)")
-    fast.weight_t.add_(1)  # planted: the zero point off by one (codes - 127)
+    fast.weight.add_(1)  # planted: the zero point off by one (codes - 127)
     assert not compare(fast(x), ref(x), TOL[torch.float32]).ok
 
 
 def test_int8_matmul_is_exact_and_tokens_are_per_row():
     g = torch.Generator().manual_seed(4)
     a = torch.randint(-127, 128, (5, 4096), generator=g, dtype=torch.int8)
-    b = torch.randint(-127, 128, (4096, 24), generator=g, dtype=torch.int8)
-    assert torch.equal(int8_matmul(a, b), (a.long() @ b.long()).to(torch.int32))
+    b = torch.randint(-127, 128, (24, 4096), generator=g, dtype=torch.int8)
+    assert torch.equal(int8_matmul(a, b.T), (a.long() @ b.long().T).to(torch.int32))
     x = x_of(3, 64)
     x[1] *= 100
     xq, s = quantize_tokens_int8(x)
