@@ -284,7 +284,7 @@ def decode_rows(variant_names, batches, context: int, preset, device: str, iters
         band = band_for(name)
         net = random_model(preset, device=device, dtype=dtype, seed=0, max_seq_len=context + 8)
         net.fuse_projections()
-        gen = None
+        gen = step = None
         try:
             if method:  # outside inference_mode: the reference layers' weight cache reads version counters
                 quantize(net, method, **qopts)
@@ -329,7 +329,7 @@ def decode_rows(variant_names, batches, context: int, preset, device: str, iters
         finally:
             if gen is not None:
                 gen.close()
-            del net, gen
+            del net, gen, step
             if cuda:
                 torch.cuda.empty_cache()
     base = {r["batch"]: r["tok_s"] for r in rows if r["variant"] == "bf16" and r.get("tok_s")}
@@ -383,7 +383,9 @@ def run(opts: Options) -> int:
                        "xlabel": "batch", "ylabel": "tok/s", "logx": True})
     tuned = tuned_table()
     if tuned:
-        common.print_table(tuned, ["kernel", "N", "K", "m_bucket", "config"], title="skinny kernel configs chosen")
+        common.print_table([r for r in tuned if r.get("chosen") or r.get("error")],
+                           ["kernel", "N", "K", "m_bucket", "config", "us", "error"],
+                           title="skinny kernel configs chosen (all candidates in quant_decode_tuned.csv)")
         common.write_results(out, "quant_decode_tuned", tuned, [], command=command, device=device)
     if panels:
         common.plot_panels(out / "quant_decode.png", panels)

@@ -270,6 +270,8 @@ def w8a16_skinny(x2: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
 
 
 _TUNED: dict[tuple, Config] = {}  # tuning key -> the fastest config measured on this process's GPU
+_TIMES: dict[tuple, float] = {}  # (key, config) -> microseconds per call measured while tuning
+_REJECTED: list[tuple] = []  # (key, config, error) of candidates that failed to compile or run
 L2_SPAN = 256 << 20  # bytes of rotating weight copies a tuning graph streams (> an H200's 50 MB L2)
 
 
@@ -287,8 +289,12 @@ def tuned_config(key: tuple, cands: list[Config], run: Callable, weights: tuple)
     stream.wait_stream(torch.cuda.current_stream(x_dev))
     with torch.cuda.stream(stream):
         for cfg in cands:
-            for ws in copies[:2]:  # compile and warm outside the graph
-                run(cfg, *ws)
+            try:
+                for ws in copies[:2]:  # compile and warm outside the graph
+                    run(cfg, *ws)
+            except Exception as e:  # a config this GPU cannot compile (shared memory, registers): not a candidate
+                _REJECTED.append((key, str(cfg), f"{type(e).__name__}: {str(e)[:200]}"))
+                continue
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
                 for ws in copies:
@@ -301,6 +307,7 @@ def tuned_config(key: tuple, cands: list[Config], run: Callable, weights: tuple)
             end.record(stream)
             end.synchronize()
             us = start.elapsed_time(end) * 1e3 / (3 * len(copies))
+            _TIMES[(key, str(cfg))] = us
             if us < best_us:
                 best, best_us = cfg, us
             del graph
@@ -310,5 +317,10 @@ def tuned_config(key: tuple, cands: list[Config], run: Callable, weights: tuple)
 
 
 def tuned_table() -> list[dict]:
-    """What tuned_config chose so far: one row per key (for a bench's results)."""
-    return [{"kernel": k[0], "N": k[1], "K": k[2], "m_bucket": k[3], "config": str(c)} for k, c in _TUNED.items()]
+    """What tuned_config measured so far: one row per (key, candidate), the chosen one marked (for a bench)."""
+    rows = []
+    for (key, cfg), us in _TIMES.items():
+        rows.append({"kernel": key[0], "N": key[1], "K": key[2], "m_bucket": key[3], "config": cfg, "us": us,
+                     "chosen": str(_TUNED.get(key)) == cfg})
+    rows += [{"kernel": k[0], "N": k[1], "K": k[2], "m_bucket": k[3], "config": c, "error": e} for k, c, e in _REJECTED]
+    return rows
