@@ -104,6 +104,18 @@ if triton is not None:
         return ((sel & (0xFF << (8 * (J % 2)))) | 1258291200).to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _fma_code(part, xj, words, hi, z, J: tl.constexpr):
+        """part += x_J[:, None] * (q_J - z) over a tile: the FMA path's step for code position J."""
+        p = 1 << (4 * (J % 4))
+        return part + (xj * (1.0 / p))[:, None] * (_code(words, hi, J) - (z * p + 8388608.0)[None, :])
+
+    @triton.jit
+    def _fma_byte(part, xj, u, hi, J: tl.constexpr):
+        """part += (q_J * 256^(J%2)) * x_J / 256^(J%2) over a (BLOCK_N, BLOCK_K / 4) tile: W8's FMA step."""
+        p = 1 << (8 * (J % 2))
+        return part + (_byte(u, hi, J) - (8388608.0 + 128.0 * p)) * (xj * (1.0 / p))[None, :]
+
+    @triton.jit
     def _w4_skinny_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm,
                           GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr):
@@ -136,11 +148,25 @@ if triton is not None:
                                  mask=m_ok[:, None], other=0.0)  # (BLOCK_M, BLOCK_K / 8): codes j of the words
                     acc += tl.dot(xj, w.to(xj.dtype))
             else:
+                # x of the tile in one contiguous load, split into its 8 code positions in registers:
+                # (BLOCK_K / 8, 8) -> (.., 2, 2, 2) with k % 8 = 4 * j2 + 2 * j1 + j0; each split peels j0, j1, j2.
+                xt = tl.load(x_ptr + pid_m * stride_xm + k0 + rw[:, None] * 8 + tl.arange(0, 8)[None, :])
+                e0, e1 = tl.split(tl.reshape(xt.to(tl.float32), (BLOCK_K // 8, 2, 2, 2)))  # j0 = 0, 1
+                e00, e01 = tl.split(e0)  # j1
+                e10, e11 = tl.split(e1)
+                x0, x4 = tl.split(e00)  # j2
+                x2, x6 = tl.split(e01)
+                x1, x5 = tl.split(e10)
+                x3, x7 = tl.split(e11)
                 part = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
-                for j in tl.static_range(8):
-                    p = 1 << (4 * (j % 4))
-                    xj = tl.load(x_ptr + pid_m * stride_xm + k0 + rw * 8 + j).to(tl.float32) * (1.0 / p)
-                    part += xj[:, None] * (_code(words, hi, j) - (z * p + 8388608.0)[None, :])
+                part = _fma_code(part, x0, words, hi, z, 0)
+                part = _fma_code(part, x1, words, hi, z, 1)
+                part = _fma_code(part, x2, words, hi, z, 2)
+                part = _fma_code(part, x3, words, hi, z, 3)
+                part = _fma_code(part, x4, words, hi, z, 4)
+                part = _fma_code(part, x5, words, hi, z, 5)
+                part = _fma_code(part, x6, words, hi, z, 6)
+                part = _fma_code(part, x7, words, hi, z, 7)
                 acc += tl.sum(part, axis=0) * s
         if USE_DOT:
             offs = rm[:, None] * N + rn[None, :]
@@ -180,16 +206,23 @@ if triton is not None:
                 u = tl.load(w_ptr + rn[:, None] * K4 + (k0 // 4 + rc)[None, :], mask=n_ok[:, None], other=0)
             u = u ^ -2139062144
             hi = u >> 16
-            for j in tl.static_range(4):
-                p = 1 << (8 * (j % 2))
-                q = _byte(u, hi, j) - (8388608.0 + 128.0 * p)  # q_j * p, exact
-                if USE_DOT:
+            if USE_DOT:
+                for j in tl.static_range(4):
+                    p = 1 << (8 * (j % 2))
+                    q = _byte(u, hi, j) - (8388608.0 + 128.0 * p)  # q_j * p, exact
                     xj = tl.load(x_ptr + rm[:, None] * stride_xm + (k0 + rc * 4 + j)[None, :],
                                  mask=m_ok[:, None], other=0.0)  # (BLOCK_M, BLOCK_K / 4)
                     acc += tl.dot(xj, (q * (1.0 / p)).to(xj.dtype))  # |q| <= 128: exact in bf16/fp16
-                else:
-                    xj = tl.load(x_ptr + pid_m * stride_xm + k0 + rc * 4 + j).to(tl.float32) * (1.0 / p)
-                    part += q * xj[None, :]
+            else:
+                # x of the tile in one load, split in registers: (BLOCK_K / 4, 4) -> (.., 2, 2), k % 4 = 2 * j1 + j0
+                xt = tl.load(x_ptr + pid_m * stride_xm + k0 + rc[:, None] * 4 + tl.arange(0, 4)[None, :])
+                e0, e1 = tl.split(tl.reshape(xt.to(tl.float32), (BLOCK_K // 4, 2, 2)))  # j0 = 0, 1
+                x0, x2 = tl.split(e0)  # j1
+                x1, x3 = tl.split(e1)
+                part = _fma_byte(part, x0, u, hi, 0)
+                part = _fma_byte(part, x1, u, hi, 1)
+                part = _fma_byte(part, x2, u, hi, 2)
+                part = _fma_byte(part, x3, u, hi, 3)
         s = tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         if USE_DOT:
             acc = acc * s[None, :]
