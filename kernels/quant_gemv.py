@@ -306,6 +306,7 @@ _TUNED: dict[tuple, Config] = {}  # tuning key -> the fastest config measured on
 _TIMES: dict[tuple, float] = {}  # (key, config) -> microseconds per call measured while tuning
 _REJECTED: list[tuple] = []  # (key, config, error) of candidates that failed to compile or run
 L2_SPAN = 256 << 20  # bytes of rotating weight copies a tuning graph streams (> an H200's 50 MB L2)
+MAX_COPIES = 64  # at most this many copies (calls per tuning graph)
 
 
 def tuned_config(key: tuple, cands: list[Config], run: Callable, weights: tuple) -> Config:
@@ -316,7 +317,8 @@ def tuned_config(key: tuple, cands: list[Config], run: Callable, weights: tuple)
     if len(cands) == 1 or x_dev.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return cands[0]
     nbytes = sum(t.numel() * t.element_size() for t in weights)
-    copies = [weights] + [tuple(t.clone() for t in weights) for _ in range(max(1, L2_SPAN // nbytes) - 1)]
+    n_copies = min(MAX_COPIES, max(1, L2_SPAN // nbytes))  # tiny test weights stay L2-resident: nothing to tune there
+    copies = [weights] + [tuple(t.clone() for t in weights) for _ in range(n_copies - 1)]
     best, best_us = cands[0], float("inf")
     stream = torch.cuda.Stream(x_dev)
     stream.wait_stream(torch.cuda.current_stream(x_dev))
