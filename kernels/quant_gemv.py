@@ -59,9 +59,11 @@ class Config:
     split_k: int
     use_dot: bool
     num_warps: int = 4
+    stages: int = 3  # software-pipelining depth of the K loop (cp.async prefetch of the next tiles); 1 = none
 
     def __str__(self) -> str:
-        return f"{'dot' if self.use_dot else 'fma'}_n{self.block_n}_k{self.block_k}_s{self.split_k}_w{self.num_warps}"
+        return (f"{'dot' if self.use_dot else 'fma'}_n{self.block_n}_k{self.block_k}_s{self.split_k}_w{self.num_warps}"
+                f"_p{self.stages}")
 
 
 # The autotune sets, per M bucket (1, or 2..16). The first entry is the default where nothing is
@@ -70,7 +72,8 @@ class Config:
 CONFIGS_W4 = {
     1: (Config(64, 128, 8, False), Config(128, 128, 4, False), Config(128, 128, 8, False),
         Config(256, 128, 4, False, 8), Config(32, 128, 16, False), Config(64, 128, 1, False),
-        Config(128, 128, 1, False), Config(64, 128, 8, True), Config(128, 128, 4, True)),
+        Config(128, 128, 1, False), Config(64, 128, 8, True), Config(128, 128, 4, True),
+        Config(64, 128, 8, False, stages=1), Config(128, 128, 4, False, stages=1)),
     16: (Config(64, 128, 4, True), Config(64, 128, 8, True), Config(128, 128, 4, True),
          Config(128, 128, 1, True), Config(32, 128, 8, True), Config(256, 128, 2, True, 8),
          Config(64, 128, 1, True)),
@@ -78,7 +81,7 @@ CONFIGS_W4 = {
 CONFIGS_W8 = {
     1: (Config(32, 512, 4, False), Config(64, 256, 4, False), Config(16, 512, 8, False),
         Config(32, 256, 8, False), Config(64, 512, 2, False, 8), Config(32, 512, 1, False),
-        Config(64, 256, 1, False), Config(64, 256, 4, True)),
+        Config(64, 256, 1, False), Config(64, 256, 4, True), Config(32, 512, 4, False, stages=1)),
     16: (Config(64, 256, 4, True), Config(64, 128, 8, True), Config(128, 256, 2, True, 8),
          Config(32, 256, 8, True), Config(128, 128, 1, True), Config(64, 256, 1, True)),
 }
@@ -118,7 +121,7 @@ if triton is not None:
     @triton.jit
     def _w4_skinny_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm,
                           GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr):
+                          SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, STAGES: tl.constexpr):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
@@ -133,7 +136,7 @@ if triton is not None:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         else:
             acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for t in range(t_lo, t_hi):
+        for t in tl.range(t_lo, t_hi, num_stages=STAGES):
             k0 = t * BLOCK_K
             words = tl.load(qw_ptr + (k0 // 8 + rw)[:, None] * N + rn[None, :], mask=n_ok[None, :], other=0)
             hi = words >> 16  # (BLOCK_K / 8, BLOCK_N) int32
@@ -182,7 +185,7 @@ if triton is not None:
     @triton.jit
     def _w8_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr):
+                          SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, STAGES: tl.constexpr):
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
@@ -198,7 +201,7 @@ if triton is not None:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         else:
             part = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
-        for t in range(t_lo, t_hi):
+        for t in tl.range(t_lo, t_hi, num_stages=STAGES):
             k0 = t * BLOCK_K
             if USE_DOT:  # (BLOCK_K / 4, BLOCK_N): words of column n run down the tile
                 u = tl.load(w_ptr + rn[None, :] * K4 + (k0 // 4 + rc)[:, None], mask=n_ok[None, :], other=0)
@@ -266,7 +269,7 @@ def _launch(kernel, cfg: Config, x2, y_dtype, N: int, args: tuple, extra: tuple)
         ws = torch.zeros(M, N, device=x2.device, dtype=torch.float32)
         y = ws
     kernel[grid](x2, *args, y, ws, M, N, x2.shape[1], x2.stride(0), *extra, block_m, cfg.block_n, cfg.block_k,
-                 cfg.split_k, cfg.use_dot, num_warps=cfg.num_warps)
+                 cfg.split_k, cfg.use_dot, cfg.stages, num_warps=cfg.num_warps)
     return y if cfg.split_k == 1 else y.to(y_dtype)
 
 
