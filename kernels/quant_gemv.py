@@ -20,7 +20,12 @@ split-K GEMV, written anew for Triton):
     (the upper four codes first shift the word by 16, once per word); subtracting 2^23 + z * 16^j is
     exact, and the 16^-j is folded into x (or the scale), so a weight costs one LOP3, one FSUB and
     one FMA. W8 flips the sign bits (xor 0x80 per byte, once per word) so bytes read as q + 128.
-  - scales and zeros load once per (group, BLOCK_N) tile (BLOCK_K divides the group size).
+  - scales and zeros load once per (group, BLOCK_N) tile (BLOCK_K divides the group size); the
+    FMA path loads a tile's x once and splits it into its code positions in registers (tl.split).
+  - the K loop is software-pipelined (tl.range num_stages: cp.async prefetch of the next tiles
+    on sm_90), with unpipelined configs in the set too.
+Checked here without a GPU: every config passes the interpreter tests, and compiles for sm_90
+(Triton 3.9, 2026-11-30) with no local-memory spills and no I2F in its SASS.
   - two inner products, chosen by the autotuner: USE_DOT=0 multiplies on the CUDA cores (M = 1),
     USE_DOT=1 casts the dequantized tile to x's dtype and calls tl.dot (tensor cores, M <= 16; one
     k=BLOCK_K/8 dot per code position j, which is the same sum in another order).
