@@ -103,3 +103,21 @@ def test_planted_byte_order_fails():
     swapped = w.view(32, 128, 4).flip(-1).reshape(32, 512).contiguous()
     got = w8a16_skinny(x, swapped, scale, Config(32, 256, 2, False)).float()
     assert not compare(got, w8a16_reference(x, w, scale), TOL[DTYPE]).ok
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the tuner times configs on a GPU")
+def test_tuner_times_every_candidate_and_keeps_one():
+    """tuned_config on a decode-sized layer: each candidate timed (or rejected with its error), the
+    fastest kept for the key, and the tuned call still matches the reference."""
+    from kernels import quant_gemv as qg
+    from kernels.quant_matmul import w4a16_reference
+
+    x, q, s, z, qw = w4_case(1, 4096, 4096, 128, seed=7)
+    y = qg.w4a16_skinny(x, qw, s, z, 128)
+    key = ("w4", 4096, 4096, 1, 128, x.dtype, x.device)
+    assert key in qg._TUNED and qg._TUNED[key] in qg.w4_configs(1, 4096, 128)
+    rows = [r for r in qg.tuned_table() if (r["kernel"], r["N"], r["K"], r["m_bucket"]) == ("w4", 4096, 4096, 1)]
+    assert len(rows) == len(qg.w4_configs(1, 4096, 128)), rows
+    assert sum(bool(r.get("chosen")) for r in rows) == 1
+    assert all(r["us"] > 0 for r in rows if "us" in r)
+    assert_close(y.float(), w4a16_reference(x, q, s, z, 128), TOL[DTYPE], "w4 tuned")
