@@ -3,7 +3,8 @@ table), then whole decode steps (decode table).
 
     python3 -m bench.quant_decode --batches 1,8,64 --decode_batches 1,8
 
-Kernel table: bf16 vs ours (Triton W4A16 g128, W8A16) vs torch's own kernels (_weight_int4pack_mm,
+Kernel table: bf16 vs ours (Triton W4A16 g128, W8A16: kernels/quant_gemv.py's split-K kernels at
+batch <= 16, and the prefill tiles at every batch as `_tiles` rows) vs torch's own kernels (_weight_int4pack_mm,
 _weight_int8pack_mm, _scaled_mm FP8). What is timed: the four matmuls of one decoder layer (qkv 4096->6144, o 4096->4096, gate_up
 4096->28672, down 14336->4096) with random weights, replayed from a CUDA graph with the L2
 flushed (common.time_cuda_graph); weights of one layer (436 MB in bf16) are 9x the H200's L2, so
@@ -126,6 +127,12 @@ def variants(layer):
     out["w8a16_triton"] = ([lambda x, L=L: w8a16_matmul(x, L["w8"], L["s8"]) for L in layer],
                            sum(L["w8"].numel() + L["s8"].numel() * 2 for L in layer),
                            [lambda x, L=L: x.float() @ deq8(L).T for L in layer])
+    # Before/after in one run: the prefill-shaped tiles at every M (what batch 1 ran before quant_gemv).
+    out["w4a16_g128_triton_tiles"] = (
+        [lambda x, L=L: w4a16_matmul(x, L["qw4"], L["s4"], L["z4"], GROUP, skinny=False) for L in layer],
+        out["w4a16_g128_triton"][1], out["w4a16_g128_triton"][2])
+    out["w8a16_triton_tiles"] = ([lambda x, L=L: w8a16_matmul(x, L["w8"], L["s8"], skinny=False) for L in layer],
+                                 out["w8a16_triton"][1], out["w8a16_triton"][2])
     # torch's tinygemm int4: w = (q - 8) * scale + zero; build its operands from our codes.
     try:
         fns, refs = [], []
