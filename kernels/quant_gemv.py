@@ -25,7 +25,8 @@ split-K GEMV, written anew for Triton):
   - the K loop is software-pipelined (tl.range num_stages: cp.async prefetch of the next tiles
     on sm_90), with unpipelined configs in the set too.
 Checked here without a GPU: every config passes the interpreter tests, and compiles for sm_90
-(Triton 3.9, 2026-11-30) with no local-memory spills and no I2F in its SASS.
+(Triton 3.6.0, the GPU machine's, and 3.9; 2026-11-30) with no local-memory spills, no I2F in its
+SASS and cp.async (LDGSTS) prefetch in the pipelined configs.
   - two inner products, chosen by the autotuner: USE_DOT=0 multiplies on the CUDA cores (M = 1),
     USE_DOT=1 casts the dequantized tile to x's dtype and calls tl.dot (tensor cores, M <= 16; one
     k=BLOCK_K/8 dot per code position j, which is the same sum in another order).
