@@ -24,9 +24,6 @@ split-K GEMV, written anew for Triton):
     FMA path loads a tile's x once and splits it into its code positions in registers (tl.split).
   - the K loop is software-pipelined (tl.range num_stages: cp.async prefetch of the next tiles
     on sm_90), with unpipelined configs in the set too.
-Checked here without a GPU: every config passes the interpreter tests, and compiles for sm_90
-(Triton 3.6.0, the GPU machine's, and 3.9; 2026-11-30) with no local-memory spills, no I2F in its
-SASS and cp.async (LDGSTS) prefetch in the pipelined configs.
   - two inner products, chosen by the autotuner: USE_DOT=0 multiplies on the CUDA cores (M = 1),
     USE_DOT=1 casts the dequantized tile to x's dtype and calls tl.dot (tensor cores, M <= 16; one
     k=BLOCK_K/8 dot per code position j, which is the same sum in another order).
@@ -35,6 +32,9 @@ Configs are an explicit autotune set per M bucket (CONFIGS_W4, CONFIGS_W8); `tun
 each candidate once per (kernel, N, K, M bucket, group size, dtype) with a CUDA graph of calls over
 rotating weight copies larger than L2 (so the weights come from HBM, as in a decode step) and keeps
 the fastest. Under graph capture, the interpreter or a CPU, the bucket's first config is used.
+Checked here without a GPU: every config passes the interpreter tests, and compiles for sm_90
+(Triton 3.6.0, the GPU machine's, and 3.9; 2026-11-30) with no local-memory spills, no I2F in its
+SASS and cp.async (LDGSTS) prefetch in the pipelined configs.
 """
 
 from __future__ import annotations
