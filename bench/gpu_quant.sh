@@ -9,7 +9,8 @@
 #   OUT=/path/to/dir bash bench/gpu_quant.sh            # from the repo root
 # Everything lands in $OUT: gpu_quant.log, gpu_tests.log (full pytest output), bench_quant_decode.log
 # and results.tar.gz (bench/results/<device>-<date>/). A failing test does not stop the bench (its
-# figures are wanted either way), but the script then exits with the tests' status.
+# figures are wanted either way), but the script then exits with the tests' status. Timeouts (200 s
+# for the tests, 330 s for the bench) keep a hang inside a 10-minute session; expected ~4 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -24,12 +25,12 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 } 2>&1 | tee "$log"
 echo "== quant GPU tests" | tee -a "$log"
 set +e
-python3 -m pytest -q -p no:cacheprovider kernels/tests/test_quant_matmul.py kernels/tests/test_quant_gemv.py \
+timeout 200 python3 -m pytest -q -p no:cacheprovider kernels/tests/test_quant_matmul.py kernels/tests/test_quant_gemv.py \
   quant/tests/test_fast_linear.py quant/tests/test_methods.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 | tee -a "$log"
 tests_rc=${PIPESTATUS[0]}
 set -e
 echo "== bench.quant_decode" | tee -a "$log"
-python3 -m bench.quant_decode --batches 1,8,64 --iters 30 --decode_batches 1,8 --context 128 2>&1 \
+timeout 330 python3 -m bench.quant_decode --batches 1,8,64 --iters 30 --decode_batches 1,8 --context 128 2>&1 \
   | tee "$OUT/bench_quant_decode.log" | tail -n 80 | tee -a "$log"
 date -u +"%Y-%m-%dT%H:%M:%SZ" | tee -a "$log"
 if [ "$tests_rc" -ne 0 ]; then
