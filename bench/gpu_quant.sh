@@ -4,7 +4,7 @@
 #      against their dequantized references, the kernel layers of quant/fast_linear.py (ours, torch's
 #      int4pack, W8A8 _int_mm, FP8 _scaled_mm) against quant/'s reference layers, the quant methods;
 #   2. bench.quant_decode: the one-layer kernel table (batch 1/8/64) and whole Llama-3-8B decode steps
-#      (batch 1 and 8, CUDA graphs) for bf16, W4A16 g128 (ours, torch int4pack), W8A16, W8A8, FP8,
+#      (batch 1, 8 and 64, CUDA graphs) for bf16, W4A16 g128 (ours, torch int4pack), W8A16, W8A8, FP8,
 #      each checked against its dequantized reference before it is timed.
 #   OUT=/path/to/dir bash bench/gpu_quant.sh            # from the repo root
 # Everything lands in $OUT: gpu_quant.log, gpu_tests.log (full pytest output), bench_quant_decode.log
@@ -30,7 +30,7 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider kernels/tests/test_quant_ma
 tests_rc=${PIPESTATUS[0]}
 set -e
 echo "== bench.quant_decode" | tee -a "$log"
-timeout 330 python3 -m bench.quant_decode --batches 1,8,64 --iters 30 --decode_batches 1,8 --context 128 2>&1 \
+timeout 330 python3 -m bench.quant_decode --batches 1,8,64 --iters 30 --decode_batches 1,8,64 --context 128 2>&1 \
   | tee "$OUT/bench_quant_decode.log" | tail -n 80 | tee -a "$log"
 date -u +"%Y-%m-%dT%H:%M:%SZ" | tee -a "$log"
 if [ "$tests_rc" -ne 0 ]; then
