@@ -1,9 +1,11 @@
-"""Decode-step linears of Llama-3-8B under weight quantization: bf16 vs ours (Triton W4A16 g128, W8A16)
-vs torch's own kernels (_weight_int4pack_mm, _weight_int8pack_mm, _scaled_mm FP8), GPU only.
+"""Llama-3-8B decode under quantization, GPU only: the linear layers of one decoder layer (kernel
+table), then whole decode steps (decode table).
 
-    python3 -m bench.quant_decode --batches 1,8,64
+    python3 -m bench.quant_decode --batches 1,8,64 --decode_batches 1,8
 
-What is timed: the four matmuls of one decoder layer (qkv 4096->6144, o 4096->4096, gate_up
+Kernel table: bf16 vs ours (Triton W4A16 g128, W8A16: kernels/quant_gemv.py's split-K kernels at
+batch <= 16, and the prefill tiles at every batch as `_tiles` rows) vs torch's own kernels (_weight_int4pack_mm,
+_weight_int8pack_mm, _scaled_mm FP8). What is timed: the four matmuls of one decoder layer (qkv 4096->6144, o 4096->4096, gate_up
 4096->28672, down 14336->4096) with random weights, replayed from a CUDA graph with the L2
 flushed (common.time_cuda_graph); weights of one layer (436 MB in bf16) are 9x the H200's L2, so
 each replay streams them from HBM as a decode step does. tok/s = batch / (32 layers x layer time):
@@ -11,12 +13,26 @@ the linear part of a decode step (attention, norms and the LM head are not in it
 roofline_us = weight bytes read / measured copy bandwidth (common.measure_copy_bandwidth).
 Every variant's output is checked against its own dequantized fp32 reference before it is timed
 (WRONG -> exit 1); an alternative torch cannot run on this build is reported as skipped.
+
+Decode table (decode_rows): a whole decode step of the Llama-3-8B shape (random weights, all 32
+layers, fused qkv / gate_up, bf16 LM head, static KV cache at --context tokens, CUDA graph) for
+each of DECODE_VARIANTS: bf16; W4A16 g128 RTN through our Triton kernels and through torch's
+tinygemm; W8A16 (int8 per channel) through ours; W8A8 int8 (SmoothQuant's arithmetic, RTN weights,
+per-token dynamic activations) through torch._int_mm; FP8 row-wise through _scaled_mm. One model at
+a time, quantized on the GPU by quant.quantize (RTN: fast), freed before the next. Check: the
+prompt is prefilled and one decode step run eagerly with quant/'s reference layers (dequantize,
+then a bf16 matmul: "the dequantized-weights model"); then quant.fast_linear.to_fast swaps in the
+kernel layers and the graphed step must give the same logits within band_for(variant) (weight-only:
+parity.ties.TIE_BAND, two bf16 computations of one model, 5e-2 of max|logit|; W8A8 / FP8: 0.2, measured,
+see ACT_QUANT_BAND) and a greedy token within the band of the reference's maximum (tie_gaps). Roofline: the bytes one step reads (every weight but the embedding
+table, plus the KV cache) over the measured copy bandwidth.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 from absl import app
 
@@ -25,7 +41,31 @@ from bench import common
 _define = common.define_flag
 _define("list", "batches", ["1", "8", "64"], "Decode batch sizes (tokens per step). Default 1, 8, 64.")
 _define("integer", "iters", 50, "Timed graph replays per variant (default 50).")
+_define("list", "decode_batches", ["1", "8"], "Batch sizes of the whole-decode-step table (empty: skip it).")
+_define("list", "decode_variants", None, "Variants of the decode table (default: all of DECODE_VARIANTS).")
+_define("integer", "context", 128, "Tokens in the KV cache before the timed decode step (default 128).")
+_define("string", "decode_preset", "llama3-8b", "Model shape of the decode table (a model.config preset).")
+_define("boolean", "layer_table", True, "Time the one-layer kernel table (default on).")
 
+# name -> (quant.quantize method or None, its options, quant.fast_linear backend or None)
+W4_OPTS = dict(bits=4, group_size=128, sym=False)
+DECODE_VARIANTS = {
+    "bf16": (None, {}, None),
+    "w4a16_g128_triton": ("rtn", W4_OPTS, "triton"),
+    "w4a16_g128_torch_int4pack": ("rtn", W4_OPTS, "int4pack"),
+    "w8a16_triton": ("int8_weight_only", {}, "triton"),
+    "w8a8_int8_int_mm": ("rtn", dict(bits=8, group_size=-1, sym=True, act_bits=8), "int_mm"),
+    "fp8_w8a8_rowwise_scaled_mm": ("fp8", dict(per_row=True, act="per_token"), "scaled_mm"),
+}
+# Whole-step logit bands (max|logit - reference| / max|reference logit|, and the greedy token's gap).
+# Weight-only variants: parity.ties.TIE_BAND[bf16] (5e-2), two bf16 computations of one model.
+# Activation-quantized variants (W8A8, FP8) re-round every activation to int8 / e4m3, so a bf16-sized
+# difference flips some roundings by a whole int8 / e4m3 step and the two computations drift further:
+# measured on a CPU (2026-11-29; the Llama-3 shape at dim 512, 32 layers, batches 1 and 4, this
+# code): correct W8A8 0.041-0.042, correct FP8 0.081-0.088 (greedy gaps <= 0.053); planted faults
+# (W8A8 zero point off by one, FP8 weight scales of the neighbouring row) 0.37-0.55. 0.2 is 2.3x the
+# largest correct error and 1.85x below the smallest fault.
+ACT_QUANT_BAND = 0.2
 SHAPES = (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336))
 N_LAYERS, GROUP = 32, 128
 
@@ -36,6 +76,11 @@ class Options:
 
     batches: tuple[str, ...]
     iters: int
+    decode_batches: tuple[str, ...] = ("1", "8")
+    decode_variants: Optional[tuple[str, ...]] = None
+    context: int = 128
+    decode_preset: str = "llama3-8b"
+    layer_table: bool = True
 
 
 def make_layer(seed: int = 0):
@@ -82,6 +127,12 @@ def variants(layer):
     out["w8a16_triton"] = ([lambda x, L=L: w8a16_matmul(x, L["w8"], L["s8"]) for L in layer],
                            sum(L["w8"].numel() + L["s8"].numel() * 2 for L in layer),
                            [lambda x, L=L: x.float() @ deq8(L).T for L in layer])
+    # Before/after in one run: the prefill-shaped tiles at every M (what batch 1 ran before quant_gemv).
+    out["w4a16_g128_triton_tiles"] = (
+        [lambda x, L=L: w4a16_matmul(x, L["qw4"], L["s4"], L["z4"], GROUP, skinny=False) for L in layer],
+        out["w4a16_g128_triton"][1], out["w4a16_g128_triton"][2])
+    out["w8a16_triton_tiles"] = ([lambda x, L=L: w8a16_matmul(x, L["w8"], L["s8"], skinny=False) for L in layer],
+                                 out["w8a16_triton"][1], out["w8a16_triton"][2])
     # torch's tinygemm int4: w = (q - 8) * scale + zero; build its operands from our codes.
     try:
         fns, refs = [], []
@@ -98,6 +149,19 @@ def variants(layer):
     out["torch_int8pack"] = ([lambda x, L=L: torch._weight_int8pack_mm(x, L["w8"], L["s8"]) for L in layer],
                              sum(L["w8"].numel() + L["s8"].numel() * 2 for L in layer),
                              [lambda x, L=L: x.float() @ deq8(L).T for L in layer])
+    from quant.fast_linear import int8_matmul, quantize_tokens_int8
+
+    def w8a8(x, L):  # SmoothQuant's W8A8 arithmetic: per-token int8 x, per-channel int8 w, int32 accumulate
+        xq, sx = quantize_tokens_int8(x)
+        return (int8_matmul(xq, L["w8"].T).float() * sx * L["s8"].float()).to(x.dtype)
+
+    def w8a8_ref(x, L):
+        xq, sx = quantize_tokens_int8(x)
+        return (xq.float() * sx) @ deq8(L).T
+
+    out["w8a8_int8_int_mm"] = ([lambda x, L=L: w8a8(x, L) for L in layer],
+                               sum(L["w8"].numel() + L["s8"].numel() * 2 for L in layer),
+                               [lambda x, L=L: w8a8_ref(x, L) for L in layer])
     fp8 = []
     for L in layer:
         w = deq8(L)
@@ -125,17 +189,13 @@ def main(argv) -> int:
     return run(common.options_from_flags(Options))
 
 
-def run(opts: Options) -> int:
-    """Check, time, write; exit 1 on a WRONG variant."""
+def layer_rows(opts: Options, bw: float) -> tuple[list[dict], list[str]]:
+    """The kernel table: every variant of variants() at every --batches, checked then timed."""
     import torch
 
     from parity.tolerance import Tol, compare
 
-    if not torch.cuda.is_available():
-        print("bench.quant_decode: needs a CUDA GPU; nothing to do on this machine")
-        return 0
     batches = [int(b) for b in opts.batches]
-    bw = common.measure_copy_bandwidth("cuda")
     layer = make_layer()
     rows, failures = [], []
     # bf16 outputs against fp32 references: K up to 14336 accumulated in fp32, result rounded to
@@ -171,27 +231,183 @@ def run(opts: Options) -> int:
             row.update(status="ok", layer_us=us, MB_read=nbytes / 1e6, GBps=nbytes / us / 1e3,
                        roofline_us=nbytes / (bw * 1e3), linear_tok_s=M / (N_LAYERS * us * 1e-6))
             rows.append(row)
+    del layer
+    torch.cuda.empty_cache()
     base = {r["batch"]: r.get("linear_tok_s") for r in rows if r["variant"] == "bf16"}
     for r in rows:
         if r.get("linear_tok_s") and base.get(r["batch"]):
             r["speedup_vs_bf16"] = r["linear_tok_s"] / base[r["batch"]]
-    common.print_table(rows, ["variant", "batch", "status", "layer_us", "roofline_us", "GBps", "linear_tok_s",
-                              "speedup_vs_bf16"], title=f"quant_decode (copy bandwidth {bw:.0f} GB/s)")
-    out = common.results_dir("quant_decode", "cuda")
-    summary = [{"name": f"quant_decode/{r['variant']}/b{r['batch']}/linear_tok_s", "value": r["linear_tok_s"],
-                "unit": "tok/s", "speedup_vs_bf16": r.get("speedup_vs_bf16")} for r in rows if r.get("linear_tok_s")]
-    common.write_results(out, "quant_decode", rows, summary, command=common.command_line("quant_decode"),
-                         device=common.device_name("cuda"))
-    series = {}
+    return rows, failures
+
+
+def step_bytes(net, batch: int, context: int) -> int:
+    """Bytes one decode step reads: every parameter and buffer but the embedding table (B rows of it),
+    the KV caches and RoPE tables (shared tensors once), plus the KV cache up to context."""
+    import torch
+
+    from cache.static_cache import StaticKVCache
+
+    seen, n = set(), 0
+    for mod in net.modules():
+        if isinstance(mod, (torch.nn.Embedding, StaticKVCache)) or mod is net:
+            continue
+        for t in list(mod.parameters(recurse=False)) + list(mod.buffers(recurse=False)):
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                n += t.numel() * t.element_size()
+    c = net.config
+    kv = 2 * c.n_layers * batch * c.n_kv_heads * c.head_dim * context * net.model.embed_tokens.weight.element_size()
+    return n + kv
+
+
+def band_for(variant: str) -> float:
+    """The whole-step logit band of a decode variant (ACT_QUANT_BAND's comment)."""
+    import torch
+
+    from parity.ties import TIE_BAND
+
+    method, qopts, _ = DECODE_VARIANTS[variant]
+    return ACT_QUANT_BAND if (qopts.get("act_bits") or qopts.get("act")) else TIE_BAND[torch.bfloat16]
+
+
+def decode_rows(variant_names, batches, context: int, preset, device: str, iters: int,
+                bw: Optional[float], warmup: int = 3) -> tuple[list[dict], list[str]]:
+    """The decode table (module docstring): per variant build, quantize, check against the reference
+    layers, swap in the kernel layers, check the graphed step, time it. preset: a model.config preset
+    name or ModelConfig; a CPU device runs the same code eagerly (the tests' tiny shapes)."""
+    import torch
+
+    from decoding.fast import FastGenerator
+    from model.random_weights import random_model
+    from parity.ties import tie_gaps
+    from quant import quantize
+    from quant.fast_linear import to_fast
+
+    cuda = common.is_cuda(device)
+    dtype = torch.bfloat16
+    rows, failures = [], []
+    for name in variant_names:
+        method, qopts, backend = DECODE_VARIANTS[name]
+        band = band_for(name)
+        net = random_model(preset, device=device, dtype=dtype, seed=0, max_seq_len=context + 8)
+        net.fuse_projections()
+        gen = step = None
+        try:
+            if method:  # outside inference_mode: the reference layers' weight cache reads version counters
+                quantize(net, method, **qopts)
+            with torch.inference_mode():
+                gen = FastGenerator(net, max(batches), context + 8, cuda_graph=cuda, fuse=False)
+                g = torch.Generator(device="cpu").manual_seed(1)
+                ids = torch.randint(0, net.config.vocab_size, (max(batches), context + 1), generator=g).to(device)
+                net(ids[:, :context], torch.arange(context, device=device))  # prefill, reference layers
+                ref = net(ids[:, context:], torch.tensor([context], device=device))[:, -1].float()  # (B, V)
+                if backend:
+                    to_fast(net, backend)  # the reference layers (and their dequantized weights) go
+                if cuda:
+                    torch.cuda.empty_cache()
+            for B in batches:
+                row = {"variant": name, "batch": B, "context": context}
+                step = gen.step_for(B)
+                with torch.inference_mode():
+                    got = step(ids[:B, context], context).float()
+                want = ref[:B]
+                err = float((got - want).abs().max() / want.abs().max())
+                gap = float(tie_gaps(want, got.argmax(-1).tolist()).max())
+                row.update(logit_err=err, greedy_gap=gap,
+                           greedy_agree=float((got.argmax(-1) == want.argmax(-1)).float().mean()))
+                if not (err <= band and gap <= band):
+                    row["status"] = (f"WRONG: logits differ from the dequantized reference by {err:.3g} of "
+                                     f"max|logit| (greedy gap {gap:.3g}; band {band})")
+                    failures.append(f"decode/{name}/b{B}")
+                    rows.append(row)
+                    continue
+                timer = common.time_cuda if cuda else common.time_cpu
+                with torch.inference_mode():
+                    t = timer(lambda: step(ids[:B, context], context), warmup=warmup, iters=iters, flush_l2=False)
+                nbytes = step_bytes(net, B, context + 1)
+                row.update(status="ok", step_us=t["p50"], p10_us=t["p10"], p90_us=t["p90"], tok_s=B / (t["p50"] * 1e-6),
+                           GB_read=nbytes / 1e9)
+                if bw:
+                    row.update(roofline_tok_s=B * bw * 1e9 / nbytes, of_roofline=nbytes / (t["p50"] * 1e3) / bw)
+                rows.append(row)
+        except Exception as e:  # a kernel this torch build lacks, out of memory: the row says which
+            rows.append({"variant": name, "batch": "-", "status": common.failure_status(e)})
+            failures.append(f"decode/{name}")
+        finally:
+            if gen is not None:
+                gen.close()
+            del net, gen, step
+            if cuda:
+                torch.cuda.empty_cache()
+    base = {r["batch"]: r["tok_s"] for r in rows if r["variant"] == "bf16" and r.get("tok_s")}
     for r in rows:
-        if r.get("linear_tok_s"):
-            xs, ys = series.setdefault(r["variant"], ([], []))
-            xs.append(r["batch"])
-            ys.append(r["linear_tok_s"])
-    common.plot_panels(out / "quant_decode.png", [{"title": "Llama-3-8B decode linears, tok/s", "series": series,
-                                                   "xlabel": "batch", "ylabel": "tok/s", "logx": True}])
+        if r.get("tok_s") and base.get(r["batch"]):
+            r["speedup_vs_bf16"] = r["tok_s"] / base[r["batch"]]
+    return rows, failures
+
+
+def run(opts: Options) -> int:
+    """Check, time, write; exit 1 on a WRONG variant."""
+    import torch
+
+    from kernels.quant_gemv import tuned_table
+
+    if not torch.cuda.is_available():
+        print("bench.quant_decode: needs a CUDA GPU; nothing to do on this machine")
+        return 0
+    names = list(opts.decode_variants or DECODE_VARIANTS)
+    unknown = sorted(set(names) - set(DECODE_VARIANTS))
+    if unknown:
+        raise app.UsageError(f"--decode_variants: unknown {unknown}; choose from {sorted(DECODE_VARIANTS)}")
+    bw = common.measure_copy_bandwidth("cuda")
+    out = common.results_dir("quant_decode", "cuda")
+    command, device = common.command_line("quant_decode"), common.device_name("cuda")
+    failures, summary, panels = [], [], []
+    if opts.layer_table:
+        rows, fails = layer_rows(opts, bw)
+        failures += fails
+        common.print_table(rows, ["variant", "batch", "status", "layer_us", "roofline_us", "GBps", "linear_tok_s",
+                                  "speedup_vs_bf16"], title=f"quant_decode: one layer's linears (copy bandwidth "
+                                                            f"{bw:.0f} GB/s)")
+        summary += [{"name": f"quant_decode/{r['variant']}/b{r['batch']}/linear_tok_s", "value": r["linear_tok_s"],
+                     "unit": "tok/s", "speedup_vs_bf16": r.get("speedup_vs_bf16")} for r in rows if r.get("linear_tok_s")]
+        common.write_results(out, "quant_decode", rows, summary, command=command, device=device)
+        panels.append({"title": "Llama-3-8B decode linears, tok/s", "series": _series(rows, "linear_tok_s"),
+                       "xlabel": "batch", "ylabel": "tok/s", "logx": True})
+    decode_batches = [int(b) for b in opts.decode_batches if str(b).strip()]
+    if decode_batches:
+        rows, fails = decode_rows(names, decode_batches, opts.context, opts.decode_preset, "cuda", opts.iters, bw)
+        failures += fails
+        common.print_table(rows, ["variant", "batch", "status", "step_us", "tok_s", "speedup_vs_bf16", "roofline_tok_s",
+                                  "of_roofline", "GB_read", "logit_err", "greedy_gap"],
+                           title=f"quant_decode: whole {opts.decode_preset} decode steps, CUDA graphs, context "
+                                 f"{opts.context}")
+        dsum = [{"name": f"quant_decode/step/{r['variant']}/b{r['batch']}/tok_s", "value": r["tok_s"], "unit": "tok/s",
+                 "speedup_vs_bf16": r.get("speedup_vs_bf16"), "roofline_tok_s": r.get("roofline_tok_s")}
+                for r in rows if r.get("tok_s")]
+        common.write_results(out, "quant_decode_step", rows, dsum, command=command, device=device)
+        panels.append({"title": f"{opts.decode_preset} decode step, tok/s", "series": _series(rows, "tok_s"),
+                       "xlabel": "batch", "ylabel": "tok/s", "logx": True})
+    tuned = tuned_table()
+    if tuned:
+        common.print_table([r for r in tuned if r.get("chosen") or r.get("error")],
+                           ["kernel", "N", "K", "m_bucket", "config", "us", "error"],
+                           title="skinny kernel configs chosen (all candidates in quant_decode_tuned.csv)")
+        common.write_results(out, "quant_decode_tuned", tuned, [], command=command, device=device)
+    if panels:
+        common.plot_panels(out / "quant_decode.png", panels)
     common.exit_on_failures("quant_decode", failures)
     return 0
+
+
+def _series(rows, key):
+    series = {}
+    for r in rows:
+        if r.get(key):
+            xs, ys = series.setdefault(r["variant"], ([], []))
+            xs.append(r["batch"])
+            ys.append(r[key])
+    return series
 
 
 if __name__ == "__main__":

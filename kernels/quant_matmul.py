@@ -10,11 +10,15 @@ w8a16_matmul(x, w_int8, scale):
 Each kernel tile reads BLOCK_K x BLOCK_N codes once, dequantizes in registers and feeds tl.dot
 with fp32 accumulation; the bytes read are the packed weights, which is the point at decode
 (weight-bound). References: `w4a16_reference`, `w8a16_reference` (dequantize, then matmul in fp32).
+Decode batches (M <= 16) go to kernels/quant_gemv.py's split-K skinny kernels instead (tuned per
+shape); the tiles here serve prefill-sized M.
 """
 
 from __future__ import annotations
 
 import torch
+
+from kernels import quant_gemv
 
 try:
     import triton
@@ -70,14 +74,17 @@ def _blocks(M: int) -> tuple[int, int, int]:
 
 
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                 group_size: int) -> torch.Tensor:
-    """x (..., K) fp16/bf16 (fp32 under the interpreter) -> (..., N) in x's dtype (module docstring)."""
+                 group_size: int, skinny: bool = True) -> torch.Tensor:
+    """x (..., K) fp16/bf16 (fp32 under the interpreter) -> (..., N) in x's dtype (module docstring).
+    skinny=False keeps M <= 16 on the tiles here (the bench's before/after row)."""
     K = x.shape[-1]
     N = qweight.shape[1]
     assert qweight.shape == (K // 8, N) and qweight.dtype == torch.int32, (tuple(qweight.shape), K, N)
     assert K % group_size == 0 and K % 8 == 0, (K, group_size)  # scales are read per element: any group size
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
+    if skinny and 1 <= M <= quant_gemv.MAX_M and quant_gemv.w4_configs(M, K, group_size):
+        return quant_gemv.w4a16_skinny(x2, qweight, scales, zeros, group_size).reshape(*x.shape[:-1], N)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     BM, BN, BK = _blocks(M)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
@@ -85,12 +92,14 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     return y.reshape(*x.shape[:-1], N)
 
 
-def w8a16_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (..., K) fp16/bf16, w int8 (N, K), scale (N,) -> (..., N) in x's dtype."""
+def w8a16_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, skinny: bool = True) -> torch.Tensor:
+    """x (..., K) fp16/bf16, w int8 (N, K), scale (N,) -> (..., N) in x's dtype (skinny as w4a16_matmul)."""
     K = x.shape[-1]
     N = w.shape[0]
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
+    if skinny and 1 <= M <= quant_gemv.MAX_M and quant_gemv.w8_configs(M, K) and w.is_contiguous():
+        return quant_gemv.w8a16_skinny(x2, w, scale).reshape(*x.shape[:-1], N)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     BM, BN, BK = _blocks(M)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))

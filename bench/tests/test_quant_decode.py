@@ -1,0 +1,53 @@
+"""bench.quant_decode's whole-decode-step table on a CPU (eager, a tiny Llama-3-shaped model): every
+variant CPU torch can run is checked against its dequantized reference; a planted fault is WRONG."""
+
+import torch
+
+import quant.fast_linear as fl
+from bench import quant_decode as qd
+from model.config import ModelConfig
+
+# Llama-3 vocabulary and RoPE, widths that are multiples of the 128 group; 2 layers keep it fast.
+TINY = ModelConfig.from_name("llama3-8b").replace(dim=256, n_layers=2, intermediate_size=512, n_heads=2,
+                                                  n_kv_heads=1, vocab_size=512)
+# torch's tinygemm int4pack is CUDA-only. The Triton layers run through TRITON_INTERPRET=1 (BUILD env)
+# at batch 1 only: the interpreter cannot run the batch > 1 path's bf16 tl.dot (numpy has no bf16; the
+# GPU target of kernels/tests/test_quant_gemv.py covers it).
+TORCH_VARIANTS = ["bf16", "w8a8_int8_int_mm", "fp8_w8a8_rowwise_scaled_mm"]
+TRITON_VARIANTS = ["w4a16_g128_triton", "w8a16_triton"]
+
+
+def check_rows(rows, failures, variants, batches):
+    assert failures == [], rows
+    assert {(r["variant"], r["batch"]) for r in rows} == {(v, b) for v in variants for b in batches}
+    for r in rows:
+        assert r["status"] == "ok" and r["tok_s"] > 0 and r["GB_read"] > 0, r
+        assert r["logit_err"] <= qd.band_for(r["variant"]), r
+    return {(r["variant"], r["batch"]): r for r in rows}
+
+
+def test_cpu_decode_rows_are_checked_and_timed():
+    rows, failures = qd.decode_rows(TORCH_VARIANTS, [1, 2], 8, TINY, "cpu", 1, None, warmup=0)
+    check_rows(rows, failures, TORCH_VARIANTS, (1, 2))
+
+
+def test_cpu_triton_decode_rows_and_bytes():
+    by = check_rows(*qd.decode_rows(TRITON_VARIANTS + ["bf16"], [1], 4, TINY, "cpu", 1, None, warmup=0),
+                    TRITON_VARIANTS + ["bf16"], (1,))
+    # bytes read: W4 g128 (0.5 B + fp16 scale/zero per 128) < W8 (1 B) < bf16 (2 B) for the quantized layers
+    assert by[("w4a16_g128_triton", 1)]["GB_read"] < by[("w8a16_triton", 1)]["GB_read"] < by[("bf16", 1)]["GB_read"]
+
+
+def test_planted_wrong_group_is_wrong(monkeypatch):
+    """Planted: the W4 layers read the scales and zeros of the next group (an off-by-one group index)."""
+    orig = fl.W4A16Linear.__init__
+
+    def shifted(self, mod, name="layer"):
+        orig(self, mod, name)
+        self.scales.copy_(self.scales.roll(1, 0))
+        self.zeros.copy_(self.zeros.roll(1, 0))
+
+    monkeypatch.setattr(fl.W4A16Linear, "__init__", shifted)
+    rows, failures = qd.decode_rows(["w4a16_g128_triton"], [1], 4, TINY, "cpu", 1, None, warmup=0)
+    assert failures == ["decode/w4a16_g128_triton/b1"] and rows[0]["status"].startswith("WRONG"), rows
+    assert rows[0]["logit_err"] > 4 * qd.band_for("w4a16_g128_triton")

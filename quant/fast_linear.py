@@ -1,0 +1,230 @@
+"""Quantized Linear layers that run real low-bit kernels (GPU), built from quant/'s reference layers.
+
+quant/qlinear.py and quant/int8.py hold the *arithmetic* of each format (dequantize, then a float
+matmul): the reference. `to_fast(model, backend)` swaps those layers, in place, for these, which
+read the packed weights directly:
+
+  backend         from                                        layer                 kernel
+  "triton"        QuantLinear W4 (contiguous groups, A16)     W4A16Linear           kernels.quant_matmul.w4a16_matmul
+                  Int8WeightOnlyLinear                        W8A16Linear           kernels.quant_matmul.w8a16_matmul
+  "int4pack"      QuantLinear W4 (contiguous groups, A16)     Int4PackLinear        torch._weight_int4pack_mm (tinygemm)
+  "int_mm"        QuantLinear W8A8 (sym, one group per row)   W8A8Linear            torch._int_mm (int8 x int8 -> int32)
+  "scaled_mm"     FP8Linear (per-row weights, per-token act)  FP8RowwiseLinear      torch._scaled_mm (e4m3, row-wise)
+
+Each layer computes the same function as the layer it replaces, up to the rounding of its
+kernel (tinygemm keeps scale and zero in bf16; W8A8 multiplies exact integers where the
+reference multiplies their dequantized bf16 values). quant/tests/test_fast_linear.py checks
+each against its reference. A layer this cannot convert raises QuantizationError naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from quant.int8 import Int8WeightOnlyLinear
+from quant.qlinear import FP8, FP8_MAX, FP8Linear, QuantLinear
+from quant.rtn import QuantizationError
+
+BACKENDS = ("triton", "int4pack", "int_mm", "scaled_mm")
+INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows (and multiples of 8): pad decode batches
+
+
+def _bias(mod: nn.Module, dtype) -> Optional[nn.Parameter]:
+    return None if mod.bias is None else nn.Parameter(mod.bias.detach().to(dtype), requires_grad=False)
+
+
+def _check_w4(mod: QuantLinear, name: str) -> None:
+    """W4 A16, no input rotation, groups of contiguous input columns (act-order is reordered at load)."""
+    if mod.bits != 4 or mod.act_bits is not None or mod.input_rotation is not None:
+        raise QuantizationError(f"{name}: the W4A16 kernels take 4-bit weight-only layers without an input "
+                                f"rotation, got {mod.extra_repr()}")
+    contiguous = torch.arange(mod.in_features, device=mod.g_idx.device) // mod.group_size
+    if not torch.equal(mod.g_idx.long(), contiguous):
+        raise QuantizationError(f"{name}: act-order group indices (g_idx) are not contiguous groups; "
+                                "the W4A16 kernels need them reordered at load")
+
+
+class W4A16Linear(nn.Module):
+    """y = x @ W'^T (+ bias) by kernels.quant_matmul.w4a16_matmul (split-K GEMV for M <= 16).
+
+    Buffers: qweight int32 (in / 8, out) GPTQ packing along K; scales fp16 (G, out); zeros fp16
+    (G, out) (the integer zero points, exact in fp16); the kernel reads them as fp32.
+    """
+
+    def __init__(self, mod: QuantLinear, name: str = "layer"):
+        super().__init__()
+        from kernels.quant_matmul import pack_w4
+
+        _check_w4(mod, name)
+        self.in_features, self.out_features, self.group_size = mod.in_features, mod.out_features, mod.group_size
+        self.register_buffer("qweight", pack_w4(mod.qweight))
+        self.register_buffer("scales", mod.scales.half().contiguous())
+        self.register_buffer("zeros", mod.zeros.half().contiguous())
+        self.bias = _bias(mod, mod.scales.dtype if mod.bias is None else mod.bias.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) bf16/fp16 -> (..., out)."""
+        from kernels.quant_matmul import w4a16_matmul
+
+        y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class Int4PackLinear(nn.Module):
+    """The same W4 layer through torch's tinygemm kernel: w = (q - 8) * scale + zero, with
+    zero = (8 - z) * scale, both bf16 in a (G, out, 2) tensor (torch._weight_int4pack_mm's operand)."""
+
+    INNER_K_TILES = 8
+
+    def __init__(self, mod: QuantLinear, name: str = "layer"):
+        super().__init__()
+        _check_w4(mod, name)
+        self.in_features, self.out_features, self.group_size = mod.in_features, mod.out_features, mod.group_size
+        q = mod.qweight.to(torch.int32)  # (out, in) codes
+        self.register_buffer("packed", torch._convert_weight_to_int4pack(
+            ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8), self.INNER_K_TILES))
+        s = mod.scales.float()
+        self.register_buffer("scale_zero", torch.stack([s, (8 - mod.zeros.float()) * s], -1).bfloat16().contiguous())
+        self.bias = _bias(mod, torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) bf16 -> (..., out) bf16."""
+        x2 = x.reshape(-1, self.in_features)
+        y = torch._weight_int4pack_mm(x2, self.packed, self.group_size, self.scale_zero)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class W8A16Linear(nn.Module):
+    """y = (x @ q^T) * scale (+ bias) by kernels.quant_matmul.w8a16_matmul; q int8 (out, in), scale fp32 (out,)."""
+
+    def __init__(self, mod: Int8WeightOnlyLinear, name: str = "layer"):
+        super().__init__()
+        self.in_features, self.out_features = mod.in_features, mod.out_features
+        self.register_buffer("weight", mod.weight.contiguous())
+        self.register_buffer("weight_scale", mod.weight_scale.float().contiguous())
+        self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) bf16/fp16 -> (..., out)."""
+        from kernels.quant_matmul import w8a16_matmul
+
+        y = w8a16_matmul(x, self.weight, self.weight_scale)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+def quantize_tokens_int8(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token dynamic symmetric int8 (quant.rtn.quantize_activation's grid): (xq int8 (M, K), scale fp32 (M, 1))."""
+    xf = x2.float()
+    s = (xf.abs().amax(dim=-1, keepdim=True) / 127.0).clamp(min=1e-8)
+    return torch.clamp(torch.round(xf / s), -127, 127).to(torch.int8), s
+
+
+def int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
+    """int32 (M, N) = xq (M, K) int8 @ wq_t (K, N) int8, exact: torch._int_mm (rows padded to its minimum on
+    CUDA), or an fp64 matmul elsewhere (exact: |sum| < 2^53)."""
+    if xq.is_cuda:
+        M = xq.shape[0]
+        rows = max(INT_MM_MIN_ROWS, M)
+        rows = (rows + 7) // 8 * 8
+        if rows != M:
+            xq = torch.cat([xq, xq.new_zeros(rows - M, xq.shape[1])])
+        return torch._int_mm(xq, wq_t)[:M]
+    return (xq.double() @ wq_t.double()).to(torch.int32)
+
+
+class W8A8Linear(nn.Module):
+    """SmoothQuant's W8A8 (smoothing already folded into the weights): y = (xq @ wq^T) * sx * sw.
+
+    xq int8 per-token dynamic (quantize_tokens_int8), wq int8 (out, in) = the reference layer's
+    codes minus its zero point 128, sw fp32 (out,) per-channel. Buffer weight is wq (out, in) row-major,
+    so weight.T is the column-major operand torch._int_mm takes (torchao's convention).
+    """
+
+    def __init__(self, mod: QuantLinear, name: str = "layer"):
+        super().__init__()
+        if not (mod.bits == 8 and mod.act_bits == 8 and mod.sym and mod.scales.shape[0] == 1
+                and mod.input_rotation is None):
+            raise QuantizationError(f"{name}: W8A8 int_mm takes symmetric per-channel 8-bit weights with 8-bit "
+                                    f"activations, got {mod.extra_repr()}")
+        self.in_features, self.out_features = mod.in_features, mod.out_features
+        wq = (mod.qweight.to(torch.int16) - mod.zeros[0].to(torch.int16)[:, None]).to(torch.int8)  # (out, in); zero 128
+        self.register_buffer("weight", wq.contiguous())
+        self.register_buffer("weight_scale", mod.scales[0].float().contiguous())
+        self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out) in x's dtype."""
+        x2 = x.reshape(-1, self.in_features)
+        xq, sx = quantize_tokens_int8(x2)
+        acc = int8_matmul(xq, self.weight.T)  # (M, out) int32
+        y = (acc.float() * sx * self.weight_scale).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class FP8RowwiseLinear(nn.Module):
+    """y = (xq @ wq^T) * sx * sw by torch._scaled_mm: e4m3 weights with per-row scales, activations e4m3
+    with a dynamic per-token scale (amax / 448), as FP8Linear(per_row=True, act="per_token") computes."""
+
+    def __init__(self, mod: FP8Linear, name: str = "layer"):
+        super().__init__()
+        if not (mod.per_row and mod.act == "per_token"):
+            raise QuantizationError(f"{name}: _scaled_mm row-wise takes per-row e4m3 weights with per-token "
+                                    f"activations, got {mod.extra_repr()}")
+        self.in_features, self.out_features = mod.in_features, mod.out_features
+        self.register_buffer("weight", mod.weight.contiguous())  # (out, in) e4m3; .T is the column-major operand
+        self.register_buffer("weight_scale", mod.weight_scale.float().reshape(1, -1).contiguous())  # (1, out)
+        self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) bf16 -> (..., out) bf16."""
+        x2 = x.reshape(-1, self.in_features).float()
+        sx = (x2.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)  # (M, 1)
+        xq = (x2 / sx).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        y = torch._scaled_mm(xq, self.weight.T, scale_a=sx, scale_b=self.weight_scale, out_dtype=x.dtype)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+def _convert(mod: nn.Module, backend: str, name: str) -> Optional[nn.Module]:
+    """The fast layer for mod under backend, or None when backend does not take this kind of layer."""
+    if backend == "triton":
+        if isinstance(mod, QuantLinear):
+            return W4A16Linear(mod, name)
+        if isinstance(mod, Int8WeightOnlyLinear):
+            return W8A16Linear(mod, name)
+    elif backend == "int4pack" and isinstance(mod, QuantLinear):
+        return Int4PackLinear(mod, name)
+    elif backend == "int_mm" and isinstance(mod, QuantLinear):
+        return W8A8Linear(mod, name)
+    elif backend == "scaled_mm" and isinstance(mod, FP8Linear):
+        return FP8RowwiseLinear(mod, name)
+    return None
+
+
+@torch.no_grad()
+def to_fast(model: nn.Module, backend: str) -> int:
+    """Swap every quantized layer of model for backend's kernel layer (module docstring), in place.
+
+    Returns how many were swapped; QuantizationError for an unknown backend, for a quantized layer
+    the backend cannot run, or when nothing was quantized.
+    """
+    if backend not in BACKENDS:
+        raise QuantizationError(f"unknown fast backend {backend!r}; choose one of {BACKENDS}")
+    n = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, (QuantLinear, Int8WeightOnlyLinear, FP8Linear)):
+                continue
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            new = _convert(child, backend, full)
+            if new is None:
+                raise QuantizationError(f"{full}: backend {backend!r} does not run {type(child).__name__} layers")
+            setattr(parent, child_name, new)
+            n += 1
+    if n == 0:
+        raise QuantizationError("to_fast: the model has no quantized layers (run quant.quantize first)")
+    return n
