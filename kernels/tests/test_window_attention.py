@@ -203,12 +203,16 @@ def test_paged_decode_window_large():
 
 
 def _time_us(fn, iters: int = 30) -> float:
-    fn()
+    """Device time of one fn() call, replayed from a CUDA graph of `iters` calls: eager calls are
+    launch-bound (~100-150 us of host each on the H200), which hid the cost of reading 4K tokens."""
+    from decoding.cuda_graph import capture_graph
+
+    graph, _ = capture_graph(lambda: [fn() for _ in range(iters)], DEVICE, warmup=1)
+    graph.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(iters):
-        fn()
+    graph.replay()
     end.record()
     end.synchronize()
     return start.elapsed_time(end) * 1e3 / iters
