@@ -5,25 +5,21 @@ requests that do not speculate in the same steps.
 fp32 on CPU, the tiny random model of the engine parity tests (parity/engine_cases.py). Prompts repeat
 a random phrase, so n-gram proposals are accepted often and rejected often (both paths run). Exactness
 as in parity/test_engine.py: batching and the k + 1-wide verify rows change only the summation order.
-Planted faults (test_planted_faults_fail): accepting one proposal too many, rolling back one slot too
+Planted faults (test_planted_faults_change_the_outputs, test_kept_rejected_blocks_fail_the_block_check): accepting one proposal too many, rolling back one slot too
 few or one block too many, each changes the outputs of this trace; keeping the rejected slots' blocks
-fails run()'s per-step check of the blocks each request holds.
+fails run()'s (speculative_cases.py) per-step check of the blocks each request holds.
 """
 
 from __future__ import annotations
 
 import pytest
-import torch
-
 import scheduler.speculative as spec_mod
 from cache.kv_manager import KVCacheManager
 from decoding.generate import generate
 from decoding.speculative import SpeculativeConfig
 from parity.engine_cases import make_tiny_model
 from scheduler import LLM, SamplingParams
-
-BLOCK = 4
-TIGHT_BLOCKS = 20  # 19 usable blocks = 76 tokens: a few requests at a time, preemptions
+from scheduler.tests.speculative_cases import assert_all_blocks_free, make_trace, run
 
 
 @pytest.fixture(scope="module")
@@ -33,46 +29,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def trace():
-    """24 (prompt, max_tokens, speculates): a random phrase repeated, a random tail; every 4th plain."""
-    g = torch.Generator().manual_seed(7)
-    out = []
-    for i in range(24):
-        phrase = torch.randint(1, 512, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
-        tail = torch.randint(1, 512, (int(torch.randint(0, 4, (1,), generator=g)),), generator=g).tolist()
-        prompt = phrase * int(torch.randint(2, 5, (1,), generator=g)) + tail
-        out.append((prompt, int(torch.randint(4, 25, (1,), generator=g)), i % 4 != 3))
-    return out
+    return make_trace()
 
 
 @pytest.fixture(scope="module")
 def refs(model, trace):
     return [generate(model, p, n).new_ids[0] for p, n, _ in trace]
-
-
-def run(model, trace, speculative=None, temperature=0.0, check_blocks=True):
-    """The trace through one engine, stepped by hand; after every step (check_blocks) each running request
-    holds exactly the blocks its computed tokens need (the rejected slots' blocks went back to the pool)."""
-    llm = LLM(model, block_size=BLOCK, policy="chunked", num_blocks=TIGHT_BLOCKS, max_num_batched_tokens=40,
-              max_num_seqs=8, speculative=speculative)
-    engine, final = llm.engine, {}
-    try:
-        ids = [engine.add_request(p, SamplingParams(max_tokens=n, speculative=s, temperature=temperature,
-                                                    seed=i if temperature else None))
-               for i, (p, n, s) in enumerate(trace)]
-        while engine.has_unfinished_requests():
-            final.update((o.request_id, o) for o in engine.step() if o.finished)
-            kv = engine.scheduler.kv
-            held = {r.request_id: (len(kv.block_ids(r.request_id)), kv.blocks_needed(r.num_computed_tokens))
-                    for r in engine.scheduler.running}
-            assert not check_blocks or all(a == b for a, b in held.values()), f"blocks held vs needed: {held}"
-    finally:
-        engine.runner.close()
-    return engine, [final[rid].token_ids for rid in ids]
-
-
-def assert_all_blocks_free(engine):
-    engine.pool.check_invariants()
-    assert engine.pool.num_free_blocks == engine.pool.num_usable_blocks
 
 
 def test_speculative_engine_equals_plain_engine_with_preemption(model, trace, refs):

@@ -12,9 +12,14 @@ import torch
 
 from decoding.speculative import SpeculativeConfig
 from scheduler import LLM, SamplingParams
-from scheduler.tests.test_speculative_engine import TIGHT_BLOCKS, assert_all_blocks_free, run, trace  # noqa: F401
+from scheduler.tests.speculative_cases import assert_all_blocks_free, make_trace, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return make_trace()
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +28,7 @@ def model():
     return make_tiny_model(seed=0).cuda()
 
 
-def test_speculative_engine_equals_plain_engine_fp32(model, trace):  # noqa: F811
+def test_speculative_engine_equals_plain_engine_fp32(model, trace):
     _, plain = run(model, trace)
     engine, outs = run(model, trace, SpeculativeConfig("ngram", 3))
     bad = [i for i, (o, r) in enumerate(zip(outs, plain)) if o != r]
@@ -31,7 +36,7 @@ def test_speculative_engine_equals_plain_engine_fp32(model, trace):  # noqa: F81
     assert engine.scheduler.proposer.accepted > 0 and engine.scheduler.num_preemptions > 0
 
 
-def test_speculative_engine_with_flash_and_graphs_bf16(trace):  # noqa: F811
+def test_speculative_engine_with_flash_and_graphs_bf16(trace):
     from parity.engine_cases import make_tiny_model
     net = make_tiny_model(seed=0, dim=256).to("cuda", torch.bfloat16)  # head_dim 64: the flash kernels'
     llm = LLM(net, block_size=16, num_blocks=64, max_num_seqs=8, speculative=SpeculativeConfig("ngram", 3))
