@@ -4,9 +4,10 @@
 # 1. The speculative tests: graphed draft/n-gram speculation == plain greedy (CUDA graphs, and its CPU
 #    twin with simulated capture), engine n-gram speculation == the plain engine (fp32, preemption) and
 #    a bf16 flash + decode-graph engine run.
-# 2. bench.speculative: a short Spec-Bench pass (3 prompts per task) and the Llama-3-8B / Llama-3.2-1B
-#    shape cost model with its projection. lab-small + lab-draft when lab-small's four shards came with
-#    the tree, else lab-draft alone with the n-gram strategy (the device gets a 64 MiB tree).
+# 2. bench.speculative: a short Spec-Bench pass (3 prompts per task, at batch 1 and through the engine
+#    at up to 8 requests at once, plain vs n-gram) and the Llama-3-8B / Llama-3.2-1B shape cost model
+#    with its projection. lab-small + lab-draft when lab-small's four shards came with the tree, else
+#    lab-draft alone with the n-gram strategy (the device gets a 64 MiB tree).
 # LAB_SPEC_FLAGS replaces the bench's flags. $OUT gets spec_run.log, bench_speculative.log and
 # results.tar.gz. Stops at the first failure (a failing test, the bench exiting 1 on a WRONG row).
 set -euo pipefail
@@ -24,10 +25,10 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -rA -W ignore::DeprecationW
   2>&1 | tail -n 40 | tee -a "$log"
 shards=(models/lab-small/model-0000{1,2,3,4}-of-00004.safetensors)
 if ls "${shards[@]}" >/dev/null 2>&1; then
-  flags="--per_task 3 --ks 2,4 --cost_model"
+  flags="--per_task 3 --ks 2,4 --engine_seqs 8 --cost_model"
 else
   echo "lab-small's shards are not in this tree: lab-draft alone, n-gram only" | tee -a "$log"
-  flags="--checkpoint lab-draft --strategies ngram --ks 2,4 --per_task 3 --cost_model"
+  flags="--checkpoint lab-draft --strategies ngram --ks 2,4 --per_task 3 --engine_seqs 8 --cost_model"
 fi
 flags="${LAB_SPEC_FLAGS:-$flags}"
 echo "== bench.speculative $flags" | tee -a "$log"
