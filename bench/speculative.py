@@ -4,7 +4,7 @@ decoding in the same run, and (on a GPU) a cost model projecting it onto the Lla
     python3 -m bench.speculative                      # CPU: lab-small + lab-draft, 5 prompts per task
     python3 -m bench.speculative --per_task 80        # every prompt
     python3 -m bench.speculative --cost_model         # GPU: also the 8B-shape cost model (needs CUDA)
-    python3 -m bench.speculative --engine_seqs 8      # also the batching engine, plain vs n-gram
+    python3 -m bench.speculative --engine_seqs 8      # also the batching engine, plain vs each strategy
     bazel run //bench:speculative
 
 Per prompt (the first turn, its last --max_prompt_tokens tokens; the lab models' context is 512),
@@ -27,7 +27,7 @@ Python and small matmuls, so the draft costs ~1/4 of the target instead of the ~
 a real draft/target pair has. On a GPU both are launch-bound (the cost model says by how much).
 
 --engine_seqs N: the same prompts through the batching engine (LLM, paged cache, up to N requests at
-once), plain and with n-gram speculation per k (scheduler/speculative.py): new tokens, engine steps,
+once), plain and with each strategy per k (scheduler/speculative.py; the draft proposes greedily): new tokens, engine steps,
 acceptance, tok/s end to end and speedup over the plain engine; outputs checked against the plain
 engine's as above.
 
@@ -68,7 +68,7 @@ _define("string", "dtype", "fp32", "Default fp32: greedy equality is the lossles
 _define("boolean", "cost_model", False, "Also run the 8B-shape GPU cost model (needs CUDA).")
 _define("integer", "cost_context", 1024, "Tokens in the KV cache when the cost model times its steps (default 1024).")
 _define("integer", "engine_seqs", 0, "Also run the same prompts through the batching engine (LLM), plain and with "
-        "n-gram speculation for each --ks, at most this many requests at once (default 0: skip).")
+        "each strategy and --ks, at most this many requests at once (default 0: skip).")
 
 
 @dataclass(frozen=True)
@@ -221,9 +221,10 @@ class _Acc:
 
 
 def engine_rows(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict], list[str]]:
-    """The same prompts through LLM (batching engine, paged cache), plain and with n-gram speculation
-    (scheduler/speculative.py) for each k, at most --engine_seqs at once; greedy, no early stop. Every
-    speculative output must equal the plain engine's, or part from it at a near tie (as above)."""
+    """The same prompts through LLM (batching engine, paged cache), plain and with each strategy and k
+    (scheduler/speculative.py: n-gram, or the draft model's greedy proposals), at most --engine_seqs at
+    once; greedy, no early stop. Every speculative output must equal the plain engine's, or part from it
+    at a near tie (as above)."""
     import model
     from data.spec_bench import by_task, prompt_ids
     from decoding.speculative import SpeculativeConfig
@@ -238,10 +239,13 @@ def engine_rows(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[di
     per_task = opts.per_task if opts.per_task is not None else (80 if common.is_cuda(device) else 5)
     prompts = [prompt_ids(tok, q, opts.max_prompt_tokens) for qs in by_task(per_task).values() for q in qs]
     params = SamplingParams(max_tokens=opts.max_new_tokens, ignore_eos=True)
+    cfgs = strategies(opts)
+    draft = model.load(opts.draft_checkpoint, dtype=dtype, device=device) if any(
+        c.method == "draft" for c in cfgs) else None
     rows, failures, plain = [], [], None
-    for k in [None] + common.int_list(list(opts.ks), ()):
-        spec = None if k is None else SpeculativeConfig("ngram", k)
-        llm = LLM(target, max_num_seqs=opts.engine_seqs, max_model_len=512, speculative=spec)
+    for spec in [None] + cfgs:
+        llm = LLM(target, max_num_seqs=opts.engine_seqs, max_model_len=512, speculative=spec,
+                  draft_model=draft if spec is not None and spec.method == "draft" else None)
         try:
             llm.generate(prompts[:2], SamplingParams(max_tokens=8))  # warm (kernels, allocator)
             eng = llm.engine
@@ -256,7 +260,7 @@ def engine_rows(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[di
         finally:
             llm.close()
         tokens = sum(len(o) for o in outs)
-        row = {"strategy": "plain" if k is None else f"ngram-k{k}", "requests": len(prompts),
+        row = {"strategy": "plain" if spec is None else label(spec), "requests": len(prompts),
                "max_seqs": opts.engine_seqs, "new_tokens": tokens, "steps": steps,
                "acceptance": prop.accepted / prop.proposed if prop is not None and prop.proposed else 0.0,
                "tok_s": tokens / seconds, "near_ties": 0, "status": "ok"}

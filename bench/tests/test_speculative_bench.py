@@ -96,14 +96,17 @@ def test_engine_rows_are_checked_against_the_plain_engine(tmp_path, monkeypatch)
     import scheduler.speculative as engine_spec
 
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    opts = bs.Options(**{**SMALL.__dict__, "strategies": ("ngram",), "max_new_tokens": 16, "engine_seqs": 3})
+    opts = bs.Options(**{**SMALL.__dict__, "max_new_tokens": 16, "engine_seqs": 3})
     bs.run(opts)
     rows = json.loads((tmp_path / "speculative_engine.json").read_text())["rows"]
-    assert [r["strategy"] for r in rows] == ["plain", "ngram-k2"]
+    assert [r["strategy"] for r in rows] == ["plain", "draft-k2", "ngram-k2"]
     assert all(r["status"] == "ok" and r["new_tokens"] == 6 * 16 and r["tok_s"] > 0 for r in rows), rows
+    # lab-draft drafting for itself: its proposals are the target's argmax (a stale draft cache would not be)
+    assert rows[1]["acceptance"] > 0.95 and rows[1]["steps"] < rows[0]["steps"], rows
+    opts = bs.Options(**{**opts.__dict__, "strategies": ("ngram",)})
     monkeypatch.setattr(engine_spec, "verify_greedy", lambda logits, draft: (len(draft), int(logits[-1].argmax())))
     with pytest.raises(SystemExit) as e:
         bs.run(opts)
     assert e.value.code == 1
     rows = json.loads((tmp_path / "speculative_engine.json").read_text())["rows"]
-    assert rows[1]["status"].startswith("WRONG"), rows
+    assert rows[1]["strategy"] == "ngram-k2" and rows[1]["status"].startswith("WRONG"), rows

@@ -22,11 +22,11 @@ def make_trace() -> list[tuple[list[int], int, bool]]:
     return out
 
 
-def run(model, trace, speculative=None, temperature=0.0, check_blocks=True):
+def run(model, trace, speculative=None, temperature=0.0, check_blocks=True, **engine_kwargs):
     """The trace through one engine, stepped by hand; after every step (check_blocks) each running request
     holds exactly the blocks its computed tokens need (the rejected slots' blocks went back to the pool)."""
     llm = LLM(model, block_size=BLOCK, policy="chunked", num_blocks=TIGHT_BLOCKS, max_num_batched_tokens=40,
-              max_num_seqs=8, speculative=speculative)
+              max_num_seqs=8, speculative=speculative, **engine_kwargs)
     engine, final = llm.engine, {}
     try:
         ids = [engine.add_request(p, SamplingParams(max_tokens=n, speculative=s, temperature=temperature,
