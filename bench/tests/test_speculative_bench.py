@@ -96,7 +96,7 @@ def test_engine_rows_are_checked_against_the_plain_engine(tmp_path, monkeypatch)
     import scheduler.speculative as engine_spec
 
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    opts = bs.Options(**{**SMALL.__dict__, "max_new_tokens": 16, "engine_seqs": 3})
+    opts = bs.Options(**{**SMALL.__dict__, "max_new_tokens": 16, "engine_seqs": 3, "engine_rounds": 1})
     bs.run(opts)
     rows = json.loads((tmp_path / "speculative_engine.json").read_text())["rows"]
     assert [r["strategy"] for r in rows] == ["plain", "draft-k2", "ngram-k2"]
