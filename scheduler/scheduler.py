@@ -70,7 +70,7 @@ class Scheduler:
         self._finished_ids: list[str] = []  # since the last schedule(), for the runner
         self.num_preemptions = 0
         self.num_steps = 0
-        self.proposer = None  # speculative decoding: a scheduler.speculative.NgramProposer (set by the engine)
+        self.proposer = None  # speculation: scheduler.speculative.NgramProposer or DraftProposer (set by the engine)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request: Request) -> None:

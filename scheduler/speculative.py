@@ -6,16 +6,17 @@
 
 Each step, a running request in decode (one token to feed) that may speculate gets up to k
 proposals: from the n-gram proposer (decoding.speculative.ngram_propose over its prompt + outputs)
-or from a draft model's greedy continuation (DraftProposer: a static cache per request). The scheduler feeds [last token] + proposals at k + 1 positions of
-its paged cache, in the same step as the other requests (prefill chunks, plain decodes). The runner
-keeps the logits of all k + 1 positions and verifies them (decoding.speculative's rules: greedy =
-the prefix that equals the target's argmax, then the argmax after it; sampling = the rejection rule
-with the proposals as point masses, so each emitted token is distributed as the target's). The
-scheduler advances num_computed_tokens by 1 + accepted only, so the K/V written at rejected
-positions is never attended to (attention reads positions < the sequence length) and is overwritten
-by the next step, and the blocks past the accepted length go back to the pool
-(KVCacheManager.free_tail). Requests with logprobs, or SamplingParams(speculative=False), never
-speculate. A speculating step is not replayed from a decode CUDA graph (its rows are k + 1 wide).
+or from a draft model's greedy continuation (DraftProposer: a static cache per request). The
+scheduler feeds [last token] + proposals at k + 1 positions of its paged cache, in the same step as
+the other requests (prefill chunks, plain decodes). The runner keeps the logits of all k + 1
+positions and verifies them (decoding.speculative's rules: greedy = the prefix that equals the
+target's argmax, then the argmax after it; sampling = the rejection rule with the proposals as point
+masses, so each emitted token is distributed as the target's). The scheduler advances
+num_computed_tokens by 1 + accepted only, so the K/V written at rejected positions is never attended
+to (attention reads positions < the sequence length) and is overwritten by the next step, and the
+blocks past the accepted length go back to the pool (KVCacheManager.free_tail). Requests with
+logprobs, or SamplingParams(speculative=False), never speculate. A speculating step is not replayed
+from a decode CUDA graph (its rows are k + 1 wide).
 """
 
 from __future__ import annotations

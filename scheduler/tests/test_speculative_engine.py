@@ -5,9 +5,10 @@ requests that do not speculate in the same steps.
 fp32 on CPU, the tiny random model of the engine parity tests (parity/engine_cases.py). Prompts repeat
 a random phrase, so n-gram proposals are accepted often and rejected often (both paths run). Exactness
 as in parity/test_engine.py: batching and the k + 1-wide verify rows change only the summation order.
-Planted faults (test_planted_faults_change_the_outputs, test_kept_rejected_blocks_fail_the_block_check): accepting one proposal too many, rolling back one slot too
-few or one block too many, each changes the outputs of this trace; keeping the rejected slots' blocks
-fails run()'s (speculative_cases.py) per-step check of the blocks each request holds.
+Planted faults (test_planted_faults_change_the_outputs,
+test_kept_rejected_blocks_fail_the_block_check): accepting one proposal too many, rolling back one
+slot too few or one block too many, each changes the outputs of this trace; keeping the rejected
+slots' blocks fails run()'s (speculative_cases.py) per-step check of the blocks each request holds.
 """
 
 from __future__ import annotations
