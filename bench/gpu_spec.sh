@@ -25,10 +25,10 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -rA -W ignore::DeprecationW
   2>&1 | tail -n 40 | tee -a "$log"
 shards=(models/lab-small/model-0000{1,2,3,4}-of-00004.safetensors)
 if ls "${shards[@]}" >/dev/null 2>&1; then
-  flags="--per_task 3 --ks 2,4 --engine_seqs 8 --cost_model"
+  flags="--per_task 3 --ks 2,4 --engine_seqs 8 --engine_rounds 1 --cost_model"
 else
   echo "lab-small's shards are not in this tree: lab-draft alone, n-gram only" | tee -a "$log"
-  flags="--checkpoint lab-draft --strategies ngram --ks 2,4 --per_task 3 --engine_seqs 8 --cost_model"
+  flags="--checkpoint lab-draft --strategies ngram --ks 2,4 --per_task 3 --engine_seqs 8 --engine_rounds 1 --cost_model"
 fi
 flags="${LAB_SPEC_FLAGS:-$flags}"
 echo "== bench.speculative $flags" | tee -a "$log"
