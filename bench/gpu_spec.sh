@@ -19,7 +19,7 @@ source tools/gpu_session.sh  # set -euo pipefail, $LAB_RESULTS_DIR, results pack
 { date -u +"%Y-%m-%dT%H:%M:%SZ"; nvidia-smi --query-gpu=name,memory.total --format=csv
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } 2>&1 | tee "$log"
 echo "== speculative tests" | tee -a "$log"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rA -W ignore::DeprecationWarning \
+timeout 240 python3 -m pytest -q -p no:cacheprovider -rA -W ignore::DeprecationWarning \
   decoding/tests/test_speculative_gpu.py decoding/tests/test_speculative_graphed.py \
   scheduler/tests/test_speculative_engine_gpu.py scheduler/tests/test_speculative_engine.py \
   2>&1 | tail -n 40 | tee -a "$log"
