@@ -27,10 +27,10 @@ Python and small matmuls, so the draft costs ~1/4 of the target instead of the ~
 a real draft/target pair has. On a GPU both are launch-bound (the cost model says by how much).
 
 --engine_seqs N: the same prompts through the batching engine (LLM, paged cache, up to N requests at
-once), plain and with each strategy per k (scheduler/speculative.py; the draft proposes greedily): new tokens, engine steps,
-acceptance, step_ratio (plain steps / steps: the speedup if a speculative step cost a plain one), tok/s
-end to end (fastest of --engine_rounds interleaved rounds) and speedup over the plain engine; outputs
-checked against the plain engine's as above.
+once), plain and with each strategy per k (scheduler/speculative.py; the draft proposes greedily):
+new tokens, engine steps, acceptance, step_ratio (plain steps / steps: the speedup if a speculative
+step cost a plain one), tok/s end to end (fastest of --engine_rounds interleaved rounds) and speedup
+over the plain engine; outputs checked against the plain engine's as above.
 
 --cost_model (GPU only): random bf16 weights at the Llama-3-8B shape and a Llama-3.2-1B-shape draft
 (dim 2048, 16 layers, tied embeddings), CUDA graphs, --cost_context tokens in the cache. Times a
