@@ -250,7 +250,9 @@ def engine_rows(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[di
     runs: dict[int, tuple] = {}  # config index -> (outputs, steps, acceptance) of its last round
     for _ in range(max(1, opts.engine_rounds)):  # rounds interleave the configs: load drifts hit all alike
         for i, spec in enumerate([None] + cfgs):
-            llm = LLM(target, max_num_seqs=opts.engine_seqs, max_model_len=512, speculative=spec,
+            # KV for engine_seqs full 512-token requests (+ the null block), on a GPU too (not 90% of it)
+            llm = LLM(target, max_num_seqs=opts.engine_seqs, max_model_len=512, block_size=16,
+                      num_blocks=opts.engine_seqs * 32 + 1, speculative=spec,
                       draft_model=draft if spec is not None and spec.method == "draft" else None)
             try:
                 llm.generate(prompts[:2], SamplingParams(max_tokens=8))  # warm (kernels, allocator)
@@ -267,6 +269,8 @@ def engine_rows(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[di
                 runs[i] = (outs, eng.scheduler.num_steps - steps0, acc[0] / acc[1] if acc[1] else 0.0)
             finally:
                 llm.close()
+    if common.is_cuda(device):
+        torch.cuda.empty_cache()  # the cost model's 8B weights come next
     for i, spec in enumerate([None] + cfgs):
         outs, steps, acceptance = runs[i]
         tokens = sum(len(o) for o in outs)
