@@ -4,6 +4,7 @@ decoding in the same run, and (on a GPU) a cost model projecting it onto the Lla
     python3 -m bench.speculative                      # CPU: lab-small + lab-draft, 5 prompts per task
     python3 -m bench.speculative --per_task 80        # every prompt
     python3 -m bench.speculative --cost_model         # GPU: also the 8B-shape cost model (needs CUDA)
+    python3 -m bench.speculative --engine_seqs 8      # also the batching engine, plain vs each strategy
     bazel run //bench:speculative
 
 Per prompt (the first turn, its last --max_prompt_tokens tokens; the lab models' context is 512),
@@ -24,6 +25,12 @@ else the strategy is WRONG and the run exits 1 after writing its results. Per ta
 The models are tiny: on a CPU a lab-small step is ~10 ms and a lab-draft step ~3 ms, mostly
 Python and small matmuls, so the draft costs ~1/4 of the target instead of the ~1/10 to 1/20
 a real draft/target pair has. On a GPU both are launch-bound (the cost model says by how much).
+
+--engine_seqs N: the same prompts through the batching engine (LLM, paged cache, up to N requests at
+once), plain and with each strategy per k (scheduler/speculative.py; the draft proposes greedily):
+new tokens, engine steps, acceptance, step_ratio (plain steps / steps: the speedup if a speculative
+step cost a plain one), tok/s end to end (fastest of --engine_rounds interleaved rounds) and speedup
+over the plain engine; outputs checked against the plain engine's as above.
 
 --cost_model (GPU only): random bf16 weights at the Llama-3-8B shape and a Llama-3.2-1B-shape draft
 (dim 2048, 16 layers, tied embeddings), CUDA graphs, --cost_context tokens in the cache. Times a
@@ -61,6 +68,9 @@ _define("string", "device", "auto", "cuda, cpu or auto.")
 _define("string", "dtype", "fp32", "Default fp32: greedy equality is the lossless check, exact in fp32.")
 _define("boolean", "cost_model", False, "Also run the 8B-shape GPU cost model (needs CUDA).")
 _define("integer", "cost_context", 1024, "Tokens in the KV cache when the cost model times its steps (default 1024).")
+_define("integer", "engine_rounds", 3, "Engine runs per config, interleaved; the fastest counts (default 3).")
+_define("integer", "engine_seqs", 0, "Also run the same prompts through the batching engine (LLM), plain and with "
+        "each strategy and --ks, at most this many requests at once (default 0: skip).")
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class Options:
     dtype: str = "fp32"
     cost_model: bool = False
     cost_context: int = 1024
+    engine_seqs: int = 0
+    engine_rounds: int = 3
 
 
 def strategies(opts: Options) -> list:
@@ -211,6 +223,79 @@ class _Acc:
                 "status": self.status}
 
 
+def engine_rows(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict], list[str]]:
+    """The same prompts through LLM (batching engine, paged cache), plain and with each strategy and k
+    (scheduler/speculative.py: n-gram, or the draft model's greedy proposals), at most --engine_seqs at
+    once; greedy, no early stop. Every speculative output must equal the plain engine's, or part from it
+    at a near tie (as above)."""
+    import model
+    from data.spec_bench import by_task, prompt_ids
+    from decoding.speculative import SpeculativeConfig
+    from model.loader import checkpoint_dir
+    from model.tokenizer import load_tokenizer
+    from parity.ties import TIE_BAND
+    from scheduler import LLM, SamplingParams
+
+    checkpoint = opts.checkpoint or "lab-small"
+    target = model.load(checkpoint, dtype=dtype, device=device)
+    tok = load_tokenizer(checkpoint_dir(checkpoint))
+    per_task = opts.per_task if opts.per_task is not None else (80 if common.is_cuda(device) else 5)
+    prompts = [prompt_ids(tok, q, opts.max_prompt_tokens) for qs in by_task(per_task).values() for q in qs]
+    params = SamplingParams(max_tokens=opts.max_new_tokens, ignore_eos=True)
+    cfgs = strategies(opts)
+    draft = model.load(opts.draft_checkpoint, dtype=dtype, device=device) if any(
+        c.method == "draft" for c in cfgs) else None
+    rows, failures, plain = [], [], None
+    best: dict[int, float] = {}  # config index -> fewest seconds over the rounds
+    runs: dict[int, tuple] = {}  # config index -> (outputs, steps, acceptance) of its last round
+    for _ in range(max(1, opts.engine_rounds)):  # rounds interleave the configs: load drifts hit all alike
+        for i, spec in enumerate([None] + cfgs):
+            # KV for engine_seqs full 512-token requests (+ the null block), on a GPU too (not 90% of it)
+            llm = LLM(target, max_num_seqs=opts.engine_seqs, max_model_len=512, block_size=16,
+                      num_blocks=opts.engine_seqs * 32 + 1, speculative=spec,
+                      draft_model=draft if spec is not None and spec.method == "draft" else None)
+            try:
+                llm.generate(prompts[:2], SamplingParams(max_tokens=8))  # warm (kernels, allocator)
+                eng = llm.engine
+                steps0 = eng.scheduler.num_steps
+                prop = eng.scheduler.proposer
+                acc0 = (prop.accepted, prop.proposed) if prop is not None else (0, 0)
+                common.sync(device)
+                t0 = time.perf_counter()
+                outs = [o.token_ids for o in llm.generate(prompts, params)]
+                common.sync(device)
+                best[i] = min(best.get(i, float("inf")), time.perf_counter() - t0)
+                acc = (prop.accepted - acc0[0], prop.proposed - acc0[1]) if prop is not None else (0, 0)
+                runs[i] = (outs, eng.scheduler.num_steps - steps0, acc[0] / acc[1] if acc[1] else 0.0)
+            finally:
+                llm.close()
+    if common.is_cuda(device):
+        torch.cuda.empty_cache()  # the cost model's 8B weights come next
+    for i, spec in enumerate([None] + cfgs):
+        outs, steps, acceptance = runs[i]
+        tokens = sum(len(o) for o in outs)
+        row = {"strategy": "plain" if spec is None else label(spec), "requests": len(prompts),
+               "max_seqs": opts.engine_seqs, "new_tokens": tokens, "steps": steps, "acceptance": acceptance,
+               "tok_s": tokens / best[i], "near_ties": 0, "status": "ok"}
+        if plain is None:
+            plain = (outs, row["tok_s"], steps)
+        else:
+            for ids, got, want in zip(prompts, outs, plain[0]):
+                if got != want:
+                    gap, at = divergence_gap(target, ids, got, want)
+                    if gap <= TIE_BAND[dtype]:
+                        row["near_ties"] += 1
+                    elif row["status"] == "ok":
+                        row["status"] = (f"WRONG: a request differs from the plain engine at new token {at} "
+                                         f"({gap:.3g} of max|logit| below the target's argmax)")
+        row["speedup"] = row["tok_s"] / plain[1]
+        row["step_ratio"] = plain[2] / steps  # the speedup if a speculative step cost a plain one
+        rows.append(row)
+        if common.is_failure(row["status"]):
+            failures.append(f"engine/{row['strategy']}")
+    return rows, failures
+
+
 def draft_1b_config():
     """The Llama-3.2-1B shape: Llama-3 vocabulary and RoPE, dim 2048, 16 layers, 32/8 heads, tied embeddings."""
     from model.config import ModelConfig
@@ -321,6 +406,17 @@ def run(opts: Options) -> dict:
     paths["png"] = common.plot_panels(out / "speculative.png", [{
         "title": "speedup over plain greedy per task (" + ", ".join(f"{i}={t}" for i, t in enumerate(tasks)) + ")",
         "xlabel": "task", "ylabel": "x", "series": series, "hlines": {"plain 1.0x": 1.0}}])
+    if opts.engine_seqs:
+        erows, e_fail = engine_rows(opts, device, dtype)
+        failures += e_fail
+        common.print_table(erows, ["strategy", "requests", "max_seqs", "new_tokens", "steps", "acceptance",
+                                   "step_ratio", "tok_s", "speedup", "near_ties", "status"],
+                           f"the batching engine, greedy, Spec-Bench prompts, {opts.checkpoint or 'lab-small'}, "
+                           f"{common.dtype_name(dtype)} on {dev}: tok/s end to end (prefill included), fastest of "
+                           f"{opts.engine_rounds} interleaved rounds")
+        common.write_results(out, "speculative_engine", erows, [
+            {"name": f"speculative_engine/{r['strategy']}/speedup", "value": r["speedup"], "unit": "x"}
+            for r in erows if r["status"] == "ok"], device=dev)
     if opts.cost_model:
         timing, proj, cm_fail = cost_model(opts, rows)
         failures += cm_fail

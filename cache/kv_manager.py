@@ -131,6 +131,17 @@ class KVCacheManager:
             if table.block_ids[i] != NULL_BLOCK_ID:  # (a block freed out of a sliding window)
                 self.pool.cache_block(table.block_ids[i], hashes[i])
 
+    def free_tail(self, request_id: str, num_tokens: int) -> None:
+        """Release the request's blocks past its first num_tokens tokens (a speculative step's rejected
+        slots, scheduler/speculative.py). Those blocks hold no computed token, so none is cached."""
+        table = self.tables[request_id]
+        keep = self.blocks_needed(num_tokens)
+        assert len(self.hashes[request_id]) <= keep, "a cached (full, computed) block cannot be rolled back"
+        if keep < len(table):
+            tail = table.block_ids[keep:]
+            del table.block_ids[keep:]
+            self.pool.free(reversed(tail))
+
     def free(self, request_id: str) -> None:
         """Release every block of the request (preemption, finish or cancel)."""
         table = self.tables.pop(request_id, None)

@@ -38,3 +38,32 @@ def capture_graph(fn: Callable[[], T], device, warmup: int = 3, pool=None) -> tu
         with torch.cuda.graph(graph, pool=pool):
             out = fn()
     return graph, out
+
+
+class SimulatedGraph:
+    """What simulate_capture returns in place of a CUDAGraph: replay() reruns the captured function and
+    writes its result into the static output tensors of the capture, as a real replay does."""
+
+    def __init__(self, fn: Callable, out):
+        self._fn, self._out = fn, out
+
+    def replay(self) -> None:
+        """Run the step again; its outputs land in the tensors the capture returned (earlier views change)."""
+        res = self._fn()
+        outs, ress = (self._out, res) if isinstance(res, (tuple, list)) else ((self._out,), (res,))
+        for o, r in zip(outs, ress):
+            o.copy_(r)
+
+
+def simulate_capture(fn: Callable[[], T], device=None, warmup: int = 3, pool=None) -> tuple[SimulatedGraph, T]:
+    """capture_graph's semantics on any device, for CPU tests of graphed code paths.
+
+    Like capture_graph it runs fn warmup + 1 times at capture (with every side effect: a model step
+    writes its KV cache), returns static output tensors that each replay() overwrites in place, and
+    replays read the inputs from the tensors fn owns as they are at replay time. What it cannot mimic:
+    Python values fn reads are re-read on each replay here, but frozen at capture in a real graph.
+    """
+    for _ in range(warmup):
+        fn()
+    out = fn()
+    return SimulatedGraph(fn, out), out

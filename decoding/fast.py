@@ -15,11 +15,13 @@ masked by position, so stale entries from an earlier call are never read.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from cache.static_cache import StaticKVCache
 from decoding.cuda_graph import capture_graph
 from decoding.generate import ContextLengthError, GenerationResult, _sync, decode_loop, prompt_tensor
 
@@ -31,16 +33,17 @@ class _DecodeStep:
     pos..pos+w-1 (speculative verification, decoding/speculative.py) and returns every row's logits.
     """
 
-    def __init__(self, fn: Callable, batch_size: int, device: torch.device, cuda_graph: bool, width: int = 1):
+    def __init__(self, fn: Callable, batch_size: int, device: torch.device, cuda_graph: bool, width: int = 1,
+                 capture: Callable = capture_graph):
         self.fn = fn
         self.width = width
         self.ids = torch.zeros(batch_size, width, dtype=torch.long, device=device)
-        self.pos = torch.zeros(width, dtype=torch.long, device=device)
         self._offsets = torch.arange(width, dtype=torch.long, device=device)
+        self.pos = self._offsets.clone()  # capture writes the cache at positions 0..width-1 (see step_for)
         self.graph = None
         self.logits = None
         if cuda_graph:  # logits (B, V) or (B, w, V): a static output buffer each replay rewrites
-            self.graph, self.logits = capture_graph(self._run, device)
+            self.graph, self.logits = capture(self._run, device)
 
     def _run(self) -> torch.Tensor:
         out = self.fn(self.ids, self.pos)  # (B, w, V)
@@ -60,14 +63,34 @@ class _DecodeStep:
         return self.logits
 
 
+@contextlib.contextmanager
+def _cache_kept(model, width: int):
+    """Restore positions 0..width-1 of every StaticKVCache of model on exit.
+
+    Capturing a step runs it (warm-up and capture) with its static inputs at positions 0..width-1, which
+    writes K/V there. A step built after a prefill (the speculative verify and draft widths are built on
+    first use) would otherwise leave token 0's K/V over the prompt's first positions, and every later step
+    attends to them: speculation diverged from plain greedy at token index 1 on the H200.
+    """
+    caches = [m for m in model.modules() if isinstance(m, StaticKVCache)]
+    saved = [(c.k_cache[:, :, :width].clone(), c.v_cache[:, :, :width].clone()) for c in caches]
+    try:
+        yield
+    finally:
+        for c, (k, v) in zip(caches, saved):
+            c.k_cache[:, :, :width].copy_(k)
+            c.v_cache[:, :, :width].copy_(v)
+
+
 class FastGenerator:
     """Greedy or sampled generation over a long-lived StaticKVCache with graphed decode steps."""
 
     def __init__(self, model, max_batch_size: int, max_seq_len: int, cuda_graph: bool = True,
-                 compile_mode: Optional[str] = None, fuse: bool = True):
+                 compile_mode: Optional[str] = None, fuse: bool = True, capture: Callable = capture_graph):
         weight = model.model.embed_tokens.weight
         self.device = weight.device
-        if cuda_graph and self.device.type != "cuda":
+        self.capture = capture  # capture_graph; tests pass decoding.cuda_graph.simulate_capture to run on CPU
+        if cuda_graph and self.device.type != "cuda" and capture is capture_graph:
             raise ValueError("cuda_graph=True needs the model on a CUDA device; pass cuda_graph=False")
         self.model = model.eval()
         if fuse:
@@ -91,8 +114,9 @@ class FastGenerator:
         key = batch_size if width == 1 else (batch_size, width)
         if key not in self._steps:
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                self._steps[key] = _DecodeStep(self._fn, batch_size, self.device, self.cuda_graph, width)
+            with torch.inference_mode(), _cache_kept(self.model, width):
+                self._steps[key] = _DecodeStep(self._fn, batch_size, self.device, self.cuda_graph, width,
+                                               self.capture)
             _sync(self.device)
             self.capture_s[key] = time.perf_counter() - t0
         return self._steps[key]

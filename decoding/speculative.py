@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from decoding.cuda_graph import capture_graph
 from decoding.fast import FastGenerator
 from decoding.generate import (ContextLengthError, GenerationResult, NonFiniteLogitsError, _sync,
                                prompt_tensor)
@@ -97,6 +98,32 @@ class SpeculativeResult(GenerationResult):
         return self.stats.target_forwards / self.n_new
 
 
+@dataclass(frozen=True)
+class SpecCycle:
+    """One verify forward: at new-token index `index`, the proposal, how many were accepted, what was emitted."""
+
+    index: int
+    proposal: list
+    accepted: int
+    emitted: list
+
+
+def divergence_report(trace: Sequence[SpecCycle], new_ids: Sequence[int], ref: Sequence[int]) -> str:
+    """Where new_ids first differs from ref and the cycle that emitted it ("" when they are equal)."""
+    i = next((j for j, (a, b) in enumerate(zip(new_ids, ref)) if a != b), None)
+    if i is None and len(new_ids) == len(ref):
+        return ""
+    i = min(len(new_ids), len(ref)) if i is None else i
+    if i == 0:
+        return f"differs at new-token index 0 (the prefill's token): {new_ids[:1]} vs {ref[:1]}"
+    c = next((c for c in trace if c.index <= i < c.index + len(c.emitted)), None)
+    if c is None:
+        return f"differs at new-token index {i}; no traced cycle emitted it"
+    return (f"differs at new-token index {i}, emitted by the verify cycle at index {c.index}: proposed "
+            f"{c.proposal}, accepted {c.accepted}, emitted {c.emitted}; plain greedy has "
+            f"{list(ref[c.index:c.index + len(c.emitted)])} there")
+
+
 def ngram_propose(seq: Sequence[int], k: int, ngram_max: int = 4, ngram_min: int = 1) -> list[int]:
     """Up to k tokens that followed the latest earlier occurrence of seq's last n tokens (n from
     ngram_max down to ngram_min, the first n that matches wins); [] when nothing matches."""
@@ -155,12 +182,12 @@ class SpeculativeDecoder:
     target (and draft, which method "draft" needs) are lab Transformers with the same vocabulary.
     Caches of max_seq_len tokens are installed on both and stay until close(); every method (and
     plain decoding, `plain`) runs over the same caches, so a benchmark compares them in one place.
-    cuda_graph replays each step width from a CUDA graph (GPU only); fuse fuses projections (this
-    changes the models' state-dict keys).
+    cuda_graph replays each step width from a CUDA graph (GPU only; capture=simulate_capture runs the
+    same graphed path on CPU for tests); fuse fuses projections (this changes the models' state-dict keys).
     """
 
     def __init__(self, target, draft=None, max_seq_len: Optional[int] = None, cuda_graph: bool = False,
-                 fuse: bool = False):
+                 fuse: bool = False, capture: Callable = capture_graph):
         max_seq_len = max_seq_len or target.config.max_seq_len
         if draft is not None:
             if draft is target:
@@ -170,8 +197,9 @@ class SpeculativeDecoder:
                                  f"({target.config.vocab_size}); they must share a tokenizer")
             max_seq_len = min(max_seq_len, draft.config.max_seq_len)
         self.max_seq_len = max_seq_len
-        self.target = FastGenerator(target, 1, max_seq_len, cuda_graph=cuda_graph, fuse=fuse)
-        self.draft = None if draft is None else FastGenerator(draft, 1, max_seq_len, cuda_graph=cuda_graph, fuse=fuse)
+        self.target = FastGenerator(target, 1, max_seq_len, cuda_graph=cuda_graph, fuse=fuse, capture=capture)
+        self.draft = None if draft is None else FastGenerator(draft, 1, max_seq_len, cuda_graph=cuda_graph,
+                                                              fuse=fuse, capture=capture)
         self.device = self.target.device
         self._caches = [m.model.layers[0].self_attn.kv_cache for m in (target, draft) if m is not None]
 
@@ -208,8 +236,10 @@ class SpeculativeDecoder:
     def generate(self, prompt_ids: Union[Sequence[int], torch.Tensor], max_new_tokens: int,
                  config: SpeculativeConfig, temperature: float = 0.0, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, seed: Optional[int] = None,
-                 eos_id: Optional[int] = None) -> SpeculativeResult:
-        """Generate up to max_new_tokens after one prompt (stops after eos_id, kept as generate keeps it)."""
+                 eos_id: Optional[int] = None, trace: Optional[list] = None) -> SpeculativeResult:
+        """Generate up to max_new_tokens after one prompt (stops after eos_id, kept as generate keeps it).
+
+        trace: a list that gets one SpecCycle per verify forward (divergence_report reads it)."""
         if config.method == "draft" and self.draft is None:
             raise ValueError("method 'draft' needs a draft model: SpeculativeDecoder(target, draft=...)")
         models = [g.model for g in (self.target, self.draft) if g is not None]
@@ -267,6 +297,8 @@ class SpeculativeDecoder:
             new = proposal[:n_acc] + [nxt]
             if eos_id is not None and eos_id in new:
                 new = new[:new.index(eos_id) + 1]
+            if trace is not None:
+                trace.append(SpecCycle(n - T, proposal, n_acc, new))
             seq += new
             draft_len = min(draft_len, n + n_acc)  # the draft's entries past the accepted prefix are stale
         _sync(self.device)

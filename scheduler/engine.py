@@ -29,6 +29,7 @@ from scheduler.outputs import ModelRunnerOutput
 from scheduler.params import Request, RequestStatus, SamplingParams
 from scheduler.runner import ModelRunner
 from scheduler.scheduler import Scheduler, SchedulerConfig
+from scheduler.speculative import make_proposer
 
 DEFAULT_GPU_MEMORY_FRACTION = 0.9  # of free memory after the weights, as vLLM's default
 # On a CPU with no budget given: room for max_num_seqs full-length requests, but at most this
@@ -150,7 +151,9 @@ class LLMEngine:
     dim 64 or 128, the flash-decode kernel's). Pass False to run every step eagerly.
     admission_batch > 1: a full engine admits new prompts in groups (scheduler.SchedulerConfig).
     attention ("auto", "sdpa", "flash"; None reads $LAB_ATTENTION): the paged attention face,
-    chosen once here (model/attention_backend.py).
+    chosen once here (model/attention_backend.py). speculative ("ngram", "draft" with draft_model=
+    a lab Transformer, or a decoding.speculative.SpeculativeConfig): decodes propose and verify k
+    tokens a step (scheduler/speculative.py); the counts are on engine.scheduler.proposer.
     """
 
     def __init__(self, model, tokenizer=None, *, policy: str = "chunked", block_size: int = 16,
@@ -159,7 +162,7 @@ class LLMEngine:
                  max_num_seqs: int = 64, max_num_batched_tokens: Optional[int] = None,
                  max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
                  cuda_graph: Optional[bool] = None, fuse_projections: Optional[bool] = None,
-                 admission_batch: int = 1, attention: Optional[str] = None):
+                 admission_batch: int = 1, attention: Optional[str] = None, speculative=None, draft_model=None):
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config
         weight = model.model.embed_tokens.weight
@@ -193,6 +196,7 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(policy, max_num_seqs, max_num_batched_tokens, max_model_len,
                                                    admission_batch), self.pool)
         self.scheduler.kv.window = config.sliding_window  # frees blocks that leave the window
+        self.scheduler.proposer = make_proposer(speculative, max_model_len, draft_model, model, self.scheduler)
         on_gpu = device.type == "cuda"
         if cuda_graph and not on_gpu:
             raise ValueError("cuda_graph=True needs the model on a CUDA device; leave it None on a CPU")

@@ -28,6 +28,9 @@ class ScheduledRequest:
     start_pos: int  # = num_computed_tokens before the step
     block_ids: list[int]  # the request's block table (covers start_pos + len(token_ids) tokens)
     sample: bool  # the chunk reaches the last known token (a partial prefill samples nothing)
+    # Speculative decoding (scheduler/speculative.py): proposed tokens fed after the last known one
+    # (the tail of token_ids); the runner verifies them from the logits at every fed position.
+    draft_token_ids: tuple = ()
 
 
 @dataclass
@@ -54,3 +57,5 @@ class ModelRunnerOutput:
     errors: dict[str, str] = field(default_factory=dict)
     # Requests that asked for logprobs: (sampled token's logprob, [(id, logprob)] of the top k).
     logprobs: dict[str, tuple[float, list[tuple[int, float]]]] = field(default_factory=dict)
+    # Speculating requests: the accepted prefix of their draft_token_ids (the sampled token comes after).
+    accepted_token_ids: dict[str, list[int]] = field(default_factory=dict)

@@ -76,6 +76,8 @@ class SamplingParams:
     # Log-probabilities: None = none; k = the sampled token's and the k most likely (0..MAX_LOGPROBS),
     # of the model's raw distribution (log_softmax of the logits, before temperature/top-k/top-p).
     logprobs: Optional[int] = None
+    # With an engine that speculates (LLM(..., speculative=...)): False = this request never does.
+    speculative: bool = True
 
     def __post_init__(self):
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -104,6 +106,8 @@ class SamplingParams:
         put("stop", _items("stop", self.stop, "strings", _stop_string))
         if not isinstance(self.ignore_eos, bool):
             raise SamplingParamsError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        if not isinstance(self.speculative, bool):
+            raise SamplingParamsError(f"speculative must be a bool, got {self.speculative!r}")
         if self.logprobs is not None:
             k = _int("logprobs", self.logprobs)
             if not 0 <= k <= MAX_LOGPROBS:

@@ -20,6 +20,7 @@ from cache.paged_cache import PagedKVCache, build_metadata
 from decoding.ranges import phase
 from decoding.sampling import sample, sample_batch
 from scheduler.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
+from scheduler.speculative import output_rows, verify_output
 
 
 class ModelRunner:
@@ -67,8 +68,8 @@ class ModelRunner:
                 meta.plan = self.face.plan(meta)  # once per step, shared by every layer
                 qsl = meta.query_start_loc
                 ids = torch.tensor([t for s in reqs for t in s.token_ids], dtype=torch.long, device=self.device)
-                out_rows = torch.tensor([qsl[r + 1] - 1 for r, s in enumerate(reqs) if s.sample],
-                                        dtype=torch.long, device=self.device)  # (K,): each sampling request's last
+                # (K,): each sampling request's last row (a speculating request's last k + 1)
+                out_rows = torch.tensor(output_rows(reqs, qsl), dtype=torch.long, device=self.device)
             self.kv.bind(meta)
             try:
                 with phase("forward_eager"):
@@ -76,6 +77,8 @@ class ModelRunner:
             finally:
                 self.kv.bind(None)
         with phase("sample"):
+            if any(s.draft_token_ids for s in reqs):
+                return verify_output(self, sched, logits)  # scheduler/speculative.py
             return self._output(sched, logits)
 
     def _graph_step(self, sched: SchedulerOutput) -> torch.Tensor:

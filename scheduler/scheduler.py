@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from cache.block_pool import BlockPool
 from cache.kv_manager import KVCacheManager
 from decoding.stopping import LENGTH, stop_reason
 from scheduler.outputs import ModelRunnerOutput, NewRequestData, ScheduledRequest, SchedulerOutput
 from scheduler.params import Request, RequestStatus
+from scheduler.speculative import apply_verified
 
 POLICIES = ("static", "continuous", "chunked")
 
@@ -69,6 +70,7 @@ class Scheduler:
         self._finished_ids: list[str] = []  # since the last schedule(), for the runner
         self.num_preemptions = 0
         self.num_steps = 0
+        self.proposer = None  # speculation: scheduler.speculative.NgramProposer or DraftProposer (set by the engine)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request: Request) -> None:
@@ -124,12 +126,13 @@ class Scheduler:
         budget = cfg.max_num_batched_tokens
         chunked = cfg.policy == "chunked"
 
-        def add(req: Request, num_new: int, copies) -> None:
+        def add(req: Request, num_new: int, copies, draft: Sequence[int] = ()) -> None:
             out.block_copies.extend(copies)
-            start = req.num_computed_tokens
+            start, known = req.num_computed_tokens, num_new - len(draft)  # draft: fed after the known tokens
             out.scheduled.append(ScheduledRequest(
-                request_id=req.request_id, token_ids=req.token_ids[start:start + num_new], start_pos=start,
-                block_ids=list(self.kv.block_ids(req.request_id)), sample=start + num_new == req.num_tokens))
+                request_id=req.request_id, token_ids=req.token_ids[start:start + known] + list(draft),
+                start_pos=start, block_ids=list(self.kv.block_ids(req.request_id)),
+                sample=start + known == req.num_tokens, draft_token_ids=tuple(draft)))
             if not req.sent_to_runner:
                 p = req.params
                 out.new_requests.append(
@@ -146,7 +149,12 @@ class Scheduler:
                     i += 1
                     continue
                 num_new = budget
-            copies = self.kv.allocate_slots(req.request_id, req.num_computed_tokens, num_new)
+            # Speculation (scheduler/speculative.py): a decode may feed proposals after its token.
+            draft = self.proposer(req, budget - 1) if self.proposer is not None and num_new == 1 else ()
+            copies = self.kv.allocate_slots(req.request_id, req.num_computed_tokens, num_new + len(draft))
+            if copies is None and draft:  # no room to speculate: decode plainly before preempting anyone
+                draft, copies = (), self.kv.allocate_slots(req.request_id, req.num_computed_tokens, num_new)
+            num_new += len(draft)
             while copies is None:  # out of blocks: preempt from the back until it fits
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -156,7 +164,7 @@ class Scheduler:
                 copies = self.kv.allocate_slots(req.request_id, req.num_computed_tokens, num_new)
             if copies is None:
                 break  # req preempted itself: it was the last running request
-            add(req, num_new, copies)
+            add(req, num_new, copies, draft)
             budget -= num_new
             i += 1
 
@@ -199,6 +207,10 @@ class Scheduler:
             req = self.requests.get(s.request_id)
             if req is None or req.status != RequestStatus.RUNNING:
                 continue  # aborted during the step
+            if s.draft_token_ids:  # speculated: accepted prefix + one token, the rest rolled back
+                if apply_verified(self, req, s, result):
+                    touched.append(req)
+                continue
             req.num_computed_tokens += len(s.token_ids)
             self.kv.cache_full_blocks(req.request_id, req.token_ids, req.num_computed_tokens)
             if not s.sample:

@@ -89,3 +89,24 @@ def test_divergence_gap_measures_how_far_below_the_argmax():
     gap, at = bs.divergence_gap(net, prompt, [worst], [best])
     assert gap == pytest.approx(float((row.max() - row.min()) / row.abs().max()), rel=1e-5) and gap > 0.5
     assert bs.divergence_gap(net, prompt, [best], [best, 3]) == (float("inf"), 1)  # a length difference
+
+
+def test_engine_rows_are_checked_against_the_plain_engine(tmp_path, monkeypatch):
+    """--engine_seqs: plain and n-gram rows through LLM; then a planted lossy engine verify is WRONG."""
+    import scheduler.speculative as engine_spec
+
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    opts = bs.Options(**{**SMALL.__dict__, "max_new_tokens": 16, "engine_seqs": 3, "engine_rounds": 1})
+    bs.run(opts)
+    rows = json.loads((tmp_path / "speculative_engine.json").read_text())["rows"]
+    assert [r["strategy"] for r in rows] == ["plain", "draft-k2", "ngram-k2"]
+    assert all(r["status"] == "ok" and r["new_tokens"] == 6 * 16 and r["tok_s"] > 0 for r in rows), rows
+    # lab-draft drafting for itself: its proposals are the target's argmax (a stale draft cache would not be)
+    assert rows[1]["acceptance"] > 0.95 and rows[1]["steps"] < rows[0]["steps"], rows
+    opts = bs.Options(**{**opts.__dict__, "strategies": ("ngram",)})
+    monkeypatch.setattr(engine_spec, "verify_greedy", lambda logits, draft: (len(draft), int(logits[-1].argmax())))
+    with pytest.raises(SystemExit) as e:
+        bs.run(opts)
+    assert e.value.code == 1
+    rows = json.loads((tmp_path / "speculative_engine.json").read_text())["rows"]
+    assert rows[1]["strategy"] == "ngram-k2" and rows[1]["status"].startswith("WRONG"), rows

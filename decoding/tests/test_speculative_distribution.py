@@ -25,38 +25,16 @@ draft also likes).
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
-
 import pytest
 import torch
 
 from decoding import speculative
 from decoding.sampling import logits_to_probs
 from model.random_weights import random_model
+from parity.chi_square import ALPHA, chi2_sf, chi_square, critical_value
 
 V, K, N = 16, 2, 40_000
-ALPHA = 1e-4
 CONTEXT = [3, 1, 4, 1, 5, 9, 2, 6]
-
-
-def critical_value(df: int, alpha: float = ALPHA) -> float:
-    """Wilson-Hilferty approximation of the chi-square (1 - alpha) quantile with df degrees of freedom."""
-    z = NormalDist().inv_cdf(1 - alpha)
-    c = 2.0 / (9.0 * df)
-    return df * (1 - c + z * math.sqrt(c)) ** 3
-
-
-def _chi2_sf(df: int, x: float) -> float:
-    """Exact upper tail of chi-square(df) at x: 1 - P(df/2, x/2), the regularized gamma by its series."""
-    a, z = df / 2, x / 2
-    term = total = 1.0 / a
-    n = 1
-    while term > 1e-17 * total:
-        term *= z / (a + n)
-        total += term
-        n += 1
-    return 1.0 - total * math.exp(-z + a * math.log(z) - math.lgamma(a))
 
 
 def test_critical_value_is_close_to_the_exact_quantile():
@@ -64,42 +42,14 @@ def test_critical_value_is_close_to_the_exact_quantile():
     # at the approximate quantile the true tail probability must be alpha within a factor of 1.5, and
     # the quantile found by bisection on the exact tail within 4% (df < 30; WH errs high there) or 1%.
     assert abs(critical_value(10, 1e-3) - 29.588) < 0.3 and abs(critical_value(100, 1e-2) - 135.807) < 0.3
-    assert abs(_chi2_sf(10, 29.588) - 1e-3) < 1e-5
+    assert abs(chi2_sf(10, 29.588) - 1e-3) < 1e-5
     for df in (3, 5, 10, 30, 100, 300):
         crit = critical_value(df)
-        assert ALPHA / 1.5 < _chi2_sf(df, crit) < ALPHA * 1.5, df
+        assert ALPHA / 1.5 < chi2_sf(df, crit) < ALPHA * 1.5, df
         lo, hi = 0.0, 20.0 * df + 100
         for _ in range(100):
-            lo, hi = ((lo + hi) / 2, hi) if _chi2_sf(df, (lo + hi) / 2) > ALPHA else (lo, (lo + hi) / 2)
+            lo, hi = ((lo + hi) / 2, hi) if chi2_sf(df, (lo + hi) / 2) > ALPHA else (lo, (lo + hi) / 2)
         assert abs(crit - lo) <= (0.04 if df < 30 else 0.01) * lo, (df, crit, lo)
-
-
-def chi_square(groups: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
-    """(X2, df) over groups of (observed counts (V,), probabilities (V,)); bins with expected < 5 merge."""
-    stat, df = 0.0, 0
-    for counts, probs in groups:
-        n = float(counts.sum())
-        if n < 50:  # too few draws to say anything about this group
-            continue
-        exp = probs.double() * n
-        obs = counts.double()
-        small = exp < 5
-        bins_o, bins_e = list(obs[~small]), list(exp[~small])
-        if small.any():
-            if float(exp[small].sum()) >= 5 or not bins_e:
-                bins_o.append(obs[small].sum())
-                bins_e.append(exp[small].sum())
-            else:  # merge the leftovers into the smallest regular bin
-                i = min(range(len(bins_e)), key=lambda j: float(bins_e[j]))
-                bins_o[i], bins_e[i] = bins_o[i] + obs[small].sum(), bins_e[i] + exp[small].sum()
-        if len(bins_e) < 2:
-            continue
-        o, e = torch.stack(bins_o), torch.stack(bins_e)
-        if bool(((e == 0) & (o > 0)).any()):
-            return float("inf"), max(df, 1)  # a token the target never emits was emitted
-        stat += float(((o - e) ** 2 / e).sum())
-        df += len(bins_e) - 1
-    return stat, df
 
 
 @pytest.fixture(scope="module")
