@@ -45,3 +45,16 @@ def random_model(config: Union[str, ModelConfig], device="cpu", dtype=torch.floa
     model = model.to(dtype=dtype).to_empty(device=device)
     model.tie_weights()  # to_empty gave lm_head and embed_tokens separate storage
     return randomize_(model, seed).eval()
+
+
+def perturbed_copy(net: Transformer, scale: float, seed: int = 0) -> Transformer:
+    """A copy of net with every weight times (1 + scale * N(0, 1)), seeded: a draft model that mostly
+    agrees with net (the speculative tests' stand-in for a trained draft)."""
+    import copy
+
+    out = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.mul_(1 + scale * torch.randn(p.shape, generator=g).to(p.device, p.dtype))
+    return out

@@ -20,6 +20,7 @@ from decoding.generate import ContextLengthError, generate
 from decoding.speculative import (SpeculativeConfig, SpeculativeDecoder, generate_speculative, ngram_propose,
                                   verify_greedy)
 from model.loader import checkpoint_dir
+from model.random_weights import perturbed_copy
 from model.tokenizer import load_tokenizer
 
 
@@ -28,19 +29,9 @@ def tok():
     return load_tokenizer(checkpoint_dir("lab-draft"))
 
 
-def perturbed(net, scale: float, seed: int = 0):
-    """A copy of net with every weight times (1 + scale * N(0, 1)): a draft that mostly agrees."""
-    out = copy.deepcopy(net)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.mul_(1 + scale * torch.randn(p.shape, generator=g))
-    return out
-
-
 def test_greedy_equals_plain_on_every_spec_bench_prompt(tok):
     target = model.load("lab-draft", dtype=torch.float32)
-    draft = perturbed(target, 0.15)
+    draft = perturbed_copy(target, 0.15)
     questions = [q for qs in by_task().values() for q in qs]
     assert len(questions) == 480
     prompts = [prompt_ids(tok, q, 48) for q in questions]
@@ -102,7 +93,7 @@ def test_eos_and_rollback_on_a_random_model():
     from model.random_weights import random_model
 
     target = random_model("tiny", vocab_size=64, seed=3)
-    draft = perturbed(target, 0.02, seed=1)
+    draft = perturbed_copy(target, 0.02, seed=1)
     prompt = [5, 9, 2, 33, 7, 1, 2, 3]
     free = generate(target, prompt, 20).new_ids[0]
     eos = free[6]

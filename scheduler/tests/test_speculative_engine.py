@@ -13,14 +13,13 @@ slots' blocks fails run()'s (speculative_cases.py) per-step check of the blocks 
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import scheduler.speculative as spec_mod
 from cache.kv_manager import KVCacheManager
 from decoding.generate import generate
 from decoding.speculative import SpeculativeConfig
+from model.random_weights import perturbed_copy
 from parity.engine_cases import make_tiny_model
 from scheduler import LLM, SamplingParams
 from scheduler.tests.speculative_cases import assert_all_blocks_free, make_trace, run
@@ -116,19 +115,9 @@ def test_sampled_speculation_runs_and_frees(model, trace):
     assert run(model, trace, "ngram", temperature=0.8)[1] == outs
 
 
-def perturbed(net, scale: float = 0.3, seed: int = 0):
-    """A copy of net with every weight times (1 + scale * N(0, 1)): a draft that mostly agrees."""
-    out = copy.deepcopy(net)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.mul_(1 + scale * torch.randn(p.shape, generator=g))
-    return out
-
-
 def test_draft_model_speculation_equals_plain_greedy_with_preemption(model, trace, refs):
     """DraftProposer: a perturbed copy of the target drafts k = 3 (its own static cache per request)."""
-    engine, outs = run(model, trace, SpeculativeConfig("draft", 3), draft_model=perturbed(model))
+    engine, outs = run(model, trace, SpeculativeConfig("draft", 3), draft_model=perturbed_copy(model, 0.3))
     bad = [i for i, (o, r) in enumerate(zip(outs, refs)) if o != r]
     assert not bad, f"{len(bad)} requests differ from plain greedy, first {bad[:5]}"
     prop = engine.scheduler.proposer
@@ -144,7 +133,7 @@ def test_bad_speculative_arguments(model):
     with pytest.raises(ValueError, match="vocabulary"):
         LLM(model, num_blocks=16, speculative="draft", draft_model=make_tiny_model(seed=1, vocab_size=64))
     with pytest.raises(ValueError, match="without speculative"):
-        LLM(model, num_blocks=16, draft_model=perturbed(model))
+        LLM(model, num_blocks=16, draft_model=perturbed_copy(model, 0.3))
     with pytest.raises(ValueError, match="speculative method"):
         LLM(model, num_blocks=16, speculative="medusa")
     with pytest.raises(ValueError, match="speculative must be a bool"):
