@@ -153,6 +153,8 @@ _define("integer", "check_tokens", 32, "Output tokens per gate request, at most.
 _define("integer", "profile_steps", 0, "After the policies, profile this many steps of a loaded continuous engine "
         "(torch.profiler; mixed prefill+decode steps told from decode-only ones; top ops in the log, Chrome trace "
         "serving_profile.json.gz). 0: no profile.")
+_define("enum", "profile_policy", "continuous", "The policy of the engine --profile_steps profiles (chunked: its "
+        "eager mixed steps).", enum_values=list(POLICIES))
 _define("integer", "shared_prefix_tokens", 0, "Every prompt starts with one shared prefix of this many tokens "
         "(a system prompt, drawn from --seed) before its own tokens: the prefix-caching trace. 0: none.")
 _define("enum", "prefix_caching", "on", "The engine's prefix cache: on, off, or both (each policy runs twice, the "
@@ -689,6 +691,7 @@ class Options:
     shared_prefix_tokens: int = 0
     prefix_caching: str = "on"
     backend: str = "engine"  # engine, http, compare (bench/serving_http.py)
+    profile_policy: str = "continuous"
 
     def __post_init__(self) -> None:
         """Bad settings, however the options were built: one ServingUsageError naming the flag."""
@@ -712,6 +715,8 @@ class Options:
             raise ServingUsageError(f"--shared_prefix_tokens must be >= 0, got {self.shared_prefix_tokens}")
         if self.prefix_caching not in ("on", "off", "both"):
             raise ServingUsageError(f"--prefix_caching: expected on, off or both, got {self.prefix_caching!r}")
+        if self.profile_policy not in POLICIES:
+            raise ServingUsageError(f"--profile_policy: expected one of {', '.join(POLICIES)}, got {self.profile_policy}")
         if self.profile_steps < 0:
             raise ServingUsageError(f"--profile_steps must be >= 0, got {self.profile_steps}")
         if self.check_requests < 0:
@@ -749,7 +754,8 @@ def options_from_flags() -> Options:
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint,
                    list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
                    FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
-                   FLAGS.profile_steps, FLAGS.shared_prefix_tokens, FLAGS.prefix_caching, FLAGS.backend)
+                   FLAGS.profile_steps, FLAGS.shared_prefix_tokens, FLAGS.prefix_caching, FLAGS.backend,
+                   FLAGS.profile_policy)
 
 
 def resolve_settings(opts: Options, model) -> EngineSettings:
@@ -921,9 +927,9 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
         from bench.serving_profile import profile_steps
 
         reqs = draw_requests(2 * settings.max_num_seqs, opts.prompt, opts.output, vocab, opts.seed + 3)
-        engine = make_engine(model, "continuous", settings)
+        engine = make_engine(model, opts.profile_policy, settings)
         try:
-            log(f"profiling {opts.profile_steps} steps of continuous at full load ...")
+            log(f"profiling {opts.profile_steps} steps of {opts.profile_policy} at full load ...")
             profile = profile_steps(engine, reqs, settings.max_num_seqs, opts.profile_steps, out_dir, log)
         finally:
             engine.close()

@@ -3,7 +3,7 @@
 Used by `bench.serving --profile_steps N`: 2 x max_num_seqs requests arrive at t = 0, the
 engine steps until the batch is full, then N steps run under the profiler (each followed
 by a device sync so its wall time is its own). Every step is tagged "mixed" (it admitted
-a waiting request: prefill tokens with the decodes, eager) or "decode" (graph-replayable),
+a waiting request or continued a chunked prefill: prefill tokens with the decodes, eager) or "decode" (graph-replayable),
 and the log gets the wall-time summary of each kind plus the top ops by self device time
 and by self host time. The Chrome trace goes to <out_dir>/serving_profile.json.gz.
 """
@@ -44,10 +44,12 @@ def profile_steps(engine, reqs: list[tuple[list[int], int]], max_num_seqs: int, 
             if not engine.has_unfinished_requests():
                 break
             waiting = len(sched.waiting)
+            # a running request still short of its prompt (a chunked prefill) makes the step mixed too
+            prefilling = any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running)
             t0 = time.perf_counter()
             engine.step()
             common.sync(device)
-            kind = "mixed" if len(sched.waiting) < waiting else "decode"
+            kind = "mixed" if len(sched.waiting) < waiting or prefilling else "decode"
             walls[kind].append((time.perf_counter() - t0) * 1e3)
     for rid in list(sched.requests):
         engine.abort_request(rid)
