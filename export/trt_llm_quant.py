@@ -16,6 +16,11 @@ own source (NVIDIA/TensorRT-LLM), not guessed:
   tensorrt_llm/quantization/functional.py       preprocess_weights_for_mixed_gemm (int4 path)
   tensorrt_llm/quantization/layers.py           WeightOnlyGroupwiseQuantLinear: weight
       (in, out/4) fp16, weights_scaling_factor / zero (in/group, out), prequant (1, in)
+  NVIDIA/TensorRT-Model-Optimizer modelopt/torch/export/quant_utils.py
+      (0338c843da9ab44e46b3da659ca469b8886b631c) pack_int4_in_uint8: the AWQ checkpoint
+      weight, (out/2, in) with output 2j in the low nibble; process_layer_quant_config:
+      W4A16_AWQ's group_size / has_zero_point / pre_quant_scale keys (modelopt's AWQ is
+      symmetric, has_zero_point false; ours is asymmetric, so true with a `zero` tensor)
 
 Per quantized Linear (qkv, dense, fc, gate, proj; "_r" = this rank's slice, G = groups):
   W4A16_GPTQ (written already laid out for the build GPU, as convert.py does):

@@ -31,6 +31,10 @@ from quant import quantize, save_quantized
 #     weight viewed as float8_e4m3fn, lm_head stays in the model dtype
 #   tensorrt_llm/quantization/layers.py WeightOnlyGroupwiseQuantLinear: zero (in/group, out);
 #     FP8Linear: weights_scaling_factor, activation_scaling_factor shape (1,) float32
+#   NVIDIA/TensorRT-Model-Optimizer modelopt/torch/export/quant_utils.py at
+#     0338c843da9ab44e46b3da659ca469b8886b631c, pack_int4_in_uint8: AWQ weight (out/2, in) int8
+#     with output 2j in the low nibble; process_layer_quant_config: W4A16_AWQ keys group_size,
+#     has_zero_point, pre_quant_scale
 QUANT_ALGO = {"w4a16_gptq": "W4A16_GPTQ", "w4a16_awq": "W4A16_AWQ", "fp8": "FP8",
               "w8a8_sq": "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN"}
 # Per Linear: suffix -> (shape from (out_r, in_r, G_r = in_r / group, OUT = whole out), dtype).
