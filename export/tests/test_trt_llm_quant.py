@@ -155,6 +155,27 @@ def test_int4_codes_are_ours_exactly(tmp_path, models):
     assert torch.equal(s, model.model.layers[1].mlp.down_proj.scales)
 
 
+def test_awq_bytes_follow_modelopt_packing(tmp_path, models):
+    """AWQ weight byte [j, i]: low nibble = code of output 2j at input i, high = output 2j+1
+    (modelopt's pack_int4_in_uint8), codes signed q - 8 of our model, read without our unpacker."""
+    model = models["w4a16_awq"]
+    write_checkpoint(model, tmp_path, torch.float16, tp=1, quant="w4a16_awq", sm=90)
+    _, ranks = read_checkpoint(tmp_path)
+    b = ranks[0]["transformer.layers.0.attention.dense.weight"].view(torch.uint8).to(torch.int16)
+    q = model.model.layers[0].self_attn.o_proj.qweight.to(torch.int16) - 8  # (out, in)
+    assert torch.equal(b & 0xF, q[0::2] & 0xF) and torch.equal(b >> 4, q[1::2] & 0xF)
+
+
+def test_fp8_activation_scale_is_static_amax_over_calibration(tmp_path, models):
+    model = models["fp8"]
+    write_checkpoint(model, tmp_path, torch.float16, tp=1, quant="fp8", calib=CALIB)
+    _, ranks = read_checkpoint(tmp_path)
+    with torch.no_grad():  # layer 0's qkv input: the first norm of the embeddings
+        x = model.model.layers[0].input_layernorm(model.model.embed_tokens(CALIB))
+    got = float(ranks[0]["transformer.layers.0.attention.qkv.activation_scaling_factor"])
+    assert got == pytest.approx(float(x.abs().max()) / 448, rel=1e-6)
+
+
 def reference_int4_sm90(signed: torch.Tensor) -> torch.Tensor:
     """An index-map statement of preprocess_weights_for_mixed_gemm(quint4x2, fp16, sm 90), written
     independently of the tensor ops in export/trt_llm_quant.py: element (k, n) of the signed (K, N)
