@@ -54,12 +54,13 @@ qkv/dense/fc/gate/proj (never lm_head or the embedding):
                             modeling_utils' W8A16 preprocess leaves int8 tensors as they are,
                             so the layout must already match the build GPU (--sm).
   <name>.per_channel_scale  (out_features_r,) in the model dtype, scale = max|w_col| / 127.
-W4A16_GPTQ, W4A16_AWQ, FP8 and W8A8 SmoothQuant (per channel / per token) checkpoints of
-quant/-quantized models: the Linear tensors are export/trt_llm_quant.py's (names and layouts
-there); everything else is written by convert_rank above from the dequantized state.
 The CUTLASS layout needs in_features % 16 == 0 (% 64 below SM90) and
 out_features_r % 8 == 0 (preprocess_weights_for_mixed_gemm asserts both); the tiny
 preset uses intermediate_size 192 so that the embedded model exports as W8A16.
+
+W4A16_GPTQ, W4A16_AWQ, FP8 and W8A8 SmoothQuant (per channel / per token) checkpoints of
+quant/-quantized models: the Linear tensors are export/trt_llm_quant.py's (names and layouts
+there); everything else is written by convert_rank above from the dequantized state.
 """
 
 from __future__ import annotations
