@@ -3,6 +3,8 @@
     python3 -m export.trt_llm                                  # embedded tiny model, fp16, tp 1
     python3 -m export.trt_llm --checkpoint ~/Llama-3.2-1B --dtype bfloat16 --tp_size 2
     python3 -m export.trt_llm --checkpoint DIR --quant int8 --sm 90   # W8A16 for H100/H200
+    python3 -m quant.cli --checkpoint lab-small --method gptq --group_size 128 --output Q
+    python3 -m export.trt_llm --checkpoint Q --quant w4a16_gptq       # also w4a16_awq, fp8, w8a8_sq
 
 Always: write config.json + rank{r}.safetensors (names and layouts: export/trt_llm_ckpt.py),
 read them back against the schema, de-fuse them into HF tensors and run our model on
@@ -29,8 +31,13 @@ flags.DEFINE_string("output", "/tmp/lab_trt_llm_ckpt", "Output directory, relati
                     "command; a non-empty folder this binary did not write is refused (see --overwrite). "
                     "Default under /tmp so a run never writes into the source tree.")
 common.define_overwrite_flag()
-flags.DEFINE_enum("quant", "none", ["none", "int8"], "none, or int8 = W8A16 weight-only per output "
-                  "channel. Default none: exact weights.")
+flags.DEFINE_enum("quant", "none", ["none", "int8", "w4a16_gptq", "w4a16_awq", "fp8", "w8a8_sq"],
+                  "none; int8 = W8A16 weight-only per output channel (quantized here); w4a16_gptq, "
+                  "w4a16_awq, fp8, w8a8_sq = TensorRT-LLM's W4A16_GPTQ, W4A16_AWQ, FP8, "
+                  "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN, written from a --checkpoint that quant/ "
+                  "quantized with gptq / awq / fp8 / smoothquant. Default none: exact weights.")
+flags.DEFINE_integer("calib_samples", 8, "--quant fp8: calibration windows (train split, tokenizer of "
+                     "--checkpoint) for the static activation scales. Default 8.")
 flags.DEFINE_enum("dtype", "float16", ["float16", "bfloat16", "float32"], "Weight/activation dtype "
                   "of the engine. Default float16: what TensorRT-LLM's Llama examples use.")
 flags.DEFINE_integer("tp_size", 1, "Tensor-parallel ranks (one rank{r}.safetensors each). Default 1.")
@@ -79,6 +86,20 @@ def engine_parity(out_dir: str, source, n_tokens: int) -> str:
     return line
 
 
+def fp8_calibration(checkpoint: str, n: int):
+    """(n, 256) train-split ids (quant.calibrate) for FP8's static activation scales; ExportError without a tokenizer."""
+    from model.loader import checkpoint_dir
+    from model.tokenizer import load_tokenizer
+    from quant.calibrate import calibration_ids
+
+    try:
+        tok = load_tokenizer(checkpoint_dir(checkpoint))
+    except Exception as e:  # noqa: BLE001 - any failure is the same missing input
+        raise common.ExportError(f"--quant fp8 calibrates activation scales on the train split with the "
+                                 f"tokenizer of --checkpoint {checkpoint}, which failed: {e}") from None
+    return calibration_ids(tok, n_samples=n, seqlen=256)
+
+
 @failures.capture("export.trt_llm")
 def main(argv) -> int:
     from export.trt_llm_ckpt import validate_checkpoint, write_checkpoint
@@ -90,9 +111,12 @@ def main(argv) -> int:
     common.prepare_output(FLAGS.output, "export.trt_llm", FLAGS.checkpoint, FLAGS.overwrite, create=False)
     source = common.load_source_model(FLAGS.checkpoint)  # fp32 reference
     out = common.prepare_output(FLAGS.output, "export.trt_llm", FLAGS.checkpoint, FLAGS.overwrite)
+    calib = None
+    if FLAGS.quant == "fp8" and getattr(source, "quantization", None):
+        calib = fp8_calibration(FLAGS.checkpoint, FLAGS.calib_samples)
     t0 = time.perf_counter()
     cfg = write_checkpoint(source, out, dtype, tp=FLAGS.tp_size, quant=FLAGS.quant,
-                           sm=FLAGS.sm, revision=common.git_revision())
+                           sm=FLAGS.sm, revision=common.git_revision(), calib=calib)
     write_s = time.perf_counter() - t0
     report = validate_checkpoint(out, source, PROMPT)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))

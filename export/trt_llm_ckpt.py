@@ -57,6 +57,10 @@ qkv/dense/fc/gate/proj (never lm_head or the embedding):
 The CUTLASS layout needs in_features % 16 == 0 (% 64 below SM90) and
 out_features_r % 8 == 0 (preprocess_weights_for_mixed_gemm asserts both); the tiny
 preset uses intermediate_size 192 so that the embedded model exports as W8A16.
+
+W4A16_GPTQ, W4A16_AWQ, FP8 and W8A8 SmoothQuant (per channel / per token) checkpoints of
+quant/-quantized models: the Linear tensors are export/trt_llm_quant.py's (names and layouts
+there); everything else is written by convert_rank above from the dequantized state.
 """
 
 from __future__ import annotations
@@ -71,11 +75,13 @@ from safetensors.torch import save_file
 
 from export.common import ExportError
 from model.device import SHORT_NAMES, dtype_name
+from export.trt_llm_quant import ALGOS as QUANT_ALGO_TABLE
 from quant.int8 import quantize_int8_per_channel
 
 FORMAT_VERSION = 1  # of this exporter's output; bump when names/layout change
-QUANT_ALGOS = {"none": None, "int8": "W8A16"}
+QUANT_ALGOS = {"none": None, "int8": "W8A16", **{k: v[0] for k, v in QUANT_ALGO_TABLE.items()}}
 QUANTIZED = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+QUANTIZED_WEIGHTS = tuple(n + ".weight" for n in QUANTIZED)
 
 # preprocess_weights_for_mixed_gemm, int8 weights with 16-bit activations: rows (the
 # input dim) are permuted in blocks of 16 so one ldmatrix feeds an MMA (permutation "16_8").
@@ -117,8 +123,20 @@ def _int8_checks(config, tp: int, sm: int) -> None:
                 f"cannot be exported as W8A16 at tp_size {tp}")
 
 
+def quantization_block(quant: str, o: Optional[dict] = None) -> dict:
+    """config.json's `quantization` (TensorRT-LLM's QuantConfig fields) for --quant and the model's options."""
+    q = {"quant_algo": QUANT_ALGOS[quant], "kv_cache_quant_algo": None}
+    if quant in ("w4a16_gptq", "w4a16_awq"):
+        q.update(group_size=o["group_size"], has_zero_point=True, pre_quant_scale=quant == "w4a16_awq")
+    if quant == "w8a8_sq":
+        q["smoothquant_val"] = o["alpha"]
+    if quant in QUANT_ALGO_TABLE:
+        q["exclude_modules"] = ["lm_head"]
+    return q
+
+
 def trtllm_config(config, dtype: torch.dtype, tp: int, quant: str, revision: str,
-                  sm: Optional[int]) -> dict:
+                  sm: Optional[int], quant_options: Optional[dict] = None) -> dict:
     """The config.json dict (PretrainedConfig + LLaMAConfig keys) for our ModelConfig."""
     arch = getattr(config, "arch", "llama")
     if arch not in TRT_ARCHITECTURES:
@@ -155,10 +173,11 @@ def trtllm_config(config, dtype: torch.dtype, tp: int, quant: str, revision: str
         "use_parallel_embedding": False,
         "embedding_sharding_dim": 0,
         "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
-        "quantization": {"quant_algo": QUANT_ALGOS[quant], "kv_cache_quant_algo": None},
+        "quantization": quantization_block(quant, quant_options),
         # Ours, ignored by TensorRT-LLM: who wrote this and in which layout.
         "lab_export": {"format_version": FORMAT_VERSION, "git_revision": revision,
                        "int8_layout_sm": sm if quant == "int8" else None,
+                       "int4_layout_sm": sm if quant == "w4a16_gptq" else None,
                        "sliding_window": config.sliding_window},
     }
 
@@ -280,8 +299,12 @@ def convert_rank(state: dict, config, dtype: torch.dtype, tp: int, rank: int, qu
 
 
 def write_checkpoint(model, out_dir: str, dtype: torch.dtype, tp: int = 1, quant: str = "none",
-                     sm: int = 90, revision: str = "unknown") -> dict:
-    """Write config.json and rank{r}.safetensors; return the config dict."""
+                     sm: int = 90, revision: str = "unknown", calib: Optional[torch.Tensor] = None) -> dict:
+    """Write config.json and rank{r}.safetensors; return the config dict.
+
+    quant in export/trt_llm_quant.py's ALGOS: `model` must be quantized by that quant/ method
+    (its codes are written, never re-quantized); fp8 also needs calib (n, T) ids for the static
+    activation scales."""
     if quant not in QUANT_ALGOS:
         raise ExportError(f"unknown --quant {quant!r}; expected one of {', '.join(QUANT_ALGOS)}")
     if dtype not in SHORT_NAMES:
@@ -293,17 +316,38 @@ def write_checkpoint(model, out_dir: str, dtype: torch.dtype, tp: int = 1, quant
             raise ExportError("--quant int8 (W8A16) needs --dtype float16 or bfloat16; "
                               "TensorRT-LLM's weight-only GEMM has no fp32 activations")
         _int8_checks(config, tp, sm)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    options, act_scales = None, None
+    method = (getattr(model, "quantization", None) or {}).get("method")
+    if method and quant not in QUANT_ALGO_TABLE:
+        raise ExportError(f"--checkpoint is quantized ({method}); --quant {quant} exports float weights. "
+                          f"Use the --quant matching it ({', '.join(QUANT_ALGO_TABLE)})")
+    if quant in QUANT_ALGO_TABLE:
+        from export import trt_llm_quant as tq
+
+        options = tq.check_model(model, quant, dtype, tp, sm)
+        if quant == "fp8":
+            if calib is None:
+                raise ExportError("--quant fp8 needs calibration ids for TensorRT-LLM's static activation scales")
+            act_scales = tq.fp8_activation_scales(model, calib)
+        state = {k: v.cpu() for k, v in tq.dequantized_state(model).items()}
+    else:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(out_dir):  # a previous run's extra ranks would confuse trtllm-build
         if name.startswith("rank") and name.endswith(".safetensors"):
             os.remove(os.path.join(out_dir, name))
-    cfg = trtllm_config(config, dtype, tp, quant, revision, sm)
+    cfg = trtllm_config(config, dtype, tp, quant, revision, sm, options)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     for r in range(tp):
-        save_file(convert_rank(state, config, dtype, tp, r, quant, sm),
-                  os.path.join(out_dir, f"rank{r}.safetensors"), metadata={"format": "pt"})
+        if quant in QUANT_ALGO_TABLE:
+            tensors = convert_rank(state, config, dtype, tp, r, "none", sm)
+            for k in [k for k in tensors if k.endswith(QUANTIZED_WEIGHTS)]:
+                del tensors[k]
+            tensors.update(tq.quant_rank(model, quant, dtype, tp, r, sm, act_scales))
+        else:
+            tensors = convert_rank(state, config, dtype, tp, r, quant, sm)
+        save_file(tensors, os.path.join(out_dir, f"rank{r}.safetensors"), metadata={"format": "pt"})
     return cfg
 
 
@@ -319,7 +363,9 @@ def expected_tensors(cfg: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]
     n_q, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     qkv_out = (n_q + 2 * max(n_kv, tp)) * d // tp
     vocab_r = (cfg["vocab_size"] + (-cfg["vocab_size"] % tp)) // tp
-    int8 = cfg["quantization"]["quant_algo"] == "W8A16"
+    algo = cfg["quantization"]["quant_algo"]
+    int8 = algo == "W8A16"
+    grouped = algo in {v[0] for v in QUANT_ALGO_TABLE.values()}
     exp = {
         "transformer.vocab_embedding.weight": ((cfg["vocab_size"], h), dtype),
         "transformer.ln_f.weight": ((h,), dtype),
@@ -333,8 +379,15 @@ def expected_tensors(cfg: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]
         exp[p + "post_layernorm.weight"] = ((h,), dtype)
         if cfg.get("attn_bias"):
             exp[p + "attention.qkv.bias"] = ((qkv_out,), dtype)
+        if algo == QUANT_ALGO_TABLE["w8a8_sq"][0]:
+            exp[p + "input_layernorm.scale_to_int"] = ((1,), torch.float32)
+            exp[p + "post_layernorm.scale_to_int"] = ((1,), torch.float32)
         for name, (n_out, n_in) in linears.items():
-            if int8:
+            if grouped:
+                from export.trt_llm_quant import expected_linear
+
+                exp.update(expected_linear(p + name, algo, n_out, n_in, dtype, cfg["quantization"]))
+            elif int8:
                 exp[p + name + ".weight"] = ((n_in, n_out), torch.int8)
                 exp[p + name + ".per_channel_scale"] = ((n_out,), dtype)
             else:
@@ -383,7 +436,11 @@ def _merge_linear(ranks: list[dict], name: str, cfg: dict, dim: int) -> torch.Te
     parts = []
     for t in ranks:
         w = t[name + ".weight"]
-        if w.dtype == torch.int8:
+        if cfg["quantization"]["quant_algo"] in {v[0] for v in QUANT_ALGO_TABLE.values()}:
+            from export.trt_llm_quant import dequantize_linear
+
+            w = dequantize_linear(t, name, cfg)
+        elif w.dtype == torch.int8:
             sm = cfg["lab_export"]["int8_layout_sm"]
             q = unpreprocess_int8_weight(w, sm).t()  # (out, in)
             w = q.float() * t[name + ".per_channel_scale"].float()[:, None]
@@ -438,7 +495,14 @@ def to_hf_state(cfg: dict, ranks: list[dict]) -> dict[str, torch.Tensor]:
 # rounds each weight by <= 2^-11, bf16 by <= 2^-8 (measured on the tiny model: 5e-4
 # and 3e-3); int8 per-channel by <= 1/254 of the row max, ~1% of the logits
 # (quant/tests/test_quantize.py).
-LOGITS_RTOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2, "int8": 3e-2}
+# The quantized algos (export/trt_llm_quant.py) compare against a float model holding the
+# quantized source's dequantized weights (activation quantization is the engine's runtime, not
+# the checkpoint's): codes x scales are exact, so what remains is the dtype's rounding of the
+# unquantized tensors (embedding, norms, lm_head), the fp16 zero term of W4A16 (<= 2^-11 of
+# (8 - z) * scale), and for FP8 the re-rounding of k/v codes to qkv's one scale (e4m3: <= 2^-4
+# of each k/v weight, RMS 3%; measured 4.0e-2 of the tiny model's logits).
+LOGITS_RTOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2, "int8": 3e-2,
+               "W4A16_GPTQ": 2e-3, "W4A16_AWQ": 2e-3, "FP8": 6e-2, "W8A8_SQ_PER_CHANNEL_PER_TOKEN_PLUGIN": 2e-3}
 
 
 def validate_checkpoint(ckpt_dir: str, source, prompt: list[int]) -> dict:
@@ -452,10 +516,20 @@ def validate_checkpoint(ckpt_dir: str, source, prompt: list[int]) -> dict:
     rebuilt.load_state_dict(state, assign=True, strict=True)
     rebuilt.tie_weights()  # a tied lm_head shares the embedding again
     rebuilt.eval()
-    key = "int8" if cfg["quantization"]["quant_algo"] else cfg["dtype"]
+    algo = cfg["quantization"]["quant_algo"]
+    key = cfg["dtype"] if not algo else ("int8" if algo == "W8A16" else algo)
     ids = torch.tensor([prompt])
+    reference = source
+    if algo and algo != "W8A16":
+        from export.trt_llm_quant import dequantized_state
+
+        with torch.device("meta"):
+            reference = Transformer(source.config)
+        reference.load_state_dict(dequantized_state(source), assign=True, strict=True)
+        reference.tie_weights()
+        reference.eval()
     with torch.no_grad():
-        ref, got = source(ids).float(), rebuilt(ids).float()
+        ref, got = reference(ids).float(), rebuilt(ids).float()
     err = float((got - ref).norm() / ref.norm())
     if not err <= LOGITS_RTOL[key]:  # written so that a NaN error fails
         raise ExportError(f"checkpoint logits differ from the source by {err:.2e} "
