@@ -33,8 +33,13 @@ def profile_steps(engine, reqs: list[tuple[list[int], int]], max_num_seqs: int, 
     sched = engine.scheduler
     for p, m in reqs:
         engine.add_request(p, SamplingParams(max_tokens=m, ignore_eos=True))
-    while engine.has_unfinished_requests() and len(sched.running) < max_num_seqs:
+    # Fill until the batch is full or stops growing for 8 steps (a chunked engine paces admission by
+    # its token budget and may never reach max_num_seqs: waiting for that once ran the trace out).
+    most, stale = 0, 0
+    while engine.has_unfinished_requests() and len(sched.running) < max_num_seqs and stale < 8:
         engine.step()
+        stale = stale + 1 if len(sched.running) <= most else 0
+        most = max(most, len(sched.running))
     for _ in range(3):  # settle (graph capture, autotune) outside the profile
         engine.step()
     walls: dict[str, list[float]] = {"mixed": [], "decode": []}
