@@ -314,26 +314,46 @@ class SpeculativeDecoder:
         if k == 0:
             return [], None, draft_len
         n = len(seq)
-        proposal, qs = [], []
-        feed, start = seq[draft_len:], draft_len  # catch the draft up (the whole prompt the first time)
-        for _ in range(k):
-            logits = self._forward(self.draft, feed, start, k + 1)[-1:]  # (1, V)
-            stats.draft_forwards += 1
-            if temperature == 0.0:
-                tok = int(logits.argmax(-1))
-                confident = min_prob == 0.0 or float(logits.float().softmax(-1)[0, tok]) >= min_prob
-            else:
-                q = logits_to_probs(logits, temperature, top_k, top_p)  # (1, V)
-                tok = int(torch.multinomial(q, 1, generator=generator))
-                qs.append(q[0])
-                confident = float(q[0, tok]) >= min_prob
-            proposal.append(tok)
-            start += len(feed)
-            feed = [tok]
-            if not confident:
-                break
+        qs = []
+
+        def sampled(logits):
+            q = logits_to_probs(logits, temperature, top_k, top_p)  # (1, V)
+            tok = int(torch.multinomial(q, 1, generator=generator))
+            qs.append(q[0])
+            return tok, float(q[0, tok]) >= min_prob
+
+        # catch the draft up (the whole prompt the first time), then k steps
+        proposal = draft_proposal(lambda feed, start: self._forward(self.draft, feed, start, k + 1),
+                                  seq[draft_len:], draft_len, k,
+                                  greedy_pick(min_prob) if temperature == 0.0 else sampled)
+        stats.draft_forwards += len(proposal)
         # The draft fed seq and proposal[:-1]: positions < n + len(proposal) - 1 hold K/V.
         return proposal, (torch.stack(qs) if qs else None), n + len(proposal) - 1
+
+
+def greedy_pick(min_prob: float = 0.0) -> Callable:
+    """draft_proposal's pick for a greedy draft: the argmax, and go on unless its probability < min_prob."""
+    def pick(logits: torch.Tensor) -> tuple[int, bool]:
+        tok = int(logits.argmax(-1))
+        return tok, min_prob == 0.0 or float(logits.float().softmax(-1)[0, tok]) >= min_prob
+    return pick
+
+
+def draft_proposal(forward: Callable[[list[int], int], torch.Tensor], feed: list[int], start: int, k: int,
+                   pick: Callable[[torch.Tensor], tuple[int, bool]]) -> list[int]:
+    """The draft loop of both speculative paths (SpeculativeDecoder, the engine's DraftProposer): feed
+    `feed` at positions start.. (the draft's catch-up), then each proposed token, up to k of them.
+    forward(ids, start) -> logits (len(ids), V); pick(logits (1, V)) -> (token, go on): a token the
+    draft is unsure of ends the proposal (it is still verified)."""
+    proposal: list[int] = []
+    for _ in range(k):
+        tok, go_on = pick(forward(feed, start)[-1:])
+        proposal.append(tok)
+        start += len(feed)
+        feed = [tok]
+        if not go_on:
+            break
+    return proposal
 
 
 def _check_finite(logits: torch.Tensor, step: int) -> None:

@@ -27,7 +27,8 @@ from typing import Optional, Union
 import torch
 
 from decoding.sampling import logits_to_probs
-from decoding.speculative import SpeculativeConfig, ngram_propose, verify_greedy, verify_sampled
+from decoding.speculative import (SpeculativeConfig, draft_proposal, greedy_pick, ngram_propose, verify_greedy,
+                                  verify_sampled)
 from decoding.stopping import LENGTH, stop_reason
 from scheduler.outputs import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from scheduler.params import Request, RequestStatus
@@ -132,16 +133,12 @@ class DraftProposer(NgramProposer):
         start = next((i for i, (a, b) in enumerate(zip(fed, seq)) if a != b), min(len(fed), len(seq)))
         start = min(start, len(seq) - 1)  # feed at least the last token: its logits give the first proposal
         device = self.draft.model.embed_tokens.weight.device
-        feed, proposal = seq[start:], []
-        for _ in range(k):
-            ids = torch.tensor([feed], dtype=torch.long, device=device)
-            logits = self.draft(ids, torch.arange(start, start + len(feed), device=device))[0, -1]
-            proposal.append(int(logits.argmax()))
-            start += len(feed)
-            feed = proposal[-1:]
-            min_prob = self.config.draft_min_prob  # unsure of this one: stop here (it is still verified)
-            if min_prob and float(logits.float().softmax(-1)[proposal[-1]]) < min_prob:
-                break
+
+        def forward(ids: list[int], pos: int) -> torch.Tensor:
+            x = torch.tensor([ids], dtype=torch.long, device=device)
+            return self.draft(x, torch.arange(pos, pos + len(ids), device=device))[0]
+
+        proposal = draft_proposal(forward, seq[start:], start, k, greedy_pick(self.config.draft_min_prob))
         self._state[req.request_id] = (caches, list(seq) + proposal[:-1])
         return proposal
 
