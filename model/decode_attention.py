@@ -12,6 +12,7 @@ LAB_ATTENTION=sdpa turns it off, to compare or to rule it out).
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 import torch
@@ -30,24 +31,26 @@ def _(q, k_cache, v_cache, seq_lens, window=0):
     return torch.empty_like(q)
 
 
-_memo: list = [None, 0, None]  # input_pos, B, seq_lens: this forward's lengths
+_memo = threading.local()  # .entry = (input_pos, B, seq_lens): this thread's current forward's lengths
 
 
 def new_forward() -> None:
     """Forget the last forward's lengths (called at the start of every Transformer.forward)."""
-    _memo[:] = [None, 0, None]
+    _memo.entry = None
 
 
 def _seq_lens(input_pos: torch.Tensor, B: int) -> torch.Tensor:
     """(B,) int32 input_pos + 1, built once per forward (the first layer) rather than per layer.
 
     Transformer.forward calls new_forward() first, so nothing outlives one forward (whose
-    input_pos nobody writes); within it the memo is keyed on the input_pos tensor. Under CUDA-graph
+    input_pos nobody writes); within it the memo (one per thread: servers run models from several
+    threads) is keyed on the input_pos tensor. Under CUDA-graph
     capture the first layer's kernels are captured and the later layers read their output."""
-    if _memo[0] is input_pos and _memo[1] == B and not torch.compiler.is_compiling():
-        return _memo[2]
+    entry = getattr(_memo, "entry", None)
+    if entry is not None and entry[0] is input_pos and entry[1] == B and not torch.compiler.is_compiling():
+        return entry[2]
     seq_lens = (input_pos.to(torch.int32) + 1).expand(B).contiguous()
-    _memo[:] = [input_pos, B, seq_lens]
+    _memo.entry = (input_pos, B, seq_lens)
     return seq_lens
 
 
