@@ -77,7 +77,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -141,6 +141,8 @@ _define("integer", "max_num_batched_tokens", None, "Token budget per step of sta
         "2048 on a CPU, 16384 on a GPU): a static batch of many prompts, up to --max_num_seqs.")
 _define("integer", "chunk_tokens", None, "Token budget per step of chunked (decodes plus prefill chunks). "
         "Default 2048 on a GPU (the engine's, scheduler.engine.GPU_CHUNK_TOKENS), 128 on a CPU.")
+_define("list", "chunk_sizes", [], "Chunked: run it once per token budget in this list (rows 'chunked/<n>'), to "
+        "choose the budget from measurement; the report names the best against continuous. Empty: --chunk_tokens.")
 _define("integer", "admission_batch", 1, "Continuous and chunked: once max_num_seqs run, wait until this many slots "
         "are free before admitting again (prompts join in groups; fewer eager mixed steps). 1: admit at once.")
 _define("integer", "num_blocks", None, "KV blocks, the null block included (small: forces preemption). Default: the "
@@ -692,6 +694,7 @@ class Options:
     prefix_caching: str = "on"
     backend: str = "engine"  # engine, http, compare (bench/serving_http.py)
     profile_policy: str = "continuous"
+    chunk_sizes: list[int] = field(default_factory=list)  # chunked once per budget ("chunked/<n>")
 
     def __post_init__(self) -> None:
         """Bad settings, however the options were built: one ServingUsageError naming the flag."""
@@ -711,6 +714,9 @@ class Options:
                         *self.settings_partial.items()]:
             if name != "gpu_memory_fraction" and v is not None and v < 1:
                 raise ServingUsageError(f"--{name} must be >= 1, got {v}")
+        if any(n < 1 for n in self.chunk_sizes):
+            raise ServingUsageError(f"--chunk_sizes must be >= 1 each, got {self.chunk_sizes}")
+        self.chunk_sizes = list(dict.fromkeys(self.chunk_sizes))  # in order, no repeats
         if self.shared_prefix_tokens < 0:
             raise ServingUsageError(f"--shared_prefix_tokens must be >= 0, got {self.shared_prefix_tokens}")
         if self.prefix_caching not in ("on", "off", "both"):
@@ -755,7 +761,14 @@ def options_from_flags() -> Options:
                    list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
                    FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
                    FLAGS.profile_steps, FLAGS.shared_prefix_tokens, FLAGS.prefix_caching, FLAGS.backend,
-                   FLAGS.profile_policy)
+                   FLAGS.profile_policy, _chunk_sizes(FLAGS.chunk_sizes))
+
+
+def _chunk_sizes(values: Optional[list[str]]) -> list[int]:
+    try:
+        return common.int_list(values, [])
+    except ValueError:
+        raise ServingUsageError(f"--chunk_sizes: expected integers, got {','.join(values or [])}") from None
 
 
 def resolve_settings(opts: Options, model) -> EngineSettings:
@@ -875,13 +888,17 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
 
     rows, results = [], []
     caching = {"on": [True], "off": [False], "both": [True, False]}[opts.prefix_caching]
-    for policy, cached in [(p, c) for p in opts.policies for c in caching]:
-        name = policy if cached else f"{policy}/no-prefix-cache"
-        engine = make_engine(model, policy, settings, prefix_caching=cached)
+    runs = [(p, n, c) for p in opts.policies for n in (opts.chunk_sizes if p == "chunked" and opts.chunk_sizes
+                                                        else [None]) for c in caching]
+    for policy, chunk, cached in runs:
+        name = policy + (f"/{chunk}" if chunk else "") + ("" if cached else "/no-prefix-cache")
+        engine = make_engine(model, policy, replace(settings, chunk_tokens=chunk) if chunk else settings,
+                             prefix_caching=cached)
         graphs = engine.runner.graphs
         try:
-            log(f"running {name} (warm-up {warm_s[policy]:.1f} s before, not timed; this engine's CUDA-graph "
-                f"capture {graphs.capture_s if graphs else 0:.1f} s at start-up) ...")
+            log(f"running {name} (warm-up {warm_s[policy]:.1f} s before, not timed; this engine's attention "
+                f"autotune {engine.tune_s:.1f} s and CUDA-graph capture {graphs.capture_s if graphs else 0:.1f} s "
+                f"at start-up) ...")
             res = replay(engine, trace, name)
         finally:
             engine.close()
@@ -957,6 +974,16 @@ def report_lines(rows: list[dict[str, Any]], settings: EngineSettings, stats: di
         log(f"prefix cache, {p}: {on['prefix_hit_pct']:.1f}% of prompt tokens hit; TTFT p50 {on['ttft_p50_ms']:,.1f} "
             f"ms against {off['ttft_p50_ms']:,.1f} without it ({off['ttft_p50_ms'] / on['ttft_p50_ms']:.2f}x), "
             f"out tok/s {on['out_tok_per_s']:,.0f} against {off['out_tok_per_s']:,.0f}")
+    swept = [r for r in rows if r["policy"].startswith("chunked/") and r["policy"][8:].isdigit()]
+    if swept and "continuous" in by:
+        c = by["continuous"]
+        log("chunk budget sweep against continuous (throughput ratio; p99 TPOT chunked vs continuous): " + ", ".join(
+            f"{r['policy'][8:]} tokens {r['out_tok_per_s'] / c['out_tok_per_s']:.2f}x, {r['tpot_p99_ms']:.1f} vs "
+            f"{c['tpot_p99_ms']:.1f} ms" for r in swept))
+        best = max(swept, key=lambda r: r["out_tok_per_s"])
+        both = [r for r in swept if r["out_tok_per_s"] >= c["out_tok_per_s"] and r["tpot_p99_ms"] <= c["tpot_p99_ms"]]
+        log(f"fastest budget {best['policy'][8:]} tokens; beating continuous on both throughput and p99 TPOT: "
+            + (", ".join(r["policy"][8:] for r in both) or "none"))
     wastes = ", ".join(f"{r['policy']} {r['kv_waste_mean_pct']:.1f}%" for r in rows)
     log(f"KV waste (allocated slots without a token, mean over steps): {wastes}; block {settings.block_size}, "
         f"mean request {stats['prompt_mean'] + stats['output_mean']:.0f} tokens (prompt + output)")

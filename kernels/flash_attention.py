@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton import interpreting
+from kernels._triton import interpreting, launch_tuned, tune_bench
 
 try:  # Triton >= 3.3; absent -> pointer path only.
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -275,7 +275,9 @@ def _attn_tile(q, K, V, desc_k, desc_v, b, h_kv, stride_kn, stride_vn, m0, S_Q, 
     return acc * inv_l[:, None]
 
 
-@triton.jit
+# Key-only ints and the window are not specialized on (an int is compiled apart when it is 1 or a
+# multiple of 16: a new autotune key would recompile every config).
+@triton.jit(do_not_specialize=["window", "S_Q_BUCKET", "S_KV_BUCKET", "BH_BUCKET"])
 def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
                       stride_qb, stride_qh, stride_qm,
                       stride_kb, stride_kh, stride_kn,
@@ -316,7 +318,7 @@ def _flash_fwd_kernel(Q, K, V, O, desc_q, desc_k, desc_v, desc_o,
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=rows[:, None] < S_Q)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window", "S_Q_BUCKET", "S_KV_BUCKET"])
 def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                          stride_ot, stride_oh,
@@ -354,9 +356,11 @@ def _flash_varlen_kernel(Q, K, V, O, cu_seqlens_q, cu_seqlens_k,
 
 _KEY = ["S_Q_BUCKET", "S_KV_BUCKET", "HEAD_DIM", "GROUP", "IS_CAUSAL", "HAS_WINDOW"]
 _flash_fwd_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY + ["BH_BUCKET", "USE_TMA"],
-                                   prune_configs_by={"early_config_prune": _prune})(_flash_fwd_kernel)
-_flash_varlen_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY,
-                                      prune_configs_by={"early_config_prune": _prune})(_flash_varlen_kernel)
+                                   prune_configs_by={"early_config_prune": _prune},
+                                   do_bench=tune_bench)(_flash_fwd_kernel)
+_flash_varlen_tuned = triton.autotune(AUTOTUNE_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune},
+                                      do_bench=tune_bench)(_flash_varlen_kernel)
+_VARLEN_TUNED: dict[tuple, dict] = {}  # varlen configs picked, by autotune key + dtype + device
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -512,5 +516,31 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
             _flash_varlen_kernel[grid](*args, **consts, **fixed)
         else:
             grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), num_seqs * Hq)  # noqa: E731
-            _flash_varlen_tuned[grid](*args, **consts)
+            key = (*args[-2:], *consts.values(), q.dtype, q.device)
+            launch_tuned(_flash_varlen_tuned, _VARLEN_TUNED, key, grid, args, consts)
     return out
+
+
+def tune_varlen(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device, max_q: int,
+                max_k: int, max_tokens: int, causal: bool = True, window: int | None = None) -> int:
+    """Autotune flash_attention_varlen now for every key a step of prefill chunks up to max_q new
+    tokens over up to max_k keys (max_tokens new tokens in all) can reach, so no serving step pays
+    a tune. Returns the number of keys tuned; a no-op under the interpreter and off CUDA."""
+    if interpreting() or torch.device(device).type != "cuda":
+        return 0
+    classes = lambda hi: sorted({_coarse_bucket(n) for n in range(1, hi + 1)})  # noqa: E731
+    tuned = 0
+    for cq in classes(max_q):
+        for ck in classes(max_k):
+            q_len = min(cq, max_q)
+            k_len = max(q_len, min(ck, max_k))
+            if _coarse_bucket(k_len) != ck or max(q_len, k_len) <= _SMALL_SEQ:
+                continue  # unreachable (keys >= queries), or the fixed small-sequence config
+            n = max(1, min(16, max_tokens // q_len))
+            q = torch.randn(n * q_len, num_q_heads, head_dim, device=device, dtype=dtype)
+            k = torch.randn(n * k_len, num_kv_heads, head_dim, device=device, dtype=dtype)
+            cu_q = torch.arange(0, n + 1, device=device, dtype=torch.int32) * q_len
+            cu_k = torch.arange(0, n + 1, device=device, dtype=torch.int32) * k_len
+            flash_attention_varlen(q, k, k, cu_q, cu_k, q_len, k_len, causal=causal, window=window)
+            tuned += 1
+    return tuned

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._triton import launch_tuned, tune_bench
 from kernels.flash_attention import (LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, device_guard,
                                      device_problem, interpret_upcast, interpreting, tile_dot, window_arg)
 
@@ -69,7 +70,9 @@ def _prune(configs, named_args, **kwargs):
 # --------------------------------------------------------------------------- kernels
 
 
-@triton.jit
+# Key-only ints (and the window) are not specialized on: Triton compiles an int argument apart
+# when it is 1 or a multiple of 16, so a new key would recompile every config.
+@triton.jit(do_not_specialize=["window", "KV_BUCKET", "WORK_BUCKET"])
 def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part,
                          stride_qb, stride_qh,
                          stride_kblk, stride_ktok, stride_kh,
@@ -158,7 +161,7 @@ def _decode_reduce_kernel(O_part, LSE_part, Out, stride_pb, stride_ph, stride_ob
 
 _decode_split_tuned = triton.autotune(
     DECODE_CONFIGS, key=["KV_BUCKET", "WORK_BUCKET", "HEAD_DIM", "BLOCK_H", "PAGED", "PAGE_SIZE"],
-    prune_configs_by={"early_config_prune": _prune})(_decode_split_kernel)
+    prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)(_decode_split_kernel)
 
 # Configs the autotuner picked, by its key (+ dtype and device): later calls launch the kernel with
 # the config directly. Triton's autotuner dispatch costs ~40 us of host time per call on an H200
@@ -167,10 +170,12 @@ _decode_split_tuned = triton.autotune(
 _TUNED: dict[tuple, dict] = {}
 
 
-def _work_bucket(programs: int) -> int:
-    """Autotune key for the grid size B * Hkv * splits: 1-2 waves and many waves tune apart
-    (a config good for 8 programs is not the one for 512)."""
-    return min(4096, triton.next_power_of_2(max(programs, 1)))
+def _work_bucket(programs: int, num_sms: int = 132) -> int:
+    """Autotune key for the grid size B * Hkv * splits, in three classes: under one wave, a few
+    waves, many waves (a config good for 8 programs is not the one for 512). Power-of-two keys
+    gave an engine's eager steps, whose decode batch varies step to step, a new key (a fresh
+    autotune of every config, seconds) every few steps."""
+    return 1 if programs <= num_sms else 4 if programs <= 4 * num_sms else 16
 
 
 # --------------------------------------------------------------------------- host side
@@ -252,7 +257,7 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
     lse_part = torch.empty(B, Hq, num_splits, device=q.device, dtype=torch.float32)
     bt = block_table if paged else seq_lens  # unused pointer when not paged
     kv_bucket = triton.next_power_of_2(max(max_kv_len, 1))
-    work_bucket = _work_bucket(B * num_kv_heads * num_splits)
+    work_bucket = _work_bucket(B * num_kv_heads * num_splits, _num_sms(q))
     args = (q, k_cache, v_cache, seq_lens, bt, o_part, lse_part,
             q.stride(0), q.stride(1), *kv_strides, bt.stride(0) if paged else 0,
             Hq * num_splits, num_splits, 1,  # (b, h, s) strides of lse_part, in elements
@@ -266,12 +271,7 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
             _decode_split_kernel[grid](*args, **consts, **fixed)
         else:
             key = (kv_bucket, work_bucket, D, consts["BLOCK_H"], paged, page_size, q.dtype, q.device)
-            tuned = _TUNED.get(key)
-            if tuned is None:
-                _decode_split_tuned[grid](*args, **consts)
-                _TUNED[key] = _decode_split_tuned.best_config.all_kwargs()
-            else:
-                _decode_split_kernel[grid](*args, **consts, **tuned)
+            launch_tuned(_decode_split_tuned, _TUNED, key, grid, args, consts)
         _decode_reduce_kernel[(B, Hq)](o_part, lse_part, out, Hq * num_splits, num_splits,
                                        out.stride(0), out.stride(1), num_splits,
                                        HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits))
@@ -349,3 +349,43 @@ def paged_flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     bound = block_table.shape[1] * block_size if max_seq_len is None else max_seq_len
     return _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, bound, hkv,
                 kv_strides, True, block_size, win)
+
+
+def tune_paged_decode(k_cache: torch.Tensor, v_cache: torch.Tensor, num_q_heads: int, max_batch: int,
+                      max_blocks: int, window: int | None = None, seq_len: int | None = None) -> int:
+    """Autotune paged_flash_decode now for every key that 1..max_batch decodes over block tables
+    of 1..max_blocks entries can reach (an engine's eager steps: the table width and decode count
+    change step to step), so no serving step pays a tune. Returns the number of keys tuned.
+
+    Each key runs once on a representative (batch, width): distinct real blocks of the cache (not
+    the null block over and over, which L2 would serve), `seq_len` tokens each (default a quarter
+    of the width's tokens). A no-op under the interpreter and off CUDA."""
+    if interpreting() or not k_cache.is_cuda:
+        return 0
+    num_blocks, block_size, hkv, d = k_cache.shape
+    sms = _num_sms(k_cache)
+    reps: dict[tuple, list[tuple[int, int]]] = {}
+    for width in range(1, max_blocks + 1):
+        bound = width * block_size
+        max_kv = min(bound, window) if window else bound
+        if max_kv <= _SMALL_KV:
+            continue
+        for b in range(1, max_batch + 1):
+            splits = choose_num_splits(b, hkv, max_kv, sms)
+            key = (triton.next_power_of_2(max_kv), _work_bucket(b * hkv * splits, sms))
+            reps.setdefault(key, []).append((b, width))
+    group = num_q_heads // hkv
+    tuned = 0
+    for (kv_bucket, work), cases in reps.items():
+        full = (kv_bucket, work, d, max(16, triton.next_power_of_2(group)), True, block_size, k_cache.dtype,
+                k_cache.device)
+        if full in _TUNED:
+            continue
+        b, width = cases[len(cases) // 2]
+        ids = torch.arange(b * width, device=k_cache.device) % max(num_blocks - 1, 1) + 1  # block 0: the null one
+        table = ids.view(b, width).to(torch.int32)
+        lens = torch.full((b,), max(1, seq_len or width * block_size // 4), dtype=torch.int32, device=k_cache.device)
+        q = torch.randn(b, num_q_heads, d, device=k_cache.device, dtype=k_cache.dtype)
+        paged_flash_decode(q, k_cache, v_cache, table, lens.clamp_(max=width * block_size), window=window)
+        tuned += 1
+    return tuned

@@ -168,6 +168,22 @@ class FlashFace:
         """The step's FlashPlan; None for a decode-only step, which reads the metadata directly."""
         return None if meta.decode_only else FlashPlan(meta, self.block_size, self.window)
 
+    def tune(self, paged_kv, group: int, max_num_seqs: int, max_num_batched_tokens: int,
+             max_model_len: int) -> int:
+        """Autotune both kernels now for every shape key an engine of these limits can reach (at
+        start-up, as vLLM captures graphs then): a key first met mid-serving made that step seconds
+        long. group: query heads per KV head. Returns the number of keys tuned (0 off the GPU)."""
+        from kernels.flash_attention import tune_varlen
+        from kernels.flash_decode import tune_paged_decode
+
+        k, v = paged_kv.k[0], paged_kv.v[0]
+        num_q_heads = k.shape[2] * group  # this rank's heads under tensor parallelism
+        max_blocks = -(-max_model_len // self.block_size)
+        n = tune_paged_decode(k, v, num_q_heads, max_num_seqs, max_blocks, window=self.window)
+        max_q = min(max_num_batched_tokens, max_model_len)
+        return n + tune_varlen(num_q_heads, k.shape[2], k.shape[3], k.dtype, k.device, max_q, max_model_len,
+                               max_num_batched_tokens, causal=True, window=self.window)
+
     @staticmethod
     def rope_cache(qkv, cos, sin, n_heads, n_kv_heads, layer_cache, input_pos=None) -> torch.Tensor:
         """RoPE + the paged cache write at meta.slot_mapping in one kernel (kernels.rope_cache);

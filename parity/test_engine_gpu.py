@@ -59,3 +59,37 @@ def test_cuda_graph_needs_flash_decode_dtype():
     model = make_tiny_model(seed=1).to("cuda")  # fp32
     with pytest.raises(ValueError, match="fp16/bf16"):
         LLM(model, cuda_graph=True, kv_budget_bytes=8 << 20)
+
+
+def _serve_and_count_new_keys(tune: bool, monkeypatch) -> tuple[int, int]:
+    """Serve a trace whose steps vary the decode count, the table width and the prefill lengths over
+    the autotuned attention kernels' key classes; returns (keys tuned at start-up, keys first met
+    while serving), after forgetting every key tuned before."""
+    from kernels import flash_attention, flash_decode
+    from model.paged_attention import FlashFace
+
+    flash_decode._TUNED.clear()
+    flash_attention._VARLEN_TUNED.clear()
+    if not tune:  # the planted fault: no start-up tuning
+        monkeypatch.setattr(FlashFace, "tune", lambda self, *a, **k: 0)
+    model = make_tiny_model(seed=3, head_dim=64, n_heads=4, n_kv_heads=2, dim=256,
+                            max_seq_len=1024).to("cuda", torch.bfloat16)
+    llm = LLM(model, block_size=16, policy="chunked", max_num_seqs=24, max_num_batched_tokens=512,
+              max_model_len=1024, kv_budget_bytes=256 << 20)
+    start = len(flash_decode._TUNED) + len(flash_attention._VARLEN_TUNED)
+    reqs = random_requests(48, seed=11, max_prompt=700, max_new=96)
+    outs = llm.generate([p for p, _ in reqs], [SamplingParams(max_tokens=n) for _, n in reqs])
+    assert all(len(o.token_ids) == n for o, (_, n) in zip(outs, reqs))
+    new = len(flash_decode._TUNED) + len(flash_attention._VARLEN_TUNED) - start
+    llm.engine.runner.close()
+    return start, new
+
+
+def test_no_attention_autotune_while_serving(monkeypatch):
+    """The engine tunes every attention key it can meet at start-up (a key first met mid-serving
+    cost a 1.9 s step on an H200); the same trace without start-up tuning meets new keys, so the
+    count can tell."""
+    start, new = _serve_and_count_new_keys(True, monkeypatch)
+    assert start > 0 and new == 0, f"{new} attention autotune key(s) first met while serving ({start} at start-up)"
+    start, new = _serve_and_count_new_keys(False, monkeypatch)
+    assert start == 0 and new > 0, "the planted fault (no start-up tuning) went unseen"

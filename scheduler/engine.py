@@ -210,6 +210,12 @@ class LLMEngine:
             raise ValueError(f"cuda_graph=True replays the flash-decode kernel, which needs a CUDA model in "
                              f"fp16/bf16 with head_dim 64 or 128 and attention auto or flash (got {dtype}, "
                              f"head_dim {config.head_dim}, the {face.name} face)")
+        self.tune_s = 0.0
+        if graphable:  # every attention autotune key this engine can meet, now rather than mid-serving
+            t0 = time.perf_counter()
+            face.tune(self.paged_kv, config.n_heads // config.n_kv_heads, max_num_seqs, max_num_batched_tokens,
+                      max_model_len)
+            self.tune_s = time.perf_counter() - t0
         graphs = None
         if cuda_graph if cuda_graph is not None else graphable:
             from scheduler.graphs import DecodeGraphs

@@ -212,3 +212,20 @@ def test_shared_prefix_trace_hits_the_prefix_cache_only_when_it_is_on():
     assert all(len(r.prompt_ids) > 32 and r.prompt_ids[:32] == res["trace"][0].prompt_ids[:32] for r in res["trace"])
     assert res["results"][0].outputs == res["results"][1].outputs
     assert any("prefix cache, continuous:" in line for line in logs)
+
+
+def test_chunk_sizes_sweep_runs_chunked_once_per_budget():
+    # Two budgets beside continuous: a row each, named by budget, the same fp32 greedy tokens, and the
+    # report line naming the fastest budget against continuous.
+    logs = []
+    res = sv.run(_options(policies=["continuous", "chunked"], chunk_sizes=[16, 48, 16]), out_dir=None,
+                 log=logs.append)
+    assert [r["policy"] for r in res["rows"]] == ["continuous", "chunked/16", "chunked/48"]
+    assert all(r["completed"] == 12 for r in res["rows"])
+    assert res["results"][1].outputs == res["results"][0].outputs == res["results"][2].outputs
+    steps = [len(r.steps) for r in res["results"][1:]]
+    assert steps[0] > steps[1]  # a smaller budget spreads the prompts over more steps
+    text = "\n".join(logs)
+    assert "chunk budget sweep against continuous" in text and "fastest budget" in text
+    with pytest.raises(sv.ServingUsageError, match="--chunk_sizes must be >= 1"):
+        _options(chunk_sizes=[0])
