@@ -15,7 +15,7 @@ source tools/gpu_session.sh  # set -euo pipefail, $LAB_RESULTS_DIR, results pack
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   python3 -c 'from kernels import _build; print(_build.build())'; } 2>&1 | tee "$log"
 echo "== GPU tests" | tee -a "$log"
-python3 -m pytest -q -p no:cacheprovider ${LAB_ENGINE_TESTS:-decoding/tests/test_fast_gpu.py parity/test_paged_attention.py parity/test_engine.py} 2>&1 | tail -n 15 | tee -a "$log"
+python3 -m pytest -q -p no:cacheprovider ${LAB_ENGINE_TESTS:-decoding/tests/test_fast_gpu.py parity/test_paged_attention.py parity/test_engine.py} 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15 | tee -a "$log"
 for b in ${LAB_ENGINE_BENCHES:-decode prefill serving compile}; do
   var="LAB_$(echo "$b" | tr a-z A-Z)_FLAGS" tvar="LAB_$(echo "$b" | tr a-z A-Z)_TIMEOUT"
   echo "== bench.$b ${!var:-}" | tee -a "$log"

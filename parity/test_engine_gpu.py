@@ -91,5 +91,5 @@ def test_no_attention_autotune_while_serving(monkeypatch):
     count can tell."""
     start, new = _serve_and_count_new_keys(True, monkeypatch)
     assert start > 0 and new == 0, f"{new} attention autotune key(s) first met while serving ({start} at start-up)"
-    start, new = _serve_and_count_new_keys(False, monkeypatch)
-    assert start == 0 and new > 0, "the planted fault (no start-up tuning) went unseen"
+    _, new = _serve_and_count_new_keys(False, monkeypatch)  # graph capture still tunes its own keys
+    assert new > 0, "the planted fault (no start-up tuning) went unseen"
