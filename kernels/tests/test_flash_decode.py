@@ -95,6 +95,7 @@ def test_choose_num_splits_fills_the_gpu():
     assert choose_num_splits(1, 8, 4096, num_sms=132) * 8 >= 0.9 * 132
     assert choose_num_splits(1, 1, 100, num_sms=132) == 1  # too short to split
     assert choose_num_splits(256, 8, 4096, num_sms=132) <= 2  # batch already fills it
+    assert choose_num_splits(64, 8, 4096, num_sms=132) == 2  # a serving batch: >= 4 programs per SM
 
 
 def test_rejects_bad_inputs():
