@@ -204,7 +204,8 @@ def choose_num_splits(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: i
         # A serving batch (a wave of (sequence, head) programs or more): lengths differ, and the
         # model above (every sequence max_kv_len long) leaves the longest ones a program each, which
         # the step then waits on. Keep >= 4 programs per SM. H200, B=64, Hkv=8, lognormal lengths
-        # (mean 474, max 1500; paged, bf16): 1 split 59.1 us, 2 splits 50.4 us, 4 52.8, 8 59.2.
+        # (mean 474, max 1500; paged, bf16): 1 split 59.1 us, 2 splits 50.4 us, 4 52.8, 8 59.2
+        # (`python3 -m bench.decode_mix` measures this table).
         best = max(best, min(cap, -(-4 * num_sms // work)))
     return best
 
