@@ -3,16 +3,17 @@ token, per KV head (per group of `group_size` channels when given).
 
 Math (asymmetric, the weights' grid of quant/rtn.py applied to one token's head vector x):
     maxq = 2^bits - 1, lo = min(x.min(), 0), hi = max(x.max(), 0)
-    scale = (hi - lo) / maxq (fp32), zero = round(-lo / scale) (an integer code)
+    scale = (hi - lo) / maxq rounded *up* to fp16 (so the range still fits in maxq steps),
+    zero = round(-lo / scale) (an integer code, uint8)
     q = clamp(round(x / scale) + zero, 0, maxq) (uint8; int4 codes fill 0..15)
     x' = scale * (q - zero)          |x - x'| <= scale / 2 (+ fp32 rounding)
-A cache stores q and (scale, zero): bits/8 bytes per value + 8 bytes per (token, head).
+A cache stores q and (scale, zero): bits/8 bytes per value + 3 bytes per (token, head).
 
 How the model uses it: `install_kv_quant(model, bits)` sets each Attention's `kv_quant`
 (model/layers.py), which replaces k (after RoPE) and v by x' before they are attended over
-or written to any cache. That is fake quantization on store, and it is exact: scale is fp32
-and (q - zero) an integer below 2^8, so scale * (q - zero) is one exactly representable fp32
-product, the very value a real int cache dequantizes to in fp32 (a bf16 model then rounds it
+or written to any cache. That is fake quantization on store, and it is exact: scale is fp16
+(11 significant bits) and (q - zero) an integer of at most 8 bits, so scale * (q - zero) is an
+exactly representable fp32 product (19 bits <= 24), the very value a real int cache dequantizes to in fp32 (a bf16 model then rounds it
 to bf16, as a dequantizing kernel writing bf16 would). The cache buffers keep the model
 dtype (no memory saved on the CPU); a packed int cache is a kernel's job (not here yet).
 Gradients pass straight through (x + (x' - x).detach()), so quant/spinquant.py trains with it.
@@ -49,21 +50,24 @@ def _groups(x: torch.Tensor, group_size: Optional[int]) -> torch.Tensor:
 
 def quantize_kv(x: torch.Tensor, bits: int, group_size: Optional[int] = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (..., head_dim) -> (q uint8 (..., G, gs), scale fp32 (..., G, 1), zero fp32 (..., G, 1))."""
+    """x (..., head_dim) -> (q uint8 (..., G, gs), scale fp16 (..., G, 1), zero uint8 (..., G, 1))."""
     maxq = 2 ** check_kv_bits(bits) - 1
     g = _groups(x.detach().float(), group_size)
     lo = g.amin(dim=-1, keepdim=True).clamp(max=0)
     hi = g.amax(dim=-1, keepdim=True).clamp(min=0)
-    scale = ((hi - lo) / maxq).clamp(min=1e-12)  # an all-zero group: any positive scale gives q = zero
+    s32 = ((hi - lo) / maxq).clamp(min=2.0 ** -24)  # an all-zero group: any positive scale gives q = zero
+    s16 = s32.half()
+    s16 = torch.where(s16.float() < s32, torch.nextafter(s16, torch.full_like(s16, float("inf"))), s16)
+    scale = s16.float()
     zero = torch.round(-lo / scale)
     q = torch.clamp(torch.round(g / scale) + zero, 0, maxq)
-    return q.to(torch.uint8), scale, zero
+    return q.to(torch.uint8), s16, zero.to(torch.uint8)
 
 
 def dequantize_kv(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, shape: torch.Size,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """scale * (q - zero) reshaped to `shape` (..., head_dim) in dtype."""
-    return (scale * (q.float() - zero)).reshape(shape).to(dtype)
+    return (scale.float() * (q.float() - zero.float())).reshape(shape).to(dtype)
 
 
 class KVQuantizer(nn.Module):
@@ -95,7 +99,7 @@ def install_kv_quant(model: nn.Module, bits: Optional[int], group_size: Optional
 
 def kv_bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, bits: Optional[int],
                        group_size: Optional[int] = None, float_bytes: int = 2) -> float:
-    """Bytes one token's K and V occupy across layers: codes + (fp32 scale, zero) per group."""
+    """Bytes one token's K and V occupy across layers: codes + (fp16 scale, uint8 zero) per group."""
     per_head = head_dim * float_bytes if bits is None else (
-        head_dim * bits / 8 + 8 * (head_dim // (group_size or head_dim)))
+        head_dim * bits / 8 + 3 * (head_dim // (group_size or head_dim)))
     return 2 * n_layers * n_kv_heads * per_head
