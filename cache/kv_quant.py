@@ -13,9 +13,12 @@ How the model uses it: `install_kv_quant(model, bits)` sets each Attention's `kv
 (model/layers.py), which replaces k (after RoPE) and v by x' before they are attended over
 or written to any cache. That is fake quantization on store, and it is exact: scale is fp16
 (11 significant bits) and (q - zero) an integer of at most 8 bits, so scale * (q - zero) is an
-exactly representable fp32 product (19 bits <= 24), the very value a real int cache dequantizes to in fp32 (a bf16 model then rounds it
-to bf16, as a dequantizing kernel writing bf16 would). The cache buffers keep the model
-dtype (no memory saved on the CPU); a packed int cache is a kernel's job (not here yet).
+exactly representable fp32 product (19 bits <= 24), the very value a real int cache
+dequantizes to in fp32 (a bf16 model then rounds it to bf16, as a dequantizing kernel writing
+bf16 would). Why fake: the rounding is what costs quality and it is reproduced exactly, on every
+attention path (SDPA without a cache, the static and the paged cache) with one hook; the cache
+buffers keep the model dtype (no memory saved yet): a packed int cache needs attention kernels
+that read codes and scales, which is GPU kernel work not done here.
 Gradients pass straight through (x + (x' - x).detach()), so quant/spinquant.py trains with it.
 """
 

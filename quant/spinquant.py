@@ -132,7 +132,8 @@ def learn_rotations(model: nn.Module, calib: torch.Tensor, spec: tuple, quantize
     spec: (bits, group_size, sym, act_bits) of the RTN grid the objective rounds to;
     quantized: the qualified names (as in the rotated model) of the linears that will be
     quantized. report: {"loss_start", "loss_end"} on all of calib (the quantized objective),
-    "losses" per step (on that step's batch), "ortho_err" the worst max|R^T R - I| seen.
+    "losses" per step (on that step's batch), "ortho_err" the worst max|R^T R - I| seen, "kept":
+    whether the learned rotations are returned (loss_end < loss_start; else the Hadamard start is).
     The model itself is not changed. QuantizationError if a step leaves the orthogonal group.
     """
     from tqdm import tqdm
@@ -144,6 +145,7 @@ def learn_rotations(model: nn.Module, calib: torch.Tensor, spec: tuple, quantize
                      kv_bits, seed)
     R1 = random_hadamard(cfg.dim, seed).to(dev)
     R2s = [random_hadamard(cfg.head_dim, seed + 1).to(dev) for _ in range(cfg.n_layers)]
+    start = (R1, R2s)
 
     def full_loss() -> float:
         with torch.no_grad():
@@ -170,6 +172,9 @@ def learn_rotations(model: nn.Module, calib: torch.Tensor, spec: tuple, quantize
                 report["losses"].append(float(loss.detach()))
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         report["loss_end"] = full_loss()
+        report["kept"] = report["loss_end"] < report["loss_start"]
+        if not report["kept"]:  # Cayley SGD did not help on the calibration windows: keep the Hadamard start
+            R1, R2s = start
     finally:
         obj.close()
     return R1, R2s, report

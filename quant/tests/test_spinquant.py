@@ -57,10 +57,18 @@ def test_learned_rotations_lower_the_quantized_loss_and_stay_orthogonal(draft):
     R1, R2s, rep = learn_rotations(model, calib, W4A4, linear_names(model), kv_bits=4, steps=8)
     # Cross-entropy of the W4A4 + int4-KV network on the calibration windows: lab-draft measured
     # 4.0643 at the Hadamard start -> 4.0607 after 8 steps; with the gradient's sign flipped -> 4.0982.
-    assert rep["loss_end"] < rep["loss_start"], rep
+    assert rep["loss_end"] < rep["loss_start"] and rep["kept"], rep
     assert not max(orthogonality_error(r) for r in (R1, *R2s)) > ORTHO_TOL
     assert not orthogonality_error(R1 - random_hadamard(R1.shape[0])) < 1e-3  # it did move
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # model untouched
+
+
+def test_an_update_that_raises_the_loss_is_not_kept(draft):
+    model, calib = draft
+    ascent = lambda R, G, lr: cayley_step(R, -G, lr)  # noqa: E731 - planted: climbs the loss
+    R1, _, rep = learn_rotations(model, calib[:4], W4A4, linear_names(model), steps=2, update=ascent)
+    assert rep["loss_end"] > rep["loss_start"] and not rep["kept"]
+    assert torch.equal(R1, random_hadamard(R1.shape[0]))  # the Hadamard start comes back
 
 
 def test_plain_sgd_update_fails_the_orthogonality_check(draft):
