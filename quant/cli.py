@@ -33,7 +33,7 @@ flags.DEFINE_integer("act_bits", None, "rtn/gptq activation bits (8 or 4, per to
 flags.DEFINE_boolean("rotate", False, "rtn/gptq: QuaRot rotations (R1, R2, online Hadamard R4) first.")
 flags.DEFINE_enum("rotation", None, ["hadamard", "cayley"], "rtn/gptq rotations: hadamard (QuaRot, as --rotate) "
                   "or cayley (SpinQuant: R1/R2 learned by Cayley SGD on the calibration windows). Default none.")
-flags.DEFINE_integer("rotate_steps", 20, "--rotation cayley: Cayley SGD steps (2 windows each). Default 20.")
+flags.DEFINE_integer("rotate_steps", 10, "--rotation cayley: Cayley SGD steps (2 windows each). Default 10.")
 flags.DEFINE_float("rotate_lr", 1.0, "--rotation cayley: step size (capped at 1/||A|| per step). Default 1.0.")
 flags.DEFINE_integer("kv_bits", None, "rtn/gptq: store K/V as an int8 / int4 cache would (8 or 4, per token "
                      "per head); default None: float K/V.")

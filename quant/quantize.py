@@ -41,7 +41,7 @@ from quant.rtn import QuantizationError, check_bits, check_group_size, rtn_quant
 FORMAT_VERSION = 1
 CONFIG_KEY = "quantization_config"
 DEFAULT_SKIP = ("lm_head",)
-_INT = dict(bits=4, group_size=128, sym=False, act_bits=None, rotate=False, kv_bits=None, rotate_steps=20,
+_INT = dict(bits=4, group_size=128, sym=False, act_bits=None, rotate=False, kv_bits=None, rotate_steps=10,
             rotate_lr=1.0)
 ROTATIONS = (False, True, "hadamard", "cayley")
 
