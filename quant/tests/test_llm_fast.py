@@ -50,9 +50,11 @@ def test_llm_loads_w4a16_checkpoint_onto_the_kernels_gpu(tmp_path):
 
     save_quantized(quantize(tiny_model(3), "rtn", bits=4, group_size=32), tmp_path)
     llm = LLM(str(tmp_path), device="cuda", dtype=torch.bfloat16)
-    fast = llm.engine.model
-    assert isinstance(fast.model.layers[0].self_attn.q_proj, W4A16Linear)
+    layer = llm.engine.model.model.layers[0]
+    assert isinstance(layer.self_attn.q_proj, W4A16Linear) and isinstance(layer.mlp.down_proj, W4A16Linear)
     ref = load_quantized(str(tmp_path), device="cuda", dtype=torch.bfloat16)  # the reference layers
+    fast = load_quantized(str(tmp_path), device="cuda", dtype=torch.bfloat16)  # no caches: callable directly
+    assert auto_fast(fast) == "triton"
     ids = torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(2)).cuda()
     with torch.no_grad():
         a, b = fast(ids).float(), ref(ids).float()
