@@ -81,6 +81,8 @@ def rotate(model: nn.Module, seed: int = 0, online_r4: bool = True, r1: Optional
     dim, hd = cfg.dim, cfg.head_dim
     R1 = random_hadamard(dim, seed) if r1 is None else r1.double().cpu()
     R2s = [random_hadamard(hd, seed + 1)] * cfg.n_layers if r2 is None else [r.double().cpu() for r in r2]
+    if R1.shape != (dim, dim) or len(R2s) != cfg.n_layers or any(r.shape != (hd, hd) for r in R2s):
+        raise ValueError(f"rotate: r1 must be ({dim}, {dim}) and r2 {cfg.n_layers} matrices ({hd}, {hd})")
     dev = model.model.embed_tokens.weight.device
     R1, R2s = R1.to(dev), [r.to(dev) for r in R2s]
     dec = model.model
