@@ -3,6 +3,7 @@
 #   1. the quant GPU tests: Triton W4A16/W8A16 kernels (prefill tiles and every skinny decode config)
 #      against their dequantized references, the kernel layers of quant/fast_linear.py (ours, torch's
 #      int4pack, W8A8 _int_mm, FP8 _scaled_mm) against quant/'s reference layers, the quant methods;
+#      LLM(path) on a W4A16 checkpoint serving through the Triton layers (quant/tests/test_llm_fast.py);
 #   2. bench.quant_decode: the one-layer kernel table (batch 1/8/64) and whole Llama-3-8B decode steps
 #      (batch 1, 8 and 64, CUDA graphs) for bf16, W4A16 g128 (ours, torch int4pack), W8A16, W8A8, FP8,
 #      each checked against its dequantized reference before it is timed.
@@ -26,7 +27,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 echo "== quant GPU tests" | tee -a "$log"
 set +e
 timeout 200 python3 -m pytest -q -p no:cacheprovider kernels/tests/test_quant_matmul.py kernels/tests/test_quant_gemv.py \
-  quant/tests/test_fast_linear.py quant/tests/test_methods.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 | tee -a "$log"
+  quant/tests/test_fast_linear.py quant/tests/test_methods.py quant/tests/test_llm_fast.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 | tee -a "$log"
 tests_rc=${PIPESTATUS[0]}
 set -e
 echo "== bench.quant_decode" | tee -a "$log"

@@ -11,9 +11,13 @@ those same windows the KL divergence KL(p_fp32 || p_quant) of next-token distrib
 the top-1 agreement with the unquantized model. weight_MB counts the decoder's Linear weights
 as deployed (packed codes + scales + zeros; unquantized = bf16, 2 bytes a weight); the
 embedding and LM head (never quantized here) are left out.
+Rotations x low-bit activations and KV: W4A8 / W4A4 per-row RTN, plain, QuaRot (random
+Hadamard) and SpinQuant (R1/R2 learned by Cayley SGD, --rotate_steps on the calibration
+windows), each also with an int8 / int4 KV cache (kv8 / kv4: cache/kv_quant.py).
 Gates: the fp32 row must have KL < 1e-6 and top-1 = 1 (the harness compares like with like);
 every perplexity finite. Claims checked and reported (exit 1 if false): GPTQ W4A16 g128 has
-lower KL than RTN W4A16 g128, and QuaRot-rotated RTN W4A4 lower KL than plain RTN W4A4.
+lower KL than RTN W4A16 g128, and QuaRot-rotated RTN W4A4 (with and without int4 KV) lower KL
+than plain RTN W4A4, as is SpinQuant's. Reported, not gated (COMPARISONS): SpinQuant vs QuaRot.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ _define("integer", "max_windows", 8, "Windows scored per split (default 8 = 4K t
 _define("integer", "calib_samples", 8, "Calibration windows from the train split (default 8).")
 _define("integer", "calib_len", 512, "Tokens per calibration window (default 512).")
 _define("string", "device", "cpu", "cpu or cuda (default cpu: the table is a quality table, not a speed one).")
+_define("integer", "rotate_steps", 10, "Cayley SGD steps of the spinquant_* variants (2 calibration windows "
+        "each; default 10: ~1 minute a variant for lab-small on a shared CPU).")
 
 # label -> (method, options); None = the unquantized fp32 model itself.
 VARIANTS = {
@@ -60,7 +66,16 @@ VARIANTS = {
     "quarot_gptq_w4a4": ("gptq", dict(bits=4, group_size=-1, sym=True, act_bits=4, rotate=True)),
     "quarot_gptq_w4_g128": ("gptq", dict(bits=4, group_size=128, rotate=True)),
 }
-CLAIMS = (("gptq_w4_g128", "rtn_w4_g128"), ("quarot_rtn_w4a4", "rtn_w4a4"))
+_ROT = {"": {}, "quarot_": dict(rotate="hadamard"), "spinquant_": dict(rotate="cayley")}
+for _a, _kv in ((8, None), (8, 8), (4, None), (4, 4)):  # W4A8, W4A8 + int8 KV, W4A4, W4A4 + int4 KV
+    for _prefix, _r in _ROT.items():
+        _label = f"{_prefix}rtn_w4a{_a}" + (f"_kv{_kv}" if _kv else "")
+        VARIANTS.setdefault(_label, ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=_a, **_r,
+                                                 **(dict(kv_bits=_kv) if _kv else {}))))
+CLAIMS = (("gptq_w4_g128", "rtn_w4_g128"), ("quarot_rtn_w4a4", "rtn_w4a4"), ("quarot_rtn_w4a4_kv4", "rtn_w4a4_kv4"),
+          ("spinquant_rtn_w4a4", "rtn_w4a4"), ("spinquant_rtn_w4a4_kv4", "rtn_w4a4_kv4"))
+COMPARISONS = (("spinquant_rtn_w4a4", "quarot_rtn_w4a4"), ("spinquant_rtn_w4a4_kv4", "quarot_rtn_w4a4_kv4"),
+               ("spinquant_rtn_w4a8", "quarot_rtn_w4a8"), ("spinquant_rtn_w4a8_kv8", "quarot_rtn_w4a8_kv8"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class Options:
     calib_samples: int
     calib_len: int
     device: str
+    rotate_steps: int = 10
 
 
 class Scored:
@@ -165,8 +181,10 @@ def run(opts: Options) -> int:
         for v in variants:
             t0 = time.perf_counter()
             m = lab_model.load(ckpt, dtype="float32", device=opts.device)
+            method, o = VARIANTS[v] or ("none", {})
             if VARIANTS[v] is not None:
-                method, o = VARIANTS[v]
+                if o.get("rotate") == "cayley":
+                    o = {**o, "rotate_steps": opts.rotate_steps}
                 try:
                     quantize(m, method, calib, **o)
                 except Exception as e:  # a failing variant is reported, the others still run
@@ -175,8 +193,11 @@ def run(opts: Options) -> int:
                     continue
             q_s = time.perf_counter() - t0
             row = {"model": label, "variant": v, "method": VARIANTS[v][0] if VARIANTS[v] else "none",
-                   "options": VARIANTS[v][1] if VARIANTS[v] else {}, "quantize_s": round(q_s, 1),
+                   "options": o, "quantize_s": round(q_s, 1),
                    "weight_MB": linear_bytes(m) / 1e6}
+            spin = (getattr(m, "rotation", None) or {}).get("report")
+            if spin:  # SpinQuant: the quantized calibration loss at the Hadamard start and after Cayley SGD
+                row.update(calib_loss_start=spin["loss_start"], calib_loss_end=spin["loss_end"])
             for split, ids in streams.items():
                 scored = Scored(m, ref, ref_cache[split])
                 with torch.no_grad():
@@ -187,6 +208,9 @@ def run(opts: Options) -> int:
                 row[f"{short}_top1"] = scored.agree / scored.n
                 row[f"{short}_protocol"] = protocol(r, split, "tokenizer.json of " + label, False)
             rows.append(row)
+            if spin:
+                print(f"{label:10s} {v:24s} calibration loss (quantized) {spin['loss_start']:.4f} at the Hadamard "
+                      f"start -> {spin['loss_end']:.4f} after {len(spin['losses'])} Cayley steps", flush=True)
             print(f"{label:10s} {v:24s} wt2 ppl {row['wt2_ppl']:8.3f} KL {row['wt2_kl']:.5f} top1 "
                   f"{row['wt2_top1']:.3f} | heldout ppl {row['heldout_ppl']:8.3f} | {row['weight_MB']:.3f} MB "
                   f"({q_s:.0f} s)", flush=True)
@@ -199,17 +223,20 @@ def run(opts: Options) -> int:
         print(f"claim {c['model']}: {c['claim']}: {'PASS' if c['ok'] else 'FAIL'} ({c['detail']})")
         if not c["ok"]:
             failures.append(f"{c['model']}: {c['claim']}")
+    for c in check_claims(rows, COMPARISONS):
+        print(f"reported {c['model']}: {c['claim']}: {'yes' if c['ok'] else 'no'} ({c['detail']})")
+        claims.append({**c, "gated": False})
     write(rows, claims, opts)
     common.exit_on_failures("quant_quality", failures)
     return 0
 
 
-def check_claims(rows: list[dict]) -> list[dict]:
+def check_claims(rows: list[dict], pairs=CLAIMS) -> list[dict]:
     """For each model with both rows: better has lower WikiText-2 KL than worse (and the perplexities)."""
     out = []
     by = {(r["model"], r["variant"]): r for r in rows}
     for model in dict.fromkeys(r["model"] for r in rows):
-        for better, worse in CLAIMS:
+        for better, worse in pairs:
             a, b = by.get((model, better)), by.get((model, worse))
             if a and b:
                 out.append({"model": model, "claim": f"{better} beats {worse} (WikiText-2 KL)",
@@ -233,7 +260,8 @@ def write(rows: list[dict], claims: list[dict], opts: Options) -> None:
             summary.append({"name": f"quant_quality/{r['model']}/{r['variant']}/{key}", "value": r[key],
                             "unit": unit, "protocol": r["wt2_protocol"]})
     for c in claims:
-        summary.append({"name": f"quant_quality/{c['model']}/claim/{c['claim'].split(' (')[0].replace(' ', '_')}",
+        kind = "claim" if c.get("gated", True) else "reported"
+        summary.append({"name": f"quant_quality/{c['model']}/{kind}/{c['claim'].split(' (')[0].replace(' ', '_')}",
                         "value": 1.0 if c["ok"] else 0.0, "unit": "pass", "detail": c["detail"]})
     paths = common.write_results(out, "quant_quality", rows, summary, command=common.command_line("quant_quality"),
                                  device=common.device_name(opts.device))

@@ -151,6 +151,8 @@ class Attention(nn.Module):
         # attend(q, k, v, kv_cache, input_pos, mask), bound with the cache (model/attention_backend.py).
         self.attend: Callable[..., torch.Tensor] = static_sdpa
         self.qkv_proj: Optional[nn.Module] = None  # set by fuse(); replaces q/k/v_proj
+        # cache.kv_quant.KVQuantizer (install_kv_quant): k after RoPE and v as a 4/8-bit cache stores them.
+        self.kv_quant: Optional[nn.Module] = None
         self.qkv_sizes = (config.n_heads * config.head_dim,) + (config.n_kv_heads * config.head_dim,) * 2
 
     def fuse(self) -> bool:
@@ -171,7 +173,7 @@ class Attention(nn.Module):
             qkv = self.qkv_proj(x)
             rope_cache = getattr(self.attend, "rope_cache", None)  # the flash backends' fused write
             if (rope_cache is not None and self.rotary_dim == self.head_dim and cos.dtype == qkv.dtype
-                    and not torch.compiler.is_compiling()):
+                    and self.kv_quant is None and not torch.compiler.is_compiling()):
                 # One kernel: RoPE on q and k, k and v stored in the cache; attend reads the cache.
                 q = rope_cache(qkv.view(B * T, -1), cos, sin, self.n_heads, self.n_kv_heads, self.kv_cache,
                                input_pos)  # (B * T, n_heads, head_dim)
@@ -191,6 +193,8 @@ class Attention(nn.Module):
             r = self.rotary_dim
             q = torch.cat((apply_rope(q[..., :r], cos, sin), q[..., r:]), dim=-1)
             k = torch.cat((apply_rope(k[..., :r], cos, sin), k[..., r:]), dim=-1)
+        if self.kv_quant is not None:  # a quantized KV cache: attend over what it stores
+            k, v = self.kv_quant(k), self.kv_quant(v)
         if self.kv_cache is None and mask is not None:  # sliding window without a cache
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         elif self.kv_cache is None:

@@ -2,6 +2,7 @@
 
     tools/bazel run //quant:quantize -- --checkpoint lab-small --method gptq --bits 4 --group_size 128 --output DIR
     python3 -m quant.cli --checkpoint lab-small --method smoothquant --alpha 0.5 --output DIR
+    python3 -m quant.cli --method rtn --group_size -1 --sym --act_bits 4 --kv_bits 4 --rotation cayley --output DIR
 
 Calibration windows come from the training split (data.corpus "train"), never WikiText-2 test.
 The output is a GPTQ-layout (rtn/gptq weight-only), AWQ-GEMM (awq) or lab-layout checkpoint
@@ -30,6 +31,12 @@ flags.DEFINE_boolean("sym", False, "Symmetric weights (zero point at mid-range).
 flags.DEFINE_boolean("act_order", False, "GPTQ desc_act: quantize columns by decreasing Hessian diagonal.")
 flags.DEFINE_integer("act_bits", None, "rtn/gptq activation bits (8 or 4, per token); default None: weight-only.")
 flags.DEFINE_boolean("rotate", False, "rtn/gptq: QuaRot rotations (R1, R2, online Hadamard R4) first.")
+flags.DEFINE_enum("rotation", None, ["hadamard", "cayley"], "rtn/gptq rotations: hadamard (QuaRot, as --rotate) "
+                  "or cayley (SpinQuant: R1/R2 learned by Cayley SGD on the calibration windows). Default none.")
+flags.DEFINE_integer("rotate_steps", 10, "--rotation cayley: Cayley SGD steps (2 windows each). Default 10.")
+flags.DEFINE_float("rotate_lr", 1.0, "--rotation cayley: step size (capped at 1/||A|| per step). Default 1.0.")
+flags.DEFINE_integer("kv_bits", None, "rtn/gptq: store K/V as an int8 / int4 cache would (8 or 4, per token "
+                     "per head); default None: float K/V.")
 flags.DEFINE_float("alpha", 0.5, "SmoothQuant migration strength. Default 0.5 (the paper's for Llama-like models).")
 flags.DEFINE_boolean("fp8_per_row", False, "fp8: one scale per output row (default: one per tensor).")
 flags.DEFINE_string("fp8_act", None, "fp8 activations: per_tensor or per_token (dynamic); default None: weight-only.")
@@ -41,7 +48,9 @@ def method_options(method: str) -> dict:
     """The flags that apply to `method`, as quant.quantize keyword options."""
     if method in ("rtn", "gptq"):
         o = dict(bits=FLAGS.bits, group_size=FLAGS.group_size, sym=FLAGS.sym, act_bits=FLAGS.act_bits,
-                 rotate=FLAGS.rotate)
+                 rotate=FLAGS.rotation or FLAGS.rotate, kv_bits=FLAGS.kv_bits)
+        if FLAGS.rotation == "cayley":
+            o.update(rotate_steps=FLAGS.rotate_steps, rotate_lr=FLAGS.rotate_lr)
         return {**o, "act_order": FLAGS.act_order} if method == "gptq" else o
     if method == "awq":
         return dict(bits=FLAGS.bits, group_size=FLAGS.group_size)
@@ -81,7 +90,7 @@ def main(argv) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     calib = None
-    if METHODS[FLAGS.method].calibrated:
+    if METHODS[FLAGS.method].calibrated or opts.get("rotate") == "cayley":
         calib = calibration_ids(tokenizer, FLAGS.calib_samples, min(FLAGS.calib_len, model.config.max_seq_len))
     t0 = time.perf_counter()
     try:

@@ -15,6 +15,8 @@ Each layer computes the same function as the layer it replaces, up to the roundi
 kernel (tinygemm keeps scale and zero in bf16; W8A8 multiplies exact integers where the
 reference multiplies their dequantized bf16 values). quant/tests/test_fast_linear.py checks
 each against its reference. A layer this cannot convert raises QuantizationError naming it.
+`auto_fast(model)` (called by scheduler.LLM for a quantized checkpoint) picks the backend that runs
+every quantized layer (`fast_backend`) and swaps them on a CUDA model; CPU models stay as they are.
 """
 
 from __future__ import annotations
@@ -228,3 +230,49 @@ def to_fast(model: nn.Module, backend: str) -> int:
     if n == 0:
         raise QuantizationError("to_fast: the model has no quantized layers (run quant.quantize first)")
     return n
+
+
+def _quantized_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (QuantLinear, Int8WeightOnlyLinear, FP8Linear))]
+
+
+def fast_backend(model: nn.Module) -> Optional[str]:
+    """The backend whose kernels run *every* quantized layer of model, or None (then the reference layers stay).
+
+    W4A16 (contiguous groups, no input rotation) and INT8 weight-only -> "triton"; W8A8 symmetric
+    per-channel without rotation (SmoothQuant) -> "int_mm"; FP8 per-row weights with per-token
+    activations -> "scaled_mm". Anything else (W4A4/W4A8, rotated, act-order, per-tensor FP8, mixed).
+    """
+    layers = _quantized_layers(model)
+    if not layers:
+        return None
+
+    def w4a16(m):
+        return (isinstance(m, QuantLinear) and m.bits == 4 and m.act_bits is None and m.input_rotation is None
+                and torch.equal(m.g_idx.long(), torch.arange(m.in_features, device=m.g_idx.device) // m.group_size))
+
+    def w8a8(m):
+        return (isinstance(m, QuantLinear) and m.bits == 8 and m.act_bits == 8 and m.sym
+                and m.group_size == m.in_features and m.input_rotation is None)
+
+    if all(isinstance(m, Int8WeightOnlyLinear) or w4a16(m) for m in layers):
+        return "triton"
+    if all(w8a8(m) for m in layers):
+        return "int_mm"
+    if all(isinstance(m, FP8Linear) and m.per_row and m.act == "per_token" for m in layers):
+        return "scaled_mm"
+    return None
+
+
+def auto_fast(model: nn.Module) -> Optional[str]:
+    """On a CUDA model, swap its quantized layers for fast_backend's kernel layers; return the backend or None.
+
+    A CPU model, an unquantized one, or one no backend runs whole is left as it is (the reference layers).
+    """
+    p = next(model.parameters(), None)
+    if p is None or p.device.type != "cuda":
+        return None
+    backend = fast_backend(model)
+    if backend is not None:
+        to_fast(model, backend)
+    return backend

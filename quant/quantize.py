@@ -8,7 +8,10 @@ Methods (METHODS: name -> defaults of its options; unknown names or options are 
   awq               W4 g128 activation-aware scales (quant/awq.py; calibrated)
   smoothquant       W8A8, alpha (quant/smoothquant.py; calibrated)
   fp8               e4m3 weights, per_row, act None/"per_tensor"/"per_token"
-`rotate=True` (rtn, gptq) first applies quant/rotation.py (R1, R2, online R4): QuaRot/SpinQuant.
+`rotate` (rtn, gptq) first applies quant/rotation.py (R1, R2, online R4): True or "hadamard" = the
+random Hadamard (QuaRot); "cayley" = SpinQuant, R1 / R2 learned by Cayley SGD on calib
+(quant/spinquant.py; rotate_steps, rotate_lr). `kv_bits` (rtn, gptq: None/8/4) stores K/V as an
+int8/int4 cache does (cache/kv_quant.py).
 `calib` is (n, T) token ids from the training split (quant.calibrate.calibration_ids).
 
 Checkpoint formats (save_quantized picks; load_quantized reads any of them, by config.json's
@@ -38,7 +41,9 @@ from quant.rtn import QuantizationError, check_bits, check_group_size, rtn_quant
 FORMAT_VERSION = 1
 CONFIG_KEY = "quantization_config"
 DEFAULT_SKIP = ("lm_head",)
-_INT = dict(bits=4, group_size=128, sym=False, act_bits=None, rotate=False)
+_INT = dict(bits=4, group_size=128, sym=False, act_bits=None, rotate=False, kv_bits=None, rotate_steps=10,
+            rotate_lr=1.0)
+ROTATIONS = (False, True, "hadamard", "cayley")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,14 @@ def resolve_options(method: str, opts: dict) -> dict:
         raise QuantizationError(f"awq quantizes to 4 bits (the AWQ GEMM layout), got bits={o['bits']}")
     if o.get("act_bits") not in (None, 4, 8):
         raise QuantizationError(f"act_bits={o['act_bits']}; choose None (weight-only), 8 or 4")
+    if "rotate" in o and o["rotate"] not in ROTATIONS:
+        raise QuantizationError(f"rotate={o['rotate']!r}; choose one of {ROTATIONS}")
+    if o.get("kv_bits") is not None:
+        from cache.kv_quant import KVQuantError, check_kv_bits
+        try:
+            check_kv_bits(o["kv_bits"])
+        except KVQuantError as e:
+            raise QuantizationError(str(e)) from None
     if method == "fp8" and o["act"] not in _FP8_ACTS:
         raise QuantizationError(f"fp8 act={o['act']!r}; choose one of {_FP8_ACTS}")
     return o
@@ -153,9 +166,19 @@ def quantize(model: nn.Module, method: str = "int8_weight_only", calib: Optional
     if "group_size" in o:  # every layer's shape is checked before any work
         for _, _, name, mod in found:
             check_group_size(o["group_size"], _inner(mod)[0].in_features, name)
-    if qm.calibrated and calib is None:
-        raise QuantizationError(f"method {method!r} needs calibration token ids (quant.calibrate.calibration_ids)")
-    if o.get("rotate"):
+    if (qm.calibrated or o.get("rotate") == "cayley") and calib is None:
+        raise QuantizationError(f"method {method!r} with rotate={o.get('rotate')!r} needs calibration token ids "
+                                "(quant.calibrate.calibration_ids)")
+    if o.get("rotate") == "cayley":
+        from quant.rotation import rotate
+        from quant.spinquant import learn_rotations
+        r1, r2, report = learn_rotations(model, calib, int_spec(method, o), {n for _, _, n, _ in found},
+                                         kv_bits=o["kv_bits"], steps=o["rotate_steps"], lr=o["rotate_lr"],
+                                         progress=progress)
+        rotate(model, r1=r1, r2=r2, kind="cayley")
+        model.rotation["report"] = report
+        found = targets(model, skip)
+    elif o.get("rotate"):
         from quant.rotation import rotate
         rotate(model)
         found = targets(model, skip)
@@ -171,6 +194,9 @@ def quantize(model: nn.Module, method: str = "int8_weight_only", calib: Optional
             setattr(parent, attr, _rtn_module(mod, spec, name))
     else:
         _calibrated(model, method, o, calib, skip, progress)
+    if o.get("kv_bits") is not None:
+        from cache.kv_quant import install_kv_quant
+        install_kv_quant(model, o["kv_bits"])
     model.quantization = {"quant_method": "lab", "method": method, "version": FORMAT_VERSION, "skip": list(skip),
                           "options": o, "rotated": bool(o.get("rotate"))}
     return model
@@ -230,7 +256,8 @@ def checkpoint_format(model: nn.Module) -> str:
     """"gptq", "awq" or "lab": the layout save_quantized writes for this quantized model."""
     qc = getattr(model, "quantization", None) or {}
     o = qc.get("options", {})
-    if qc.get("method") in ("rtn", "gptq") and o.get("act_bits") is None and not o.get("rotate"):
+    if (qc.get("method") in ("rtn", "gptq") and o.get("act_bits") is None and not o.get("rotate")
+            and o.get("kv_bits") is None):
         return "gptq"
     if qc.get("method") == "awq":
         return "awq"
@@ -401,6 +428,10 @@ def load_quantized(path: str, device="cpu", dtype=None) -> nn.Module:
                       f"{name}.zeros": zeros.to(device), f"{name}.g_idx": g_idx.to(device)})
     model.load_state_dict(state, assign=True, strict=True)
     model.tie_weights()
+    kv_bits = qc.get("options", {}).get("kv_bits") if kind == "lab" else None
+    if kv_bits is not None:
+        from cache.kv_quant import install_kv_quant
+        install_kv_quant(model, kv_bits)
     model.quantization = qc if kind == "lab" else {
         "quant_method": "lab", "version": FORMAT_VERSION, "skip": [],
         "method": "awq" if kind == "awq" else "gptq", "rotated": False,

@@ -14,12 +14,14 @@ unchanged and spread activation outliers over all channels before quantization.
 "Random Hadamard" (QuaRot) is H diag(+-1). Sizes that are not powers of two (384 = 3 * 128)
 use kron(H_{2^k}, Q_m) with Q_m a seeded random orthogonal m x m matrix (QuaRot uses the known
 Hadamard matrices of order 12, 20, 28, ... for these; any orthogonal matrix keeps the
-equivalence, Hadamard ones spread outliers best). Learned (Cayley SGD) rotations are not here.
+equivalence, Hadamard ones spread outliers best). Learned rotations (SpinQuant's Cayley SGD,
+quant/spinquant.py) come in through rotate's r1 / r2 arguments; any orthogonal matrix works.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -66,16 +68,23 @@ def _set(linear: nn.Linear, w: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def rotate(model: nn.Module, seed: int = 0, online_r4: bool = True) -> nn.Module:
-    """Fold norms, apply R1 (random Hadamard), R2 per head and R4 before down_proj, in place; return model.
+def rotate(model: nn.Module, seed: int = 0, online_r4: bool = True, r1: Optional[torch.Tensor] = None,
+           r2: Optional[Sequence[torch.Tensor]] = None, kind: str = "random_hadamard") -> nn.Module:
+    """Fold norms, apply R1, R2 per head and R4 before down_proj, in place; return model.
 
+    r1 (dim, dim) and r2 (one (head_dim, head_dim) per layer) default to seeded random
+    Hadamards (QuaRot); learned ones (quant/spinquant.py) are passed in, `kind` names them.
     The model must hold plain (unfused, unquantized) Linears. Computed in fp64, stored back in
     the weights' dtype. The model's config is replaced by one with tie_word_embeddings=False.
     """
     cfg = model.config
     dim, hd = cfg.dim, cfg.head_dim
-    R1 = random_hadamard(dim, seed)
-    R2 = random_hadamard(hd, seed + 1)
+    R1 = random_hadamard(dim, seed) if r1 is None else r1.double().cpu()
+    R2s = [random_hadamard(hd, seed + 1)] * cfg.n_layers if r2 is None else [r.double().cpu() for r in r2]
+    if R1.shape != (dim, dim) or len(R2s) != cfg.n_layers or any(r.shape != (hd, hd) for r in R2s):
+        raise ValueError(f"rotate: r1 must be ({dim}, {dim}) and r2 {cfg.n_layers} matrices ({hd}, {hd})")
+    dev = model.model.embed_tokens.weight.device
+    R1, R2s = R1.to(dev), [r.to(dev) for r in R2s]
     dec = model.model
     emb = dec.embed_tokens
     head = nn.Linear(dim, cfg.vocab_size, bias=False, device=emb.weight.device, dtype=emb.weight.dtype)
@@ -85,7 +94,7 @@ def rotate(model: nn.Module, seed: int = 0, online_r4: bool = True) -> nn.Module
     emb.weight = nn.Parameter((emb.weight.double() @ R1).to(emb.weight.dtype), requires_grad=False)
     dec.norm.weight.fill_(1.0)
     model.config = cfg.replace(tie_word_embeddings=False)
-    for layer in dec.layers:
+    for layer, R2 in zip(dec.layers, R2s, strict=True):
         att, mlp = layer.self_attn, layer.mlp
         for norm, readers in ((layer.input_layernorm, (att.q_proj, att.k_proj, att.v_proj)),
                               (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
@@ -100,9 +109,9 @@ def rotate(model: nn.Module, seed: int = 0, online_r4: bool = True) -> nn.Module
         wo = att.o_proj.weight.double().view(dim, cfg.n_heads, hd)  # columns per head
         _set(att.o_proj, (wo @ R2).reshape(dim, cfg.n_heads * hd))
         if online_r4:
-            H4 = hadamard(cfg.intermediate_size, seed + 2)
+            H4 = hadamard(cfg.intermediate_size, seed + 2).to(dev)
             _set(mlp.down_proj, mlp.down_proj.weight.double() @ H4)
             mlp.down_proj = RotatedLinear(mlp.down_proj, H4)
-    model.rotation = {"r1": "random_hadamard", "r2": "random_hadamard", "r4": "hadamard" if online_r4 else None,
+    model.rotation = {"r1": kind, "r2": kind, "r4": "hadamard" if online_r4 else None,
                       "seed": seed}
     return model

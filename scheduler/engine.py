@@ -419,6 +419,9 @@ class LLM:
 
             path = os.fspath(model_or_path)
             model = load_model(path, device=device or "cpu", dtype=dtype)
+            if getattr(model, "quantization", None) is not None:  # on CUDA: the low-bit kernels (CPU: unchanged)
+                from quant.fast_linear import auto_fast
+                auto_fast(model)
             if tokenizer is None and has_tokenizer(path):
                 tokenizer = load_tokenizer(path)
         else:

@@ -12,13 +12,16 @@ from bench import quant_quality as qq
 
 def test_rows_files_and_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    opts = qq.Options(models=("lab-draft",), variants=("rtn_w4_g128", "smoothquant_w8a8"), window=128, max_windows=2,
-                      calib_samples=2, calib_len=128, device="cpu")
+    opts = qq.Options(models=("lab-draft",), variants=("rtn_w4_g128", "smoothquant_w8a8", "spinquant_rtn_w4a4_kv4"),
+                      window=128, max_windows=2, calib_samples=2, calib_len=128, device="cpu", rotate_steps=2)
     assert qq.run(opts) == 0
     rows = json.loads((tmp_path / "quant_quality.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     by = {r["variant"]: r for r in rows}
-    assert set(by) == {"fp32", "rtn_w4_g128", "smoothquant_w8a8"}
+    assert set(by) == {"fp32", "rtn_w4_g128", "smoothquant_w8a8", "spinquant_rtn_w4a4_kv4"}
+    spin = by["spinquant_rtn_w4a4_kv4"]
+    assert spin["options"]["rotate_steps"] == 2 and spin["options"]["kv_bits"] == 4
+    assert spin["calib_loss_end"] < spin["calib_loss_start"]  # Cayley SGD lowered the quantized loss
     assert by["fp32"]["wt2_kl"] < 1e-6 and by["fp32"]["wt2_top1"] == 1.0
     assert by["rtn_w4_g128"]["wt2_kl"] > 1e-4  # quantization is visible
     assert by["rtn_w4_g128"]["weight_MB"] < by["fp32"]["weight_MB"] / 3  # 4-bit codes + fp16 scales vs bf16
@@ -31,3 +34,11 @@ def test_claim_fails_when_gptq_is_worse():
             {"model": "m", "variant": "rtn_w4_g128", "wt2_kl": 0.01, "wt2_ppl": 10.0}]
     (claim,) = qq.check_claims(rows)
     assert not claim["ok"] and "gptq_w4_g128 beats rtn_w4_g128" in claim["claim"]
+
+
+def test_spinquant_vs_quarot_is_reported_not_gated():
+    rows = [{"model": "m", "variant": "spinquant_rtn_w4a4", "wt2_kl": 0.05, "wt2_ppl": 11.0},
+            {"model": "m", "variant": "quarot_rtn_w4a4", "wt2_kl": 0.04, "wt2_ppl": 10.0}]
+    assert qq.check_claims(rows) == []  # no gated claim pairs these two
+    (c,) = qq.check_claims(rows, qq.COMPARISONS)
+    assert not c["ok"] and "spinquant_rtn_w4a4 beats quarot_rtn_w4a4" in c["claim"]

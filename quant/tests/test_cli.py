@@ -37,7 +37,20 @@ def test_gptq_checkpoint_written_and_loadable(tmp_path):
     assert not float((a - b).norm() / b.norm()) >= 0.3
 
 
+def test_spinquant_w4a4_kv4_checkpoint(tmp_path):
+    out = tmp_path / "s"
+    p = run_cli("--checkpoint", "lab-draft", "--method", "rtn", "--group_size", "-1", "--sym", "--act_bits", "4",
+                "--kv_bits", "4", "--rotation", "cayley", "--rotate_steps", "2", "--calib_samples", "2",
+                "--calib_len", "64", "--output", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "lab" and qc["options"]["rotate"] == "cayley" and qc["options"]["kv_bits"] == 4
+    q = lab_model.load(str(out))
+    assert q.model.layers[1].self_attn.kv_quant.bits == 4  # the KV cache bits come back with the checkpoint
+
+
 @pytest.mark.parametrize("args,msg", [
+    (("--kv_bits", "3"), "unsupported kv_bits=3; choose one of (4, 8)"),
     (("--group_size", "48"), "group_size=48 does not divide in_features=128"),
     (("--method", "gptq4"), "--method 'gptq4' is unknown"),
 ])

@@ -192,7 +192,9 @@ def test_hand_built_gptq_fixture_loads_expected_weights(tmp_path):
 METHOD_CASES = [("rtn", dict(bits=4, group_size=32)), ("rtn", dict(bits=8, group_size=-1, sym=True)),
                 ("gptq", dict(bits=4, group_size=32, act_order=True)), ("awq", dict(group_size=64)),
                 ("smoothquant", {}), ("fp8", dict(per_row=True, act="per_token")), ("int8_weight_only", {}),
-                ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=4, rotate=True))]
+                ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=4, rotate=True)),
+                ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=8, rotate="cayley", rotate_steps=2,
+                             kv_bits=4))]
 
 
 @pytest.mark.parametrize("method,opts", METHOD_CASES)
