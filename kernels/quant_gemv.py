@@ -95,12 +95,12 @@ CONFIGS_W4 = {
 # (2..16: 28672 / 8 = 3,584 CTAs down to 4096 / 16 = 256), words per row per tile (32..128 = 128..512
 # bytes), warps, pipelining depth and split-K with the two-pass reduction.
 CONFIGS_W4_GEMV = {
-    1: (Config(4, 1024, 1, False, 4, 3, gemv=True), Config(8, 512, 1, False, 4, 3, gemv=True),
-        Config(8, 1024, 1, False, 4, 3, gemv=True), Config(16, 512, 1, False, 4, 3, gemv=True),
-        Config(2, 1024, 1, False, 2, 3, gemv=True), Config(4, 512, 1, False, 2, 3, gemv=True),
-        Config(4, 1024, 1, False, 4, 1, gemv=True), Config(8, 1024, 1, False, 8, 2, gemv=True),
-        Config(16, 1024, 1, False, 4, 2, gemv=True), Config(8, 256, 1, False, 2, 4, gemv=True),
-        Config(4, 1024, 2, False, 4, 3, True, gemv=True), Config(8, 1024, 4, False, 4, 3, True, gemv=True)),
+    1: (Config(8, 512, 1, False, 4, 3, gemv=True), Config(16, 512, 1, False, 1, 3, gemv=True),
+        Config(16, 512, 1, False, 2, 3, gemv=True), Config(8, 1024, 1, False, 1, 2, gemv=True),
+        Config(16, 1024, 1, False, 2, 2, gemv=True), Config(16, 256, 1, False, 1, 4, gemv=True),
+        Config(4, 1024, 1, False, 4, 3, gemv=True), Config(8, 1024, 1, False, 4, 3, gemv=True),
+        Config(32, 512, 1, False, 4, 3, gemv=True), Config(16, 512, 2, False, 2, 3, True, gemv=True),
+        Config(8, 1024, 4, False, 4, 3, True, gemv=True), Config(16, 512, 4, False, 1, 3, True, gemv=True)),
     16: CONFIGS_W4[16] + (Config(64, 128, 8, True, two_pass=True), Config(128, 128, 4, True, two_pass=True)),
 }
 CONFIGS_W8_V1 = {
@@ -291,7 +291,7 @@ if triton is not None:
 
 
     @triton.jit
-    def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm,
+    def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, KW, stride_xm,
                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, STAGES: tl.constexpr):
         """y[m, n] for BLOCK_N rows n over a 1/SPLIT_K slice of K, on the GEMV layout (pack_w4_gemv):
         qw (N, K / 8) int32, a row's words in K order, each group of 128 codes one 16-word unit whose
@@ -306,13 +306,12 @@ if triton is not None:
         rn = tl.where(n_ok, rn, 0)  # rows past N re-read row 0 (loads stay unmasked, 16 bytes wide); not stored
         rg = tl.arange(0, GPT)
         ru = tl.arange(0, 16)
-        KW = K // 8
-        G = K // 128
+        G = KW // 16  # KW = K / 8 is an argument so that Triton sees 16-divisible row starts (16-byte loads)
         n_tiles = KW // BLOCK_W
         per = tl.cdiv(n_tiles, SPLIT_K)
         t_lo = pid_k * per
         t_hi = tl.minimum(t_lo + per, n_tiles)
-        w_rows = qw_ptr + rn.to(tl.int64)[:, None, None] * KW
+        w_rows = rn.to(tl.int64)[:, None, None] * KW
         s_rows = s_ptr + rn[:, None] * G
         z_rows = z_ptr + rn[:, None] * G
         wpos = rg[:, None] * 16 + ru[None, :]  # (GPT, 16): word of the tile
@@ -320,7 +319,8 @@ if triton is not None:
         acc = tl.zeros((BLOCK_N, GPT, 16), dtype=tl.float32)
         for t in tl.range(t_lo, t_hi, num_stages=STAGES):
             w0 = t * BLOCK_W
-            words = tl.load(w_rows + (w0 + wpos)[None, :, :])  # (BLOCK_N, GPT, 16)
+            w_off = tl.max_contiguous(tl.multiple_of(w_rows + (w0 + wpos)[None, :, :], [1, 1, 16]), [1, 1, 16])
+            words = tl.load(qw_ptr + w_off)  # (BLOCK_N, GPT, 16)
             hi = words >> 16
             g = t * GPT + rg
             s = tl.load(s_rows + g[None, :]).to(tl.float32)  # (BLOCK_N, GPT)
@@ -389,7 +389,7 @@ def _launch(kernel, cfg: Config, x2, y_dtype, N: int, args: tuple, extra: tuple,
         ws = torch.zeros(M, N, device=x2.device, dtype=torch.float32)
         y = ws
     if cfg.gemv:
-        kernel[grid](x2, *args, y, ws, M, N, K, x2.stride(0), cfg.block_n, cfg.block_k // 8, cfg.split_k,
+        kernel[grid](x2, *args, y, ws, M, N, K // 8, x2.stride(0), cfg.block_n, cfg.block_k // 8, cfg.split_k,
                      cfg.stages, num_warps=cfg.num_warps)
     else:
         kernel[grid](x2, *args, y, ws, M, N, K, x2.stride(0), *extra, block_m, cfg.block_n, cfg.block_k,
