@@ -5,7 +5,8 @@ matmul): the reference. `to_fast(model, backend)` swaps those layers, in place, 
 read the packed weights directly:
 
   backend         from                                        layer                 kernel
-  "triton"        QuantLinear W4 (contiguous groups, A16)     W4A16Linear           kernels.quant_matmul.w4a16_matmul
+  "triton"        QuantLinear W4 (contiguous groups, A16)     W4A16Linear           kernels.quant_matmul.w4a16_matmul_gemv
+                                                                                    (g128; else w4a16_matmul)
                   Int8WeightOnlyLinear                        W8A16Linear           kernels.quant_matmul.w8a16_matmul
   "int4pack"      QuantLinear W4 (contiguous groups, A16)     Int4PackLinear        torch._weight_int4pack_mm (tinygemm)
   "int_mm"        QuantLinear W8A8 (sym, one group per row)   W8A8Linear            torch._int_mm (int8 x int8 -> int32)
@@ -28,7 +29,7 @@ from quant.int8 import Int8WeightOnlyLinear
 from quant.qlinear import FP8, FP8_MAX, FP8Linear, QuantLinear
 from quant.rtn import QuantizationError
 
-BACKENDS = ("triton", "int4pack", "int_mm", "scaled_mm")
+BACKENDS = ("triton", "triton_v1", "int4pack", "int_mm", "scaled_mm")  # triton_v1: GPTQ layout (the before row)
 INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows (and multiples of 8): pad decode batches
 
 
@@ -48,28 +49,42 @@ def _check_w4(mod: QuantLinear, name: str) -> None:
 
 
 class W4A16Linear(nn.Module):
-    """y = x @ W'^T (+ bias) by kernels.quant_matmul.w4a16_matmul (split-K GEMV for M <= 16).
+    """y = x @ W'^T (+ bias) by our Triton W4A16 kernels.
 
-    Buffers: qweight int32 (in / 8, out) GPTQ packing along K; scales fp16 (G, out); zeros fp16
-    (G, out) (the integer zero points, exact in fp16); the kernel reads them as fp32.
+    Group size 128 (and in % 128 == 0): the GEMV layout, shuffled here once (kernels.quant_gemv.
+    pack_w4_gemv): qweight int32 (out, in / 8), each row's words contiguous; scales / zeros fp16
+    (out, G); kernels.quant_matmul.w4a16_matmul_gemv (the row-streaming GEMV at M = 1). Other group
+    sizes: GPTQ packing qweight int32 (in / 8, out), scales / zeros (G, out), w4a16_matmul (split-K
+    skinny tiles at M <= 16). Zeros are the integer zero points (exact in fp16); kernels read fp32.
     """
 
-    def __init__(self, mod: QuantLinear, name: str = "layer"):
+    def __init__(self, mod: QuantLinear, name: str = "layer", gemv_layout: Optional[bool] = None):
         super().__init__()
+        from kernels.quant_gemv import GEMV_GS, pack_w4_gemv
         from kernels.quant_matmul import pack_w4
 
         _check_w4(mod, name)
         self.in_features, self.out_features, self.group_size = mod.in_features, mod.out_features, mod.group_size
-        self.register_buffer("qweight", pack_w4(mod.qweight))
-        self.register_buffer("scales", mod.scales.half().contiguous())
-        self.register_buffer("zeros", mod.zeros.half().contiguous())
+        fits = mod.group_size == GEMV_GS and mod.in_features % GEMV_GS == 0
+        self.gemv_layout = fits if gemv_layout is None else (gemv_layout and fits)
+        if self.gemv_layout:
+            self.register_buffer("qweight", pack_w4_gemv(mod.qweight))
+            self.register_buffer("scales", mod.scales.half().T.contiguous())
+            self.register_buffer("zeros", mod.zeros.half().T.contiguous())
+        else:
+            self.register_buffer("qweight", pack_w4(mod.qweight))
+            self.register_buffer("scales", mod.scales.half().contiguous())
+            self.register_buffer("zeros", mod.zeros.half().contiguous())
         self.bias = _bias(mod, mod.scales.dtype if mod.bias is None else mod.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) bf16/fp16 -> (..., out)."""
-        from kernels.quant_matmul import w4a16_matmul
+        from kernels.quant_matmul import w4a16_matmul, w4a16_matmul_gemv
 
-        y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)
+        if self.gemv_layout:
+            y = w4a16_matmul_gemv(x, self.qweight, self.scales, self.zeros)
+        else:
+            y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
@@ -191,9 +206,9 @@ class FP8RowwiseLinear(nn.Module):
 
 def _convert(mod: nn.Module, backend: str, name: str) -> Optional[nn.Module]:
     """The fast layer for mod under backend, or None when backend does not take this kind of layer."""
-    if backend == "triton":
+    if backend in ("triton", "triton_v1"):
         if isinstance(mod, QuantLinear):
-            return W4A16Linear(mod, name)
+            return W4A16Linear(mod, name, gemv_layout=backend == "triton")
         if isinstance(mod, Int8WeightOnlyLinear):
             return W8A16Linear(mod, name)
     elif backend == "int4pack" and isinstance(mod, QuantLinear):
