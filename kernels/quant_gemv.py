@@ -133,6 +133,16 @@ if triton is not None:
         return ((sel & (0xF << (4 * (J % 4)))) | 1258291200).to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _code_m(words, hi, magic, J: tl.constexpr):
+        """_code with the magic 0x4B000000 passed in (a kernel argument, so it stays in a register and
+        the mask is the instruction's one immediate: one LOP3 per weight, no MOV of a constant)."""
+        if J < 4:
+            sel = words
+        else:
+            sel = hi
+        return ((sel & (0xF << (4 * (J % 4)))) | magic).to(tl.float32, bitcast=True)
+
+    @triton.jit
     def _byte(u, hi, J: tl.constexpr):
         """fp32 2^23 + (q_J + 128) * 256^(J % 2) for byte J of each sign-flipped word (hi = u >> 16)."""
         if J < 2:
@@ -148,10 +158,19 @@ if triton is not None:
         return part + (xj * (1.0 / p))[:, None] * (_code(words, hi, J) - (z * p + 8388608.0)[None, :])
 
     @triton.jit
-    def _fma_byte(part, xj, u, hi, J: tl.constexpr):
+    def _byte_m(u, hi, magic, J: tl.constexpr):
+        """_byte with the magic passed in (as _code_m: one LOP3 per weight, no constant MOVs)."""
+        if J < 2:
+            sel = u
+        else:
+            sel = hi
+        return ((sel & (0xFF << (8 * (J % 2)))) | magic).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _fma_byte(part, xj, u, hi, magic, J: tl.constexpr):
         """part += (q_J * 256^(J%2)) * x_J / 256^(J%2) over a (BLOCK_N, BLOCK_K / 4) tile: W8's FMA step."""
         p = 1 << (8 * (J % 2))
-        return part + (_byte(u, hi, J) - (8388608.0 + 128.0 * p)) * (xj * (1.0 / p))[None, :]
+        return part + (_byte_m(u, hi, magic, J) - (8388608.0 + 128.0 * p)) * (xj * (1.0 / p))[None, :]
 
     @triton.jit
     def _w4_skinny_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, K, stride_xm,
@@ -229,7 +248,7 @@ if triton is not None:
             tl.atomic_add(ws_ptr + offs, acc, mask=mask)
 
     @triton.jit
-    def _w8_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm,
+    def _w8_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, M, N, K, stride_xm, magic,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, STAGES: tl.constexpr,
                           TWO_PASS: tl.constexpr):
@@ -269,10 +288,10 @@ if triton is not None:
                 e0, e1 = tl.split(tl.reshape(xt.to(tl.float32), (BLOCK_K // 4, 2, 2)))  # j0 = 0, 1
                 x0, x2 = tl.split(e0)  # j1
                 x1, x3 = tl.split(e1)
-                part = _fma_byte(part, x0, u, hi, 0)
-                part = _fma_byte(part, x1, u, hi, 1)
-                part = _fma_byte(part, x2, u, hi, 2)
-                part = _fma_byte(part, x3, u, hi, 3)
+                part = _fma_byte(part, x0, u, hi, magic, 0)
+                part = _fma_byte(part, x1, u, hi, magic, 1)
+                part = _fma_byte(part, x2, u, hi, magic, 2)
+                part = _fma_byte(part, x3, u, hi, magic, 3)
         s = tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         if USE_DOT:
             acc = acc * s[None, :]
@@ -291,7 +310,7 @@ if triton is not None:
 
 
     @triton.jit
-    def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, KW, stride_xm,
+    def _w4_gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, M, N, KW, stride_xm, magic,
                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, SPLIT_K: tl.constexpr, STAGES: tl.constexpr):
         """y[m, n] for BLOCK_N rows n over a 1/SPLIT_K slice of K, on the GEMV layout (pack_w4_gemv):
         qw (N, K / 8) int32, a row's words in K order, each group of 128 codes one 16-word unit whose
@@ -321,7 +340,7 @@ if triton is not None:
             w0 = t * BLOCK_W
             w_off = tl.max_contiguous(tl.multiple_of(w_rows + (w0 + wpos)[None, :, :], [1, 1, 16]), [1, 1, 16])
             words = tl.load(qw_ptr + w_off)  # (BLOCK_N, GPT, 16)
-            hi = words >> 16
+            hi = (words.to(tl.uint32, bitcast=True) >> 16).to(tl.int32, bitcast=True)  # logical shift
             g = t * GPT + rg
             s = tl.load(s_rows + g[None, :]).to(tl.float32)  # (BLOCK_N, GPT)
             z = tl.load(z_rows + g[None, :]).to(tl.float32)
@@ -330,7 +349,7 @@ if triton is not None:
             for j in tl.static_range(8):
                 p = 1 << (4 * (j % 4))
                 xj = tl.load(xb + j * 16).to(tl.float32) * (1.0 / p)
-                part += xj[None, :, :] * (_code(words, hi, j) - (z * p + 8388608.0)[:, :, None])
+                part += xj[None, :, :] * (_code_m(words, hi, magic, j) - (z * p + 8388608.0)[:, :, None])
             acc += part * s[:, :, None]
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
         offs = pid_m * N + rn
@@ -389,7 +408,7 @@ def _launch(kernel, cfg: Config, x2, y_dtype, N: int, args: tuple, extra: tuple,
         ws = torch.zeros(M, N, device=x2.device, dtype=torch.float32)
         y = ws
     if cfg.gemv:
-        kernel[grid](x2, *args, y, ws, M, N, K // 8, x2.stride(0), cfg.block_n, cfg.block_k // 8, cfg.split_k,
+        kernel[grid](x2, *args, y, ws, M, N, K // 8, x2.stride(0), MAGIC, cfg.block_n, cfg.block_k // 8, cfg.split_k,
                      cfg.stages, num_warps=cfg.num_warps)
     else:
         kernel[grid](x2, *args, y, ws, M, N, K, x2.stride(0), *extra, block_m, cfg.block_n, cfg.block_k,
@@ -460,7 +479,7 @@ def w8a16_skinny(x2: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
     w32 = w.view(torch.int32)  # (N, K / 4): four codes per word, little-endian (code k at byte k % 4)
 
     def run(cfg, w32=w32, s=scale):
-        return _launch(_w8_skinny_kernel, cfg, x2, x2.dtype, N, (w32, s), ())
+        return _launch(_w8_skinny_kernel, cfg, x2, x2.dtype, N, (w32, s), (MAGIC,))
 
     def ref(w32=w32, s=scale):
         return x2.float() @ (w32.view(torch.int8).float() * s.float()[:, None]).T
