@@ -30,6 +30,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 echo "== quant GPU tests" | tee -a "$log"
 set +e
 timeout 200 python3 -m pytest -q -p no:cacheprovider kernels/tests/test_quant_matmul.py kernels/tests/test_quant_gemv.py \
+  kernels/tests/test_act_quant_gemv.py \
   quant/tests/test_fast_linear.py quant/tests/test_methods.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 | tee -a "$log"
 tests_rc=${PIPESTATUS[0]}
 set -e

@@ -188,6 +188,14 @@ def variants(layer):
     out["fp8_w8a8_rowwise_scaled_mm"] = ([lambda x, p=p: fp8_mm(x, *p) for p in fp8],
                                           sum(p[0].numel() + p[1].numel() * 4 for p in fp8),
                                           [lambda x, p=p: fp8_ref(x, *p) for p in fp8])
+    # The same W8A8 arithmetic at one token through kernels.act_quant_gemv (quantization fused into
+    # the GEMV; what quant.fast_linear's W8A8 / FP8 layers run at batch 1): `_gemv` rows, batch 1 only.
+    from kernels.act_quant_gemv import fp8_gemv, w8a8_gemv
+
+    out["w8a8_int8_triton_gemv"] = ([lambda x, L=L: w8a8_gemv(x, L["w8"], L["s8"]) for L in layer],
+                                    out["w8a8_int8_int_mm"][1], out["w8a8_int8_int_mm"][2])
+    out["fp8_w8a8_rowwise_triton_gemv"] = ([lambda x, p=p: fp8_gemv(x, p[0], p[1].reshape(-1)) for p in fp8],
+                                            out["fp8_w8a8_rowwise_scaled_mm"][1], out["fp8_w8a8_rowwise_scaled_mm"][2])
     return out
 
 
@@ -211,7 +219,7 @@ def layer_rows(opts: Options, bw: float) -> tuple[list[dict], list[str]]:
     tol = Tol(atol=5e-2, rtol=2e-2)
     for name, v in variants(layer).items():
         for M in batches:
-            if name.endswith("_v1") and M != 1:  # the before rows: batch 1, where the rework is
+            if (name.endswith("_v1") or name.endswith("_gemv")) and M != 1:  # batch-1 rows (the rework's batch)
                 continue
             row = {"variant": name, "batch": M}
             if isinstance(v, str):

@@ -172,8 +172,13 @@ class W8A8Linear(nn.Module):
         self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> (..., out) in x's dtype."""
+        """x (..., in) -> (..., out) in x's dtype. One token: kernels.act_quant_gemv (quantization fused)."""
         x2 = x.reshape(-1, self.in_features)
+        if _gemv_ok(x2):
+            from kernels.act_quant_gemv import w8a8_gemv
+
+            y = w8a8_gemv(x2.contiguous(), self.weight, self.weight_scale).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         xq, sx = quantize_tokens_int8(x2)
         acc = int8_matmul(xq, self.weight.T)  # (M, out) int32
         y = (acc.float() * sx * self.weight_scale).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -195,13 +200,30 @@ class FP8RowwiseLinear(nn.Module):
         self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) bf16 -> (..., out) bf16."""
+        """x (..., in) bf16 -> (..., out) bf16. One token: kernels.act_quant_gemv (quantization fused)."""
+        if _gemv_ok(x.reshape(-1, self.in_features)):
+            from kernels.act_quant_gemv import fp8_gemv
+
+            y = fp8_gemv(x.reshape(-1, self.in_features).contiguous(), self.weight, self.weight_scale.reshape(-1))
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         x2 = x.reshape(-1, self.in_features).float()
         sx = (x2.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)  # (M, 1)
         xq = (x2 / sx).clamp(-FP8_MAX, FP8_MAX).to(FP8)
         y = torch._scaled_mm(xq, self.weight.T, scale_a=sx, scale_b=self.weight_scale, out_dtype=x.dtype)
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+GEMV_FUSED_ACT = True  # one-token W8A8 / FP8 through kernels.act_quant_gemv (False: the eager quantize + torch GEMM)
+
+
+def _gemv_ok(x2: torch.Tensor) -> bool:
+    """Whether a W8A8 / FP8 layer runs x2 through the fused-quantization GEMV: one token, K % 256 == 0,
+    a device Triton can run on (kernels._triton.can_run)."""
+    from kernels._triton import can_run
+
+    return GEMV_FUSED_ACT and x2.shape[0] == 1 and x2.shape[1] % 256 == 0 and can_run(x2)
 
 
 def _convert(mod: nn.Module, backend: str, name: str) -> Optional[nn.Module]:
