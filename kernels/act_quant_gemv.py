@@ -46,7 +46,7 @@ if triton is not None:
         amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             amax = tl.maximum(amax, tl.abs(tl.load(x_row + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)))
-        s = tl.max(amax, axis=0) / QMAX
+        s = tl.math.div_rn(tl.max(amax, axis=0), QMAX)  # correctly rounded, as torch's division
         if QMAX == 127.0:
             s = tl.maximum(s, 1e-8)
         else:
