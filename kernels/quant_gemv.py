@@ -28,10 +28,22 @@ split-K GEMV, written anew for Triton):
     USE_DOT=1 casts the dequantized tile to x's dtype and calls tl.dot (tensor cores, M <= 16; one
     k=BLOCK_K/8 dot per code position j, which is the same sum in another order).
 
-Configs are an explicit autotune set per M bucket (CONFIGS_W4, CONFIGS_W8); `tuned_config` times
-each candidate once per (kernel, N, K, M bucket, group size, dtype) with a CUDA graph of calls over
-rotating weight copies larger than L2 (so the weights come from HBM, as in a decode step) and keeps
-the fastest. Under graph capture, the interpreter or a CPU, the bucket's first config is used.
+The GEMV layout (2026-11-30 rework, `w4a16_gemv`): decode at M = 1 reads W4 g128 from a layout
+re-packed once at load (pack_w4_gemv): row n's int32 words contiguous (N, K / 8), each 128-code group
+a 16-word unit whose word w holds input 128 g + 16 j + w at bits 4j (so x_j of a group is a contiguous
+16-element slice), scales / zeros (N, G). _w4_gemv_kernel gives each CTA BLOCK_N whole rows (split 1:
+one launch, direct store; splits store fp32 partials that _sum_splits_kernel adds, no memset, no
+atomics), loads 16 bytes per thread per row (contiguity hints; KW passed so Triton sees 16-divisible
+row starts), keeps per-(row, word) fp32 partials, applies the group scale to them once per word and
+sums across threads once at the end; the magic is a kernel argument so it stays in a register and
+each weight costs one LOP3, one FADD and one FFMA (SASS for sm_90: no constant MOVs in the loop).
+
+Configs are an explicit autotune set per M bucket (CONFIGS_W4, CONFIGS_W4_GEMV, CONFIGS_W8);
+`tuned_config` checks each candidate once per (kernel, N, K, M bucket, group size, dtype) against the
+call's dequantized fp32 reference (`agrees`: a candidate wrong on this GPU is rejected and listed,
+never chosen), then times it with triton.testing.do_bench_cudagraph over rotating weight copies
+larger than L2 (so the weights come from HBM, as in a decode step) and keeps the fastest. Under graph
+capture, the interpreter or a CPU, the bucket's first config is used.
 Checked here without a GPU: every config passes the interpreter tests, and compiles for sm_90
 (Triton 3.6.0, the GPU machine's, and 3.9; 2026-11-30) with no local-memory spills, no I2F in its
 SASS and cp.async (LDGSTS) prefetch in the pipelined configs.
@@ -92,8 +104,10 @@ CONFIGS_W4 = {
 # The GEMV layout (pack_w4_gemv, group size 128): M = 1 runs the row-streaming kernel (BLOCK_N rows
 # per CTA, the whole K or a 1/SPLIT_K slice of it; block_k = codes per tile = 8 x words per row);
 # M = 2..16 the tensor-core tiles above reading the same layout (SHUF). Candidates span rows per CTA
-# (2..16: 28672 / 8 = 3,584 CTAs down to 4096 / 16 = 256), words per row per tile (32..128 = 128..512
-# bytes), warps, pipelining depth and split-K with the two-pass reduction.
+# (4..32: 28672 / 4 = 7,168 CTAs down to 4096 / 32 = 128), words per row per tile (32..128 = 128..512
+# bytes), warps (1 warp x 16 rows: each thread 8 rows, so x_j loads are shared by 8 rows; 4 warps x 4
+# rows: 4x the CTAs), pipelining depth and split-K with the two-pass reduction. All compile for sm_90
+# (Triton 3.9 here) without spills (SASS: no STL/LDL; 45-252 registers).
 CONFIGS_W4_GEMV = {
     1: (Config(8, 512, 1, False, 4, 3, gemv=True), Config(16, 512, 1, False, 1, 3, gemv=True),
         Config(16, 512, 1, False, 2, 3, gemv=True), Config(8, 1024, 1, False, 1, 2, gemv=True),
