@@ -114,7 +114,10 @@ CONFIGS_W4_GEMV = {
         Config(16, 1024, 1, False, 2, 2, gemv=True), Config(16, 256, 1, False, 1, 4, gemv=True),
         Config(4, 1024, 1, False, 4, 3, gemv=True), Config(8, 1024, 1, False, 4, 3, gemv=True),
         Config(32, 512, 1, False, 4, 3, gemv=True), Config(16, 512, 2, False, 2, 3, True, gemv=True),
-        Config(8, 1024, 4, False, 4, 3, True, gemv=True), Config(16, 512, 4, False, 1, 3, True, gemv=True)),
+        Config(8, 1024, 4, False, 4, 3, True, gemv=True), Config(16, 512, 4, False, 1, 3, True, gemv=True),
+        # fallbacks should the row-streaming kernel lose on the GPU: the tensor-core skinny tiles (SHUF), which
+        # ran within 1.1-1.3x of the v1 winners at M = 1 on the H200 (2026-11-30)
+        Config(64, 128, 8, True, two_pass=True), Config(64, 128, 4, True)),
     16: CONFIGS_W4[16] + (Config(64, 128, 8, True, two_pass=True), Config(128, 128, 4, True, two_pass=True)),
 }
 CONFIGS_W8_V1 = {
