@@ -8,9 +8,13 @@ read the packed weights directly:
   "triton"        QuantLinear W4 (contiguous groups, A16)     W4A16Linear           kernels.quant_matmul.w4a16_matmul_gemv
                                                                                     (g128; else w4a16_matmul)
                   Int8WeightOnlyLinear                        W8A16Linear           kernels.quant_matmul.w8a16_matmul
+  "triton_v1"     as "triton", W4 kept on GPTQ's layout       W4A16Linear           w4a16_matmul (the bench's before row)
   "int4pack"      QuantLinear W4 (contiguous groups, A16)     Int4PackLinear        torch._weight_int4pack_mm (tinygemm)
   "int_mm"        QuantLinear W8A8 (sym, one group per row)   W8A8Linear            torch._int_mm (int8 x int8 -> int32)
   "scaled_mm"     FP8Linear (per-row weights, per-token act)  FP8RowwiseLinear      torch._scaled_mm (e4m3, row-wise)
+
+At one token (GEMV_FUSED_ACT) W8A8Linear and FP8RowwiseLinear run kernels.act_quant_gemv instead:
+the same per-token quantization grids fused into one GEMV launch (no eager quantize ops, no padding).
 
 Each layer computes the same function as the layer it replaces, up to the rounding of its
 kernel (tinygemm keeps scale and zero in bf16; W8A8 multiplies exact integers where the
