@@ -172,14 +172,16 @@ def test_w4_gemv_pack_round_trip_and_prefill_tiles():
                  "w4 gemv layout, prefill tiles")
 
 
+@pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("fault", ["wrong_group", "gptq_order"])
-def test_planted_gemv_layout_faults_fail(fault):
-    """The GEMV kernel fed the neighbouring group's scales/zeros, or words in GPTQ's code order instead
-    of the shuffled one (a packing/kernel mismatch), must fail the check; so must the tuner's agrees()."""
+def test_planted_gemv_layout_faults_fail(fault, fold):
+    """The GEMV kernel (both inner loops) fed the neighbouring group's scales/zeros, or words in GPTQ's
+    code order instead of the shuffled one (a packing/kernel mismatch), must fail the check; so must
+    the tuner's agrees()."""
     from kernels.quant_gemv import Config, agrees, w4a16_gemv
     from kernels.quant_matmul import pack_w4, w4a16_reference
 
-    cfg = Config(8, 512, 1, False, 4, 3, gemv=True)
+    cfg = Config(8, 512, 1, False, 4, 3, gemv=True, fold=fold)
     x, q, s, z, qw, st, zt = w4_gemv_case(1, 32, 1024, seed=13)
     ref = w4a16_reference(x, q, s, z, 128)
     good = w4a16_gemv(x, qw, st, zt, cfg).float()
