@@ -20,7 +20,8 @@ Decode table (decode_rows): a whole decode step of the Llama-3-8B shape (random 
 layers, fused qkv / gate_up, bf16 LM head, static KV cache at --context tokens, CUDA graph) for
 each of DECODE_VARIANTS: bf16; W4A16 g128 RTN through our Triton kernels (GEMV layout; `_v1`: GPTQ
 layout, split-K kernels, the before row) and through torch's tinygemm; W8A16 (int8 per channel) through ours; W8A8 int8 (SmoothQuant's arithmetic, RTN weights,
-per-token dynamic activations) through torch._int_mm; FP8 row-wise through _scaled_mm. One model at
+per-token dynamic activations) through torch._int_mm; FP8 row-wise through _scaled_mm (at batch 1
+both through kernels.act_quant_gemv, the quantization fused: quant.fast_linear's one-token path). One model at
 a time, quantized on the GPU by quant.quantize (RTN: fast), freed before the next. Check: the
 prompt is prefilled and one decode step run eagerly with quant/'s reference layers (dequantize,
 then a bf16 matmul: "the dequantized-weights model"); then quant.fast_linear.to_fast swaps in the
