@@ -49,11 +49,16 @@ if triton is not None:
             words = tl.load(qw_ptr + wk[:, None] * stride_wk + rn[None, :] * stride_wn,
                             mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
             q = (words >> shift[:, None]) & 0xF  # (BLOCK_K, BLOCK_N) codes
-            g = kk[:, None] // GS
-            s = tl.load(s_ptr + g * stride_sg + rn[None, :] * stride_sn, mask=(kk[:, None] < K) & (rn[None, :] < N),
-                        other=0.0)
-            z = tl.load(z_ptr + g * stride_sg + rn[None, :] * stride_sn, mask=(kk[:, None] < K) & (rn[None, :] < N),
-                        other=0.0)
+            if GS % BLOCK_K == 0:  # one group per tile: its scale / zero row once, broadcast over k
+                g0 = k0 // GS
+                s = tl.load(s_ptr + g0 * stride_sg + rn * stride_sn, mask=rn < N, other=0.0)[None, :]
+                z = tl.load(z_ptr + g0 * stride_sg + rn * stride_sn, mask=rn < N, other=0.0)[None, :]
+            else:
+                g = kk[:, None] // GS
+                s = tl.load(s_ptr + g * stride_sg + rn[None, :] * stride_sn,
+                            mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+                z = tl.load(z_ptr + g * stride_sg + rn[None, :] * stride_sn,
+                            mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
             w = ((q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)).to(x.dtype)
             acc += tl.dot(x, w)
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
