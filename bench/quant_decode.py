@@ -3,8 +3,10 @@ table), then whole decode steps (decode table).
 
     python3 -m bench.quant_decode --batches 1,8,64 --decode_batches 1,8
 
-Kernel table: bf16 vs ours (Triton W4A16 g128, W8A16: kernels/quant_gemv.py's split-K kernels at
-batch <= 16, and the prefill tiles at every batch as `_tiles` rows) vs torch's own kernels (_weight_int4pack_mm,
+Kernel table: bf16 vs ours (Triton W4A16 g128 on the GEMV layout: kernels/quant_gemv.py's
+row-streaming kernel at batch 1, its tensor-core skinny tiles to 16, prefill tiles above; W8A16)
+and, at batch 1, the same kernels as measured before the rework as `_v1` rows (W4: the split-K
+kernels on GPTQ's layout; W8: the 2026-11-30 candidate set) vs torch's own kernels (_weight_int4pack_mm,
 _weight_int8pack_mm, _scaled_mm FP8). What is timed: the four matmuls of one decoder layer (qkv 4096->6144, o 4096->4096, gate_up
 4096->28672, down 14336->4096) with random weights, replayed from a CUDA graph with the L2
 flushed (common.time_cuda_graph); weights of one layer (436 MB in bf16) are 9x the H200's L2, so
@@ -16,9 +18,10 @@ Every variant's output is checked against its own dequantized fp32 reference bef
 
 Decode table (decode_rows): a whole decode step of the Llama-3-8B shape (random weights, all 32
 layers, fused qkv / gate_up, bf16 LM head, static KV cache at --context tokens, CUDA graph) for
-each of DECODE_VARIANTS: bf16; W4A16 g128 RTN through our Triton kernels and through torch's
-tinygemm; W8A16 (int8 per channel) through ours; W8A8 int8 (SmoothQuant's arithmetic, RTN weights,
-per-token dynamic activations) through torch._int_mm; FP8 row-wise through _scaled_mm. One model at
+each of DECODE_VARIANTS: bf16; W4A16 g128 RTN through our Triton kernels (GEMV layout; `_v1`: GPTQ
+layout, split-K kernels, the before row) and through torch's tinygemm; W8A16 (int8 per channel) through ours; W8A8 int8 (SmoothQuant's arithmetic, RTN weights,
+per-token dynamic activations) through torch._int_mm; FP8 row-wise through _scaled_mm (at batch 1
+both through kernels.act_quant_gemv, the quantization fused: quant.fast_linear's one-token path). One model at
 a time, quantized on the GPU by quant.quantize (RTN: fast), freed before the next. Check: the
 prompt is prefilled and one decode step run eagerly with quant/'s reference layers (dequantize,
 then a bf16 matmul: "the dequantized-weights model"); then quant.fast_linear.to_fast swaps in the
@@ -52,6 +55,7 @@ W4_OPTS = dict(bits=4, group_size=128, sym=False)
 DECODE_VARIANTS = {
     "bf16": (None, {}, None),
     "w4a16_g128_triton": ("rtn", W4_OPTS, "triton"),
+    "w4a16_g128_triton_v1": ("rtn", W4_OPTS, "triton_v1"),
     "w4a16_g128_torch_int4pack": ("rtn", W4_OPTS, "int4pack"),
     "w8a16_triton": ("int8_weight_only", {}, "triton"),
     "w8a8_int8_int_mm": ("rtn", dict(bits=8, group_size=-1, sym=True, act_bits=8), "int_mm"),
@@ -87,6 +91,7 @@ def make_layer(seed: int = 0):
     """Random codes/scales for each shape, and every variant's prepared weights (dict per shape)."""
     import torch
 
+    from kernels.quant_gemv import pack_w4_gemv
     from kernels.quant_matmul import pack_w4
 
     g = torch.Generator(device="cuda").manual_seed(seed)
@@ -98,6 +103,7 @@ def make_layer(seed: int = 0):
         w8 = torch.randint(-127, 128, (N, K), device="cuda", generator=g, dtype=torch.int8)
         s8 = torch.rand(N, device="cuda", generator=g) * 0.0002 + 0.00005
         layer.append(dict(name=name, N=N, K=K, q4=q4, s4=s4.bfloat16(), z4=z4.bfloat16(), qw4=pack_w4(q4),
+                          qw4g=pack_w4_gemv(q4), s4g=s4.T.bfloat16().contiguous(), z4g=z4.T.bfloat16().contiguous(),
                           w8=w8, s8=s8.bfloat16()))
     return layer
 
@@ -107,7 +113,8 @@ def variants(layer):
     import torch
     import torch.nn.functional as F
 
-    from kernels.quant_matmul import w4a16_matmul, w8a16_matmul
+    from kernels.quant_gemv import CONFIGS_W8_V1, w8a16_skinny
+    from kernels.quant_matmul import w4a16_matmul, w4a16_matmul_gemv, w8a16_matmul
 
     def deq4(L):
         gi = torch.arange(L["K"], device="cuda") // GROUP
@@ -120,19 +127,21 @@ def variants(layer):
     wbf = [deq4(L).bfloat16() for L in layer]
     out["bf16"] = ([lambda x, w=w: F.linear(x, w) for w in wbf], sum(w.numel() * 2 for w in wbf),
                    [lambda x, w=w: x.float() @ w.float().T for w in wbf])
+    # ours now: the GEMV layout (row-streaming kernel at batch 1); _v1: the split-K kernels on GPTQ's
+    # layout with the 2026-11-30 candidate sets (before/after in one run).
     out["w4a16_g128_triton"] = (
+        [lambda x, L=L: w4a16_matmul_gemv(x, L["qw4g"], L["s4g"], L["z4g"]) for L in layer],
+        sum(L["qw4g"].numel() * 4 + L["s4g"].numel() * 4 for L in layer),
+        [lambda x, L=L: x.float() @ deq4(L).T for L in layer])
+    out["w4a16_g128_triton_v1"] = (
         [lambda x, L=L: w4a16_matmul(x, L["qw4"], L["s4"], L["z4"], GROUP) for L in layer],
         sum(L["qw4"].numel() * 4 + L["s4"].numel() * 4 for L in layer),
         [lambda x, L=L: x.float() @ deq4(L).T for L in layer])
     out["w8a16_triton"] = ([lambda x, L=L: w8a16_matmul(x, L["w8"], L["s8"]) for L in layer],
                            sum(L["w8"].numel() + L["s8"].numel() * 2 for L in layer),
                            [lambda x, L=L: x.float() @ deq8(L).T for L in layer])
-    # Before/after in one run: the prefill-shaped tiles at every M (what batch 1 ran before quant_gemv).
-    out["w4a16_g128_triton_tiles"] = (
-        [lambda x, L=L: w4a16_matmul(x, L["qw4"], L["s4"], L["z4"], GROUP, skinny=False) for L in layer],
-        out["w4a16_g128_triton"][1], out["w4a16_g128_triton"][2])
-    out["w8a16_triton_tiles"] = ([lambda x, L=L: w8a16_matmul(x, L["w8"], L["s8"], skinny=False) for L in layer],
-                                 out["w8a16_triton"][1], out["w8a16_triton"][2])
+    out["w8a16_triton_v1"] = ([lambda x, L=L: w8a16_skinny(x, L["w8"], L["s8"], sets=CONFIGS_W8_V1) for L in layer],
+                              out["w8a16_triton"][1], out["w8a16_triton"][2])
     # torch's tinygemm int4: w = (q - 8) * scale + zero; build its operands from our codes.
     try:
         fns, refs = [], []
@@ -180,6 +189,14 @@ def variants(layer):
     out["fp8_w8a8_rowwise_scaled_mm"] = ([lambda x, p=p: fp8_mm(x, *p) for p in fp8],
                                           sum(p[0].numel() + p[1].numel() * 4 for p in fp8),
                                           [lambda x, p=p: fp8_ref(x, *p) for p in fp8])
+    # The same W8A8 arithmetic at one token through kernels.act_quant_gemv (quantization fused into
+    # the GEMV; what quant.fast_linear's W8A8 / FP8 layers run at batch 1): `_gemv` rows, batch 1 only.
+    from kernels.act_quant_gemv import fp8_gemv, w8a8_gemv
+
+    out["w8a8_int8_triton_gemv"] = ([lambda x, L=L: w8a8_gemv(x, L["w8"], L["s8"]) for L in layer],
+                                    out["w8a8_int8_int_mm"][1], out["w8a8_int8_int_mm"][2])
+    out["fp8_w8a8_rowwise_triton_gemv"] = ([lambda x, p=p: fp8_gemv(x, p[0], p[1].reshape(-1)) for p in fp8],
+                                            out["fp8_w8a8_rowwise_scaled_mm"][1], out["fp8_w8a8_rowwise_scaled_mm"][2])
     return out
 
 
@@ -203,6 +220,8 @@ def layer_rows(opts: Options, bw: float) -> tuple[list[dict], list[str]]:
     tol = Tol(atol=5e-2, rtol=2e-2)
     for name, v in variants(layer).items():
         for M in batches:
+            if (name.endswith("_v1") or name.endswith("_gemv")) and M != 1:  # batch-1 rows (the rework's batch)
+                continue
             row = {"variant": name, "batch": M}
             if isinstance(v, str):
                 row["status"] = f"skipped: {v}"

@@ -28,8 +28,10 @@ except ImportError:  # pragma: no cover
 
 if triton is not None:
     @triton.jit
-    def _w4a16_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, GS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _w4a16_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, stride_wk, stride_wn, stride_sg, stride_sn,
+                      GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      SHUF: tl.constexpr):
+        # SHUF: quant_gemv's GEMV layout (input k is code (k % 128) // 16 of word 16 (k // 128) + k % 16)
         pid_m, pid_n = tl.program_id(0), tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -38,12 +40,25 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             x = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-            words = tl.load(qw_ptr + (kk[:, None] // 8) * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N),
-                            other=0)
-            q = (words >> ((kk[:, None] % 8) * 4)) & 0xF  # (BLOCK_K, BLOCK_N) codes
-            g = kk[:, None] // GS
-            s = tl.load(s_ptr + g * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
-            z = tl.load(z_ptr + g * N + rn[None, :], mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+            if SHUF:
+                wk = (kk // 128) * 16 + kk % 16
+                shift = ((kk % 128) // 16) * 4
+            else:
+                wk = kk // 8
+                shift = (kk % 8) * 4
+            words = tl.load(qw_ptr + wk[:, None] * stride_wk + rn[None, :] * stride_wn,
+                            mask=(kk[:, None] < K) & (rn[None, :] < N), other=0)
+            q = (words >> shift[:, None]) & 0xF  # (BLOCK_K, BLOCK_N) codes
+            if GS % BLOCK_K == 0:  # one group per tile: its scale / zero row once, broadcast over k
+                g0 = k0 // GS
+                s = tl.load(s_ptr + g0 * stride_sg + rn * stride_sn, mask=rn < N, other=0.0)[None, :]
+                z = tl.load(z_ptr + g0 * stride_sg + rn * stride_sn, mask=rn < N, other=0.0)[None, :]
+            else:
+                g = kk[:, None] // GS
+                s = tl.load(s_ptr + g * stride_sg + rn[None, :] * stride_sn,
+                            mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+                z = tl.load(z_ptr + g * stride_sg + rn[None, :] * stride_sn,
+                            mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
             w = ((q.to(tl.float32) - z.to(tl.float32)) * s.to(tl.float32)).to(x.dtype)
             acc += tl.dot(x, w)
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -88,7 +103,27 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     BM, BN, BK = _blocks(M)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    _w4a16_kernel[grid](x2, qweight, scales, zeros, y, M, N, K, group_size, BM, BN, BK)
+    _w4a16_kernel[grid](x2, qweight, scales, zeros, y, M, N, K, qweight.stride(0), qweight.stride(1), scales.stride(0),
+                        scales.stride(1), group_size, BM, BN, BK, False)
+    return y.reshape(*x.shape[:-1], N)
+
+
+def w4a16_matmul_gemv(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                      skinny: bool = True) -> torch.Tensor:
+    """w4a16_matmul on quant_gemv's GEMV layout (pack_w4_gemv: qw int32 (N, K / 8), scales and zeros
+    (N, K / 128), group size 128): M <= 16 -> quant_gemv.w4a16_gemv, larger M -> the tiles here."""
+    K = x.shape[-1]
+    N = qw.shape[0]
+    assert qw.shape == (N, K // 8) and qw.dtype == torch.int32 and K % quant_gemv.GEMV_GS == 0, (tuple(qw.shape), K)
+    x2 = x.reshape(-1, K).contiguous()
+    M = x2.shape[0]
+    if skinny and 1 <= M <= quant_gemv.MAX_M:
+        return quant_gemv.w4a16_gemv(x2, qw, scales, zeros).reshape(*x.shape[:-1], N)
+    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    BM, BN, BK = _blocks(M)
+    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
+    _w4a16_kernel[grid](x2, qw, scales, zeros, y, M, N, K, 1, qw.stride(0), 1, scales.stride(0),
+                        quant_gemv.GEMV_GS, BM, BN, BK, True)
     return y.reshape(*x.shape[:-1], N)
 
 

@@ -5,11 +5,16 @@ matmul): the reference. `to_fast(model, backend)` swaps those layers, in place, 
 read the packed weights directly:
 
   backend         from                                        layer                 kernel
-  "triton"        QuantLinear W4 (contiguous groups, A16)     W4A16Linear           kernels.quant_matmul.w4a16_matmul
+  "triton"        QuantLinear W4 (contiguous groups, A16)     W4A16Linear           kernels.quant_matmul.w4a16_matmul_gemv
+                                                                                    (g128; else w4a16_matmul)
                   Int8WeightOnlyLinear                        W8A16Linear           kernels.quant_matmul.w8a16_matmul
+  "triton_v1"     as "triton", W4 kept on GPTQ's layout       W4A16Linear           w4a16_matmul (the bench's before row)
   "int4pack"      QuantLinear W4 (contiguous groups, A16)     Int4PackLinear        torch._weight_int4pack_mm (tinygemm)
   "int_mm"        QuantLinear W8A8 (sym, one group per row)   W8A8Linear            torch._int_mm (int8 x int8 -> int32)
   "scaled_mm"     FP8Linear (per-row weights, per-token act)  FP8RowwiseLinear      torch._scaled_mm (e4m3, row-wise)
+
+At one token (GEMV_FUSED_ACT) W8A8Linear and FP8RowwiseLinear run kernels.act_quant_gemv instead:
+the same per-token quantization grids fused into one GEMV launch (no eager quantize ops, no padding).
 
 Each layer computes the same function as the layer it replaces, up to the rounding of its
 kernel (tinygemm keeps scale and zero in bf16; W8A8 multiplies exact integers where the
@@ -30,7 +35,7 @@ from quant.int8 import Int8WeightOnlyLinear
 from quant.qlinear import FP8, FP8_MAX, FP8Linear, QuantLinear
 from quant.rtn import QuantizationError
 
-BACKENDS = ("triton", "int4pack", "int_mm", "scaled_mm")
+BACKENDS = ("triton", "triton_v1", "int4pack", "int_mm", "scaled_mm")  # triton_v1: GPTQ layout (the before row)
 INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows (and multiples of 8): pad decode batches
 
 
@@ -50,28 +55,42 @@ def _check_w4(mod: QuantLinear, name: str) -> None:
 
 
 class W4A16Linear(nn.Module):
-    """y = x @ W'^T (+ bias) by kernels.quant_matmul.w4a16_matmul (split-K GEMV for M <= 16).
+    """y = x @ W'^T (+ bias) by our Triton W4A16 kernels.
 
-    Buffers: qweight int32 (in / 8, out) GPTQ packing along K; scales fp16 (G, out); zeros fp16
-    (G, out) (the integer zero points, exact in fp16); the kernel reads them as fp32.
+    Group size 128 (and in % 128 == 0): the GEMV layout, shuffled here once (kernels.quant_gemv.
+    pack_w4_gemv): qweight int32 (out, in / 8), each row's words contiguous; scales / zeros fp16
+    (out, G); kernels.quant_matmul.w4a16_matmul_gemv (the row-streaming GEMV at M = 1). Other group
+    sizes: GPTQ packing qweight int32 (in / 8, out), scales / zeros (G, out), w4a16_matmul (split-K
+    skinny tiles at M <= 16). Zeros are the integer zero points (exact in fp16); kernels read fp32.
     """
 
-    def __init__(self, mod: QuantLinear, name: str = "layer"):
+    def __init__(self, mod: QuantLinear, name: str = "layer", gemv_layout: Optional[bool] = None):
         super().__init__()
+        from kernels.quant_gemv import GEMV_GS, pack_w4_gemv
         from kernels.quant_matmul import pack_w4
 
         _check_w4(mod, name)
         self.in_features, self.out_features, self.group_size = mod.in_features, mod.out_features, mod.group_size
-        self.register_buffer("qweight", pack_w4(mod.qweight))
-        self.register_buffer("scales", mod.scales.half().contiguous())
-        self.register_buffer("zeros", mod.zeros.half().contiguous())
+        fits = mod.group_size == GEMV_GS and mod.in_features % GEMV_GS == 0
+        self.gemv_layout = fits if gemv_layout is None else (gemv_layout and fits)
+        if self.gemv_layout:
+            self.register_buffer("qweight", pack_w4_gemv(mod.qweight))
+            self.register_buffer("scales", mod.scales.half().T.contiguous())
+            self.register_buffer("zeros", mod.zeros.half().T.contiguous())
+        else:
+            self.register_buffer("qweight", pack_w4(mod.qweight))
+            self.register_buffer("scales", mod.scales.half().contiguous())
+            self.register_buffer("zeros", mod.zeros.half().contiguous())
         self.bias = _bias(mod, mod.scales.dtype if mod.bias is None else mod.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) bf16/fp16 -> (..., out)."""
-        from kernels.quant_matmul import w4a16_matmul
+        from kernels.quant_matmul import w4a16_matmul, w4a16_matmul_gemv
 
-        y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)
+        if self.gemv_layout:
+            y = w4a16_matmul_gemv(x, self.qweight, self.scales, self.zeros)
+        else:
+            y = w4a16_matmul(x, self.qweight, self.scales, self.zeros, self.group_size)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
@@ -159,8 +178,13 @@ class W8A8Linear(nn.Module):
         self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> (..., out) in x's dtype."""
+        """x (..., in) -> (..., out) in x's dtype. One token: kernels.act_quant_gemv (quantization fused)."""
         x2 = x.reshape(-1, self.in_features)
+        if _gemv_ok(x2):
+            from kernels.act_quant_gemv import w8a8_gemv
+
+            y = w8a8_gemv(x2.contiguous(), self.weight, self.weight_scale).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         xq, sx = quantize_tokens_int8(x2)
         acc = int8_matmul(xq, self.weight.T)  # (M, out) int32
         y = (acc.float() * sx * self.weight_scale).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -182,7 +206,13 @@ class FP8RowwiseLinear(nn.Module):
         self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) bf16 -> (..., out) bf16."""
+        """x (..., in) bf16 -> (..., out) bf16. One token: kernels.act_quant_gemv (quantization fused)."""
+        if _gemv_ok(x.reshape(-1, self.in_features)):
+            from kernels.act_quant_gemv import fp8_gemv
+
+            y = fp8_gemv(x.reshape(-1, self.in_features).contiguous(), self.weight, self.weight_scale.reshape(-1))
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         x2 = x.reshape(-1, self.in_features).float()
         sx = (x2.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)  # (M, 1)
         xq = (x2 / sx).clamp(-FP8_MAX, FP8_MAX).to(FP8)
@@ -191,11 +221,22 @@ class FP8RowwiseLinear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
+GEMV_FUSED_ACT = True  # one-token W8A8 / FP8 through kernels.act_quant_gemv (False: the eager quantize + torch GEMM)
+
+
+def _gemv_ok(x2: torch.Tensor) -> bool:
+    """Whether a W8A8 / FP8 layer runs x2 through the fused-quantization GEMV: one token, K % 256 == 0,
+    a device Triton can run on (kernels._triton.can_run)."""
+    from kernels._triton import can_run
+
+    return GEMV_FUSED_ACT and x2.shape[0] == 1 and x2.shape[1] % 256 == 0 and can_run(x2)
+
+
 def _convert(mod: nn.Module, backend: str, name: str) -> Optional[nn.Module]:
     """The fast layer for mod under backend, or None when backend does not take this kind of layer."""
-    if backend == "triton":
+    if backend in ("triton", "triton_v1"):
         if isinstance(mod, QuantLinear):
-            return W4A16Linear(mod, name)
+            return W4A16Linear(mod, name, gemv_layout=backend == "triton")
         if isinstance(mod, Int8WeightOnlyLinear):
             return W8A16Linear(mod, name)
     elif backend == "int4pack" and isinstance(mod, QuantLinear):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernels._triton import run_device
-from kernels.quant_gemv import CONFIGS_W4, CONFIGS_W8
+from kernels.quant_gemv import CONFIGS_W4, CONFIGS_W4_GEMV, CONFIGS_W8, CONFIGS_W8_V1
 from parity.tolerance import Tol, assert_close, compare
 
 DEVICE = run_device()
@@ -45,7 +45,8 @@ def _ids(cfgs):
 
 
 W4_ALL = sorted({c for cs in CONFIGS_W4.values() for c in cs}, key=str)
-W8_ALL = sorted({c for cs in CONFIGS_W8.values() for c in cs}, key=str)
+W8_ALL = sorted({c for sets in (CONFIGS_W8, CONFIGS_W8_V1) for cs in sets.values() for c in cs}, key=str)
+W4G_ALL = sorted({c for cs in CONFIGS_W4_GEMV.values() for c in cs}, key=str)
 
 
 @pytest.mark.parametrize("cfg", W4_ALL, ids=_ids(W4_ALL))
@@ -121,3 +122,73 @@ def test_tuner_times_every_candidate_and_keeps_one():
     assert sum(bool(r.get("chosen")) for r in rows) == 1
     assert all(r["us"] > 0 for r in rows if "us" in r)
     assert_close(y.float(), w4a16_reference(x, q, s, z, 128), TOL[DTYPE], "w4 tuned")
+    x, q, s, z, qw, st, zt = w4_gemv_case(1, 4096, 4096, seed=8)
+    y = qg.w4a16_gemv(x, qw, st, zt)
+    key = ("w4g", 4096, 4096, 1, 128, x.dtype, x.device)
+    assert key in qg._TUNED and qg._TUNED[key] in qg.w4_configs(1, 4096, 128, gemv_layout=True)
+    rows = [r for r in qg.tuned_table() if (r["kernel"], r["N"], r["K"], r["m_bucket"]) == ("w4g", 4096, 4096, 1)]
+    assert len(rows) == len(qg.w4_configs(1, 4096, 128, gemv_layout=True)), rows
+    assert not [r for r in rows if str(r.get("error", "")).startswith("WRONG")], rows  # every candidate agreed
+    assert_close(y.float(), w4a16_reference(x, q, s, z, 128), TOL[DTYPE], "w4 gemv tuned")
+
+
+def w4_gemv_case(M, N, K, seed=0):
+    """A w4_case plus its GEMV layout: (x, q, s, z, qw (N, K / 8), s (N, G), z (N, G))."""
+    from kernels.quant_gemv import pack_w4_gemv
+
+    x, q, s, z, _ = w4_case(M, N, K, 128, seed=seed)
+    return x, q, s, z, pack_w4_gemv(q.cpu()).to(DEVICE), s.T.contiguous(), z.T.contiguous()
+
+
+@pytest.mark.parametrize("cfg", W4G_ALL, ids=_ids(W4G_ALL))
+def test_w4_gemv_layout_every_config(cfg):
+    """Every config the GEMV-layout tuner may pick (the row-streaming kernel at M = 1, its splits with
+    the two-pass sum, the SHUF tensor-core tiles at M = 5) against the dequantized fp32 reference.
+    K = 2048: whole 1024-code tiles, and SPLIT_K 4 leaves some splits without a tile (zero partials);
+    N = 48: a partial last row block for BLOCK_N = 32 (rows past N clamp to row 0 and are not stored);
+    N and K divisible by 16 specialize the kernels as the Llama shapes do, so on a GPU the bench
+    process reuses these compiles from Triton's cache."""
+    from kernels.quant_gemv import w4a16_gemv
+    from kernels.quant_matmul import w4a16_reference
+
+    for M in ((1,) if cfg.gemv else (1, 5)):  # the tiles serve M = 2..16 and are M = 1 fallbacks
+        x, q, s, z, qw, st, zt = w4_gemv_case(M, 48, 2048, seed=11)
+        assert_close(w4a16_gemv(x, qw, st, zt, cfg).float(), w4a16_reference(x, q, s, z, 128), TOL[DTYPE],
+                     f"w4 gemv layout {cfg} M={M}")
+
+
+def test_w4_gemv_pack_round_trip_and_prefill_tiles():
+    """pack_w4_gemv / unpack_w4_gemv invert each other, dequantize_w4_gemv is the reference's weight, and
+    M > 16 on the GEMV layout (the prefill tiles with SHUF) matches the reference too."""
+    from kernels.quant_gemv import dequantize_w4_gemv, unpack_w4_gemv
+    from kernels.quant_matmul import w4a16_matmul_gemv, w4a16_reference
+
+    x, q, s, z, qw, st, zt = w4_gemv_case(20, 48, 256, seed=12)
+    assert torch.equal(unpack_w4_gemv(qw.cpu()), q.cpu().long())
+    g = torch.arange(256) // 128
+    want = (q.cpu().float() - z.cpu().float()[g].T) * s.cpu().float()[g].T
+    assert torch.equal(dequantize_w4_gemv(qw.cpu(), st.cpu(), zt.cpu()), want)
+    assert_close(w4a16_matmul_gemv(x, qw, st, zt).float(), w4a16_reference(x, q, s, z, 128), TOL[DTYPE],
+                 "w4 gemv layout, prefill tiles")
+
+
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("fault", ["wrong_group", "gptq_order"])
+def test_planted_gemv_layout_faults_fail(fault, fold):
+    """The GEMV kernel (both inner loops) fed the neighbouring group's scales/zeros, or words in GPTQ's
+    code order instead of the shuffled one (a packing/kernel mismatch), must fail the check; so must
+    the tuner's agrees()."""
+    from kernels.quant_gemv import Config, agrees, w4a16_gemv
+    from kernels.quant_matmul import pack_w4, w4a16_reference
+
+    cfg = Config(8, 512, 1, False, 4, 3, gemv=True, fold=fold)
+    x, q, s, z, qw, st, zt = w4_gemv_case(1, 32, 1024, seed=13)
+    ref = w4a16_reference(x, q, s, z, 128)
+    good = w4a16_gemv(x, qw, st, zt, cfg).float()
+    assert compare(good, ref, TOL[DTYPE]).ok and agrees(good, ref)[0]
+    if fault == "wrong_group":
+        bad = w4a16_gemv(x, qw, st.roll(1, 1).contiguous(), zt.roll(1, 1).contiguous(), cfg).float()
+    else:
+        bad = w4a16_gemv(x, pack_w4(q.cpu()).T.contiguous().to(DEVICE), st, zt, cfg).float()
+    assert not compare(bad, ref, TOL[DTYPE]).ok
+    assert not agrees(bad, ref)[0]

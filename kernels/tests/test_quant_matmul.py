@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels._triton import run_device
-from parity.tolerance import Tol, assert_close
+from parity.tolerance import Tol, assert_close, compare
 
 DEVICE = run_device()
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs a GPU or TRITON_INTERPRET=1")
@@ -60,3 +60,15 @@ def test_w8a16_matches_reference(M, N, K, dtype):
     scale = (torch.rand(N, generator=g) * 0.01 + 1e-3).to(DEVICE, dtype)
     x = torch.randn(M, K, generator=g).to(DEVICE, dtype)
     assert_close(w8a16_matmul(x, w, scale).float(), w8a16_reference(x, w, scale), TOL[dtype], "w8a16")
+
+
+def test_planted_wrong_group_fails_prefill_tiles():
+    """The prefill tiles (M > 16) loading one scale / zero row per tile (group 128 = BLOCK_K): the
+    neighbouring group's row (an off-by-one group index) must fail the check."""
+    from kernels.quant_matmul import w4a16_matmul, w4a16_reference
+
+    dtype = DTYPES[0]
+    x, q, s, z, qw = case(19, 64, 512, 128, dtype)
+    ref = w4a16_reference(x, q, s, z, 128)
+    assert compare(w4a16_matmul(x, qw, s, z, 128).float(), ref, TOL[dtype]).ok
+    assert not compare(w4a16_matmul(x, qw, s.roll(1, 0), z.roll(1, 0), 128).float(), ref, TOL[dtype]).ok

@@ -120,3 +120,21 @@ def test_planted_int4pack_zero_fails_gpu():
     fast = Int4PackLinear(ref)
     fast.scale_zero[..., 1] = (ref.scales.float() * (7 - ref.zeros.float())).bfloat16()  # planted: 7 for 8
     assert not compare(fast(x).float(), ref(x).float(), TOL[torch.bfloat16]).ok
+
+
+@pytest.mark.skipif(TRITON_DEV is None, reason="needs a GPU or TRITON_INTERPRET=1")
+def test_one_token_w8a8_and_fp8_take_the_fused_gemv():
+    """At one token W8A8Linear / FP8RowwiseLinear run kernels.act_quant_gemv (activation quantization
+    fused); each still matches its reference layer, and a planted weight-scale fault fails."""
+    import quant.fast_linear as fl
+
+    dev, dt = TRITON_DEV, (torch.bfloat16 if TRITON_DEV == "cuda" else torch.float32)
+    lin = linear(512, 48, seed=5, device=dev, dtype=dt)
+    x = x_of(1, 512, seed=6, device=dev, dtype=dt) * 3
+    assert fl._gemv_ok(x)
+    for fast, ref, what in ((W8A8Linear(w8a8_ref(lin)), w8a8_ref(lin), "W8A8Linear"),
+                            (FP8RowwiseLinear(FP8Linear.from_linear(lin, True, "per_token")),
+                             FP8Linear.from_linear(lin, True, "per_token"), "FP8RowwiseLinear")):
+        assert_close(fast(x).float(), ref(x).float(), TOL[dt], f"{what} one token (fused GEMV)")
+        fast.weight_scale.copy_(fast.weight_scale.roll(1, -1))  # planted: the neighbouring row's scale
+        assert not compare(fast(x).float(), ref(x).float(), TOL[dt]).ok
