@@ -11,7 +11,8 @@ x, which is L2-resident: K * 2 bytes), quantizes its x tile in registers and acc
     fp8:   y[n] = sx * sw[n] * sum_k e4m3(x[k] / sx) * w[n, k],  sx = max|x| / 448, w e4m3 (N, K)
 
 the same quantization grids as quant.fast_linear.quantize_tokens_int8 and quant.qlinear.quantize_fp8
-(division correctly rounded (div_rn), round half to even; e4m3 rounding emulated exactly in fp32:
+(sx = max|x| times the fp32 reciprocal of 127 or 448, as torch computes it; x / sx correctly
+rounded (div_rn); round half to even; e4m3 rounding emulated exactly in fp32:
 round to the binade's 3-bit mantissa, subnormal step 2^-9), so the codes match torch's bit for bit
 and only the fp32 summation order differs from the reference (int8 products are exact integers;
 sums of them stay exact below 2^24 per partial). Weight bytes: int8 read as int32 words (4 codes),
@@ -46,7 +47,10 @@ if triton is not None:
         amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             amax = tl.maximum(amax, tl.abs(tl.load(x_row + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)))
-        s = tl.math.div_rn(tl.max(amax, axis=0), QMAX)  # correctly rounded, as torch's division
+        # times the fp32 reciprocal of QMAX: the scale torch computes (quant.rtn.quantize_activation,
+        # quant.qlinear.quantize_fp8 multiply by it; CUDA's division by a scalar does the same). A correctly
+        # rounded amax / 127 differed by an ulp on the H200 and flipped an activation code.
+        s = tl.max(amax, axis=0) * (1.0 / QMAX)
         if QMAX == 127.0:
             s = tl.maximum(s, 1e-8)
         else:
@@ -128,9 +132,9 @@ def _quant_ref(x2: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tenso
     """fp32 (quantized x as values, per-token scale) with the torch references' grids."""
     xf = x2.float()
     if qmax == 127.0:
-        s = (xf.abs().amax(dim=-1, keepdim=True) / 127.0).clamp(min=1e-8)
+        s = (xf.abs().amax(dim=-1, keepdim=True) * (1.0 / 127.0)).clamp(min=1e-8)
         return torch.clamp(torch.round(xf / s), -127, 127), s
-    s = (xf.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+    s = (xf.abs().amax(dim=-1, keepdim=True) * (1.0 / FP8_MAX)).clamp(min=1e-12)
     return (xf / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float(), s
 
 

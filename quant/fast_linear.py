@@ -140,7 +140,7 @@ class W8A16Linear(nn.Module):
 def quantize_tokens_int8(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token dynamic symmetric int8 (quant.rtn.quantize_activation's grid): (xq int8 (M, K), scale fp32 (M, 1))."""
     xf = x2.float()
-    s = (xf.abs().amax(dim=-1, keepdim=True) / 127.0).clamp(min=1e-8)
+    s = (xf.abs().amax(dim=-1, keepdim=True) * (1.0 / 127.0)).clamp(min=1e-8)  # as quant.rtn: one grid everywhere
     return torch.clamp(torch.round(xf / s), -127, 127).to(torch.int8), s
 
 
@@ -214,7 +214,7 @@ class FP8RowwiseLinear(nn.Module):
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias.to(y.dtype)
         x2 = x.reshape(-1, self.in_features).float()
-        sx = (x2.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)  # (M, 1)
+        sx = (x2.abs().amax(dim=1, keepdim=True) * (1.0 / FP8_MAX)).clamp(min=1e-12)  # (M, 1), as quantize_fp8
         xq = (x2 / sx).clamp(-FP8_MAX, FP8_MAX).to(FP8)
         y = torch._scaled_mm(xq, self.weight.T, scale_a=sx, scale_b=self.weight_scale, out_dtype=x.dtype)
         y = y.reshape(*x.shape[:-1], self.out_features)

@@ -103,7 +103,7 @@ def quantize_fp8(w: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Te
     """(e4m3 tensor, fp32 scale) with w ~ q * scale: scale = amax / 448 per tensor (shape ()) or per row ((rows, 1))."""
     wf = w.float()
     amax = wf.abs().amax(dim=-1, keepdim=True) if per_row else wf.abs().amax()
-    scale = (amax / FP8_MAX).clamp(min=1e-12)
+    scale = (amax * (1.0 / FP8_MAX)).clamp(min=1e-12)  # the fp32 reciprocal, as CUDA divides by a scalar
     return (wf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 

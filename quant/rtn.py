@@ -112,5 +112,7 @@ def quantize_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
     """
     qmax = 2 ** (bits - 1) - 1
     xf = x.float()
-    s = (xf.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=1e-8)
+    # times the fp32 reciprocal: what CUDA's division by a scalar computes (a * (1 / b)), so the grid is the
+    # same on every device (a true division on the CPU can differ by an ulp and flip a code)
+    s = (xf.abs().amax(dim=-1, keepdim=True) * (1.0 / qmax)).clamp(min=1e-8)
     return (torch.clamp(torch.round(xf / s), -qmax, qmax) * s).to(x.dtype)

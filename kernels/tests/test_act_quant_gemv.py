@@ -42,7 +42,7 @@ def ref_int8(x, w, s):
 
 def ref_fp8(x, w, s):
     xf = x.float()
-    sx = (xf.abs().amax(dim=-1, keepdim=True) / 448.0).clamp(min=1e-12)
+    sx = (xf.abs().amax(dim=-1, keepdim=True) * (1.0 / 448.0)).clamp(min=1e-12)
     xq = (xf / sx).clamp(-448, 448).to(torch.float8_e4m3fn).float()
     return (xq.double() @ w.float().double().T).float() * sx * s.float()
 
