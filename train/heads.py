@@ -170,7 +170,7 @@ def write_card(out_dir: str, s: dict) -> None:
                      f"{a['head_top1_vs_base_argmax'][i]:.3f} | {a['head_top1_vs_corpus'][i]:.3f} |"
                      for i in range(s["num_heads"]))
     f = s["flags"]
-    cmd = ("python3 -m train.heads " + " ".join(f"--{k}={v}" for k, v in f.items() if k not in ("overwrite",)))
+    cmd = ("python3 -m train.heads " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}" for k, v in f.items() if k not in ("overwrite",)))
     text = f"""# Medusa heads for {s['base_model']} ({s['num_heads']} heads)
 
 Speculative-decoding heads (decoding/heads.py; `--speculative heads`): head i maps the base's final
@@ -200,6 +200,14 @@ Files: heads.safetensors (fp32: weight (K, dim, dim), bias (K, dim)), config.jso
 """
     with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
         fh.write(text)
+
+
+def _rel(path: str) -> str:
+    """path relative to the repository root when it lies inside it (the card shows a reproducible command)."""
+    from train.loop import repo_path
+
+    rel = os.path.relpath(path, repo_path("."))
+    return path if rel.startswith("..") else rel
 
 
 def main(argv):

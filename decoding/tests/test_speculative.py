@@ -171,6 +171,13 @@ def test_sampling_runs_seeded_and_a_perfect_draft_is_always_accepted():
     ng = dec.generate([1, 2, 3, 1, 2, 3, 1, 2], 30, SpeculativeConfig("ngram", 3), temperature=1.0, seed=1)
     assert len(ng.new_ids[0]) == 30 and ng.stats.proposed > 0
     dec.close()
+    from decoding.heads import MedusaHeads  # heads sample with point-mass proposals, as n-gram does
+
+    dec = SpeculativeDecoder(target, heads=MedusaHeads(3, target.config.dim, 64), max_seq_len=64)
+    a = dec.generate([1, 2, 3], 30, SpeculativeConfig("heads", 3), temperature=0.9, seed=7)
+    b = dec.generate([1, 2, 3], 30, SpeculativeConfig("heads", 3), temperature=0.9, seed=7)
+    assert a.new_ids == b.new_ids and len(a.new_ids[0]) == 30 and a.stats.proposed > 0
+    dec.close()
 
 
 def test_bad_arguments_are_one_clear_error():
