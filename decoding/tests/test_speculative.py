@@ -76,9 +76,9 @@ def _heads_acceptance(target, heads, prompts, refs, k=3):
     return acc / prop
 
 
-# The shipped heads accept ~0.3 of their proposals on these prompts (k = 3); heads that read the hidden
-# state one position off (below) accept ~0.02. A bound between them tells them apart.
-HEADS_MIN_ACCEPTANCE = 0.15
+# The shipped heads accept 0.20 of their proposals on these prompts (k = 3, measured); taken one position
+# off (below) they accept 0.025. A bound between them tells them apart (deterministic: fp32, fixed prompts).
+HEADS_MIN_ACCEPTANCE = 0.1
 
 
 def test_lab_small_with_lab_draft_and_heads_equals_plain(lab_small_runs):
