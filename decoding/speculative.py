@@ -18,8 +18,8 @@ plain greedy's. Sampling (Leviathan et al. 2023; Chen et al. 2023): proposal d_i
 accepted with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection the token is drawn
 from normalize(max(0, p_i - q_i)); when all k are accepted a bonus token is drawn from p_{k+1}. Each
 emitted token is then distributed exactly as p (the target after temperature/top-k/top-p). n-gram
-and heads proposals (the heads' argmax) are point masses (q = one-hot), so the same rule applies. `verify_sampled` is batched over
-independent rows so the distribution test draws 20,000+ times in one call.
+and heads proposals (the heads' argmax) are point masses (q = one-hot), so the same rule applies.
+`verify_sampled` is batched over independent rows so the distribution test draws 20,000+ times in one call.
 
 Rollback: the static cache masks keys by position (key_pos <= query pos), so the K/V written at
 rejected positions are never read and are overwritten by the next step; rolling back is just the

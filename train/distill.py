@@ -22,21 +22,25 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("teacher", "lab-small", "Target model to distill (frozen); default lab-small.")
-flags.DEFINE_string("student", "lab-draft", "Starting weights of the draft (same tokenizer); default lab-draft.")
-flags.DEFINE_integer("seq_len", 256, "Tokens per training window (default 256).")
-flags.DEFINE_integer("batch_size", 4, "Windows per step (default 4: 1,024 tokens a step).")
-flags.DEFINE_integer("max_steps", 400, "Optimizer steps; the cosine schedule ends here (default 400).")
-flags.DEFINE_float("max_minutes", 12.0, "Stop early after this many minutes (default 12: the shared CPU budget); "
-                   "0 = no limit. The card records the steps actually run.")
-flags.DEFINE_float("lr", 5e-4, "Peak learning rate (default 5e-4: fine-tuning an already trained draft).")
-flags.DEFINE_integer("warmup_steps", 20, "Linear warmup steps (default 20).")
-flags.DEFINE_integer("eval_tokens", 16384, "Held-out tokens scored before and after (default 16384).")
-flags.DEFINE_string("out_dir", None, "Output folder (relative to where you ran the command). Required. A "
-                    "non-empty folder this binary did not create is refused.")
-flags.DEFINE_bool("overwrite", False, "Empty a non-empty --out_dir first (default off: refuse).")
-flags.DEFINE_integer("seed", 0, "Seed of the batch sampling (default 0: reproducible).")
-flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
+
+
+def define_flags() -> None:
+    """The binary's flags (defined only when run as the binary: the library imports without them)."""
+    flags.DEFINE_string("teacher", "lab-small", "Target model to distill (frozen); default lab-small.")
+    flags.DEFINE_string("student", "lab-draft", "Starting weights of the draft (same tokenizer); default lab-draft.")
+    flags.DEFINE_integer("seq_len", 256, "Tokens per training window (default 256).")
+    flags.DEFINE_integer("batch_size", 4, "Windows per step (default 4: 1,024 tokens a step).")
+    flags.DEFINE_integer("max_steps", 400, "Optimizer steps; the cosine schedule ends here (default 400).")
+    flags.DEFINE_float("max_minutes", 12.0, "Stop early after this many minutes (default 12: the shared CPU budget); "
+                       "0 = no limit. The card records the steps actually run.")
+    flags.DEFINE_float("lr", 5e-4, "Peak learning rate (default 5e-4: fine-tuning an already trained draft).")
+    flags.DEFINE_integer("warmup_steps", 20, "Linear warmup steps (default 20).")
+    flags.DEFINE_integer("eval_tokens", 16384, "Held-out tokens scored before and after (default 16384).")
+    flags.DEFINE_string("out_dir", None, "Output folder (relative to where you ran the command). Required. A "
+                        "non-empty folder this binary did not create is refused.")
+    flags.DEFINE_bool("overwrite", False, "Empty a non-empty --out_dir first (default off: refuse).")
+    flags.DEFINE_integer("seed", 0, "Seed of the batch sampling (default 0: reproducible).")
+    flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
 
 OPTION_NAMES = ("teacher", "student", "seq_len", "batch_size", "max_steps", "max_minutes", "lr", "warmup_steps",
                 "eval_tokens", "out_dir", "overwrite", "seed", "device")
@@ -149,7 +153,8 @@ def write_card(out_dir: str, s: dict) -> None:
     from data import corpus
 
     b, a, f = s["heldout_before"], s["heldout_after"], s["flags"]
-    cmd = "python3 -m train.distill " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}" for k, v in f.items() if k != "overwrite")
+    cmd = "python3 -m train.distill " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}"
+                                                 for k, v in f.items() if k != "overwrite")
     text = f"""# Model card: {os.path.basename(out_dir.rstrip('/'))} ({s['params']:,} parameters)
 
 A speculative-decoding draft for `{s['teacher']}`: `{s['student_init']}`'s shape and weights, then
@@ -168,7 +173,8 @@ distilled from `{s['teacher']}` (KL(p_teacher || p_student) at every position) b
 
 | | top-1 agreement with the teacher's argmax | loss vs corpus | KL to teacher |
 | --- | --- | --- | --- |
-| `{s['student_init']}` (before) | {b['top1_agreement_with_teacher']:.3f} | {b['heldout_loss']:.3f} | {b['kl_to_teacher']:.3f} |
+| `{s['student_init']}` (before) | {b['top1_agreement_with_teacher']:.3f} | {b['heldout_loss']:.3f} | \
+{b['kl_to_teacher']:.3f} |
 | distilled (this model) | {a['top1_agreement_with_teacher']:.3f} | {a['heldout_loss']:.3f} | {a['kl_to_teacher']:.3f} |
 
 Agreement with the teacher's argmax given the true prefix is what greedy speculative acceptance
@@ -202,10 +208,12 @@ def main(argv):
     except (OutputDirError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    before, after = s["heldout_before"], s["heldout_after"]
     print(f"done: {s['steps']} steps in {s['train_seconds']:.0f} s; held-out top-1 agreement with the teacher "
-          f"{s['heldout_before']['top1_agreement_with_teacher']:.3f} -> {s['heldout_after']['top1_agreement_with_teacher']:.3f}")
+          f"{before['top1_agreement_with_teacher']:.3f} -> {after['top1_agreement_with_teacher']:.3f}")
     return 0
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

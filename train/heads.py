@@ -23,22 +23,27 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", "lab-small", "Base model (frozen): a shipped name or an HF folder. Default lab-small.")
-flags.DEFINE_integer("num_heads", 4, "Heads K: proposals per verify up to K (default 4: Medusa's usual 4-5).")
-flags.DEFINE_integer("seq_len", 128, "Tokens per training window (default 128: short, so CPU steps are fast).")
-flags.DEFINE_integer("batch_size", 8, "Windows per step (default 8: 1,024 tokens a step at seq_len 128).")
-flags.DEFINE_integer("max_steps", 300, "Optimizer steps; the cosine schedule ends here (default 300).")
-flags.DEFINE_float("max_minutes", 12.0, "Stop early after this many minutes of training (default 12: the "
-                   "shared 2-core CPU budget); 0 = no limit. The card records the steps actually run.")
-flags.DEFINE_float("lr", 3e-3, "Peak learning rate (default 3e-3: only the small heads learn).")
-flags.DEFINE_integer("warmup_steps", 20, "Linear warmup steps (default 20).")
-flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay (default 0: the heads start at zero).")
-flags.DEFINE_integer("eval_tokens", 16384, "Held-out tokens scored at the end (default 16384).")
-flags.DEFINE_string("out_dir", None, "Output folder (relative to where you ran the command). Required. A "
-                    "non-empty folder this binary did not create is refused.")
-flags.DEFINE_bool("overwrite", False, "Empty a non-empty --out_dir first (default off: refuse).")
-flags.DEFINE_integer("seed", 0, "Seed of the batch sampling (default 0: reproducible).")
-flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
+
+
+def define_flags() -> None:
+    """The binary's flags (defined only when run as the binary: the library imports without them)."""
+    flags.DEFINE_string("checkpoint", "lab-small", "Base model (frozen): a shipped name or an HF folder. "
+                        "Default lab-small.")
+    flags.DEFINE_integer("num_heads", 4, "Heads K: proposals per verify up to K (default 4: Medusa's usual 4-5).")
+    flags.DEFINE_integer("seq_len", 128, "Tokens per training window (default 128: short, so CPU steps are fast).")
+    flags.DEFINE_integer("batch_size", 8, "Windows per step (default 8: 1,024 tokens a step at seq_len 128).")
+    flags.DEFINE_integer("max_steps", 300, "Optimizer steps; the cosine schedule ends here (default 300).")
+    flags.DEFINE_float("max_minutes", 12.0, "Stop early after this many minutes of training (default 12: the "
+                       "shared 2-core CPU budget); 0 = no limit. The card records the steps actually run.")
+    flags.DEFINE_float("lr", 3e-3, "Peak learning rate (default 3e-3: only the small heads learn).")
+    flags.DEFINE_integer("warmup_steps", 20, "Linear warmup steps (default 20).")
+    flags.DEFINE_float("weight_decay", 0.0, "AdamW weight decay (default 0: the heads start at zero).")
+    flags.DEFINE_integer("eval_tokens", 16384, "Held-out tokens scored at the end (default 16384).")
+    flags.DEFINE_string("out_dir", None, "Output folder (relative to where you ran the command). Required. A "
+                        "non-empty folder this binary did not create is refused.")
+    flags.DEFINE_bool("overwrite", False, "Empty a non-empty --out_dir first (default off: refuse).")
+    flags.DEFINE_integer("seed", 0, "Seed of the batch sampling (default 0: reproducible).")
+    flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
 
 
 def _hidden_and_logits(model, x):
@@ -170,7 +175,8 @@ def write_card(out_dir: str, s: dict) -> None:
                      f"{a['head_top1_vs_base_argmax'][i]:.3f} | {a['head_top1_vs_corpus'][i]:.3f} |"
                      for i in range(s["num_heads"]))
     f = s["flags"]
-    cmd = ("python3 -m train.heads " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}" for k, v in f.items() if k not in ("overwrite",)))
+    cmd = "python3 -m train.heads " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}"
+                                               for k, v in f.items() if k != "overwrite")
     text = f"""# Medusa heads for {s['base_model']} ({s['num_heads']} heads)
 
 Speculative-decoding heads (decoding/heads.py; `--speculative heads`): head i maps the base's final
@@ -236,4 +242,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))
