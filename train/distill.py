@@ -31,6 +31,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seq_len", 256, "Tokens per training window (default 256).")
     flags.DEFINE_integer("batch_size", 4, "Windows per step (default 4: 1,024 tokens a step).")
     flags.DEFINE_integer("max_steps", 400, "Optimizer steps; the cosine schedule ends here (default 400).")
+    flags.DEFINE_integer("stop_at_step", 0, "Stop at this step without changing the schedule (default 0 = run to "
+                         "--max_steps): the card's command repeats a run --max_minutes cut short, step for step.")
     flags.DEFINE_float("max_minutes", 12.0, "Stop early after this many minutes (default 12: the shared CPU budget); "
                        "0 = no limit. The card records the steps actually run.")
     flags.DEFINE_float("lr", 5e-4, "Peak learning rate (default 5e-4: fine-tuning an already trained draft).")
@@ -42,8 +44,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the batch sampling (default 0: reproducible).")
     flags.DEFINE_string("device", "auto", "cpu, cuda, cuda:N or auto (cuda when available).")
 
-OPTION_NAMES = ("teacher", "student", "seq_len", "batch_size", "max_steps", "max_minutes", "lr", "warmup_steps",
-                "eval_tokens", "out_dir", "overwrite", "seed", "device")
+OPTION_NAMES = ("teacher", "student", "seq_len", "batch_size", "max_steps", "max_minutes", "stop_at_step", "lr",
+                "warmup_steps", "eval_tokens", "out_dir", "overwrite", "seed", "device")
 
 
 def distill_loss(student_logits, teacher_logits):
@@ -106,6 +108,8 @@ def distill(opts: dict) -> dict:
     optimizer = make_optimizer(student, cfg)
     t0, losses, step = time.perf_counter(), [], 0
     while step < cfg.max_steps:
+        if opts.get("stop_at_step") and step >= opts["stop_at_step"]:
+            break
         if opts["max_minutes"] and time.perf_counter() - t0 > opts["max_minutes"] * 60:
             print(f"--max_minutes {opts['max_minutes']} reached at step {step}; stopping")
             break
@@ -153,6 +157,7 @@ def write_card(out_dir: str, s: dict) -> None:
     from data import corpus
 
     b, a, f = s["heldout_before"], s["heldout_after"], s["flags"]
+    f = reproducible_flags(f, s["steps"])
     cmd = "python3 -m train.distill " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}"
                                                  for k, v in f.items() if k != "overwrite")
     text = f"""# Model card: {os.path.basename(out_dir.rstrip('/'))} ({s['params']:,} parameters)
@@ -165,7 +170,8 @@ distilled from `{s['teacher']}` (KL(p_teacher || p_student) at every position) b
 - teacher: `{s['teacher']}`, frozen; student initialised from `{s['student_init']}`
 - data: random windows of {f['seq_len']} tokens of the train split of the lab corpus ({corpus.describe()});
   never WikiText-2 test
-- steps: {s['steps']} of {f['max_steps']} (stopped by --max_minutes when fewer), {s['tokens_seen']:,} tokens,
+- steps: {s['steps']} of {f['max_steps']} (stopped by --max_minutes or --stop_at_step when fewer; the command
+  below repeats it step for step), {s['tokens_seen']:,} tokens,
   {s['train_seconds']:.0f} s on {s['device']} ({s['threads']} threads, shared machine), torch {s['torch']}, {s['date']}
 - command: `{cmd}` (also `tools/bazel run //train:distill -- ...`)
 
@@ -183,6 +189,13 @@ Files: HF layout (config.json, model.safetensors fp32, tokenizer), train_summary
 """
     with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
         fh.write(text)
+
+
+def reproducible_flags(f: dict, steps: int) -> dict:
+    """The flags that repeat this run step for step: a --max_minutes cut becomes --stop_at_step."""
+    if steps < f["max_steps"] and not f.get("stop_at_step"):
+        return {**f, "max_minutes": 0.0, "stop_at_step": steps}
+    return f
 
 
 def _rel(path: str) -> str:

@@ -33,6 +33,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("seq_len", 128, "Tokens per training window (default 128: short, so CPU steps are fast).")
     flags.DEFINE_integer("batch_size", 8, "Windows per step (default 8: 1,024 tokens a step at seq_len 128).")
     flags.DEFINE_integer("max_steps", 300, "Optimizer steps; the cosine schedule ends here (default 300).")
+    flags.DEFINE_integer("stop_at_step", 0, "Stop at this step without changing the schedule (default 0 = run to "
+                         "--max_steps): the card's command repeats a run --max_minutes cut short, step for step.")
     flags.DEFINE_float("max_minutes", 12.0, "Stop early after this many minutes of training (default 12: the "
                        "shared 2-core CPU budget); 0 = no limit. The card records the steps actually run.")
     flags.DEFINE_float("lr", 3e-3, "Peak learning rate (default 3e-3: only the small heads learn).")
@@ -132,6 +134,8 @@ def train_heads(opts: dict) -> dict:
     losses = []
     step = 0
     while step < cfg.max_steps:
+        if opts.get("stop_at_step") and step >= opts["stop_at_step"]:
+            break
         if opts["max_minutes"] and time.perf_counter() - t0 > opts["max_minutes"] * 60:
             print(f"--max_minutes {opts['max_minutes']} reached at step {step}; stopping")
             break
@@ -175,6 +179,7 @@ def write_card(out_dir: str, s: dict) -> None:
                      f"{a['head_top1_vs_base_argmax'][i]:.3f} | {a['head_top1_vs_corpus'][i]:.3f} |"
                      for i in range(s["num_heads"]))
     f = s["flags"]
+    f = reproducible_flags(f, s["steps"])
     cmd = "python3 -m train.heads " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}"
                                                for k, v in f.items() if k != "overwrite")
     text = f"""# Medusa heads for {s['base_model']} ({s['num_heads']} heads)
@@ -189,7 +194,8 @@ Medusa-1's head with the projection shared). Research artefact of the lab; not f
 - loss: sum over heads of 0.8^i * KL(p_base(t + i + 1) || p_head_i(t)) (self-distillation: a proposal
   is accepted when it equals the base's argmax)
 - data: random windows of the train split of the lab corpus ({corpus.describe()}); never WikiText-2 test
-- steps: {s['steps']} of {f['max_steps']} (stopped by --max_minutes when fewer), {s['tokens_seen']:,} tokens,
+- steps: {s['steps']} of {f['max_steps']} (stopped by --max_minutes or --stop_at_step when fewer; the command
+  below repeats it step for step), {s['tokens_seen']:,} tokens,
   {s['train_seconds']:.0f} s on {s['device']} ({s['threads']} threads, shared machine), torch {s['torch']}, {s['date']}
 - command: `{cmd}` (also `tools/bazel run //train:heads -- ...`)
 
@@ -206,6 +212,13 @@ Files: heads.safetensors (fp32: weight (K, dim, dim), bias (K, dim)), config.jso
 """
     with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
         fh.write(text)
+
+
+def reproducible_flags(f: dict, steps: int) -> dict:
+    """The flags that repeat this run step for step: a --max_minutes cut becomes --stop_at_step."""
+    if steps < f["max_steps"] and not f.get("stop_at_step"):
+        return {**f, "max_minutes": 0.0, "stop_at_step": steps}
+    return f
 
 
 def _rel(path: str) -> str:
@@ -225,7 +238,7 @@ def main(argv):
     from model.output_dir import OutputDirError
 
     opts = {k: FLAGS[k].value for k in ("checkpoint", "num_heads", "seq_len", "batch_size", "max_steps",
-                                        "max_minutes", "lr", "warmup_steps", "weight_decay", "eval_tokens",
+                                        "max_minutes", "stop_at_step", "lr", "warmup_steps", "weight_decay", "eval_tokens",
                                         "out_dir", "overwrite", "seed", "device")}
     opts["out_dir"] = user_path(opts["out_dir"])
     if opts["num_heads"] < 1 or opts["seq_len"] < opts["num_heads"] + 2:
