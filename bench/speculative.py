@@ -472,7 +472,8 @@ def run(opts: Options) -> dict:
         common.print_table(proj, ["task", "strategy", "tau", "draft_fwd_per_cycle", "t1_us", "tverify_us",
                                   "tdraft_us", "host_us", "projected_8b_speedup"],
                            "PROJECTION (not measured): 8B speedup = tau * t1 / (tverify + d * tdraft + host), "
-                           "tau and d from the lab-model profiles above")
+                           "tau and d from the lab-model profiles above; host = an n-gram lookup or k 8B-shape "
+                           "Medusa heads' proposal")
         common.write_results(out, "speculative_cost", timing, [
             {"name": f"speculative_cost/{r['model']}/w{r['width']}", "value": r["p50_us"], "unit": "us"}
             for r in timing if r["status"] == "ok"], device=dev)
