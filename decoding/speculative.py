@@ -38,9 +38,9 @@ import torch
 
 from decoding.cuda_graph import capture_graph
 from decoding.fast import FastGenerator
-from decoding.heads import HiddenTap
 from decoding.generate import (ContextLengthError, GenerationResult, NonFiniteLogitsError, _sync,
                                prompt_tensor)
+from decoding.heads import HiddenTap
 from decoding.sampling import logits_to_probs, sample
 
 METHODS = ("draft", "ngram", "heads")
