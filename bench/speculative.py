@@ -9,7 +9,8 @@ decoding in the same run, and (on a GPU) a cost model projecting it onto the Lla
 
 Per prompt (the first turn, its last --max_prompt_tokens tokens; the lab models' context is 512),
 plain greedy decoding of --max_new_tokens tokens (no early stop) runs first, then each strategy
-(decoding.speculative: draft model with k proposals, prompt-lookup n-gram) over the same caches.
+(decoding.speculative: draft model with k proposals, prompt-lookup n-gram, Medusa heads on the target,
+--heads_checkpoint) over the same caches.
 Each strategy's tokens must equal plain greedy's (lossless); where they part, the strategy's token must
 be a near tie of the target's logits there (within parity.ties' band for the dtype: 1e-4 of max|logit|
 in fp32, where a k+1-row verify and a 1-row step differ only in summation order; counted in near_ties),
@@ -38,8 +39,10 @@ decode step (t_1), a verify of w = k + 1 tokens (t_w) and a draft step (t_d); ch
 logits against w single steps first. Then for each measured acceptance profile prints
   projected 8B speedup = tau * t_1 / (t_{k+1} + d * t_d + h)
 with tau and d (draft forwards per verify) measured above on the lab models and h the host time of
-one n-gram lookup (0 for the draft). A projection, not a measurement: it assumes the 8B target and
-1B draft agree as often as lab-small and lab-draft do.
+one n-gram lookup (0 for the draft) or of the heads' k proposals (random Medusa heads at the 8B shape:
+k residual blocks + the 8B lm_head over the 128K vocabulary + argmax, eager). A projection, not a
+measurement: it assumes the 8B target and 1B draft (or 8B heads) agree as often as lab-small and
+lab-draft (or lab-small's heads) do.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ from bench import common
 _define = common.define_flag
 _define("string", "checkpoint", None, "Target model (default lab-small).")
 _define("string", "draft_checkpoint", "lab-draft", "Draft model for the draft strategy (same tokenizer).")
-_define("list", "strategies", ["draft", "ngram"], "Strategies: draft, ngram (default both).")
+_define("list", "strategies", ["draft", "ngram"], "Strategies: draft, ngram, heads (default draft,ngram).")
+_define("string", "heads_checkpoint", "lab-small-medusa", "Medusa heads of the target for the heads strategy "
+        "(default the shipped lab-small-medusa; decoding/heads.py).")
 _define("list", "ks", ["2", "4"], "num_speculative_tokens values to run for each strategy (default 2,4).")
 _define("float", "draft_min_prob", 0.0, "Stop drafting once the draft's probability of its proposal is below "
         "this (default 0: always k).")
@@ -77,6 +82,7 @@ _define("integer", "engine_seqs", 0, "Also run the same prompts through the batc
 class Options:
     checkpoint: str | None = None
     draft_checkpoint: str = "lab-draft"
+    heads_checkpoint: str = "lab-small-medusa"
     strategies: tuple = ("draft", "ngram")
     ks: tuple = ("2", "4")
     draft_min_prob: float = 0.0
@@ -127,9 +133,10 @@ def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict]
     target = model.load(checkpoint, dtype=dtype, device=device)
     draft = model.load(opts.draft_checkpoint, dtype=dtype, device=device) if any(
         c.method == "draft" for c in cfgs) else None
+    heads = load_heads_flag(opts, target, cfgs)
     tok = load_tokenizer(checkpoint_dir(checkpoint))
     cuda = common.is_cuda(device)
-    dec = SpeculativeDecoder(target, draft, cuda_graph=cuda, fuse=cuda)
+    dec = SpeculativeDecoder(target, draft, cuda_graph=cuda, fuse=cuda, heads=heads)
     per_task = opts.per_task if opts.per_task is not None else (80 if cuda else 5)
     groups = by_task(per_task)
     warm = prompt_ids(tok, groups[TASKS[0]][0], 32)
@@ -171,6 +178,22 @@ def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict]
     failures += [f"{r['task']}/{r['strategy']}" for r in rows if common.is_failure(r["status"])]
     dec.close()
     return rows, failures
+
+
+def load_heads_flag(opts: Options, target, cfgs: list):
+    """The --heads_checkpoint heads when a heads strategy runs (else None); UsageError naming the flag."""
+    if not any(c.method == "heads" for c in cfgs):
+        return None
+    from decoding.heads import HeadsError, load_heads
+
+    try:
+        heads = load_heads(opts.heads_checkpoint, target)
+    except HeadsError as e:
+        raise app.UsageError(f"--heads_checkpoint: {e}") from None
+    k = max(c.num_speculative_tokens for c in cfgs if c.method == "heads")
+    if k > heads.num_heads:
+        raise app.UsageError(f"--ks: k={k} exceeds the {heads.num_heads} heads of --heads_checkpoint")
+    return heads
 
 
 def divergence_gap(target, prompt: list[int], got: list[int], want: list[int]) -> tuple[float, int]:
@@ -242,7 +265,9 @@ def engine_rows(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[di
     per_task = opts.per_task if opts.per_task is not None else (80 if common.is_cuda(device) else 5)
     prompts = [prompt_ids(tok, q, opts.max_prompt_tokens) for qs in by_task(per_task).values() for q in qs]
     params = SamplingParams(max_tokens=opts.max_new_tokens, ignore_eos=True)
-    cfgs = strategies(opts)
+    from scheduler.speculative import ENGINE_METHODS
+
+    cfgs = [c for c in strategies(opts) if c.method in ENGINE_METHODS]  # heads: batch 1 only so far
     draft = model.load(opts.draft_checkpoint, dtype=dtype, device=device) if any(
         c.method == "draft" for c in cfgs) else None
     rows, failures, plain = [], [], None
@@ -348,6 +373,8 @@ def cost_model(opts: Options, prof_rows: list[dict], device: str = "cuda", dtype
                                "vs_decode": t and t["p50"] / t_us.get((name, 1), t["p50"]), "status": status})
                 if common.is_failure(status):
                     failures.append(f"cost_model/{name}/w{w}")
+            if name == "8b":
+                t_us.update(time_heads(net, [int(k) for k in opts.ks], device, cuda))
         gen.close()
         del net, gen
         if cuda:
@@ -364,12 +391,31 @@ def cost_model(opts: Options, prof_rows: list[dict], device: str = "cuda", dtype
         method, k = r["strategy"].split("-k")
         tv = t_us[("8b", int(k) + 1)]
         d = r["draft_fwd_per_cycle"] if method == "draft" else 0.0
-        h = host if method == "ngram" else 0.0
+        h = host if method == "ngram" else t_us[("heads", int(k))] if method == "heads" else 0.0
         speed = r["tau"] * t1 / (tv + d * td + h)
         proj.append({"task": r["task"], "strategy": r["strategy"], "tau": r["tau"], "draft_fwd_per_cycle": d,
                      "t1_us": t1, "tverify_us": tv, "tdraft_us": td, "host_us": h,
                      "projected_8b_speedup": speed, "kind": "projection"})
     return timing, proj, failures
+
+
+def time_heads(net, ks: list[int], device: str, cuda: bool) -> dict:
+    """{("heads", k): p50 us} of k Medusa heads' greedy proposals on net's shape (random heads, eager, the
+    target's lm_head): what SpeculativeDecoder._heads_propose computes per cycle."""
+    from decoding.heads import MedusaHeads
+
+    w = net.lm_head.weight
+    heads = MedusaHeads(max(ks), net.config.dim, net.config.vocab_size)
+    torch.nn.init.normal_(heads.weight, std=0.02)
+    heads = heads.to(device=w.device, dtype=w.dtype).eval()
+    h = torch.randn(net.config.dim, device=w.device, dtype=w.dtype)
+    timer = common.time_cuda if cuda else common.time_cpu
+    out = {}
+    with torch.inference_mode():
+        for k in ks:
+            out[("heads", k)] = timer(lambda: heads.logits(h, net.lm_head, k).argmax(-1), warmup=5, iters=30,
+                                      flush_l2=False)["p50"]
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -426,7 +472,8 @@ def run(opts: Options) -> dict:
         common.print_table(proj, ["task", "strategy", "tau", "draft_fwd_per_cycle", "t1_us", "tverify_us",
                                   "tdraft_us", "host_us", "projected_8b_speedup"],
                            "PROJECTION (not measured): 8B speedup = tau * t1 / (tverify + d * tdraft + host), "
-                           "tau and d from the lab-model profiles above")
+                           "tau and d from the lab-model profiles above; host = an n-gram lookup or k 8B-shape "
+                           "Medusa heads' proposal")
         common.write_results(out, "speculative_cost", timing, [
             {"name": f"speculative_cost/{r['model']}/w{r['width']}", "value": r["p50_us"], "unit": "us"}
             for r in timing if r["status"] == "ok"], device=dev)

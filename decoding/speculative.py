@@ -6,8 +6,11 @@ target forward over k + 1 positions, keep the longest accepted prefix plus one t
     ref = dec.plain(prompt_ids, 128)                                   # plain decoding, same caches
 
 Proposers: "draft" (a smaller model with the same vocabulary, run k steps over its own static
-cache) and "ngram" (prompt lookup: the k tokens that followed the latest earlier occurrence of the
-sequence's last n tokens, n from ngram_max down to ngram_min; no model).
+cache), "ngram" (prompt lookup: the k tokens that followed the latest earlier occurrence of the
+sequence's last n tokens, n from ngram_max down to ngram_min; no model) and "heads" (Medusa-style
+heads, decoding/heads.py: head i maps the target's final hidden state of the last emitted token's
+predecessor to the token i + 1 after the emitted one; the hidden state comes from the verify forward
+that emitted it, read through a HiddenTap, so proposing costs no target forward; chain verification).
 
 Lossless. Greedy: a proposal is accepted while it equals the target's argmax at its position, and
 the target's argmax at the first mismatch (or after the last proposal) is emitted, so the output is
@@ -15,8 +18,8 @@ plain greedy's. Sampling (Leviathan et al. 2023; Chen et al. 2023): proposal d_i
 accepted with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection the token is drawn
 from normalize(max(0, p_i - q_i)); when all k are accepted a bonus token is drawn from p_{k+1}. Each
 emitted token is then distributed exactly as p (the target after temperature/top-k/top-p). n-gram
-proposals are point masses (q = one-hot), so the same rule applies. `verify_sampled` is batched over
-independent rows so the distribution test draws 20,000+ times in one call.
+and heads proposals (the heads' argmax) are point masses (q = one-hot), so the same rule applies.
+`verify_sampled` is batched over independent rows so the distribution test draws 20,000+ times in one call.
 
 Rollback: the static cache masks keys by position (key_pos <= query pos), so the K/V written at
 rejected positions are never read and are overwritten by the next step; rolling back is just the
@@ -37,14 +40,16 @@ from decoding.cuda_graph import capture_graph
 from decoding.fast import FastGenerator
 from decoding.generate import (ContextLengthError, GenerationResult, NonFiniteLogitsError, _sync,
                                prompt_tensor)
+from decoding.heads import HiddenTap
 from decoding.sampling import logits_to_probs, sample
 
-METHODS = ("draft", "ngram")
+METHODS = ("draft", "ngram", "heads")
+_TAP_WIDTH = 33  # rows the heads' HiddenTap keeps: a verify of up to k + 1 = 33 positions
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """What proposes tokens and how many: method "draft" or "ngram", k = num_speculative_tokens."""
+    """What proposes tokens and how many: method "draft", "ngram" or "heads", k = num_speculative_tokens."""
 
     method: str
     num_speculative_tokens: int = 4  # k proposals per target forward (vLLM's and SGLang's usual 3-5)
@@ -179,7 +184,8 @@ def verify_greedy(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[int
 class SpeculativeDecoder:
     """Greedy or sampled speculative generation at batch 1 over long-lived static caches.
 
-    target (and draft, which method "draft" needs) are lab Transformers with the same vocabulary.
+    target (and draft, which method "draft" needs) are lab Transformers with the same vocabulary; heads
+    (method "heads") a decoding.heads.MedusaHeads for the target (load_heads checks the fit).
     Caches of max_seq_len tokens are installed on both and stay until close(); every method (and
     plain decoding, `plain`) runs over the same caches, so a benchmark compares them in one place.
     cuda_graph replays each step width from a CUDA graph (GPU only; capture=simulate_capture runs the
@@ -187,8 +193,14 @@ class SpeculativeDecoder:
     """
 
     def __init__(self, target, draft=None, max_seq_len: Optional[int] = None, cuda_graph: bool = False,
-                 fuse: bool = False, capture: Callable = capture_graph):
+                 fuse: bool = False, capture: Callable = capture_graph, heads=None):
         max_seq_len = max_seq_len or target.config.max_seq_len
+        if heads is not None and (heads.dim, heads.vocab_size) != (target.config.dim, target.config.vocab_size):
+            raise ValueError(f"heads for hidden size {heads.dim} / vocabulary {heads.vocab_size} do not fit the "
+                             f"target ({target.config.dim} / {target.config.vocab_size})")
+        # Installed before any step is built, so every (graphed) target step copies its hidden states out.
+        self.heads = heads
+        self._tap = None if heads is None else HiddenTap(target, _TAP_WIDTH)
         if draft is not None:
             if draft is target:
                 raise ValueError("the draft must be a separate model object (each model holds one cache)")
@@ -204,7 +216,10 @@ class SpeculativeDecoder:
         self._caches = [m.model.layers[0].self_attn.kv_cache for m in (target, draft) if m is not None]
 
     def close(self) -> None:
-        """Drop graphs and caches of both models."""
+        """Drop graphs and caches of both models (and the heads' hidden-state tap)."""
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
         self.target.close()
         if self.draft is not None:
             self.draft.close()
@@ -242,6 +257,12 @@ class SpeculativeDecoder:
         trace: a list that gets one SpecCycle per verify forward (divergence_report reads it)."""
         if config.method == "draft" and self.draft is None:
             raise ValueError("method 'draft' needs a draft model: SpeculativeDecoder(target, draft=...)")
+        if config.method == "heads":
+            if self._tap is None:
+                raise ValueError("method 'heads' needs heads: SpeculativeDecoder(target, heads=load_heads(...))")
+            if config.num_speculative_tokens > self.heads.num_heads:
+                raise ValueError(f"num_speculative_tokens={config.num_speculative_tokens} exceeds the "
+                                 f"{self.heads.num_heads} heads loaded")
         models = [g.model for g in (self.target, self.draft) if g is not None]
         if any(m.model.layers[0].self_attn.kv_cache is not c for m, c in zip(models, self._caches)):
             raise RuntimeError("the models' caches were replaced since this SpeculativeDecoder installed them "
@@ -266,12 +287,15 @@ class SpeculativeDecoder:
         _sync(self.device)
         t_first = time.perf_counter()
         draft_len = 0  # positions of seq whose K/V the draft's cache holds (it prefills on its first cycle)
+        fed = (T, T - 1)  # heads: (width of the latest target forward, row whose hidden state precedes seq[-1])
         while len(seq) - T < max_new_tokens and not (eos_id is not None and seq[-1] == eos_id):
             n = len(seq)  # the target's cache holds seq[:n-1]; seq[-1] is not fed yet
             k = min(cfg.num_speculative_tokens, max_new_tokens - (n - T) - 1)
             q = None
             if cfg.method == "ngram":
                 proposal = ngram_propose(seq, k, cfg.ngram_max, cfg.ngram_min) if k > 0 else []
+            elif cfg.method == "heads":
+                proposal = self._heads_propose(k, *fed)
             else:
                 proposal, q, draft_len = self._draft_propose(seq, k, draft_len, temperature, top_k, top_p,
                                                              generator, stats, cfg.draft_min_prob)
@@ -300,12 +324,21 @@ class SpeculativeDecoder:
             if trace is not None:
                 trace.append(SpecCycle(n - T, proposal, n_acc, new))
             seq += new
+            fed = (k + 1, n_acc)
             draft_len = min(draft_len, n + n_acc)  # the draft's entries past the accepted prefix are stale
         _sync(self.device)
         t_end = time.perf_counter()
         new_ids = seq[T:]
         return SpeculativeResult(tokens=torch.tensor([seq], dtype=torch.long), new_ids=[new_ids],
                                  prefill_s=t_first - t0, decode_s=t_end - t_first, n_new=len(new_ids), stats=stats)
+
+    def _heads_propose(self, k: int, width: int, row: int) -> list[int]:
+        """The heads' k greedy proposals from the hidden state of token `row` of the latest `width`-token
+        target forward (the position whose logits gave seq[-1])."""
+        if k == 0:
+            return []
+        h = self._tap.row(width, row)
+        return self.heads.logits(h, self.target.model.lm_head, k).argmax(-1).tolist()
 
     def _draft_propose(self, seq: list[int], k: int, draft_len: int, temperature, top_k, top_p, generator,
                        stats: SpecStats, min_prob: float = 0.0):
@@ -366,11 +399,12 @@ def _check_finite(logits: torch.Tensor, step: int) -> None:
 def generate_speculative(target, prompt_ids, max_new_tokens: int, config: SpeculativeConfig, draft=None,
                          temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                          seed: Optional[int] = None, eos_id: Optional[int] = None, cuda_graph: bool = False,
-                         fuse: bool = False) -> SpeculativeResult:
+                         fuse: bool = False, heads=None) -> SpeculativeResult:
     """One speculative generation (as decoding.generate is for plain decoding): caches sized to this
     request, installed and removed around it. The entry point of `model.generate --speculative`."""
     T = len(prompt_ids) if not isinstance(prompt_ids, torch.Tensor) else prompt_ids.shape[-1]
-    dec = SpeculativeDecoder(target, draft if config.method == "draft" else None, cuda_graph=cuda_graph, fuse=fuse)
+    dec = SpeculativeDecoder(target, draft if config.method == "draft" else None, cuda_graph=cuda_graph, fuse=fuse,
+                             heads=heads if config.method == "heads" else None)
     try:
         if T + max_new_tokens > dec.max_seq_len:
             raise ContextLengthError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) = "

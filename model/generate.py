@@ -37,9 +37,10 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"
     json: bool = False
-    speculative: str = "none"  # none, draft or ngram (decoding.speculative)
+    speculative: str = "none"  # none, draft, ngram or heads (decoding.speculative)
     num_speculative_tokens: int = 4
     draft_checkpoint: str = "lab-draft"  # the draft model of --speculative draft
+    heads_checkpoint: str = "lab-small-medusa"  # the Medusa heads of --speculative heads (decoding/heads.py)
     tp: int = 1  # tensor-parallel ranks (model/tp.py); >1 spawns them unless run under torchrun
 
 
@@ -60,13 +61,16 @@ flags.DEFINE_string("device", Options.device, "cpu, cuda, cuda:N or auto (cuda w
 flags.DEFINE_string("dtype", Options.dtype, "float32, bfloat16, float16 (or bf16, fp16, fp32) or auto (float32 "
                     "on cpu, bfloat16 on cuda).")
 flags.DEFINE_bool("json", Options.json, "Print one JSON object instead of text and a stats line.")
-flags.DEFINE_enum("speculative", Options.speculative, ["none", "draft", "ngram"], "Speculative decoding "
-                  "(decoding.speculative): draft = a draft model proposes, ngram = prompt lookup; the output "
+flags.DEFINE_enum("speculative", Options.speculative, ["none", "draft", "ngram", "heads"], "Speculative decoding "
+                  "(decoding.speculative): draft = a draft model proposes, ngram = prompt lookup, heads = Medusa "
+                  "heads on the target (--heads_checkpoint); the output "
                   "equals plain decoding's (greedy) or its distribution (sampling). Default none.")
 flags.DEFINE_integer("num_speculative_tokens", Options.num_speculative_tokens, "Tokens proposed per target "
                      "forward, 1-32 (default 4).")
 flags.DEFINE_string("draft_checkpoint", Options.draft_checkpoint, "Draft model of --speculative draft (same "
                     "vocabulary as --checkpoint); default the shipped lab-draft.")
+flags.DEFINE_string("heads_checkpoint", Options.heads_checkpoint, "Heads folder of --speculative heads (trained "
+                    "for --checkpoint by //train:heads); default the shipped lab-small-medusa (heads of lab-small).")
 flags.DEFINE_integer("tp", Options.tp, "Tensor-parallel ranks (default 1). >1 starts that many processes itself (NCCL "
                      "with one GPU each, else gloo on the CPU); under torchrun each process is one rank.")
 
@@ -84,8 +88,8 @@ def check_options(opts: Options) -> None:
         raise UsageError(f"--tp must be >= 1, got {opts.tp}")
     if opts.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens must be >= 1, got {opts.max_new_tokens}")
-    if opts.speculative not in ("none", "draft", "ngram"):
-        raise UsageError(f"--speculative must be none, draft or ngram, got {opts.speculative!r}")
+    if opts.speculative not in ("none", "draft", "ngram", "heads"):
+        raise UsageError(f"--speculative must be none, draft, ngram or heads, got {opts.speculative!r}")
     if opts.speculative != "none" and opts.tp > 1:
         raise UsageError("--speculative runs on one process; it cannot be combined with --tp > 1")
     if opts.speculative != "none" and not 1 <= opts.num_speculative_tokens <= 32:
@@ -161,10 +165,21 @@ def run(opts: Options, rank=None) -> dict:
         if draft is not None and draft.config.vocab_size != vocab:
             raise UsageError(f"--draft_checkpoint {opts.draft_checkpoint}: vocab {draft.config.vocab_size} differs "
                              f"from --checkpoint's {vocab}; the draft must share the target's tokenizer")
+        heads = None
+        if opts.speculative == "heads":
+            from decoding.heads import HeadsError, load_heads
+
+            try:
+                heads = load_heads(opts.heads_checkpoint, net)
+            except HeadsError as e:
+                raise UsageError(f"--heads_checkpoint: {e}") from None
+            if opts.num_speculative_tokens > heads.num_heads:
+                raise UsageError(f"--num_speculative_tokens {opts.num_speculative_tokens} exceeds the "
+                                 f"{heads.num_heads} heads in --heads_checkpoint {opts.heads_checkpoint}")
         result = generate_speculative(net, prompt_ids, opts.max_new_tokens,
                                       SpeculativeConfig(opts.speculative, opts.num_speculative_tokens), draft,
                                       temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
-                                      seed=opts.seed, eos_id=eos)
+                                      seed=opts.seed, eos_id=eos, heads=heads)
         s = result.stats
         spec = {"method": opts.speculative, "num_speculative_tokens": opts.num_speculative_tokens,
                 # None (not NaN: --json stays valid JSON) when nothing was proposed / verified

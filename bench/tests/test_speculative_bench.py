@@ -14,12 +14,26 @@ SMALL = bs.Options(checkpoint="lab-draft", draft_checkpoint="lab-draft", strateg
                    per_task=1, max_new_tokens=8, max_prompt_tokens=32, device="cpu", dtype="fp32")
 
 
+def _random_heads(path, k=2):
+    """Random Medusa heads for lab-draft in path (the shipped heads are lab-small's)."""
+    import model
+    from decoding.heads import MedusaHeads, save_heads
+
+    net = model.load("lab-draft")
+    heads = MedusaHeads(k, net.config.dim, net.config.vocab_size)
+    torch.nn.init.normal_(heads.weight, std=0.1, generator=torch.Generator().manual_seed(0))
+    path.mkdir()
+    save_heads(heads, str(path), "lab-draft")
+    return str(path)
+
+
 def test_cpu_run_writes_checked_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
-    bs.run(SMALL)
+    heads = _random_heads(tmp_path / "heads")
+    bs.run(bs.Options(**{**SMALL.__dict__, "strategies": ("draft", "ngram", "heads"), "heads_checkpoint": heads}))
     rows = json.loads((tmp_path / "speculative.json").read_text())["rows"]
     assert {(r["task"], r["strategy"]) for r in rows} == {
-        (t, s) for t in (*TASKS, "all") for s in ("draft-k2", "ngram-k2")}
+        (t, s) for t in (*TASKS, "all") for s in ("draft-k2", "ngram-k2", "heads-k2")}
     for r in rows:
         assert r["status"] == "ok" and r["tok_s"] > 0 and r["plain_tok_s"] > 0, r
         if r["strategy"] == "draft-k2":
@@ -27,6 +41,17 @@ def test_cpu_run_writes_checked_rows(tmp_path, monkeypatch):
     names = {rec["name"] for rec in json.loads((tmp_path / "summary.json").read_text())}
     assert "speculative/all/draft-k2/speedup" in names
     assert (tmp_path / "speculative.png").stat().st_size > 0
+
+
+def test_heads_that_do_not_fit_are_one_flag_error(tmp_path):
+    from absl import app
+
+    heads = _random_heads(tmp_path / "heads", k=2)
+    with pytest.raises(app.UsageError, match="--heads_checkpoint: .*config.json: heads for hidden size 128"):
+        bs.run(bs.Options(**{**SMALL.__dict__, "checkpoint": "lab-small", "strategies": ("heads",),
+                             "heads_checkpoint": heads}))
+    with pytest.raises(app.UsageError, match="k=4 exceeds the 2 heads"):
+        bs.run(bs.Options(**{**SMALL.__dict__, "strategies": ("heads",), "ks": ("4",), "heads_checkpoint": heads}))
 
 
 def test_a_lossy_strategy_is_wrong_and_exits_1(tmp_path, monkeypatch):
@@ -45,7 +70,8 @@ def _tiny_cost_model(tmp_path):
 
     opts = bs.Options(ks=("2", "4"), cost_context=48)
     prof = [{"task": "qa", "strategy": "draft-k4", "tau": 2.5, "draft_fwd_per_cycle": 3.5, "status": "ok"},
-            {"task": "qa", "strategy": "ngram-k2", "tau": 1.5, "draft_fwd_per_cycle": 0.0, "status": "ok"}]
+            {"task": "qa", "strategy": "ngram-k2", "tau": 1.5, "draft_fwd_per_cycle": 0.0, "status": "ok"},
+            {"task": "qa", "strategy": "heads-k4", "tau": 1.8, "draft_fwd_per_cycle": 0.0, "status": "ok"}]
     shapes = (("8b", ModelConfig.from_name("tiny")), ("1b-draft", ModelConfig.from_name("tiny").replace(n_layers=1)))
     return bs.cost_model(opts, prof, device="cpu", dtype=torch.float32, shapes=shapes)
 
@@ -63,6 +89,9 @@ def test_cost_model_checks_its_steps_and_projects_by_its_formula(tmp_path):
     ngram = next(r for r in proj if r["strategy"] == "ngram-k2")
     assert ngram["host_us"] > 0 and ngram["projected_8b_speedup"] == pytest.approx(
         1.5 * t["8b", 1] / (t["8b", 3] + ngram["host_us"]))
+    heads = next(r for r in proj if r["strategy"] == "heads-k4")  # host = the 8B-shape heads' proposal time
+    assert heads["host_us"] > 0 and heads["host_us"] != ngram["host_us"] and heads["projected_8b_speedup"] == (
+        pytest.approx(1.8 * t["8b", 1] / (t["8b", 5] + heads["host_us"])))
 
 
 def test_cost_model_rejects_a_wrong_verify_step(tmp_path, monkeypatch):

@@ -64,3 +64,31 @@ def test_capture_keeps_the_cache():
             gen.step_for(1, w)
         assert torch.equal(cache.k_cache, before[0]) and torch.equal(cache.v_cache, before[1])
     gen.close()
+
+
+def _heads_traces(target, heads, prompts, **kw):
+    """(new ids, proposals per cycle) of heads speculation over a fresh decoder built with kw."""
+    dec = SpeculativeDecoder(target, heads=heads, max_seq_len=64, **kw)
+    outs, props = [], []
+    for p in prompts:
+        trace = []
+        outs.append(dec.generate(p, 24, SpeculativeConfig("heads", 3), trace=trace).new_ids[0])
+        props.append([c.proposal for c in trace])
+    dec.close()
+    return outs, props
+
+
+def test_simulated_graphs_heads_propose_as_eager_steps():
+    """Heads read the hidden state that the (graphed) verify step copied out (decoding.heads.HiddenTap):
+    graphed and eager runs propose the same tokens cycle by cycle, and both equal plain greedy."""
+    from decoding.heads import MedusaHeads
+
+    target, _ = _pair()
+    heads = MedusaHeads(3, target.config.dim, 64)
+    torch.nn.init.normal_(heads.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    prompts = [[5, 9, 2, 33, 7, 1, 2, 3], [1, 2, 3, 1, 2, 3, 1, 2], [60, 61, 62]]
+    refs = [generate(target, p, 24).new_ids[0] for p in prompts]
+    eager = _heads_traces(target, heads, prompts)
+    graphed = _heads_traces(target, heads, prompts, cuda_graph=True, capture=simulate_capture)
+    assert eager[0] == graphed[0] == refs
+    assert eager[1] == graphed[1] and len({tuple(p) for ps in eager[1] for p in ps}) > 3  # not constant
