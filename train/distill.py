@@ -13,7 +13,6 @@ Held-out: top-1 agreement with the teacher's argmax and the student's own loss, 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -88,7 +87,7 @@ def distill(opts: dict) -> dict:
     from model.tokenizer import load_tokenizer
     from model.weights import save_model
     from train.bpe import copy_tokenizer
-    from train.loop import TrainConfig, _streams, get_batch, lr_at, make_optimizer, resolve_device
+    from train.loop import TrainConfig, _streams, fit_steps, make_optimizer, resolve_device
 
     os.environ["LAB_KERNEL_BACKEND"] = "torch"  # the fused inference kernels have no backward
     device = resolve_device(opts["device"])
@@ -106,30 +105,14 @@ def distill(opts: dict) -> dict:
     before = evaluate(student, teacher, heldout_ids, cfg.seq_len, opts["eval_tokens"], device)
     student.train().requires_grad_(True)
     optimizer = make_optimizer(student, cfg)
-    t0, losses, step = time.perf_counter(), [], 0
-    while step < cfg.max_steps:
-        if opts.get("stop_at_step") and step >= opts["stop_at_step"]:
-            break
-        if opts["max_minutes"] and time.perf_counter() - t0 > opts["max_minutes"] * 60:
-            print(f"--max_minutes {opts['max_minutes']} reached at step {step}; stopping")
-            break
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        x, _ = get_batch(train_ids, step, 0, cfg, device)
+
+    def loss_fn(x):
         with torch.no_grad():
             t_logits = teacher(x)
-        loss = distill_loss(student(x), t_logits)
-        if not math.isfinite(float(loss.detach())):
-            raise ValueError(f"non-finite distillation loss at step {step}; lower --lr")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        step += 1
-        if step % 20 == 0:
-            print(f"step {step}: KL {sum(losses[-20:]) / 20:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    train_s = time.perf_counter() - t0
+        return distill_loss(student(x), t_logits)
+
+    step, losses, train_s = fit_steps(student.parameters(), optimizer, cfg, train_ids, device, loss_fn, opts,
+                                      what="distillation loss")
     student.eval()
     after = evaluate(student, teacher, heldout_ids, cfg.seq_len, opts["eval_tokens"], device)
     tmp = os.path.join(out_dir, ".saving")  # save_model marks its own folder: write there, move the files up
@@ -157,8 +140,10 @@ def write_card(out_dir: str, s: dict) -> None:
     from data import corpus
 
     b, a, f = s["heldout_before"], s["heldout_after"], s["flags"]
+    from train.loop import repo_relative, reproducible_flags
+
     f = reproducible_flags(f, s["steps"])
-    cmd = "python3 -m train.distill " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}"
+    cmd = "python3 -m train.distill " + " ".join(f"--{k}={repo_relative(v) if k == 'out_dir' else v}"
                                                  for k, v in f.items() if k != "overwrite")
     text = f"""# Model card: {os.path.basename(out_dir.rstrip('/'))} ({s['params']:,} parameters)
 
@@ -189,21 +174,6 @@ Files: HF layout (config.json, model.safetensors fp32, tokenizer), train_summary
 """
     with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
         fh.write(text)
-
-
-def reproducible_flags(f: dict, steps: int) -> dict:
-    """The flags that repeat this run step for step: a --max_minutes cut becomes --stop_at_step."""
-    if steps < f["max_steps"] and not f.get("stop_at_step"):
-        return {**f, "max_minutes": 0.0, "stop_at_step": steps}
-    return f
-
-
-def _rel(path: str) -> str:
-    """path relative to the repository root when it lies inside it (the card shows a reproducible command)."""
-    from train.loop import repo_path
-
-    rel = os.path.relpath(path, repo_path("."))
-    return path if rel.startswith("..") else rel
 
 
 def main(argv):

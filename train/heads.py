@@ -15,7 +15,6 @@ correct earlier tokens would see) and top-1 accuracy against the corpus token, o
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -115,7 +114,7 @@ def train_heads(opts: dict) -> dict:
     from model.output_dir import prepare_output_dir
     from model.tokenizer import load_tokenizer
     from model.loader import checkpoint_dir
-    from train.loop import TrainConfig, _streams, get_batch, lr_at, resolve_device
+    from train.loop import TrainConfig, _streams, fit_steps, resolve_device
 
     os.environ["LAB_KERNEL_BACKEND"] = "torch"
     device = resolve_device(opts["device"])
@@ -130,31 +129,9 @@ def train_heads(opts: dict) -> dict:
     heads = MedusaHeads(opts["num_heads"], base.config.dim, base.config.vocab_size).to(device)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=opts["weight_decay"])
     before = evaluate(heads, base, heldout_ids, cfg.seq_len, opts["eval_tokens"], device)
-    t0 = time.perf_counter()
-    losses = []
-    step = 0
-    while step < cfg.max_steps:
-        if opts.get("stop_at_step") and step >= opts["stop_at_step"]:
-            break
-        if opts["max_minutes"] and time.perf_counter() - t0 > opts["max_minutes"] * 60:
-            print(f"--max_minutes {opts['max_minutes']} reached at step {step}; stopping")
-            break
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        x, _ = get_batch(train_ids, step, 0, cfg, device)
-        h, base_logits = _hidden_and_logits(base, x)
-        loss = head_loss(heads, base, h, base_logits)
-        if not math.isfinite(float(loss.detach())):
-            raise ValueError(f"non-finite head loss at step {step}; lower --lr")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        step += 1
-        if step % 20 == 0:
-            print(f"step {step}: loss {sum(losses[-20:]) / 20:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    train_s = time.perf_counter() - t0
+    step, losses, train_s = fit_steps(heads.parameters(), optimizer, cfg, train_ids, device,
+                                      lambda x: head_loss(heads, base, *_hidden_and_logits(base, x)), opts,
+                                      what="head loss")
     after = evaluate(heads, base, heldout_ids, cfg.seq_len, opts["eval_tokens"], device)
     summary = {"base_model": opts["checkpoint"], "num_heads": heads.num_heads, "steps": step,
                "tokens_seen": step * cfg.batch_size * cfg.seq_len, "train_seconds": train_s,
@@ -179,8 +156,10 @@ def write_card(out_dir: str, s: dict) -> None:
                      f"{a['head_top1_vs_base_argmax'][i]:.3f} | {a['head_top1_vs_corpus'][i]:.3f} |"
                      for i in range(s["num_heads"]))
     f = s["flags"]
+    from train.loop import repo_relative, reproducible_flags
+
     f = reproducible_flags(f, s["steps"])
-    cmd = "python3 -m train.heads " + " ".join(f"--{k}={_rel(v) if k == 'out_dir' else v}"
+    cmd = "python3 -m train.heads " + " ".join(f"--{k}={repo_relative(v) if k == 'out_dir' else v}"
                                                for k, v in f.items() if k != "overwrite")
     text = f"""# Medusa heads for {s['base_model']} ({s['num_heads']} heads)
 
@@ -212,21 +191,6 @@ Files: heads.safetensors (fp32: weight (K, dim, dim), bias (K, dim)), config.jso
 """
     with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
         fh.write(text)
-
-
-def reproducible_flags(f: dict, steps: int) -> dict:
-    """The flags that repeat this run step for step: a --max_minutes cut becomes --stop_at_step."""
-    if steps < f["max_steps"] and not f.get("stop_at_step"):
-        return {**f, "max_minutes": 0.0, "stop_at_step": steps}
-    return f
-
-
-def _rel(path: str) -> str:
-    """path relative to the repository root when it lies inside it (the card shows a reproducible command)."""
-    from train.loop import repo_path
-
-    rel = os.path.relpath(path, repo_path("."))
-    return path if rel.startswith("..") else rel
 
 
 def main(argv):

@@ -453,3 +453,48 @@ Train split: {s['train_tokens_in_split']:,} tokens; held-out split: {s['heldout_
     for d in copies:
         shutil.copyfile(path, os.path.join(d, "MODEL_CARD.md"))
     return path
+
+
+def fit_steps(params, optimizer, cfg: TrainConfig, stream, device, loss_fn, opts: dict,
+              what: str = "loss") -> tuple[int, list[float], float]:
+    """The step loop of the small trainers (train.heads, train.distill): cfg's lr schedule, the seeded
+    batches of `stream`, loss_fn(x) -> scalar, grad-norm clip 1.0, opts' --stop_at_step / --max_minutes
+    cuts, a line every 20 steps. Returns (steps, per-step losses, seconds)."""
+    import torch
+
+    params = list(params)
+    t0, losses, step = time.perf_counter(), [], 0
+    while step < cfg.max_steps:
+        if opts.get("stop_at_step") and step >= opts["stop_at_step"]:
+            break
+        if opts.get("max_minutes") and time.perf_counter() - t0 > opts["max_minutes"] * 60:
+            print(f"--max_minutes {opts['max_minutes']} reached at step {step}; stopping")
+            break
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        x, _ = get_batch(stream, step, 0, cfg, device)
+        loss = loss_fn(x)
+        if not math.isfinite(float(loss.detach())):
+            raise ValueError(f"non-finite {what} at step {step}; lower --lr")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        step += 1
+        if step % 20 == 0:
+            print(f"step {step}: {what} {sum(losses[-20:]) / 20:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return step, losses, time.perf_counter() - t0
+
+
+def reproducible_flags(f: dict, steps: int) -> dict:
+    """The flags that repeat a run step for step: a --max_minutes cut becomes --stop_at_step."""
+    if steps < f["max_steps"] and not f.get("stop_at_step"):
+        return {**f, "max_minutes": 0.0, "stop_at_step": steps}
+    return f
+
+
+def repo_relative(path: str) -> str:
+    """path relative to the repository root when it lies inside it (a card's reproducible command)."""
+    rel = os.path.relpath(path, repo_path("."))
+    return path if rel.startswith("..") else rel
