@@ -107,13 +107,14 @@ def variants(o: Options) -> list[tuple[str, Callable[[dict], Callable[[], torch.
 def run(o: Options, log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[str], float]:
     """Every (batch, table width, variant) row, the failures, and the copy bandwidth (GB/s)."""
     from kernels.attention_ref import paged_decode_ref
-    from kernels.flash_decode import choose_num_splits
+    from kernels.flash_decode import _num_sms, choose_num_splits
 
     cuda = common.is_cuda(o.device)
     dtype = torch.bfloat16 if cuda else torch.float16  # the kernel takes fp16/bf16 only (upcast when interpreted)
     heads = (32, 8, 128) if cuda else (4, 2, 64)
     copy_gbps = common.measure_copy_bandwidth(o.device)
     rows, failures = [], []
+    runs = variants(o)
     for B in o.batches:
         lens = draw_lengths(B, o, o.seed + B)
         kv_bytes = 2 * sum(lens) * heads[1] * heads[2] * torch.empty((), dtype=dtype).element_size()
@@ -123,9 +124,8 @@ def run(o: Options, log: Callable[[str], None] = print) -> tuple[list[dict[str, 
             c = make_case(lens, width, o, dtype, heads)
             want = paged_decode_ref(c["q"].float(), c["k_pages"].float(), c["v_pages"].float(), c["table"],
                                     c["seq_lens"])
-            auto = choose_num_splits(B, heads[1], width * o.page_size, 132 if not cuda else
-                                     torch.cuda.get_device_properties(o.device).multi_processor_count)
-            for name, make in variants(o):
+            auto = choose_num_splits(B, heads[1], width * o.page_size, _num_sms(c["q"]))
+            for name, make in runs:
                 row = {"batch": B, "width": label, "table_blocks": width, "variant": name,
                        "splits": auto if name == "ours_auto" else (int(name[6:]) if name.startswith("ours_s") else None),
                        "mean_len": sum(lens) / B, "max_len": max(lens), "kv_bytes": kv_bytes, "status": "ok"}
@@ -141,7 +141,7 @@ def run(o: Options, log: Callable[[str], None] = print) -> tuple[list[dict[str, 
                     row["status"] = common.failure_status(e)
                     failures.append(f"{name} B={B} {label}")
                 rows.append(row)
-            ok = [r for r in rows[-len(variants(o)):] if r["status"] == "ok" and r["variant"] != "sdpa_padded"]
+            ok = [r for r in rows[-len(runs):] if r["status"] == "ok" and r["variant"] != "sdpa_padded"]
             if ok:
                 best = min(ok, key=lambda r: r["p50_us"])
                 log(f"B={B} {label} table ({width} blocks), lengths mean {sum(lens) / B:.0f} max {max(lens)}: "
