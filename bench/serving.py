@@ -162,6 +162,9 @@ _define("integer", "shared_prefix_tokens", 0, "Every prompt starts with one shar
 _define("enum", "prefix_caching", "on", "The engine's prefix cache: on, off, or both (each policy runs twice, the "
         "second as '<policy>/no-prefix-cache'; TTFT and prefix hit rate side by side).",
         enum_values=["on", "off", "both"])
+_define("enum", "mixed_graphs", "on", "GPU: the engine's piecewise CUDA graphs for steps with prefill tokens "
+        "(scheduler/mixed_graphs.py): on, off (eager mixed steps), or both (each policy twice, the second as "
+        "'<policy>/eager-mixed': the before row in the same run).", enum_values=["on", "off", "both"])
 _define("enum", "backend", "engine", "engine: the policies in-process. http: the trace over HTTP against --url "
         "(a running serve.openai_server; needs --rate). compare: in-process vs a server subprocess on the same trace, "
         "then the --overload run (bench/serving_http.py).", enum_values=["engine", "http", "compare"])
@@ -319,13 +322,15 @@ class EngineSettings:
         return kw
 
 
-def make_engine(model, policy: str, settings: EngineSettings, prefix_caching: bool = True):
+def make_engine(model, policy: str, settings: EngineSettings, prefix_caching: bool = True,
+                mixed_graphs: Optional[bool] = None):
     from scheduler import LLMEngine
 
     if model.model.embed_tokens.weight.is_cuda:
         gc.collect()
         torch.cuda.empty_cache()  # the previous engine's KV: free memory sizes this one's
-    return LLMEngine(model, policy=policy, enable_prefix_caching=prefix_caching, **settings.kwargs(policy))
+    return LLMEngine(model, policy=policy, enable_prefix_caching=prefix_caching, mixed_cuda_graph=mixed_graphs,
+                     **settings.kwargs(policy))
 
 
 # ----------------------------------------------------------------------------
@@ -695,6 +700,7 @@ class Options:
     backend: str = "engine"  # engine, http, compare (bench/serving_http.py)
     profile_policy: str = "continuous"
     chunk_sizes: list[int] = field(default_factory=list)  # chunked once per budget ("chunked/<n>")
+    mixed_graphs: str = "on"  # GPU: piecewise mixed-step graphs on, off, or both
 
     def __post_init__(self) -> None:
         """Bad settings, however the options were built: one ServingUsageError naming the flag."""
@@ -721,6 +727,8 @@ class Options:
             raise ServingUsageError(f"--shared_prefix_tokens must be >= 0, got {self.shared_prefix_tokens}")
         if self.prefix_caching not in ("on", "off", "both"):
             raise ServingUsageError(f"--prefix_caching: expected on, off or both, got {self.prefix_caching!r}")
+        if self.mixed_graphs not in ("on", "off", "both"):
+            raise ServingUsageError(f"--mixed_graphs: expected on, off or both, got {self.mixed_graphs!r}")
         if self.profile_policy not in POLICIES:
             raise ServingUsageError(f"--profile_policy: expected one of {', '.join(POLICIES)}, got {self.profile_policy}")
         if self.profile_steps < 0:
@@ -761,7 +769,7 @@ def options_from_flags() -> Options:
                    list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
                    FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
                    FLAGS.profile_steps, FLAGS.shared_prefix_tokens, FLAGS.prefix_caching, FLAGS.backend,
-                   FLAGS.profile_policy, _chunk_sizes(FLAGS.chunk_sizes))
+                   FLAGS.profile_policy, _chunk_sizes(FLAGS.chunk_sizes), FLAGS.mixed_graphs)
 
 
 def _chunk_sizes(values: Optional[list[str]]) -> list[int]:
@@ -888,17 +896,21 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
 
     rows, results = [], []
     caching = {"on": [True], "off": [False], "both": [True, False]}[opts.prefix_caching]
-    runs = [(p, n, c) for p in opts.policies for n in (opts.chunk_sizes if p == "chunked" and opts.chunk_sizes
-                                                        else [None]) for c in caching]
-    for policy, chunk, cached in runs:
-        name = policy + (f"/{chunk}" if chunk else "") + ("" if cached else "/no-prefix-cache")
+    # mixed-step graphs exist only beside the decode graphs (a GPU); None: the engine's default
+    mixed = {"on": [True], "off": [False], "both": [True, False]}[opts.mixed_graphs] if cuda else [None]
+    runs = [(p, n, c, m) for p in opts.policies for n in (opts.chunk_sizes if p == "chunked" and opts.chunk_sizes
+                                                           else [None]) for c in caching for m in mixed]
+    for policy, chunk, cached, mixed_on in runs:
+        name = (policy + (f"/{chunk}" if chunk else "") + ("" if cached else "/no-prefix-cache")
+                + ("/eager-mixed" if mixed_on is False else ""))
         engine = make_engine(model, policy, replace(settings, chunk_tokens=chunk) if chunk else settings,
-                             prefix_caching=cached)
-        graphs = engine.runner.graphs
+                             prefix_caching=cached, mixed_graphs=mixed_on)
+        graphs, pieces = engine.runner.graphs, engine.runner.mixed
         try:
             log(f"running {name} (warm-up {warm_s[policy]:.1f} s before, not timed; this engine's attention "
-                f"autotune {engine.tune_s:.1f} s and CUDA-graph capture {graphs.capture_s if graphs else 0:.1f} s "
-                f"at start-up) ...")
+                f"autotune {engine.tune_s:.1f} s, decode CUDA-graph capture {graphs.capture_s if graphs else 0:.1f} s"
+                f" and mixed-step piecewise capture {pieces.capture_s if pieces else 0:.1f} s "
+                f"({len(pieces.buckets) if pieces else 0} token buckets) at start-up) ...")
             res = replay(engine, trace, name)
         finally:
             engine.close()

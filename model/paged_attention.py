@@ -109,12 +109,19 @@ def flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                           plan: FlashPlan, window: Optional[int] = None) -> torch.Tensor:
     """Decodes through paged flash decode, prefills through varlen flash attention, both with the
     sliding window `window` (None: none). (1, Hq, N, D)."""
+    qt = q[0].transpose(0, 1)  # (N, Hq, D) view
+    out = paged_attention_rows(qt, k_cache, v_cache, plan, window, torch.empty_like(qt))
+    return out.transpose(0, 1)[None]  # (1, Hq, N, D)
+
+
+def paged_attention_rows(qt: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: FlashPlan,
+                         window: Optional[int], out: torch.Tensor) -> torch.Tensor:
+    """flash_paged_attention on (N, Hq, D) rows, into `out` (N', Hq, D), N' >= N: only the plan's rows
+    are read and written (scheduler/mixed_graphs.py passes buffers longer than the step). Returns out."""
     from kernels.flash_attention import flash_attention_varlen
     from kernels.flash_decode import paged_flash_decode
 
     _, _, hkv, d = k_cache.shape
-    qt = q[0].transpose(0, 1)  # (N, Hq, D) view
-    out = torch.empty_like(qt)
     if plan.dec_rows is not None:
         _run_rows(lambda x, out=None: paged_flash_decode(x, k_cache, v_cache, plan.dec_tables, plan.dec_lens,
                                                          out=out, window=window), qt, out, plan.dec_rows)
@@ -124,7 +131,7 @@ def flash_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         _run_rows(lambda x, out=None: flash_attention_varlen(x, kp, vp, plan.cu_q, plan.cu_k, plan.max_q,
                                                              plan.max_k, causal=True, out=out, window=window),
                   qt, out, plan.pre_rows)
-    return out.transpose(0, 1)[None]  # (1, Hq, N, D)
+    return out
 
 
 def _write(k: torch.Tensor, v: torch.Tensor, layer_cache):
@@ -163,6 +170,9 @@ class FlashFace:
     def __init__(self, block_size: int):
         self.block_size = block_size
         self.window: Optional[int] = None  # sliding window (set by setup_paged_caches); None = full
+        # scheduler/mixed_graphs.py's hook while it captures (or simulates) a piecewise mixed step:
+        # every attention call goes to piecewise.attend(q, k_cache, v_cache) after the cache write.
+        self.piecewise = None
 
     def plan(self, meta) -> Optional[FlashPlan]:
         """The step's FlashPlan; None for a decode-only step, which reads the metadata directly."""
@@ -200,6 +210,8 @@ class FlashFace:
             meta, k_cache, v_cache = layer_cache.meta, layer_cache.k_cache, layer_cache.v_cache
         else:
             meta, k_cache, v_cache = _write(k, v, layer_cache)
+        if self.piecewise is not None:
+            return self.piecewise.attend(q, k_cache, v_cache)
         if meta.decode_only:  # the common step (and the CUDA-graph one): one launch, no indexing
             from kernels.flash_decode import paged_flash_decode
 

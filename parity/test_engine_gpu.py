@@ -18,12 +18,17 @@ from scheduler import LLM, SamplingParams
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _run(cuda_graph, policy, reqs):
+def _run(cuda_graph, policy, reqs, mixed=None, replays=None):
+    """Tokens, decode graphs and model of one engine run; replays (a list) gets each mixed replay's size."""
     model = make_tiny_model(seed=3, head_dim=64, n_heads=4, n_kv_heads=2, dim=256).to("cuda", torch.bfloat16)
     llm = LLM(model, block_size=16, policy=policy, cuda_graph=cuda_graph, max_num_seqs=24,
-              kv_budget_bytes=64 << 20)
-    outs = llm.generate([p for p, _ in reqs], [SamplingParams(max_tokens=n) for _, n in reqs])
+              kv_budget_bytes=64 << 20, mixed_cuda_graph=mixed, max_num_batched_tokens=256)
     engine = llm.engine
+    pieces = engine.runner.mixed
+    if pieces is not None and replays is not None:
+        run = pieces.run
+        pieces.run = lambda ids, meta, rows: replays.append(ids.numel()) or run(ids, meta, rows)
+    outs = llm.generate([p for p, _ in reqs], [SamplingParams(max_tokens=n) for _, n in reqs])
     engine.pool.check_invariants()
     assert engine.pool.num_free_blocks == engine.pool.num_usable_blocks
     graphs = engine.runner.graphs
@@ -53,6 +58,35 @@ def test_graph_steps_match_eager_steps(policy):
     same = sum(a == b for a, b in zip(graphed, eager))
     assert same >= 0.8 * len(reqs), f"only {same}/{len(reqs)} requests match the eager engine"
     assert _agreement(model, reqs, graphed) >= 0.95
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked"])
+def test_piecewise_mixed_steps_match_eager_mixed_steps(policy):
+    """Steps with prefill tokens replayed piecewise (scheduler/mixed_graphs.py) against the same engine
+    with those steps eager (decode graphs in both): the same rules as above."""
+    reqs = random_requests(40, seed=6, max_prompt=120, max_new=24)
+    eager, _, _ = _run(True, policy, reqs, mixed=False)
+    replays = []
+    pieced, _, model = _run(True, policy, reqs, mixed=True, replays=replays)
+    assert len(replays) >= 3 and any(n not in (16, 32, 64, 128, 256) for n in replays), replays  # padded steps
+    assert _matches(eager, pieced, reqs, model), "piecewise mixed steps part from the eager ones"
+
+
+def _matches(eager, pieced, reqs, model) -> bool:
+    same = sum(a == b for a, b in zip(pieced, eager))
+    return (all(len(t) == n for t, (_, n) in zip(pieced, reqs)) and same >= 0.8 * len(reqs)
+            and _agreement(model, reqs, pieced) >= 0.95)
+
+
+def test_piecewise_rules_catch_stale_padding_slots(monkeypatch):
+    """Planted fault: padding rows keep the bucket's previous cache slots and overwrite real K/V."""
+    from scheduler.mixed_graphs import MixedGraphs
+
+    reqs = random_requests(40, seed=6, max_prompt=120, max_new=24)
+    eager, _, _ = _run(True, "chunked", reqs, mixed=False)
+    monkeypatch.setattr(MixedGraphs, "_pad", lambda self, b, n: None)
+    broken, _, model = _run(True, "chunked", reqs, mixed=True)
+    assert not _matches(eager, broken, reqs, model)
 
 
 def test_cuda_graph_needs_flash_decode_dtype():

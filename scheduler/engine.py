@@ -148,7 +148,9 @@ class LLMEngine:
     On a GPU (defaults None = on there) it fuses the model's qkv and gate/up projections
     (`fuse_projections`; this changes the model's state-dict keys) and replays decode-only
     steps from CUDA graphs per bucketed batch size (`cuda_graph`; needs fp16/bf16 and head
-    dim 64 or 128, the flash-decode kernel's). Pass False to run every step eagerly.
+    dim 64 or 128, the flash-decode kernel's), and steps with prefill tokens from piecewise graphs
+    per token bucket, attention eager between the pieces (`mixed_cuda_graph`, default with
+    cuda_graph; scheduler/mixed_graphs.py). Pass False to run those steps eagerly.
     admission_batch > 1: a full engine admits new prompts in groups (scheduler.SchedulerConfig).
     attention ("auto", "sdpa", "flash"; None reads $LAB_ATTENTION): the paged attention face,
     chosen once here (model/attention_backend.py). speculative ("ngram", "draft" with draft_model=
@@ -162,7 +164,8 @@ class LLMEngine:
                  max_num_seqs: int = 64, max_num_batched_tokens: Optional[int] = None,
                  max_model_len: Optional[int] = None, enable_prefix_caching: bool = True,
                  cuda_graph: Optional[bool] = None, fuse_projections: Optional[bool] = None,
-                 admission_batch: int = 1, attention: Optional[str] = None, speculative=None, draft_model=None):
+                 admission_batch: int = 1, attention: Optional[str] = None, speculative=None, draft_model=None,
+                 mixed_cuda_graph: Optional[bool] = None):
         self.model, self.tokenizer = model.eval(), tokenizer
         config = model.config
         weight = model.model.embed_tokens.weight
@@ -223,7 +226,15 @@ class LLMEngine:
             # Every bucket now, as vLLM does at start-up: a lazy capture (with the decode kernel's
             # autotuning) lands in the middle of serving as a step of seconds.
             graphs.capture_all()
-        self.runner = ModelRunner(model, self.paged_kv, face, graphs)
+        mixed = None
+        if graphs is not None and (mixed_cuda_graph if mixed_cuda_graph is not None else True):
+            from scheduler.mixed_graphs import MixedGraphs
+            mixed = MixedGraphs(model, face, self.paged_kv, max_num_seqs, max_num_batched_tokens, pool=graphs.pool)
+            mixed.capture_all()  # every token bucket, with the decode buckets' memory pool
+        elif mixed_cuda_graph:
+            raise ValueError("mixed_cuda_graph=True needs the decode CUDA graphs (cuda_graph on a GPU model)")
+        self.capture_s = (graphs.capture_s if graphs else 0.0) + (mixed.capture_s if mixed else 0.0)
+        self.runner = ModelRunner(model, self.paged_kv, face, graphs, mixed)
         self._ids = itertools.count()
         self._live: dict[str, Request] = {}
         self._aborted_in_step: Optional[list[RequestOutput]] = None  # a list while step() runs

@@ -24,12 +24,14 @@ from scheduler.speculative import output_rows, verify_output
 
 
 class ModelRunner:
-    def __init__(self, model, paged_kv: PagedKVCache, face, graphs=None):
+    def __init__(self, model, paged_kv: PagedKVCache, face, graphs=None, mixed=None):
         """model already set up over paged_kv (`face = model.setup_paged_caches(paged_kv)`);
-        graphs: a scheduler.graphs.DecodeGraphs to replay decode-only steps (None: all eager)."""
+        graphs: a scheduler.graphs.DecodeGraphs to replay decode-only steps (None: all eager);
+        mixed: a scheduler.mixed_graphs.MixedGraphs to replay the other steps piecewise."""
         self.model = model
         self.face = face
         self.graphs = graphs
+        self.mixed = mixed
         self.kv = paged_kv
         self.device = paged_kv.k[0].device
         self.block_size = paged_kv.block_size
@@ -70,12 +72,17 @@ class ModelRunner:
                 ids = torch.tensor([t for s in reqs for t in s.token_ids], dtype=torch.long, device=self.device)
                 # (K,): each sampling request's last row (a speculating request's last k + 1)
                 out_rows = torch.tensor(output_rows(reqs, qsl), dtype=torch.long, device=self.device)
-            self.kv.bind(meta)
-            try:
-                with phase("forward_eager"):
-                    logits = self.model(ids[None], meta.positions, out_rows)[0]  # (K, V)
-            finally:
-                self.kv.bind(None)
+            if (self.mixed is not None and meta.plan is not None  # decode-only steps have their own graphs
+                    and self.mixed.fits(ids.numel(), out_rows.numel())):
+                with phase("forward_mixed_graph"):  # piecewise graphs, attention eager between them
+                    logits = self.mixed.run(ids, meta, out_rows)
+            else:
+                self.kv.bind(meta)
+                try:
+                    with phase("forward_eager"):
+                        logits = self.model(ids[None], meta.positions, out_rows)[0]  # (K, V)
+                finally:
+                    self.kv.bind(None)
         with phase("sample"):
             if any(s.draft_token_ids for s in reqs):
                 return verify_output(self, sched, logits)  # scheduler/speculative.py
