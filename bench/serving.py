@@ -143,6 +143,9 @@ _define("integer", "chunk_tokens", None, "Token budget per step of chunked (deco
         "Default 2048 on a GPU (the engine's, scheduler.engine.GPU_CHUNK_TOKENS), 128 on a CPU.")
 _define("list", "chunk_sizes", [], "Chunked: run it once per token budget in this list (rows 'chunked/<n>'), to "
         "choose the budget from measurement; the report names the best against continuous. Empty: --chunk_tokens.")
+_define("integer", "chunked_admission_batch", None, "Chunked only: --admission_batch for the chunked policy "
+        "(default: --admission_batch). Chunked prefill interleaves a new prompt with the running decodes, so it "
+        "need not batch admissions as continuous does; 1 admits as soon as a slot frees.")
 _define("integer", "admission_batch", 1, "Continuous and chunked: once max_num_seqs run, wait until this many slots "
         "are free before admitting again (prompts join in groups; fewer eager mixed steps). 1: admit at once.")
 _define("integer", "num_blocks", None, "KV blocks, the null block included (small: forces preemption). Default: the "
@@ -310,10 +313,13 @@ class EngineSettings:
     num_blocks: Optional[int] = None
     gpu_memory_fraction: Optional[float] = None
     admission_batch: int = 1  # continuous and chunked (a static batch admits only when empty anyway)
+    chunked_admission_batch: Optional[int] = None  # chunked only (None: admission_batch)
 
     def kwargs(self, policy: str) -> dict[str, Any]:
         kw = dict(block_size=self.block_size, max_num_seqs=self.max_num_seqs,
-                  max_model_len=self.max_model_len, admission_batch=self.admission_batch,
+                  max_model_len=self.max_model_len,
+                  admission_batch=(self.chunked_admission_batch or self.admission_batch) if policy == "chunked"
+                  else self.admission_batch,
                   max_num_batched_tokens=self.chunk_tokens if policy == "chunked" else self.max_num_batched_tokens)
         if self.num_blocks is not None:
             kw["num_blocks"] = self.num_blocks
@@ -764,7 +770,7 @@ def options_from_flags() -> Options:
                     max_model_len=FLAGS.max_model_len, max_num_batched_tokens=FLAGS.max_num_batched_tokens,
                     chunk_tokens=FLAGS.chunk_tokens or (128 if cpu else 2048), num_blocks=FLAGS.num_blocks,
                     gpu_memory_fraction=FLAGS.gpu_memory_fraction if cuda else None,
-                    admission_batch=FLAGS.admission_batch)
+                    admission_batch=FLAGS.admission_batch, chunked_admission_batch=FLAGS.chunked_admission_batch)
     return Options(device, dtype, preset, FLAGS.n_layers, FLAGS.weights, FLAGS.checkpoint,
                    list(FLAGS.policies or []), num, FLAGS.rate, FLAGS.load, prompt, output, settings,
                    FLAGS.check_requests, FLAGS.check_tokens, FLAGS.seed, FLAGS.plot, FLAGS.cpu_threads,
@@ -789,6 +795,9 @@ def resolve_settings(opts: Options, model) -> EngineSettings:
     s["max_num_batched_tokens"] = s["max_num_batched_tokens"] or max(s["max_model_len"], 16384 if cuda else 2048)
     if s.setdefault("admission_batch", 1) > s["max_num_seqs"]:
         raise ServingUsageError(f"--admission_batch {s['admission_batch']} exceeds --max_num_seqs {s['max_num_seqs']}")
+    if (s.get("chunked_admission_batch") or 1) > s["max_num_seqs"]:
+        raise ServingUsageError(f"--chunked_admission_batch {s['chunked_admission_batch']} exceeds --max_num_seqs "
+                                f"{s['max_num_seqs']}")
     longest = opts.shared_prefix_tokens + opts.prompt.hi + opts.output.hi
     if longest > s["max_model_len"]:
         raise ServingUsageError(f"--shared_prefix_tokens + --prompt_max + --output_max = {longest} tokens exceeds "
@@ -892,7 +901,8 @@ def _run(opts: Options, out_dir: Optional[Path], log_line: Callable[[str], None]
         f"engine: block {settings.block_size}, max_num_seqs {settings.max_num_seqs}, max_model_len "
         f"{settings.max_model_len}, step budget {settings.max_num_batched_tokens} tokens (static, continuous), "
         f"{settings.chunk_tokens} (chunked), KV {kv}"
-        + (f", admission batch {settings.admission_batch}" if settings.admission_batch > 1 else ""))
+        + (f", admission batch {settings.admission_batch}" if settings.admission_batch > 1 else "")
+        + (f" (chunked {settings.chunked_admission_batch})" if settings.chunked_admission_batch else ""))
 
     rows, results = [], []
     caching = {"on": [True], "off": [False], "both": [True, False]}[opts.prefix_caching]
