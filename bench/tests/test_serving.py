@@ -164,6 +164,9 @@ def test_trace_is_poisson_with_bounded_lengths():
     (dict(preset="nope"), "unknown preset"),
     (dict(settings={"admission_batch": 0}), "--admission_batch must be >= 1"),
     (dict(settings={"admission_batch": 99}), "exceeds --max_num_seqs"),
+    (dict(settings={"chunked_admission_batch": 0}), "--chunked_admission_batch must be >= 1"),
+    (dict(settings={"chunked_admission_batch": 99}), "--chunked_admission_batch 99 exceeds --max_num_seqs"),
+    (dict(mixed_graphs="sometimes"), "--mixed_graphs: expected on, off or both"),
 ])
 def test_usage_errors(tmp_path, bad, msg):
     with pytest.raises(sv.ServingUsageError, match=msg):  # building the options, or before anything runs
@@ -185,6 +188,13 @@ def test_admission_batch_runs_every_request_with_fewer_admission_steps():
                      log=lambda s: None)
     assert grouped["rows"][0]["completed"] == 12
     assert grouped["results"][0].outputs == base["results"][0].outputs  # fp32 greedy: same tokens
+
+
+def test_chunked_admission_batch_applies_to_chunked_only():
+    s = sv.EngineSettings(block_size=16, max_num_seqs=8, max_model_len=64, max_num_batched_tokens=64,
+                          chunk_tokens=32, admission_batch=4, chunked_admission_batch=1)
+    assert s.kwargs("chunked")["admission_batch"] == 1 and s.kwargs("continuous")["admission_batch"] == 4
+    assert sv.EngineSettings(16, 8, 64, 64, 32, admission_batch=4).kwargs("chunked")["admission_batch"] == 4
 
 
 def test_profile_steps_tags_mixed_and_decode_steps(tmp_path):
