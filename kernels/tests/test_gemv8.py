@@ -17,8 +17,11 @@ DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 # summation order differs from the reference: ~1e-6 relative in fp32 (the interpreter); 1e-4 leaves
 # room and is still 30x below the smallest planted fault (test_planted_faults_fail: a byte order or a
 # neighbouring row's scale moves outputs by O(their size)). bf16 (GPU): the output's rounding, 2^-8: 2e-2.
+# Planted in the kernel (2026-11-30, interpreter): byte 2's offset one code off, the bf16 low half shifted by
+# one bit: test_every_config fails on both.
 TOL = {torch.float32: Tol(atol=1e-4, rtol=1e-4), torch.bfloat16: Tol(atol=2e-2, rtol=2e-2)}
-N, K = 40, 2048  # N = 40: a partial last row block for BLOCK_N 16 / 32; K: every config's tile divides it
+N, K = 48, 2048  # N = 48: a partial last row block for BLOCK_N 32, and 16-divisible like the Llama shapes (the
+# GPU run's compiles are shared with bench.quant_decode's); K: every config's tile divides it
 
 
 def case(seed=0, M=1):
@@ -26,13 +29,13 @@ def case(seed=0, M=1):
     x = torch.randn(M, K, generator=g)
     x[:, 5] = 6.0  # one large input: the fused per-token scale comes from it
     w8 = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)
-    s8 = torch.rand(N, generator=g) * 0.01 + 1e-3
+    s8 = torch.rand(N, generator=g) * 0.01 + 1e-3  # bf16 on the GPU, as bench.quant_decode's (shared compiles)
     wf = torch.randn(N, K, generator=g) * 3
     wf[:, :64] *= 1e-3  # small weights: subnormal e4m3 codes
     s_f = wf.abs().amax(dim=1) / 448.0
     w_fp8 = (wf / s_f[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
     wb = (torch.randn(N, K, generator=g) * 0.05).bfloat16()
-    return (x.to(DEVICE, DTYPE), w8.to(DEVICE), s8.to(DEVICE), w_fp8.to(DEVICE), s_f.to(DEVICE), wb.to(DEVICE))
+    return (x.to(DEVICE, DTYPE), w8.to(DEVICE), s8.to(DEVICE, DTYPE), w_fp8.to(DEVICE), s_f.to(DEVICE), wb.to(DEVICE))
 
 
 def deq(w, s):
@@ -53,13 +56,16 @@ def test_every_config(cfg):
 @pytest.mark.parametrize("cfg", GEMV8_CONFIGS[:4] + GEMV8_CONFIGS[-2:], ids=str)
 def test_fused_act_quant(cfg):
     """The W8A8 int8 / FP8 one-token paths through this kernel: act_quant_gemv's references (two tokens)."""
-    from kernels.act_quant_gemv import fp8_gemv, w8a8_gemv
-    from kernels.tests.test_act_quant_gemv import ref_fp8, ref_int8
+    from kernels.act_quant_gemv import FP8_MAX, _quant_ref, fp8_gemv, w8a8_gemv
 
     x, w8, s8, wf, sf, _ = case(seed=2, M=2)
     x[1] *= 0.01
-    assert_close(w8a8_gemv(x, w8, s8, cfg).float(), ref_int8(x, w8, s8), TOL[DTYPE], f"w8a8 {cfg}")
-    assert_close(fp8_gemv(x, wf, sf, cfg).float(), ref_fp8(x, wf, sf), TOL[DTYPE], f"fp8 {cfg}")
+    xq, sx = _quant_ref(x, 127.0)  # the torch grids (quant.fast_linear.quantize_tokens_int8 / quantize_fp8)
+    ref = (xq.double() @ w8.double().T).float() * sx * s8.float()
+    assert_close(w8a8_gemv(x, w8, s8, cfg).float(), ref, TOL[DTYPE], f"w8a8 {cfg}")
+    xq, sx = _quant_ref(x, FP8_MAX)
+    ref = (xq.double() @ wf.float().double().T).float() * sx * sf.float()
+    assert_close(fp8_gemv(x, wf, sf, cfg).float(), ref, TOL[DTYPE], f"fp8 {cfg}")
 
 
 def test_batch_rows_and_default_pick():
