@@ -13,6 +13,10 @@ flushed (common.time_cuda_graph); weights of one layer (436 MB in bf16) are 9x t
 each replay streams them from HBM as a decode step does. tok/s = batch / (32 layers x layer time):
 the linear part of a decode step (attention, norms and the LM head are not in it).
 roofline_us = weight bytes read / measured copy bandwidth (common.measure_copy_bandwidth).
+Batch-1 rows of kernels/gemv8.py's row-streaming GEMV: `w8a16_triton` tunes it together with the split-K
+kernels (`w8a16_triton_splitk`: the split-K set alone, the before row), the `_gemv` W8A8 / FP8 rows likewise
+with act_quant_gemv's kernels; `fp8_weight_only_triton_gemv` (e4m3 weights, per-row scales, bf16 x) and
+`bf16_triton_gemv` (bf16 weights through the same kernel, beside cuBLAS's `bf16`; measured only, not in the model).
 Every variant's output is checked against its own dequantized fp32 reference before it is timed
 (WRONG -> exit 1); an alternative torch cannot run on this build is reported as skipped.
 
@@ -20,7 +24,10 @@ Decode table (decode_rows): a whole decode step of the Llama-3-8B shape (random 
 layers, fused qkv / gate_up, bf16 LM head, static KV cache at --context tokens, CUDA graph) for
 each of DECODE_VARIANTS: bf16; W4A16 g128 RTN through our Triton kernels (GEMV layout; `_v1`: GPTQ
 layout, split-K kernels, the before row) and through torch's tinygemm; W8A16 (int8 per channel) through ours; W8A8 int8 (SmoothQuant's arithmetic, RTN weights,
-per-token dynamic activations) through torch._int_mm; FP8 row-wise through _scaled_mm (at batch 1
+per-token dynamic activations) through torch._int_mm; FP8 weight-only (e4m3 per-row weights, bf16
+activations: quant.fast_linear's fp8_wo, kernels/gemv8.py); W8A16 and FP8 weight-only again with the LM
+head quantized too (`_lm_head_q`, quant.quantize(lm_head=True); every other row keeps the bf16 LM head;
+these three at batch 1 only: BATCH1_DECODE); FP8 row-wise through _scaled_mm (at batch 1
 both through kernels.act_quant_gemv, the quantization fused: quant.fast_linear's one-token path). One model at
 a time, quantized on the GPU by quant.quantize (RTN: fast), freed before the next. Check: the
 prompt is prefilled and one decode step run eagerly with quant/'s reference layers (dequantize,
