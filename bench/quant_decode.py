@@ -13,6 +13,10 @@ flushed (common.time_cuda_graph); weights of one layer (436 MB in bf16) are 9x t
 each replay streams them from HBM as a decode step does. tok/s = batch / (32 layers x layer time):
 the linear part of a decode step (attention, norms and the LM head are not in it).
 roofline_us = weight bytes read / measured copy bandwidth (common.measure_copy_bandwidth).
+Batch-1 rows of kernels/gemv8.py's row-streaming GEMV: `w8a16_triton` tunes it together with the split-K
+kernels (`w8a16_triton_splitk`: the split-K set alone, the before row), the `_gemv` W8A8 / FP8 rows likewise
+with act_quant_gemv's kernels; `fp8_weight_only_triton_gemv` (e4m3 weights, per-row scales, bf16 x) and
+`bf16_triton_gemv` (bf16 weights through the same kernel, beside cuBLAS's `bf16`; measured only, not in the model).
 Every variant's output is checked against its own dequantized fp32 reference before it is timed
 (WRONG -> exit 1); an alternative torch cannot run on this build is reported as skipped.
 
@@ -20,7 +24,10 @@ Decode table (decode_rows): a whole decode step of the Llama-3-8B shape (random 
 layers, fused qkv / gate_up, bf16 LM head, static KV cache at --context tokens, CUDA graph) for
 each of DECODE_VARIANTS: bf16; W4A16 g128 RTN through our Triton kernels (GEMV layout; `_v1`: GPTQ
 layout, split-K kernels, the before row) and through torch's tinygemm; W8A16 (int8 per channel) through ours; W8A8 int8 (SmoothQuant's arithmetic, RTN weights,
-per-token dynamic activations) through torch._int_mm; FP8 row-wise through _scaled_mm (at batch 1
+per-token dynamic activations) through torch._int_mm; FP8 weight-only (e4m3 per-row weights, bf16
+activations: quant.fast_linear's fp8_wo, kernels/gemv8.py); W8A16 and FP8 weight-only again with the LM
+head quantized too (`_lm_head_q`, quant.quantize(lm_head=True); every other row keeps the bf16 LM head;
+these three at batch 1 only: BATCH1_DECODE); FP8 row-wise through _scaled_mm (at batch 1
 both through kernels.act_quant_gemv, the quantization fused: quant.fast_linear's one-token path). One model at
 a time, quantized on the GPU by quant.quantize (RTN: fast), freed before the next. Check: the
 prompt is prefilled and one decode step run eagerly with quant/'s reference layers (dequantize,
@@ -60,7 +67,17 @@ DECODE_VARIANTS = {
     "w8a16_triton": ("int8_weight_only", {}, "triton"),
     "w8a8_int8_int_mm": ("rtn", dict(bits=8, group_size=-1, sym=True, act_bits=8), "int_mm"),
     "fp8_w8a8_rowwise_scaled_mm": ("fp8", dict(per_row=True, act="per_token"), "scaled_mm"),
+    # FP8 e4m3 weight-only (per-row scales, bf16 activations) through kernels/gemv8.py's GEMV; and both
+    # 8-bit weight-only variants with the LM head quantized too (`_lm_head_q`: quant.quantize(lm_head=True),
+    # as torchao's int8 weight-only on gpt-fast quantizes it; every other row keeps a bf16 LM head).
+    "fp8_weight_only_triton": ("fp8", dict(per_row=True, act=None), "fp8_wo"),
+    "w8a16_triton_lm_head_q": ("int8_weight_only", dict(lm_head=True), "triton"),
+    "fp8_weight_only_triton_lm_head_q": ("fp8", dict(per_row=True, act=None, lm_head=True), "fp8_wo"),
 }
+# Decode variants timed at batch 1 only (the GEMV work's batch; keeps bench/gpu_quant.sh inside its budget).
+BATCH1_DECODE = ("fp8_weight_only_triton", "w8a16_triton_lm_head_q", "fp8_weight_only_triton_lm_head_q")
+# Kernel-table variants timed at batch 1 only: the before rows (`_v1`, `_splitk`) and the GEMVs (`_gemv`).
+BATCH1_SUFFIXES = ("_v1", "_gemv", "_splitk")
 # Whole-step logit bands (max|logit - reference| / max|reference logit|, and the greedy token's gap).
 # Weight-only variants: parity.ties.TIE_BAND[bf16] (5e-2), two bf16 computations of one model.
 # Activation-quantized variants (W8A8, FP8) re-round every activation to int8 / e4m3, so a bf16-sized
@@ -113,6 +130,7 @@ def variants(layer):
     import torch
     import torch.nn.functional as F
 
+    from kernels.gemv8 import bf16_gemv, fp8_wo_gemv
     from kernels.quant_gemv import CONFIGS_W8_V1, w8a16_skinny
     from kernels.quant_matmul import w4a16_matmul, w4a16_matmul_gemv, w8a16_matmul
 
@@ -127,6 +145,8 @@ def variants(layer):
     wbf = [deq4(L).bfloat16() for L in layer]
     out["bf16"] = ([lambda x, w=w: F.linear(x, w) for w in wbf], sum(w.numel() * 2 for w in wbf),
                    [lambda x, w=w: x.float() @ w.float().T for w in wbf])
+    # bf16 through kernels/gemv8.py's row-streaming GEMV (issue #14's batch-1 question; not in the model)
+    out["bf16_triton_gemv"] = ([lambda x, w=w: bf16_gemv(x, w) for w in wbf], out["bf16"][1], out["bf16"][2])
     # ours now: the GEMV layout (row-streaming kernel at batch 1); _v1: the split-K kernels on GPTQ's
     # layout with the 2026-11-30 candidate sets (before/after in one run).
     out["w4a16_g128_triton"] = (
@@ -142,6 +162,9 @@ def variants(layer):
                            [lambda x, L=L: x.float() @ deq8(L).T for L in layer])
     out["w8a16_triton_v1"] = ([lambda x, L=L: w8a16_skinny(x, L["w8"], L["s8"], sets=CONFIGS_W8_V1) for L in layer],
                               out["w8a16_triton"][1], out["w8a16_triton"][2])
+    # W8A16 at batch 1 before kernels/gemv8.py: quant_gemv's split-K candidates alone (CONFIGS_W8)
+    out["w8a16_triton_splitk"] = ([lambda x, L=L: w8a16_skinny(x, L["w8"], L["s8"]) for L in layer],
+                                  out["w8a16_triton"][1], out["w8a16_triton"][2])
     # torch's tinygemm int4: w = (q - 8) * scale + zero; build its operands from our codes.
     try:
         fns, refs = [], []
@@ -197,6 +220,10 @@ def variants(layer):
                                     out["w8a8_int8_int_mm"][1], out["w8a8_int8_int_mm"][2])
     out["fp8_w8a8_rowwise_triton_gemv"] = ([lambda x, p=p: fp8_gemv(x, p[0], p[1].reshape(-1)) for p in fp8],
                                             out["fp8_w8a8_rowwise_scaled_mm"][1], out["fp8_w8a8_rowwise_scaled_mm"][2])
+    # FP8 weight-only: e4m3 per-row weights, bf16 x unquantized (quant.fast_linear's "fp8_wo" layer)
+    out["fp8_weight_only_triton_gemv"] = ([lambda x, p=p: fp8_wo_gemv(x, p[0], p[1].reshape(-1)) for p in fp8],
+                                           out["fp8_w8a8_rowwise_scaled_mm"][1],
+                                           [lambda x, p=p: x.float() @ (p[0].float() * p[1].T).T for p in fp8])
     return out
 
 
@@ -220,7 +247,7 @@ def layer_rows(opts: Options, bw: float) -> tuple[list[dict], list[str]]:
     tol = Tol(atol=5e-2, rtol=2e-2)
     for name, v in variants(layer).items():
         for M in batches:
-            if (name.endswith("_v1") or name.endswith("_gemv")) and M != 1:  # batch-1 rows (the rework's batch)
+            if name.endswith(BATCH1_SUFFIXES) and M != 1:  # batch-1 rows (the GEMV work's batch)
                 continue
             row = {"variant": name, "batch": M}
             if isinstance(v, str):
@@ -285,7 +312,7 @@ def band_for(variant: str) -> float:
 
     from parity.ties import TIE_BAND
 
-    method, qopts, _ = DECODE_VARIANTS[variant]
+    _, qopts, _ = DECODE_VARIANTS[variant]
     return ACT_QUANT_BAND if (qopts.get("act_bits") or qopts.get("act")) else TIE_BAND[torch.bfloat16]
 
 
@@ -315,16 +342,17 @@ def decode_rows(variant_names, batches, context: int, preset, device: str, iters
             if method:  # outside inference_mode: the reference layers' weight cache reads version counters
                 quantize(net, method, **qopts)
             with torch.inference_mode():
-                gen = FastGenerator(net, max(batches), context + 8, cuda_graph=cuda, fuse=False)
+                bs = [1] if name in BATCH1_DECODE and 1 in batches else batches
+                gen = FastGenerator(net, max(bs), context + 8, cuda_graph=cuda, fuse=False)
                 g = torch.Generator(device="cpu").manual_seed(1)
-                ids = torch.randint(0, net.config.vocab_size, (max(batches), context + 1), generator=g).to(device)
+                ids = torch.randint(0, net.config.vocab_size, (max(bs), context + 1), generator=g).to(device)
                 net(ids[:, :context], torch.arange(context, device=device))  # prefill, reference layers
                 ref = net(ids[:, context:], torch.tensor([context], device=device))[:, -1].float()  # (B, V)
                 if backend:
                     to_fast(net, backend)  # the reference layers (and their dequantized weights) go
                 if cuda:
                     torch.cuda.empty_cache()
-            for B in batches:
+            for B in bs:
                 row = {"variant": name, "batch": B, "context": context}
                 step = gen.step_for(B)
                 with torch.inference_mode():

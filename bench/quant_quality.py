@@ -40,6 +40,8 @@ _define("integer", "max_windows", 8, "Windows scored per split (default 8 = 4K t
         "models in ~15 minutes on a shared CPU; 0 = all).")
 _define("integer", "calib_samples", 8, "Calibration windows from the train split (default 8).")
 _define("integer", "calib_len", 512, "Tokens per calibration window (default 512).")
+_define("boolean", "quantize_lm_head", False, "Also score each quantized variant with its LM head quantized "
+        "(rows VARIANT+lm_head: quant.quantize(lm_head=True), a tied head untied first). Default off.")
 _define("string", "device", "cpu", "cpu or cuda (default cpu: the table is a quality table, not a speed one).")
 _define("integer", "rotate_steps", 10, "Cayley SGD steps of the spinquant_* variants (2 calibration windows "
         "each; default 10: ~1 minute a variant for lab-small on a shared CPU).")
@@ -59,6 +61,7 @@ VARIANTS = {
     "awq_w4_g128": ("awq", dict(bits=4, group_size=128)),
     "smoothquant_w8a8": ("smoothquant", dict(alpha=0.5)),
     "fp8_w8a16_tensor": ("fp8", dict(per_row=False, act=None)),
+    "fp8_w8a16_row": ("fp8", dict(per_row=True, act=None)),  # the decode bench's fp8_weight_only
     "fp8_w8a8_tensor": ("fp8", dict(per_row=False, act="per_tensor")),
     "fp8_w8a8_row": ("fp8", dict(per_row=True, act="per_token")),
     "rtn_w4a4": ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=4)),
@@ -90,6 +93,7 @@ class Options:
     calib_len: int
     device: str
     rotate_steps: int = 10
+    quantize_lm_head: bool = False
 
 
 class Scored:
@@ -178,21 +182,26 @@ def run(opts: Options) -> int:
         calib = calibration_ids(tok, opts.calib_samples, min(opts.calib_len, ref.config.max_seq_len))
         label = os.path.basename(os.path.normpath(ckpt))
         ref_cache: dict[str, list] = {s: [] for s in streams}
-        for v in variants:
+        runs = [(v, False) for v in variants]
+        if opts.quantize_lm_head:  # each quantized variant again, its LM head quantized too
+            runs += [(v, True) for v in variants if VARIANTS[v] is not None]
+        for v0, head in runs:
+            v = v0 + "+lm_head" if head else v0
             t0 = time.perf_counter()
             m = lab_model.load(ckpt, dtype="float32", device=opts.device)
-            method, o = VARIANTS[v] or ("none", {})
-            if VARIANTS[v] is not None:
+            method, o = VARIANTS[v0] or ("none", {})
+            if VARIANTS[v0] is not None:
                 if o.get("rotate") == "cayley":
                     o = {**o, "rotate_steps": opts.rotate_steps}
                 try:
-                    quantize(m, method, calib, **o)
+                    quantize(m, method, calib, lm_head=head, **o)
                 except Exception as e:  # a failing variant is reported, the others still run
                     failures.append(f"{label}/{v}")
                     print(f"{label} {v}: FAILED {common.failure_status(e)}", flush=True)
                     continue
             q_s = time.perf_counter() - t0
-            row = {"model": label, "variant": v, "method": VARIANTS[v][0] if VARIANTS[v] else "none",
+            row = {"model": label, "variant": v, "method": VARIANTS[v0][0] if VARIANTS[v0] else "none",
+                   "lm_head": "quantized" if head else "float",
                    "options": o, "quantize_s": round(q_s, 1),
                    "weight_MB": linear_bytes(m) / 1e6}
             spin = (getattr(m, "rotation", None) or {}).get("report")
@@ -216,7 +225,7 @@ def run(opts: Options) -> int:
                   f"({q_s:.0f} s)", flush=True)
             if not all(math.isfinite(row[k]) for k in ("wt2_ppl", "heldout_ppl")):
                 failures.append(f"{label}/{v} (non-finite perplexity)")
-            if v == "fp32" and not (row["wt2_kl"] < 1e-6 and row["wt2_top1"] == 1.0):
+            if v0 == "fp32" and not (row["wt2_kl"] < 1e-6 and row["wt2_top1"] == 1.0):
                 failures.append(f"{label}/fp32 (KL vs itself {row['wt2_kl']:.2e}: the harness is broken)")
     claims = check_claims(rows)
     for c in claims:

@@ -18,7 +18,8 @@ and only the fp32 summation order differs from the reference (int8 products are 
 sums of them stay exact below 2^24 per partial). Weight bytes: int8 read as int32 words (4 codes),
 sign bits flipped and widened by the 2^23 magic as in quant_gemv; fp8 loaded as e4m3 and converted.
 Configs: a small set tuned per shape by quant_gemv.tuned_config (each checked against the fp32
-reference of the quantized operands first).
+reference of the quantized operands first), together with kernels/gemv8.py's row-streaming kernel
+(the same grids fused into its K loop: ACT_INT8 / ACT_FP8), whichever is faster on the GPU.
 """
 
 from __future__ import annotations
@@ -140,13 +141,17 @@ def _quant_ref(x2: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tenso
 
 def w8a8_gemv(x2: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, config: Optional[Config] = None) -> torch.Tensor:
     """x2 (M, K) contiguous, w int8 (N, K) contiguous, scale (N,) -> (M, N) in x2's dtype (module docstring)."""
+    from kernels import gemv8
+
     M, K = x2.shape
     N = w.shape[0]
-    cands = configs(K)
+    cands = gemv8.configs(K, gemv8.INT8) + configs(K)  # the row-streaming family first, then this module's
     assert cands and w.is_contiguous() and x2.stride(1) == 1, f"no W8A8 GEMV config for K={K}"
     w32 = w.view(torch.int32)
 
     def run(cfg, w32=w32, s=scale):
+        if isinstance(cfg, gemv8.Gemv8Config):
+            return gemv8.launch(cfg, x2, w32.view(torch.int8), s, gemv8.INT8, gemv8.ACT_INT8)
         y = torch.empty(M, N, device=x2.device, dtype=x2.dtype)
         _w8a8_gemv_kernel[(triton.cdiv(N, cfg.block_n), M)](x2, w32, s, y, N, K, x2.stride(0), MAGIC, cfg.block_n,
                                                              cfg.block_k, cfg.stages, num_warps=cfg.num_warps)
@@ -162,12 +167,16 @@ def w8a8_gemv(x2: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, config: Op
 
 def fp8_gemv(x2: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, config: Optional[Config] = None) -> torch.Tensor:
     """x2 (M, K) contiguous, w float8_e4m3fn (N, K) contiguous, scale fp32 (N,) -> (M, N) in x2's dtype."""
+    from kernels import gemv8
+
     M, K = x2.shape
     N = w.shape[0]
-    cands = configs(K)
+    cands = gemv8.configs(K, gemv8.FP8) + configs(K)  # the row-streaming family first, then this module's
     assert cands and w.is_contiguous() and x2.stride(1) == 1, f"no FP8 GEMV config for K={K}"
 
     def run(cfg, w=w, s=scale):
+        if isinstance(cfg, gemv8.Gemv8Config):
+            return gemv8.launch(cfg, x2, w, s, gemv8.FP8, gemv8.ACT_FP8)
         y = torch.empty(M, N, device=x2.device, dtype=x2.dtype)
         _fp8_gemv_kernel[(triton.cdiv(N, cfg.block_n), M)](x2, w, s, y, N, K, x2.stride(0), cfg.block_n,
                                                             cfg.block_k, cfg.stages, num_warps=cfg.num_warps)

@@ -133,6 +133,10 @@ def w8a16_matmul(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, skinny: 
     N = w.shape[0]
     x2 = x.reshape(-1, K).contiguous()
     M = x2.shape[0]
+    if skinny and M == 1 and K % 256 == 0 and w.is_contiguous():  # kernels/gemv8.py: row-streaming GEMV (+ split-K)
+        from kernels.gemv8 import w8a16_gemv
+
+        return w8a16_gemv(x2, w, scale).reshape(*x.shape[:-1], N)
     if skinny and 1 <= M <= quant_gemv.MAX_M and quant_gemv.w8_configs(M, K) and w.is_contiguous():
         return quant_gemv.w8a16_skinny(x2, w, scale).reshape(*x.shape[:-1], N)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)

@@ -12,6 +12,7 @@ read the packed weights directly:
   "int4pack"      QuantLinear W4 (contiguous groups, A16)     Int4PackLinear        torch._weight_int4pack_mm (tinygemm)
   "int_mm"        QuantLinear W8A8 (sym, one group per row)   W8A8Linear            torch._int_mm (int8 x int8 -> int32)
   "scaled_mm"     FP8Linear (per-row weights, per-token act)  FP8RowwiseLinear      torch._scaled_mm (e4m3, row-wise)
+  "fp8_wo"        FP8Linear (per-row weights, act None)       FP8WeightOnlyLinear   kernels.gemv8.fp8_wo_gemv (M <= 16)
 
 At one token (GEMV_FUSED_ACT) W8A8Linear and FP8RowwiseLinear run kernels.act_quant_gemv instead:
 the same per-token quantization grids fused into one GEMV launch (no eager quantize ops, no padding).
@@ -35,7 +36,7 @@ from quant.int8 import Int8WeightOnlyLinear
 from quant.qlinear import FP8, FP8_MAX, FP8Linear, QuantLinear
 from quant.rtn import QuantizationError
 
-BACKENDS = ("triton", "triton_v1", "int4pack", "int_mm", "scaled_mm")  # triton_v1: GPTQ layout (the before row)
+BACKENDS = ("triton", "triton_v1", "int4pack", "int_mm", "scaled_mm", "fp8_wo")  # triton_v1: GPTQ layout (the before row)
 INT_MM_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows (and multiples of 8): pad decode batches
 
 
@@ -221,6 +222,37 @@ class FP8RowwiseLinear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
+class FP8WeightOnlyLinear(nn.Module):
+    """FP8 weight-only: y = (x @ q^T) * scale (+ bias), q e4m3 (out, in), scale fp32 (out,) per row, x bf16
+    unquantized. Up to 16 tokens: kernels.gemv8.fp8_wo_gemv (the row-streaming GEMV, e4m3 converted in
+    registers); more: the dequantized bf16 weight through F.linear (correct, not fast: prefill)."""
+
+    def __init__(self, mod: FP8Linear, name: str = "layer"):
+        super().__init__()
+        if not (mod.per_row and mod.act is None):
+            raise QuantizationError(f"{name}: fp8_wo takes per-row e4m3 weights without activation quantization, "
+                                    f"got {mod.extra_repr()}")
+        self.in_features, self.out_features = mod.in_features, mod.out_features
+        self.register_buffer("weight", mod.weight.contiguous())
+        self.register_buffer("weight_scale", mod.weight_scale.float().reshape(-1).contiguous())
+        self.bias = _bias(mod, torch.bfloat16 if mod.bias is None else mod.bias.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out) in x's dtype."""
+        from kernels._triton import can_run
+
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] <= 16 and self.in_features % 256 == 0 and can_run(x2):
+            from kernels.gemv8 import fp8_wo_gemv
+
+            y = fp8_wo_gemv(x2.contiguous(), self.weight, self.weight_scale)
+        else:
+            w = (self.weight.to(x.dtype) * self.weight_scale[:, None].to(x.dtype))
+            y = nn.functional.linear(x2, w)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
 GEMV_FUSED_ACT = True  # one-token W8A8 / FP8 through kernels.act_quant_gemv (False: the eager quantize + torch GEMM)
 
 
@@ -245,6 +277,8 @@ def _convert(mod: nn.Module, backend: str, name: str) -> Optional[nn.Module]:
         return W8A8Linear(mod, name)
     elif backend == "scaled_mm" and isinstance(mod, FP8Linear):
         return FP8RowwiseLinear(mod, name)
+    elif backend == "fp8_wo" and isinstance(mod, FP8Linear):
+        return FP8WeightOnlyLinear(mod, name)
     return None
 
 
@@ -282,7 +316,7 @@ def fast_backend(model: nn.Module) -> Optional[str]:
 
     W4A16 (contiguous groups, no input rotation) and INT8 weight-only -> "triton"; W8A8 symmetric
     per-channel without rotation (SmoothQuant) -> "int_mm"; FP8 per-row weights with per-token
-    activations -> "scaled_mm". Anything else (W4A4/W4A8, rotated, act-order, per-tensor FP8, mixed).
+    activations -> "scaled_mm"; FP8 per-row weight-only -> "fp8_wo". Anything else (W4A4/W4A8, rotated, act-order, per-tensor FP8, mixed).
     """
     layers = _quantized_layers(model)
     if not layers:
@@ -302,6 +336,8 @@ def fast_backend(model: nn.Module) -> Optional[str]:
         return "int_mm"
     if all(isinstance(m, FP8Linear) and m.per_row and m.act == "per_token" for m in layers):
         return "scaled_mm"
+    if all(isinstance(m, FP8Linear) and m.per_row and m.act is None for m in layers):
+        return "fp8_wo"
     return None
 
 

@@ -146,18 +146,27 @@ def _rtn_module(mod: nn.Module, spec: tuple, name: str) -> QuantLinear:
 
 @torch.no_grad()
 def quantize(model: nn.Module, method: str = "int8_weight_only", calib: Optional[torch.Tensor] = None, *,
-             skip: Iterable[str] = DEFAULT_SKIP, progress: bool = False, **opts) -> nn.Module:
+             skip: Iterable[str] = DEFAULT_SKIP, progress: bool = False, lm_head: bool = False,
+             **opts) -> nn.Module:
     """Quantize model's Linear layers (except `skip`) with `method` (module docstring), in place; return model.
 
     calib: (n, T) long token ids (quant.calibrate.calibration_ids) for gptq/awq/smoothquant.
     skip: module names (qualified, or a last component such as "lm_head") left in floating
     point. The LM head is skipped by default: it reads the whole vocabulary and is the most
     sensitive to weight error; a tied LM head cannot be quantized without untying it.
+    lm_head: quantize the LM head too (as torchao's quantize_ does): "lm_head" leaves skip and a tied
+    head is untied first (its own copy of the embedding; config.tie_word_embeddings becomes False, so
+    a save -> load round trip keeps the float embedding and the quantized head apart).
     """
     qm = _method(method)
     o = resolve_options(method, opts)
     skip = tuple(skip)
     config = getattr(model, "config", None)
+    if lm_head:
+        skip = tuple(s for s in skip if s != "lm_head")
+        if getattr(config, "tie_word_embeddings", False) and hasattr(model, "lm_head"):
+            model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
+            model.config = config = config.replace(tie_word_embeddings=False)
     if getattr(config, "tie_word_embeddings", False) and not _skipped("lm_head", skip):
         raise QuantizationError("lm_head is tied to embed_tokens (tie_word_embeddings); keep 'lm_head' in skip")
     found = targets(model, skip)

@@ -52,3 +52,26 @@ def test_planted_wrong_group_is_wrong(monkeypatch):
     rows, failures = qd.decode_rows(["w4a16_g128_triton"], [1], 4, TINY, "cpu", 1, None, warmup=0)
     assert failures == ["decode/w4a16_g128_triton/b1"] and rows[0]["status"].startswith("WRONG"), rows
     assert rows[0]["logit_err"] > 4 * qd.band_for("w4a16_g128_triton")
+
+
+def test_cpu_8bit_weight_only_and_quantized_lm_head_rows():
+    """FP8 weight-only (kernels/gemv8.py under the interpreter) and the `_lm_head_q` rows: checked like the
+    others, timed at batch 1 only (BATCH1_DECODE drops batch 2), and a quantized LM head reads fewer bytes."""
+    names = ["fp8_weight_only_triton", "w8a16_triton_lm_head_q", "fp8_weight_only_triton_lm_head_q"]
+    by = check_rows(*qd.decode_rows(names, [1, 2], 4, TINY, "cpu", 1, None, warmup=0), names, (1,))
+    # same decoder bytes (1 B + fp32 row scale per weight); the LM head 1 B instead of 2 B per weight
+    assert by[("fp8_weight_only_triton_lm_head_q", 1)]["GB_read"] < by[("fp8_weight_only_triton", 1)]["GB_read"]
+    assert by[("w8a16_triton_lm_head_q", 1)]["GB_read"] < by[("fp8_weight_only_triton", 1)]["GB_read"]
+
+
+def test_planted_fp8_weight_only_scale_is_wrong(monkeypatch):
+    """Planted: the FP8 weight-only layers read the neighbouring row's scale."""
+    orig = fl.FP8WeightOnlyLinear.__init__
+
+    def shifted(self, mod, name="layer"):
+        orig(self, mod, name)
+        self.weight_scale.copy_(self.weight_scale.roll(1))
+
+    monkeypatch.setattr(fl.FP8WeightOnlyLinear, "__init__", shifted)
+    rows, failures = qd.decode_rows(["fp8_weight_only_triton"], [1], 4, TINY, "cpu", 1, None, warmup=0)
+    assert failures == ["decode/fp8_weight_only_triton/b1"] and rows[0]["status"].startswith("WRONG"), rows

@@ -42,3 +42,17 @@ def test_spinquant_vs_quarot_is_reported_not_gated():
     assert qq.check_claims(rows) == []  # no gated claim pairs these two
     (c,) = qq.check_claims(rows, qq.COMPARISONS)
     assert not c["ok"] and "spinquant_rtn_w4a4 beats quarot_rtn_w4a4" in c["claim"]
+
+
+def test_quantize_lm_head_rows(tmp_path, monkeypatch):
+    """--quantize_lm_head: each quantized variant is scored again with its LM head quantized (lab-draft's tied
+    head untied first); the head's extra rounding shows as more KL than the same variant with a float head."""
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(tmp_path))
+    opts = qq.Options(models=("lab-draft",), variants=("rtn_w4_g128",), window=128, max_windows=2,
+                      calib_samples=2, calib_len=128, device="cpu", quantize_lm_head=True)
+    assert qq.run(opts) == 0
+    rows = json.loads((tmp_path / "quant_quality.json").read_text())
+    by = {r["variant"]: r for r in (rows["rows"] if isinstance(rows, dict) else rows)}
+    assert set(by) == {"fp32", "rtn_w4_g128", "rtn_w4_g128+lm_head"}
+    assert by["rtn_w4_g128+lm_head"]["lm_head"] == "quantized" and by["rtn_w4_g128"]["lm_head"] == "float"
+    assert by["rtn_w4_g128+lm_head"]["wt2_kl"] > by["rtn_w4_g128"]["wt2_kl"] > 1e-4

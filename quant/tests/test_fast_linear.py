@@ -9,7 +9,7 @@ from torch import nn
 from kernels._triton import run_device
 from parity.tolerance import Tol, assert_close, compare
 from quant import FP8Linear, Int8WeightOnlyLinear, QuantizationError, QuantLinear
-from quant.fast_linear import (FP8RowwiseLinear, Int4PackLinear, W4A16Linear, W8A8Linear, W8A16Linear,
+from quant.fast_linear import (FP8RowwiseLinear, FP8WeightOnlyLinear, Int4PackLinear, W4A16Linear, W8A8Linear, W8A16Linear,
                                int8_matmul, quantize_tokens_int8, to_fast)
 from quant.rtn import rtn_quantize
 
@@ -138,3 +138,20 @@ def test_one_token_w8a8_and_fp8_take_the_fused_gemv():
         assert_close(fast(x).float(), ref(x).float(), TOL[dt], f"{what} one token (fused GEMV)")
         fast.weight_scale.copy_(fast.weight_scale.roll(1, -1))  # planted: the neighbouring row's scale
         assert not compare(fast(x).float(), ref(x).float(), TOL[dt]).ok
+
+
+@pytest.mark.skipif(TRITON_DEV is None, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("M", [1, 3, 20])
+def test_fp8_weight_only_layer(M):
+    """FP8WeightOnlyLinear (kernels.gemv8.fp8_wo_gemv up to 16 tokens, the dequantized F.linear above) against
+    FP8Linear(per_row, act=None); a planted weight-scale fault (the neighbouring row's) fails."""
+    dev, dt = TRITON_DEV, (torch.bfloat16 if TRITON_DEV == "cuda" else torch.float32)
+    lin = linear(512, 48, seed=7, device=dev, dtype=dt)
+    ref = FP8Linear.from_linear(lin, True, None)
+    fast = FP8WeightOnlyLinear(FP8Linear.from_linear(lin, True, None))  # its own buffers (a view of ref's would move both)
+    x = x_of(M, 512, seed=8, device=dev, dtype=dt) * 3
+    assert_close(fast(x).float(), ref(x).float(), TOL[dt], f"FP8WeightOnlyLinear M={M}")
+    fast.weight_scale.copy_(fast.weight_scale.roll(1))
+    assert not compare(fast(x).float(), ref(x).float(), TOL[dt]).ok
+    with pytest.raises(QuantizationError, match="fp8_wo"):
+        FP8WeightOnlyLinear(FP8Linear.from_linear(lin, True, "per_token"))

@@ -30,6 +30,7 @@ def calib():
     ("int8_weight_only", {}, "triton"),
     ("smoothquant", {}, "int_mm"),
     ("fp8", dict(per_row=True, act="per_token"), "scaled_mm"),
+    ("fp8", dict(per_row=True, act=None), "fp8_wo"),
     ("fp8", dict(per_row=False, act="per_tensor"), None),
     ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=4, rotate=True), None),
     ("gptq", dict(bits=4, group_size=32, act_order=True), None),
