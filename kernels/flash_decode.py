@@ -78,6 +78,10 @@ DECODE_CONFIGS = (
     + [triton.Config({"BLOCK_N": bn, "PREFETCH": 1}, num_warps=w, num_stages=1)
        for bn in (16, 32, 64, 128) for w in (4, 8)]
     + [triton.Config({"BLOCK_N": bn, "PREFETCH": 0}, num_warps=4, num_stages=1) for bn in (16, 32, 64)]
+    # Small programs (one or two pages a step, little shared memory): many resident per SM, so one
+    # program's start-up latency (seq_len -> page id -> K) overlaps the others' streaming.
+    + [triton.Config({"BLOCK_N": 16, "PREFETCH": 0}, num_warps=4, num_stages=s) for s in (2, 3, 4)]
+    + [triton.Config({"BLOCK_N": bn, "PREFETCH": 0}, num_warps=2, num_stages=s) for bn in (16, 32) for s in (2, 3)]
 )
 
 
