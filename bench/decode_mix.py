@@ -212,6 +212,15 @@ def run(o: Options, log: Callable[[str], None] = print) -> tuple[list[dict[str, 
             if "ours_auto" in ok and "v1_auto" in ok:
                 line += f"; auto vs v1 {ok['v1_auto']['p50_us'] / ok['ours_auto']['p50_us']:.2f}x"
             log(line)
+            policies = sorted((r for r in ours if r["variant"].startswith(("ours_c", "ours_s", "ours_e"))),
+                              key=lambda r: r["p50_us"])
+            if policies:
+                log("  policies, fastest first: " + ", ".join(f"{r['variant'][5:]} {r['p50_us']:.1f}" for r in policies))
+            configs = sorted((r for r in ours if r["variant"].startswith("cfg_")), key=lambda r: r["p50_us"])
+            if configs:
+                log("  configs (default policy), fastest 5: " + ", ".join(
+                    f"{r['variant'][4:]} {r['p50_us']:.1f}" for r in configs[:5])
+                    + f"; slowest {configs[-1]['variant'][4:]} {configs[-1]['p50_us']:.1f}")
     return rows, failures, copy_gbps
 
 

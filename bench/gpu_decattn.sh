@@ -23,7 +23,7 @@ timeout 120 python3 -m pytest -q -p no:cacheprovider ${LAB_DECATTN_TESTS:-kernel
   2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15 | tee -a "$log"
 echo "== bench.decode_mix ${LAB_DECODE_MIX_FLAGS:-}" | tee -a "$log"
 timeout 150 python3 -m bench.decode_mix ${LAB_DECODE_MIX_FLAGS:-} 2>&1 | sed '/[Ww][Aa][Rr][Nn]/d' \
-  | tee "$OUT/bench_decode_mix.log" | grep -E "^B=|auto vs v1|^wrote|copy|error|WRONG|FAILED" | tee -a "$log"
+  | tee "$OUT/bench_decode_mix.log" | grep -E "^B=|^  policies|^  configs|^wrote|copy|error|WRONG|FAILED" | tee -a "$log"
 tar -C "$stage" -czf "$OUT/results.tar.gz" results
 if [ "${LAB_DECATTN_FA:-1}" = 1 ]; then
   echo "== bench.flash_attention --quick --sweeps=decode ${LAB_FA_FLAGS:-}" | tee -a "$log"
