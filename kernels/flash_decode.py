@@ -68,6 +68,7 @@ _NO_WINDOW = 1 << 30  # the kernel's window when there is none: longer than any 
 # splits past a sequence's end only load its length and store one -inf lse per head.
 # `python3 -m bench.decode_mix` sweeps 128..1024 (rows ours_c<N>) beside the even policy.
 SPLIT_TOKENS = 256
+MAX_BALANCED_SPLITS = 32
 
 # PREFETCH=1: register double-buffering written into the loop (tile i+1's K/V loads and tile i+2's
 # page ids issued before tile i's math), for num_stages=1 where Triton's pipeliner is off; the
@@ -332,8 +333,9 @@ def split_plan(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int = 13
         balanced = num_splits is None and batch * num_kv_heads >= num_sms and max_kv_len > SPLIT_TOKENS
         split_tokens = SPLIT_TOKENS if balanced else 0
     if split_tokens > 0:
-        # Multiple of 16 (any BLOCK_N up to 16 divides it), and never more than MAX_SPLITS splits.
-        chunk = max(-(-int(split_tokens) // 16) * 16, -(-max_kv_len // (MAX_SPLITS * 16)) * 16)
+        # Multiple of 16, and never more than MAX_BALANCED_SPLITS splits: the fp32 partials are
+        # B * Hq * splits * D * 4 bytes (B=256, 32 heads, 32 splits: 134 MB, transient, per step).
+        chunk = max(-(-int(split_tokens) // 16) * 16, -(-max_kv_len // (MAX_BALANCED_SPLITS * 16)) * 16)
         return max(1, -(-max_kv_len // chunk)), chunk
     if num_splits is None:
         num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, num_sms)

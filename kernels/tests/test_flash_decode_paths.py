@@ -80,7 +80,7 @@ def test_split_plan():
     assert fd.split_plan(64, 8, 1500, 132) == (-(-1500 // fd.SPLIT_TOKENS), fd.SPLIT_TOKENS)
     assert fd.split_plan(64, 8, 4096, 132) == (4096 // fd.SPLIT_TOKENS, fd.SPLIT_TOKENS)
     splits, chunk = fd.split_plan(64, 8, 1 << 17, 132)
-    assert splits <= fd.MAX_SPLITS and splits * chunk >= 1 << 17 and chunk % 16 == 0
+    assert splits <= fd.MAX_BALANCED_SPLITS and splits * chunk >= 1 << 17 and chunk % 16 == 0
     # Small batches keep the even policy (the v1 heuristic), and so does an explicit num_splits.
     assert fd.split_plan(8, 8, 4096, 132) == (fd.choose_num_splits(8, 8, 4096, 132), 0)
     assert fd.split_plan(64, 8, 4096, 132, num_splits=3) == (3, 0)
