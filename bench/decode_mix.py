@@ -215,7 +215,8 @@ def run(o: Options, log: Callable[[str], None] = print) -> tuple[list[dict[str, 
             policies = sorted((r for r in ours if r["variant"].startswith(("ours_c", "ours_s", "ours_e"))),
                               key=lambda r: r["p50_us"])
             if policies:
-                log("  policies, fastest first: " + ", ".join(f"{r['variant'][5:]} {r['p50_us']:.1f}" for r in policies))
+                log("  policies, fastest first: "
+                    + ", ".join(f"{r['variant'][5:]} {r['p50_us']:.1f}" for r in policies))
             configs = sorted((r for r in ours if r["variant"].startswith("cfg_")), key=lambda r: r["p50_us"])
             if configs:
                 log("  configs (default policy), fastest 5: " + ", ".join(
