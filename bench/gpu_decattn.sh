@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Paged decode attention near KV bandwidth (issue #14) in one GPU session (no Bazel), ~4 minutes (most of it Triton compiling the candidates):
+# Paged decode attention near KV bandwidth (issue #14) in one GPU session (no Bazel), ~4 minutes,
+# much of it Triton compiling the 36 candidate configs:
 # the decode attention GPU tests (every autotuner candidate and split policy checked against the
 # fp32 reference), then bench.decode_mix (v1 = the kernel before, the kernel now and its policies
 # and candidate configs, SDPA, the copy ceiling; B 1, 16, 64 tight and graph-padded, long contexts),
