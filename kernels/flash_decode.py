@@ -71,13 +71,17 @@ SPLIT_TOKENS = 256
 MAX_BALANCED_SPLITS = 32
 
 # PREFETCH=1: register double-buffering written into the loop (tile i+1's K/V loads and tile i+2's
-# page ids issued before tile i's math), for num_stages=1 where Triton's pipeliner is off; the
-# others rely on the pipeliner (cp.async ring of num_stages tiles in shared memory).
+# page ids issued before tile i's math), for num_stages=1 where Triton's pipeliner is off; PREFETCH=2:
+# two tiles ahead. The others rely on Triton's pipeliner, which for the paged loads (addresses from
+# a load of the block table) keeps one K/V buffer whatever num_stages is: compiled for sm_90 with
+# Triton 3.9, num_stages 3 and 4 both give 39 KB of shared memory at BLOCK_N=64, the copy for tile
+# i+1 issued after tile i's math and waited on at once (the contiguous cache gets two buffers, 72 KB).
 DECODE_CONFIGS = (
     [triton.Config({"BLOCK_N": bn, "PREFETCH": 0}, num_warps=w, num_stages=s)
      for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]  # v1's 18
     + [triton.Config({"BLOCK_N": bn, "PREFETCH": 1}, num_warps=w, num_stages=1)
        for bn in (16, 32, 64, 128) for w in (4, 8)]
+    + [triton.Config({"BLOCK_N": bn, "PREFETCH": 2}, num_warps=w, num_stages=1) for bn in (16, 32, 64) for w in (4, 8)]
     + [triton.Config({"BLOCK_N": bn, "PREFETCH": 0}, num_warps=4, num_stages=1) for bn in (16, 32, 64)]
     # Small programs (one or two pages a step, little shared memory): many resident per SM, so one
     # program's start-up latency (seq_len -> page id -> K) overlaps the others' streaming.
@@ -168,7 +172,7 @@ def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part, Out,
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    if PREFETCH:
+    if PREFETCH == 1:
         # Registers hold tile i while tile i+1's K/V loads and tile i+2's page ids are in flight.
         tok = lo + offs_n
         tok_ok = tok < hi
@@ -190,6 +194,34 @@ def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part, Out,
             m_i, l_i, acc = _attend(q, k, v, (start + offs_n) < hi, m_i, l_i, acc, qk_scale, UPCAST)
             k, v = k1, v1
             ok1, k_rows1, v_rows1 = ok2, k_rows2, v_rows2
+    elif PREFETCH == 2:
+        # Two tiles ahead: tiles i+1 and i+2 in flight during tile i's math, tile i+3's page ids too.
+        tok = lo + offs_n
+        tok_ok = tok < hi
+        k_rows, v_rows = _kv_rows(block_table, b, tok, tok_ok, stride_kblk, stride_ktok, stride_kh, stride_vblk,
+                                  stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
+        tok1 = tok + BLOCK_N
+        ok1 = tok1 < hi
+        k_rows1, v_rows1 = _kv_rows(block_table, b, tok1, ok1, stride_kblk, stride_ktok, stride_kh, stride_vblk,
+                                    stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
+        k = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+        v = tl.load(V + v_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+        k1 = tl.load(K + k_rows1[:, None] + offs_d[None, :], mask=ok1[:, None], other=0.0)
+        v1 = tl.load(V + v_rows1[:, None] + offs_d[None, :], mask=ok1[:, None], other=0.0)
+        tok2 = tok1 + BLOCK_N
+        ok2 = tok2 < hi
+        k_rows2, v_rows2 = _kv_rows(block_table, b, tok2, ok2, stride_kblk, stride_ktok, stride_kh, stride_vblk,
+                                    stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
+        for start in tl.range(lo, hi, BLOCK_N, num_stages=1):
+            k2 = tl.load(K + k_rows2[:, None] + offs_d[None, :], mask=ok2[:, None], other=0.0)
+            v2 = tl.load(V + v_rows2[:, None] + offs_d[None, :], mask=ok2[:, None], other=0.0)
+            tok3 = start + 3 * BLOCK_N + offs_n
+            ok3 = tok3 < hi
+            k_rows3, v_rows3 = _kv_rows(block_table, b, tok3, ok3, stride_kblk, stride_ktok, stride_kh,
+                                        stride_vblk, stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
+            m_i, l_i, acc = _attend(q, k, v, (start + offs_n) < hi, m_i, l_i, acc, qk_scale, UPCAST)
+            k, v, k1, v1 = k1, v1, k2, v2
+            ok2, k_rows2, v_rows2 = ok3, k_rows3, v_rows3
     else:
         for start in tl.range(lo, hi, BLOCK_N):
             tok = start + offs_n

@@ -23,6 +23,7 @@ pytestmark = needs_backend
 
 LENS = [1, 37, 80, 50, 16]  # 1 token, mid-page, longest, ..., exactly one page
 PREFETCH = dict(BLOCK_N=32, PREFETCH=1, num_warps=4, num_stages=1)
+PREFETCH2 = dict(BLOCK_N=16, PREFETCH=2, num_warps=4, num_stages=1)
 PIPELINED = dict(BLOCK_N=32, PREFETCH=0, num_warps=4, num_stages=2)
 
 
@@ -58,7 +59,14 @@ def test_paths_match_reference(dtype, policy, config):
     check_attention(got, want, dtype, f"paged decode {config} {policy}")
 
 
-@pytest.mark.parametrize("config", [PREFETCH, PIPELINED], ids=["prefetch", "pipelined"])
+@pytest.mark.parametrize("policy", [dict(split_tokens=32), dict(num_splits=1)], ids=["balanced32", "direct"])
+def test_two_tiles_ahead(policy):
+    q, kp, vp, table, lens, want = _case(torch.float16, width=12)
+    got = fd.paged_flash_decode(q, kp, vp, table, lens, out=poisoned_like(q), config=PREFETCH2, **policy)
+    check_attention(got, want, torch.float16, f"paged decode {PREFETCH2} {policy}")
+
+
+@pytest.mark.parametrize("config", [PREFETCH, PREFETCH2, PIPELINED], ids=["prefetch", "prefetch2", "pipelined"])
 def test_window_balanced(config):
     from kernels.attention_ref import attention_ref
 
