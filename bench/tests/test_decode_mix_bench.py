@@ -47,13 +47,13 @@ def test_a_kernel_missing_the_last_token_is_wrong(monkeypatch):
 def test_config_sweep_and_long_cases(monkeypatch):
     from kernels import flash_decode
 
-    # Three of the candidates (pipelined, prefetched, plain) keep the interpreter run short.
+    # Four of the candidates (pipelined, prefetched one and two tiles ahead, plain) keep the run short.
     some = [c for c in flash_decode.DECODE_CONFIGS if c.kwargs["BLOCK_N"] == 32 and c.num_stages <= 2
             and c.num_warps == 4]
     monkeypatch.setattr(flash_decode, "DECODE_CONFIGS", some)
     rows, failures, _ = dm.run(_opts(splits=(), split_tokens=(), sweep_batches=(3,), long_cases=((2, 40),)),
                                log=lambda s: None)
-    assert not failures and len(some) == 3
+    assert not failures and len(some) == 4
     cfg = {r["variant"] for r in rows if r["variant"].startswith("cfg_") and r["width"] == "graph"}
     assert len(cfg) == len(some)  # every candidate checked and timed
     long = {r["variant"] for r in rows if r["width"] == "long40"}
