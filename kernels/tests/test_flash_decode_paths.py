@@ -169,3 +169,21 @@ def test_gpu_every_config_llama_shape(policy):
         check_attention(got, want, torch.bfloat16, f"B=64 graph-padded {config} {policy}")
     got = fd.paged_flash_decode(q, kp, vp, table, seq_lens, **policy)  # the tuned pick
     check_attention(got, want, torch.bfloat16, f"B=64 graph-padded tuned {policy}")
+
+
+@gpu_only
+def test_gpu_start_up_tuning_covers_balanced_keys():
+    """tune_paged_decode tunes every key the balanced policy's serving batches reach (B * Hkv >= SMs),
+    so no step meets a new key: after it, decodes of any batch and table width add none."""
+    Hkv, D, bs = 8, 128, 16
+    k = randn(2048, bs, Hkv, D, dtype=torch.bfloat16, seed=31)
+    v = randn(2048, bs, Hkv, D, dtype=torch.bfloat16, seed=32)
+    fd._TUNED.clear()
+    assert fd.tune_paged_decode(k, v, 32, max_batch=40, max_blocks=40) > 0
+    tuned = set(fd._TUNED)
+    for b, width in ((17, 40), (40, 40), (33, 21), (3, 40), (40, 17)):
+        splits, chunk = fd.split_plan(b, Hkv, width * bs, fd._num_sms(k))
+        table = (torch.arange(b * width, device=DEVICE) % 2047 + 1).view(b, width).to(torch.int32)
+        lens = torch.full((b,), width * bs - 5, dtype=torch.int32, device=DEVICE)
+        fd.paged_flash_decode(randn(b, 32, D, dtype=torch.bfloat16, seed=b), k, v, table, lens)
+        assert set(fd._TUNED) == tuned, f"B={b} width={width} ({splits} splits of {chunk}) met a new key"
