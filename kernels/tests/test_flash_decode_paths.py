@@ -187,3 +187,7 @@ def test_gpu_start_up_tuning_covers_balanced_keys():
         lens = torch.full((b,), width * bs - 5, dtype=torch.int32, device=DEVICE)
         fd.paged_flash_decode(randn(b, 32, D, dtype=torch.bfloat16, seed=b), k, v, table, lens)
         assert set(fd._TUNED) == tuned, f"B={b} width={width} ({splits} splits of {chunk}) met a new key"
+    fd._TUNED.clear()  # the planted fault: no start-up tuning; the same check sees the key appear
+    fd.paged_flash_decode(randn(17, 32, D, dtype=torch.bfloat16, seed=17), k, v, table[:1].expand(17, -1).contiguous(),
+                          lens[:1].expand(17).contiguous())
+    assert fd._TUNED, "a decode without start-up tuning met no new key: the check above could not fail"
