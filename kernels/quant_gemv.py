@@ -148,6 +148,12 @@ GEMV_GS = 128  # the group size of the GEMV layout (one 16-word unit per group a
 if triton is not None:
     # The kernels spell MAGIC (0x4B000000 = 1258291200), MAGIC_F and SIGN_FLIP as literals.
     @triton.jit
+    def _gemv_k(w, j):
+        """The input (within its group of 128) of code j of word w in the GEMV layout (pack_w4_gemv):
+        32 (w % 4) + 8 (w // 4) + 2 (j % 4) + j // 4."""
+        return 32 * (w % 4) + 8 * (w // 4) + 2 * (j % 4) + j // 4
+
+    @triton.jit
     def _code(words, hi, J: tl.constexpr):
         """fp32 2^23 + q_J * 16^(J % 4) for the 4-bit code J of each word (hi = words >> 16)."""
         if J < 4:
@@ -203,7 +209,7 @@ if triton is not None:
                           SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, STAGES: tl.constexpr,
                           TWO_PASS: tl.constexpr, SHUF: tl.constexpr):
         # SHUF: the GEMV layout (pack_w4_gemv; USE_DOT and BLOCK_K == GS == 128 only): code j of word w
-        # of a group is input k0 + j * 16 + w, so x_j is a contiguous slice. Else GPTQ's k0 + 8 * w + j.
+        # of a group is input k0 + gemv_k(w, j) (gemv_k below). Else GPTQ's k0 + 8 * w + j.
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
@@ -231,7 +237,7 @@ if triton is not None:
                     p = 1 << (4 * (j % 4))
                     w = (_code(words, hi, j) - (z * p + 8388608.0)[None, :]) * (s * (1.0 / p))[None, :]
                     if SHUF:
-                        kj = k0 + j * (BLOCK_K // 8) + rw
+                        kj = k0 + _gemv_k(rw, j)
                     else:
                         kj = k0 + rw * 8 + j
                     xj = tl.load(x_ptr + rm[:, None] * stride_xm + kj[None, :],
@@ -369,7 +375,7 @@ if triton is not None:
             g = t * GPT + rg
             s = tl.load(s_rows + g[None, :]).to(tl.float32)  # (BLOCK_N, GPT)
             z = tl.load(z_rows + g[None, :]).to(tl.float32)
-            xb = x_row + w0 * 8 + rg[:, None] * 128 + ru[None, :]  # (GPT, 16): input of code 0 of each word
+            xb = x_row + w0 * 8 + rg[:, None] * 128 + _gemv_k(ru, 0)[None, :]  # (GPT, 16): input of code 0 of each word
             part = tl.zeros((BLOCK_N, GPT, 16), dtype=tl.float32)
             if FOLD:
                 # Offset folding: code j moved to mantissa bits b..b+3 (b = 15 or 19) of 1.0 reads as
@@ -394,7 +400,7 @@ if triton is not None:
                         c = c2
                     else:
                         c = c3
-                    xj = tl.load(xb + j * 16).to(tl.float32)
+                    xj = tl.load(xb + (2 * (j % 4) + j // 4)).to(tl.float32)
                     xp = xj * (1 << (23 - b))
                     part += xp[None, :, :] * ((c & (0xF << b)) | one).to(tl.float32, bitcast=True)
                     off += xp
@@ -403,7 +409,7 @@ if triton is not None:
             else:
                 for j in tl.static_range(8):
                     p = 1 << (4 * (j % 4))
-                    xj = tl.load(xb + j * 16).to(tl.float32) * (1.0 / p)
+                    xj = tl.load(xb + (2 * (j % 4) + j // 4)).to(tl.float32) * (1.0 / p)
                     part += xj[None, :, :] * (_code_m(words, hi, magic, j) - (z * p + 8388608.0)[:, :, None])
                 acc += part * s[:, :, None]
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
@@ -544,23 +550,39 @@ def w8a16_skinny(x2: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
     return run(cfg)
 
 
+def gemv_k_index() -> torch.Tensor:
+    """(16, 8) int64: the input within its group of code j (bits 4j) of word w of the GEMV layout,
+    32 (w % 4) + 8 (w // 4) + 2 (j % 4) + j // 4 (pack_w4_gemv's docstring says why)."""
+    w = torch.arange(16)[:, None]
+    j = torch.arange(8)[None, :]
+    return 32 * (w % 4) + 8 * (w // 4) + 2 * (j % 4) + j // 4
+
+
 def pack_w4_gemv(q: torch.Tensor) -> torch.Tensor:
     """Codes (N, K) in 0..15 (K % 128 == 0) -> int32 (N, K / 8), the GEMV layout: row n's words in K
-    order, each 128-code group one 16-word unit whose word w holds code k = 128 g + 16 j + w at bits 4j."""
+    order, each 128-code group one 16-word unit; word w = 4 t + p holds the 8 inputs 32 p + 8 t + o of
+    the group (o = 0..7), input o at bits 4 (o // 2 + 4 (o % 2)) (gemv_k_index). Why: a 16-byte load is
+    a tensor-core lane's 4 words of a row (kernels/csrc/gemv4.cu: lane t's mma steps 2p, 2p + 1 take
+    inputs 32 p + 8 t + 0..7, one 16-byte load of x too), and inputs 2i, 2i + 1 sit at bits 4i, 4i + 16,
+    one LOP3 from a packed pair of 16-bit floats. The Triton kernels read it by gathering x."""
     N, K = q.shape
     assert K % GEMV_GS == 0, f"the GEMV layout needs K % {GEMV_GS} == 0, got K={K}"
-    v = q.to(torch.int64).reshape(N, K // GEMV_GS, 8, 16)  # (n, group, j, w)
-    shifts = (torch.arange(8, device=q.device, dtype=torch.int64) * 4)[None, None, :, None]
-    words = (v << shifts).sum(2).reshape(N, K // 8)
+    idx = gemv_k_index().to(q.device)  # (16, 8)
+    v = q.to(torch.int64).reshape(N, K // GEMV_GS, GEMV_GS)[:, :, idx]  # (n, group, w, j)
+    shifts = (torch.arange(8, device=q.device, dtype=torch.int64) * 4)[None, None, None, :]
+    words = (v << shifts).sum(3).reshape(N, K // 8)
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
 
 
 def unpack_w4_gemv(qw: torch.Tensor) -> torch.Tensor:
     """pack_w4_gemv's inverse: int32 (N, K / 8) -> codes (N, K) int64."""
     N, KW = qw.shape
-    w = qw.to(torch.int64).reshape(N, KW // 16, 1, 16)
-    shifts = (torch.arange(8, device=qw.device, dtype=torch.int64) * 4)[None, None, :, None]
-    return ((w >> shifts) & 0xF).reshape(N, KW * 8)
+    w = qw.to(torch.int64).reshape(N, KW // 16, 16, 1)
+    shifts = (torch.arange(8, device=qw.device, dtype=torch.int64) * 4)[None, None, None, :]
+    codes = ((w >> shifts) & 0xF).reshape(N, KW // 16, GEMV_GS)  # (n, group, 8 w + j)
+    out = torch.empty_like(codes)
+    out[:, :, gemv_k_index().to(qw.device).reshape(-1)] = codes
+    return out.reshape(N, KW * 8)
 
 
 def dequantize_w4_gemv(qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:

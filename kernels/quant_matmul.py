@@ -31,7 +31,7 @@ if triton is not None:
     def _w4a16_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, stride_wk, stride_wn, stride_sg, stride_sn,
                       GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       SHUF: tl.constexpr):
-        # SHUF: quant_gemv's GEMV layout (input k is code (k % 128) // 16 of word 16 (k // 128) + k % 16)
+        # SHUF: quant_gemv's GEMV layout (pack_w4_gemv)
         pid_m, pid_n = tl.program_id(0), tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -40,9 +40,10 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             x = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-            if SHUF:
-                wk = (kk // 128) * 16 + kk % 16
-                shift = ((kk % 128) // 16) * 4
+            if SHUF:  # input c of a group: word 4 ((c % 32) // 8) + c // 32, code (c % 8) // 2 + 4 (c % 2)
+                c = kk % 128
+                wk = (kk // 128) * 16 + 4 * ((c % 32) // 8) + c // 32
+                shift = ((c % 8) // 2 + 4 * (c % 2)) * 4
             else:
                 wk = kk // 8
                 shift = (kk % 8) * 4
