@@ -85,8 +85,14 @@ class Config:
     two_pass: bool = False  # split-K partials stored per split and summed by a second kernel (no memset, no atomics)
     gemv: bool = False  # W4 only: the row-streaming GEMV kernel on the GEMV layout (pack_w4_gemv), M = 1
     fold: bool = False  # with gemv: the offset-folding variant (_w4_gemv_kernel's FOLD: 2 ops per weight)
+    mma: bool = False  # GEMV layout, M <= 8: kernels/csrc/gemv4.cu (kernels.gemv4.mma_config)
+    block_m: int = 0  # GEMV layout: > 0 = kernels.gemv4's tc tiles (block_m tokens per CTA)
 
     def __str__(self) -> str:
+        if self.mma:
+            return f"mma_r{self.block_n // 16}_w{self.split_k}_u{self.block_k // GEMV_GS}"
+        if self.block_m:
+            return f"tc_m{self.block_m}_n{self.block_n}_w{self.num_warps}_p{self.stages}"
         kind = ("gemvf" if self.fold else "gemv") if self.gemv else ("dot" if self.use_dot else "fma")
         red = "r" if self.two_pass and self.split_k > 1 else "s"
         return f"{kind}_n{self.block_n}_k{self.block_k}_{red}{self.split_k}_w{self.num_warps}_p{self.stages}"
@@ -505,16 +511,21 @@ def w4a16_skinny(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
 def w4a16_gemv(x2: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                config: Optional[Config] = None) -> torch.Tensor:
     """x2 (M <= 16, K) contiguous; the GEMV layout of pack_w4_gemv: qw int32 (N, K / 8), scales and
-    zeros (N, K / 128) -> (M, N) in x2's dtype. M = 1: the row-streaming kernel; 2..16: the tensor-core
-    skinny tiles on the same words (SHUF). config None: tuned_config's."""
+    zeros (N, K / 128) -> (M, N) in x2's dtype. Candidates: the row-streaming kernel (M = 1), the
+    tensor-core skinny tiles on the same words (SHUF), and kernels.gemv4's (the CUDA mma GEMV at M <= 8,
+    the tc tiles at M >= 2), tuned per (N, K, gemv4.gemv_bucket(M)). config None: tuned_config's."""
+    from kernels import gemv4
+
     M, K = x2.shape
     N = qw.shape[0]
     assert qw.shape == (N, K // 8) and qw.is_contiguous() and scales.shape == (N, K // GEMV_GS), \
         (tuple(qw.shape), tuple(scales.shape), K)
-    cands = w4_configs(M, K, GEMV_GS, gemv_layout=True)
+    cands = w4_configs(M, K, GEMV_GS, gemv_layout=True) + gemv4.extra_gemv_configs(x2, N, scales, zeros)
     assert cands, f"no W4 GEMV config for K={K}"
 
     def run(cfg, qw=qw, s=scales, z=zeros):
+        if cfg.mma or cfg.block_m:  # kernels/gemv4.py's: the CUDA mma GEMV, the tc tiles
+            return gemv4.run_gemv_config(cfg, x2, qw, s, z)
         if cfg.gemv:
             return _launch(_w4_gemv_kernel, cfg, x2, x2.dtype, N, (qw, s, z), ())
         # the skinny tiles read (K / 8, N) words and (G, N) scales: the transposed views, by strides
@@ -524,7 +535,7 @@ def w4a16_gemv(x2: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: 
     def ref(qw=qw, s=scales, z=zeros):
         return x2.float() @ dequantize_w4_gemv(qw, s, z).T
 
-    cfg = config or tuned_config(("w4g", N, K, m_bucket(M), GEMV_GS, x2.dtype, x2.device), cands, run,
+    cfg = config or tuned_config(("w4g", N, K, gemv4.gemv_bucket(M), GEMV_GS, x2.dtype, x2.device), cands, run,
                                  (qw, scales, zeros), ref)
     return run(cfg)
 

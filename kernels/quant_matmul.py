@@ -112,7 +112,8 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
 def w4a16_matmul_gemv(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                       skinny: bool = True) -> torch.Tensor:
     """w4a16_matmul on quant_gemv's GEMV layout (pack_w4_gemv: qw int32 (N, K / 8), scales and zeros
-    (N, K / 128), group size 128): M <= 16 -> quant_gemv.w4a16_gemv, larger M -> the tiles here."""
+    (N, K / 128), group size 128): M <= 16 -> quant_gemv.w4a16_gemv, larger M -> kernels.gemv4's tc tiles
+    (skinny=False: the SHUF tiles here, every M)."""
     K = x.shape[-1]
     N = qw.shape[0]
     assert qw.shape == (N, K // 8) and qw.dtype == torch.int32 and K % quant_gemv.GEMV_GS == 0, (tuple(qw.shape), K)
@@ -120,6 +121,10 @@ def w4a16_matmul_gemv(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, z
     M = x2.shape[0]
     if skinny and 1 <= M <= quant_gemv.MAX_M:
         return quant_gemv.w4a16_gemv(x2, qw, scales, zeros).reshape(*x.shape[:-1], N)
+    if skinny:  # M > 16: kernels.gemv4's tc tiles (rows read along K; tuned up to 128 tokens)
+        from kernels.gemv4 import w4a16_gemv_tc
+
+        return w4a16_gemv_tc(x2, qw, scales, zeros).reshape(*x.shape[:-1], N)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     BM, BN, BK = _blocks(M)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))

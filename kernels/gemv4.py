@@ -1,0 +1,210 @@
+"""W4A16 g128 on the GEMV layout (kernels/quant_gemv.py's pack_w4_gemv) on the tensor cores.
+
+Two kernels, both candidates of quant_gemv's tuner (`tuned_config`: each checked against the call's
+fp32 dequantized reference, then timed; the fastest kept per shape):
+
+  mma (1..8 tokens): kernels/csrc/gemv4.cu through kernels._C. A CTA owns R tiles of 16 rows, its
+      WARPS warps split K by groups; mma.sync m16n8k16 with the weights as A (16 rows) and the tokens
+      as B's 8 columns, dequantization by LOP3 to packed 16-bit floats (MAGIC + q, exact), the offset
+      and zero point removed once per group (X_g from one more mma with A = ones), the group scale
+      applied to the fp32 group sum. MMA_CONFIGS lists the compiled (R, WARPS, U) launch shapes.
+  tc (any M, the decode batches past 16 and prefill): _w4_gemv_tc_kernel, Triton tl.dot tiles that
+      read each row's words of a group as one contiguous 64-byte run (the GEMV layout's rows are
+      contiguous along K; reading them as the (K / 8, N) view strided them, the 2026-11-30 batch-64
+      regression), expand them in registers in the layout's (word, code) order, and gather x in that
+      same order (a dot is a sum: any order of k that A and B share).
+
+Roofline at one token, Llama-3-8B's four linears of a layer: 115.9 MB of words and fp16 scales / zeros
+(the bench's MB_read), 27.4 us at the H200's measured 4,229 GB/s copy; the ALU work is ~1 instruction
+per weight (3 shifts and 4 LOP3 per 8 weights, one mma per 256), ~3.5 us of issue per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from kernels import quant_gemv
+from kernels.quant_gemv import GEMV_GS, Config
+
+try:
+    import triton
+    import triton.language as tl
+
+    from kernels.quant_gemv import _gemv_k
+except ImportError:  # pragma: no cover
+    triton = None
+
+# (R tiles of 16 rows per CTA, WARPS warps over K, U groups per pipeline step); the index is the config
+# id of kernels/csrc/gemv4.cu's LAB_W4_MMA_CONFIGS (keep the two in sync). Registers (sm_90, nvcc 13.0):
+# 98-174 without spills; R 2 x U 4 spilled and is not in the set.
+MMA_CONFIGS = ((1, 4, 4), (1, 4, 2), (1, 8, 2), (1, 8, 4), (2, 4, 2), (1, 16, 1), (1, 2, 4), (2, 8, 2))
+MMA_MAX_M = 8  # B's 8 columns
+MMA_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def mma_config(i: int) -> Config:
+    """Config of MMA_CONFIGS[i]: block_n = 16 R rows per CTA, split_k = WARPS, block_k = 128 U."""
+    R, W, U = MMA_CONFIGS[i]
+    return Config(16 * R, GEMV_GS * U, W, True, W, 1, mma=True)
+
+
+def mma_id(cfg: Config) -> int:
+    """The CUDA config id of an mma Config."""
+    return MMA_CONFIGS.index((cfg.block_n // 16, cfg.split_k, cfg.block_k // GEMV_GS))
+
+
+_EXT = None
+
+
+def _ext_module():
+    """kernels._C, or None (no GPU, no nvcc/pybind11: the mma candidates are then not offered)."""
+    global _EXT
+    if _EXT is None:
+        try:
+            from kernels import _ext
+
+            _EXT = _ext.load()
+            if not hasattr(_EXT, "w4a16_gemv_mma"):  # an extension built before gemv4.cu
+                _EXT = False
+        except ImportError:
+            _EXT = False
+    return _EXT or None
+
+
+def mma_configs(x2: torch.Tensor, N: int, scales: torch.Tensor, zeros: torch.Tensor) -> list[Config]:
+    """The mma candidates for this call: none off CUDA, past 8 tokens, for other dtypes, or without the
+    extension; else MMA_CONFIGS less those whose tiles do not divide N or whose U does not divide K / 128."""
+    M, K = x2.shape
+    if not (x2.is_cuda and 1 <= M <= MMA_MAX_M and x2.dtype in MMA_DTYPES and scales.dtype in MMA_DTYPES
+            and zeros.dtype == scales.dtype and K % GEMV_GS == 0 and scales.is_contiguous() and zeros.is_contiguous()):
+        return []
+    if _ext_module() is None:
+        return []
+    G = K // GEMV_GS
+    return [mma_config(i) for i, (R, _, U) in enumerate(MMA_CONFIGS) if N % (16 * R) == 0 and G % U == 0]
+
+
+def launch_mma(cfg: Config, x2: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
+               zeros: torch.Tensor) -> torch.Tensor:
+    """y (M, N) in x2's dtype by the CUDA mma kernel with cfg (an mma_config)."""
+    from kernels import _ext
+
+    M, K = x2.shape
+    N = qw.shape[0]
+    y = torch.empty(M, N, device=x2.device, dtype=x2.dtype)
+    ext = _ext_module()
+    _ext.launch(x2, lambda stream: ext.w4a16_gemv_mma(
+        y.data_ptr(), x2.data_ptr(), qw.data_ptr(), scales.data_ptr(), zeros.data_ptr(), M, N, K,
+        _ext.dtype_code(x2.dtype), _ext.dtype_code(scales.dtype), mma_id(cfg), stream))
+    return y
+
+
+def gemv_bucket(M: int) -> int:
+    """The GEMV-layout tuner's batch bucket: 1, 8 (2..8: the mma kernel's), 16 (9..16)."""
+    assert 1 <= M <= quant_gemv.MAX_M, M
+    return 1 if M == 1 else 8 if M <= MMA_MAX_M else 16
+
+
+# The tc tiles: block_m tokens x block_n rows per CTA, one group (128 inputs) per K step.
+CONFIGS_TC = (Config(64, 128, 1, True, 4, 3, block_m=64), Config(128, 128, 1, True, 4, 3, block_m=64),
+              Config(128, 128, 1, True, 8, 3, block_m=64), Config(128, 128, 1, True, 4, 3, block_m=32),
+              Config(256, 128, 1, True, 8, 3, block_m=64), Config(128, 128, 1, True, 8, 3, block_m=128),
+              Config(64, 128, 1, True, 4, 4, block_m=32), Config(64, 128, 1, True, 4, 1, block_m=64))
+# as candidates of the skinny buckets (2..16 tokens): 16-token tiles
+CONFIGS_TC_SKINNY = (Config(64, 128, 1, True, 4, 3, block_m=16), Config(128, 128, 1, True, 4, 3, block_m=16),
+                     Config(32, 128, 1, True, 4, 3, block_m=16), Config(128, 128, 1, True, 8, 4, block_m=16))
+TC_TUNE_MAX_M = 128  # batches up to this are tuned (buckets 32, 64, 128); prefill uses CONFIGS_TC[0]
+
+
+if triton is not None:
+    @triton.jit
+    def _w4_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, KW, stride_xm,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
+        """y (M, N) = x (M, K) @ W^T, W from the GEMV layout: per group, each row's 16 words (64
+        contiguous bytes) expand to a (BLOCK_N, 128) tile in (word, code) order, x is gathered in that
+        order (_gemv_k), and one tl.dot of k = 128 takes both."""
+        pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = rm < M
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = rn < N
+        rnc = tl.where(n_ok, rn, 0)  # rows past N re-read row 0, never stored
+        ru = tl.arange(0, 16)
+        rj = tl.arange(0, 8)
+        G = KW // 16
+        kofs = tl.reshape(_gemv_k(ru[:, None], rj[None, :]), (128,))  # input of (word, code)
+        shifts = (rj * 4)[None, None, :]
+        w_rows = rnc.to(tl.int64)[:, None] * KW
+        x_rows = x_ptr + rm[:, None] * stride_xm
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for g in tl.range(0, G, num_stages=STAGES):
+            words = tl.load(qw_ptr + w_rows + g * 16 + ru[None, :])  # (BLOCK_N, 16)
+            q = (words[:, :, None] >> shifts) & 0xF  # (BLOCK_N, 16, 8)
+            s = tl.load(s_ptr + rnc * G + g).to(tl.float32)
+            z = tl.load(z_ptr + rnc * G + g).to(tl.float32)
+            w = (q.to(tl.float32) - z[:, None, None]) * s[:, None, None]
+            w = tl.reshape(w, (BLOCK_N, 128)).to(x_ptr.dtype.element_ty)
+            xt = tl.load(x_rows + g * 128 + kofs[None, :], mask=m_ok[:, None], other=0.0)  # (BLOCK_M, 128)
+            acc += tl.dot(xt, tl.trans(w))
+        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+
+def launch_tc(cfg: Config, x2: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor,
+              zeros: torch.Tensor) -> torch.Tensor:
+    """y (M, N) in x2's dtype by the tc tiles with cfg (block_m > 0)."""
+    M, K = x2.shape
+    N = qw.shape[0]
+    y = torch.empty(M, N, device=x2.device, dtype=x2.dtype)
+    grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m))
+    _w4_gemv_tc_kernel[grid](x2, qw, scales, zeros, y, M, N, K // 8, x2.stride(0), cfg.block_m, cfg.block_n,
+                             cfg.stages, num_warps=cfg.num_warps)
+    return y
+
+
+def tc_bucket(M: int) -> int:
+    """Tuning bucket of the tc tiles: the next power of two >= M from 32 to TC_TUNE_MAX_M, 0 above."""
+    if M > TC_TUNE_MAX_M:
+        return 0
+    return max(32, 1 << (M - 1).bit_length())
+
+
+def w4a16_gemv_tc(x2: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                  config: Optional[Config] = None) -> torch.Tensor:
+    """x2 (M, K) contiguous, any M, on the GEMV layout -> (M, N) in x2's dtype (the tc tiles; tuned per
+    bucket up to TC_TUNE_MAX_M, CONFIGS_TC[0] beyond)."""
+    M, K = x2.shape
+    N = qw.shape[0]
+    assert qw.shape == (N, K // 8) and qw.is_contiguous() and scales.shape == (N, K // GEMV_GS), \
+        (tuple(qw.shape), tuple(scales.shape), K)
+    b = tc_bucket(M)
+    cands = list(CONFIGS_TC)
+
+    def run(cfg, qw=qw, s=scales, z=zeros):
+        return launch_tc(cfg, x2, qw, s, z)
+
+    def ref(qw=qw, s=scales, z=zeros):
+        return x2.float() @ quant_gemv.dequantize_w4_gemv(qw, s, z).T
+
+    if config is None:
+        config = cands[0] if b == 0 else quant_gemv.tuned_config(
+            ("w4gt", N, K, b, GEMV_GS, x2.dtype, x2.device), cands, run, (qw, scales, zeros), ref)
+    return run(config)
+
+
+def run_gemv_config(cfg: Config, x2, qw, scales, zeros) -> Optional[torch.Tensor]:
+    """quant_gemv.w4a16_gemv's runner for this module's configs (mma, tc); None for its own."""
+    if cfg.mma:
+        return launch_mma(cfg, x2, qw, scales, zeros)
+    if cfg.block_m:
+        return launch_tc(cfg, x2, qw, scales, zeros)
+    return None
+
+
+def extra_gemv_configs(x2: torch.Tensor, N: int, scales: torch.Tensor, zeros: torch.Tensor) -> list[Config]:
+    """This module's candidates for quant_gemv.w4a16_gemv (M <= 16): the mma configs (M <= 8, CUDA),
+    then the 16-token tc tiles (M >= 2)."""
+    M = x2.shape[0]
+    return mma_configs(x2, N, scales, zeros) + (list(CONFIGS_TC_SKINNY) if M >= 2 else [])
