@@ -93,6 +93,11 @@ def launch_mma(cfg: Config, x2: torch.Tensor, qw: torch.Tensor, scales: torch.Te
 
     M, K = x2.shape
     N = qw.shape[0]
+    if x2.data_ptr() % 16:  # a view at an odd offset: the kernel's 16-byte x loads need an aligned copy
+        x2 = x2.clone()
+    align = 2 * cfg.block_k // GEMV_GS  # U scales / zeros of a row load as one aligned vector
+    if qw.data_ptr() % 16 or scales.data_ptr() % align or zeros.data_ptr() % align:
+        qw, scales, zeros = qw.clone(), scales.clone(), zeros.clone()  # (weights the tuner never saw like this)
     y = torch.empty(M, N, device=x2.device, dtype=x2.dtype)
     ext = _ext_module()
     _ext.launch(x2, lambda stream: ext.w4a16_gemv_mma(
