@@ -27,7 +27,7 @@ export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 } 2>&1 | tee "$log"
 set +e
 echo "== build kernels._C" | tee -a "$log"
-timeout 150 python3 -m kernels._build > "$OUT/build.log" 2>&1
+timeout 180 python3 -m kernels._build > "$OUT/build.log" 2>&1
 build_rc=$?
 tail -n 5 "$OUT/build.log" | tee -a "$log"
 echo "== W4 GPU tests" | tee -a "$log"

@@ -41,7 +41,7 @@ except ImportError:  # pragma: no cover
 # 98-174 without spills; R 2 x U 4 spilled and is not in the set.
 MMA_CONFIGS = ((1, 4, 4), (1, 4, 2), (1, 8, 2), (1, 8, 4), (2, 4, 2), (1, 16, 1), (1, 2, 4), (2, 8, 2))
 MMA_MAX_M = 8  # B's 8 columns
-MMA_DTYPES = (torch.bfloat16, torch.float16)
+MMA_DTYPES = ((torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float16), (torch.float16, torch.float16))  # (x, scales)
 
 
 def mma_config(i: int) -> Config:
@@ -77,7 +77,7 @@ def mma_configs(x2: torch.Tensor, N: int, scales: torch.Tensor, zeros: torch.Ten
     """The mma candidates for this call: none off CUDA, past 8 tokens, for other dtypes, or without the
     extension; else MMA_CONFIGS less those whose tiles do not divide N or whose U does not divide K / 128."""
     M, K = x2.shape
-    if not (x2.is_cuda and 1 <= M <= MMA_MAX_M and x2.dtype in MMA_DTYPES and scales.dtype in MMA_DTYPES
+    if not (x2.is_cuda and 1 <= M <= MMA_MAX_M and (x2.dtype, scales.dtype) in MMA_DTYPES
             and zeros.dtype == scales.dtype and K % GEMV_GS == 0 and scales.is_contiguous() and zeros.is_contiguous()):
         return []
     if _ext_module() is None:

@@ -277,9 +277,8 @@ cudaError_t w4a16_gemv_mma(void* y, const void* x, const void* qw, const void* s
     return s_bf16 ? dispatch<__nv_bfloat16, __nv_bfloat16>(config, x, qw, scales, zeros, y, M, N, K, stream)
                   : dispatch<__nv_bfloat16, __half>(config, x, qw, scales, zeros, y, M, N, K, stream);
   }
-  if (dtype == DType::kFloat16) {
-    return s_bf16 ? dispatch<__half, __nv_bfloat16>(config, x, qw, scales, zeros, y, M, N, K, stream)
-                  : dispatch<__half, __half>(config, x, qw, scales, zeros, y, M, N, K, stream);
+  if (dtype == DType::kFloat16 && !s_bf16) {  // fp16 activations take fp16 scales (kernels/gemv4.py: MMA_DTYPES)
+    return dispatch<__half, __half>(config, x, qw, scales, zeros, y, M, N, K, stream);
   }
   return cudaErrorInvalidValue;
 }
