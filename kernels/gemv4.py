@@ -31,8 +31,6 @@ from kernels.quant_gemv import GEMV_GS, Config
 try:
     import triton
     import triton.language as tl
-
-    from kernels.quant_gemv import _gemv_k
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -128,8 +126,8 @@ if triton is not None:
     def _w4_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, KW, stride_xm,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
         """y (M, N) = x (M, K) @ W^T, W from the GEMV layout: per group, each row's 16 words (64
-        contiguous bytes) expand to a (BLOCK_N, 128) tile in (word, code) order, x is gathered in that
-        order (_gemv_k), and one tl.dot of k = 128 takes both."""
+        contiguous bytes) expand to a (BLOCK_N, 128) tile in (word, input within the word) order, x is
+        loaded in that order (pack_w4_gemv's map), and one tl.dot of k = 128 takes both."""
         pid_n, pid_m = tl.program_id(0), tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = rm < M
@@ -137,10 +135,13 @@ if triton is not None:
         n_ok = rn < N
         rnc = tl.where(n_ok, rn, 0)  # rows past N re-read row 0, never stored
         ru = tl.arange(0, 16)
-        rj = tl.arange(0, 8)
+        ro = tl.arange(0, 8)
         G = KW // 16
-        kofs = tl.reshape(_gemv_k(ru[:, None], rj[None, :]), (128,))  # input of (word, code)
-        shifts = (rj * 4)[None, None, :]
+        # tile column 8 w + o = input o of word w's 8 (32 (w % 4) + 8 (w // 4) + o): runs of 8 contiguous
+        # inputs, so x loads 16 bytes at a time; input o sits at bits 4 (o // 2 + 4 (o % 2)) of the word
+        c = tl.arange(0, 128)
+        kofs = tl.max_contiguous(tl.multiple_of(32 * ((c // 8) % 4) + 8 * (c // 32) + c % 8, 8), 8)
+        shifts = (4 * (ro // 2 + 4 * (ro % 2)))[None, None, :]
         w_rows = rnc.to(tl.int64)[:, None] * KW
         x_rows = x_ptr + rm[:, None] * stride_xm
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
