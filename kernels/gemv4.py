@@ -39,7 +39,8 @@ except ImportError:  # pragma: no cover
 # 98-174 without spills; R 2 x U 4 spilled and is not in the set.
 MMA_CONFIGS = ((1, 4, 4), (1, 4, 2), (1, 8, 2), (1, 8, 4), (2, 4, 2), (1, 16, 1), (1, 2, 4), (2, 8, 2))
 MMA_MAX_M = 8  # B's 8 columns
-MMA_DTYPES = ((torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float16), (torch.float16, torch.float16))  # (x, scales)
+# (x, scales) dtype pairs compiled
+MMA_DTYPES = ((torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float16), (torch.float16, torch.float16))
 
 
 def mma_config(i: int) -> Config:

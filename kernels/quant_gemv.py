@@ -32,8 +32,8 @@ The GEMV layout (2026-11-30 rework, `w4a16_gemv`): decode at M = 1 reads W4 g128
 re-packed once at load (pack_w4_gemv): row n's int32 words contiguous (N, K / 8), each 128-code group
 a 16-word unit whose word w holds input 128 g + _gemv_k(w, j) at bits 4j (since the gemv4 work: the
 order kernels/csrc/gemv4.cu's tensor-core lanes read, see pack_w4_gemv; the Triton kernels gather x_j,
-code j's inputs of the 16 words, in that order), scales / zeros (N, G). _w4_gemv_kernel gives each CTA BLOCK_N whole rows (split 1:
-one launch, direct store; splits store fp32 partials that _sum_splits_kernel adds, no memset, no
+code j's inputs of the 16 words, in that order), scales / zeros (N, G). _w4_gemv_kernel gives each CTA
+BLOCK_N whole rows (split 1: one launch, direct store; splits store fp32 partials that _sum_splits_kernel adds, no memset, no
 atomics), loads 16 bytes per thread per row (contiguity hints; KW passed so Triton sees 16-divisible
 row starts), keeps per-(row, word) fp32 partials, applies the group scale to them once per word and
 sums across threads once at the end; the magic is a kernel argument so it stays in a register and
@@ -354,8 +354,8 @@ if triton is not None:
         qw (N, K / 8) int32, a row's words in K order, each group of 128 codes one 16-word unit whose
         word w holds input k = 128 g + _gemv_k(w, j) at bits 4j; s, z (N, K / 128). The CTA streams its
         rows' contiguous words (BLOCK_W per row per tile, 16-byte loads), x_j (code j's inputs of the 16
-        words) is gathered once per group, each thread keeps fp32 partials per (row, word) and applies the group scale to them
-        once per word; the only cross-thread sum is the final one."""
+        words) is gathered once per group, each thread keeps fp32 partials per (row, word) and applies the
+        group scale to them once per word; the only cross-thread sum is the final one."""
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         GPT: tl.constexpr = BLOCK_W // 16  # groups per tile
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -179,7 +179,10 @@ __global__ void __launch_bounds__(WARPS * 32)
           const float sc = sfloat(scur[r][h].v[u]);
           const float mz = Tr::kMagicF + sfloat(zcur[r][h].v[u]);
 #pragma unroll
-          for (int c = 0; c < 2; ++c) acc[r][2 * h + c] = fmaf(sc, fmaf(-mz, cx[2 * h + c], cs[2 * h + c]), acc[r][2 * h + c]);
+          for (int c = 0; c < 2; ++c) {
+            const int i = 2 * h + c;
+            acc[r][i] = fmaf(sc, fmaf(-mz, cx[i], cs[i]), acc[r][i]);
+          }
         }
       }
     }
