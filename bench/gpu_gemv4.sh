@@ -6,7 +6,7 @@
 #      the W4 skinny / GEMV-layout tests and the W4A16 layers (quant/tests/test_fast_linear.py);
 #   3. bench.quant_decode, W4 rows only: the one-layer kernel table at batch 1, 8, 64 (bf16, ours, ours
 #      before the GEMV rework `_v1` at batch 1, torch's tinygemm int4pack) and whole Llama-3-8B decode steps
-#      at batch 1, 8, 64 (CUDA graphs), every variant checked against its dequantized reference before
+#      at batch 1, 8, 64 (CUDA graphs; W4 with the LM head quantized too as w4a16_g128_triton_lm_head), every variant checked against its dequantized reference before
 #      it is timed; then every candidate of the W4 tuner (w4g: M <= 16 on the GEMV layout, the CUDA mma
 #      configs among them; w4gt: the tc tiles at M > 16) with its time, per shape.
 #   OUT=/path/to/dir bash bench/gpu_gemv4.sh            # from the repo root
@@ -44,7 +44,7 @@ set -e
 echo "== bench.quant_decode (W4 rows)" | tee -a "$log"
 timeout 270 python3 -m bench.quant_decode --batches 1,8,64 --iters 20 --decode_batches 1,8,64 --context 128 \
   --layer_variants bf16,w4a16_g128_triton,w4a16_g128_triton_v1,torch_int4pack_g128 \
-  --decode_variants bf16,w4a16_g128_triton,w4a16_g128_triton_v1,w4a16_g128_torch_int4pack \
+  --decode_variants bf16,w4a16_g128_triton,w4a16_g128_triton_lm_head,w4a16_g128_triton_v1,w4a16_g128_torch_int4pack \
   --print_candidates w4g,w4gt 2>&1 | tee "$OUT/bench_quant_decode.log" | tail -n 250 | tee -a "$log"
 date -u +"%Y-%m-%dT%H:%M:%SZ" | tee -a "$log"
 if [ "$build_rc" -ne 0 ] || [ "$tests_rc" -ne 0 ]; then

@@ -59,6 +59,8 @@ DECODE_VARIANTS = {
     "w4a16_g128_triton": ("rtn", W4_OPTS, "triton"),
     "w4a16_g128_triton_v1": ("rtn", W4_OPTS, "triton_v1"),
     "w4a16_g128_torch_int4pack": ("rtn", W4_OPTS, "int4pack"),
+    # the LM head quantized too (W4 g128 on the GEMV layout: 128,256 x 4,096, 263 MB of words instead of 1.05 GB)
+    "w4a16_g128_triton_lm_head": ("rtn", dict(W4_OPTS, lm_head=True), "triton"),
     "w8a16_triton": ("int8_weight_only", {}, "triton"),
     "w8a8_int8_int_mm": ("rtn", dict(bits=8, group_size=-1, sym=True, act_bits=8), "int_mm"),
     "fp8_w8a8_rowwise_scaled_mm": ("fp8", dict(per_row=True, act="per_token"), "scaled_mm"),
@@ -285,6 +287,22 @@ def step_bytes(net, batch: int, context: int) -> int:
     return n + kv
 
 
+def quant_options(qopts: dict) -> dict:
+    """quant.quantize's keyword options for a variant's: lm_head=True asks for the LM head quantized too,
+    through quant.quantize's `quantize_lm_head` option where it has one, else by skipping nothing."""
+    import inspect
+
+    from quant import quantize
+
+    opts = dict(qopts)
+    if opts.pop("lm_head", False):
+        if "quantize_lm_head" in inspect.signature(quantize).parameters:
+            opts["quantize_lm_head"] = True
+        else:
+            opts["skip"] = ()
+    return opts
+
+
 def band_for(variant: str) -> float:
     """The whole-step logit band of a decode variant (ACT_QUANT_BAND's comment)."""
     import torch
@@ -319,7 +337,7 @@ def decode_rows(variant_names, batches, context: int, preset, device: str, iters
         gen = step = None
         try:
             if method:  # outside inference_mode: the reference layers' weight cache reads version counters
-                quantize(net, method, **qopts)
+                quantize(net, method, **quant_options(qopts))
             with torch.inference_mode():
                 gen = FastGenerator(net, max(batches), context + 8, cuda_graph=cuda, fuse=False)
                 g = torch.Generator(device="cpu").manual_seed(1)

@@ -38,17 +38,17 @@ def test_cpu_triton_decode_rows_and_bytes():
     assert by[("w4a16_g128_triton", 1)]["GB_read"] < by[("w8a16_triton", 1)]["GB_read"] < by[("bf16", 1)]["GB_read"]
 
 
-def test_planted_wrong_group_is_wrong(monkeypatch):
-    """Planted: the W4 layers read the scales and zeros of the next group (an off-by-one group index)."""
-    orig = fl.W4A16Linear.__init__
+def test_cpu_w4_lm_head_row():
+    """The W4 variant with the LM head quantized too (bench.quant_decode.quant_options): its options do quantize
+    the head (and W4 without them does not), and its decode row is checked against its own dequantized reference."""
+    from model.random_weights import random_model
+    from quant import quantize
+    from quant.qlinear import QuantLinear
 
-    def shifted(self, mod, name="layer", gemv_layout=None):
-        orig(self, mod, name, gemv_layout)
-        g = 1 if self.gemv_layout else 0  # the group axis: (out, G) in the GEMV layout, (G, out) in GPTQ's
-        self.scales.copy_(self.scales.roll(1, g))
-        self.zeros.copy_(self.zeros.roll(1, g))
-
-    monkeypatch.setattr(fl.W4A16Linear, "__init__", shifted)
-    rows, failures = qd.decode_rows(["w4a16_g128_triton"], [1], 4, TINY, "cpu", 1, None, warmup=0)
-    assert failures == ["decode/w4a16_g128_triton/b1"] and rows[0]["status"].startswith("WRONG"), rows
-    assert rows[0]["logit_err"] > 4 * qd.band_for("w4a16_g128_triton")
+    _, opts, _ = qd.DECODE_VARIANTS["w4a16_g128_triton_lm_head"]
+    for o, want in ((opts, True), (qd.W4_OPTS, False)):
+        net = random_model(TINY, device="cpu", dtype=torch.bfloat16, seed=0, max_seq_len=16)
+        quantize(net, "rtn", **qd.quant_options(o))
+        assert isinstance(net.lm_head, QuantLinear) == want, (o, type(net.lm_head))
+    rows, failures = qd.decode_rows(["w4a16_g128_triton_lm_head"], [1], 4, TINY, "cpu", 1, None, warmup=0)
+    check_rows(rows, failures, ["w4a16_g128_triton_lm_head"], (1,))
