@@ -111,21 +111,30 @@ def gemv_bucket(M: int) -> int:
     return 1 if M == 1 else 8 if M <= MMA_MAX_M else 16
 
 
-# The tc tiles: block_m tokens x block_n rows per CTA, one group (128 inputs) per K step.
+# The tc tiles: block_m tokens x block_n rows per CTA, one group (128 inputs) per K step; fold = the
+# MAGIC dequantization (codes OR-ed into 16-bit floats, offsets off once per group; bf16 / fp16 x only).
 CONFIGS_TC = (Config(64, 128, 1, True, 4, 3, block_m=64), Config(128, 128, 1, True, 4, 3, block_m=64),
               Config(128, 128, 1, True, 8, 3, block_m=64), Config(128, 128, 1, True, 4, 3, block_m=32),
               Config(256, 128, 1, True, 8, 3, block_m=64), Config(128, 128, 1, True, 8, 3, block_m=128),
-              Config(64, 128, 1, True, 4, 4, block_m=32), Config(64, 128, 1, True, 4, 1, block_m=64))
+              Config(64, 128, 1, True, 4, 4, block_m=32), Config(64, 128, 1, True, 4, 1, block_m=64),
+              Config(64, 128, 1, True, 4, 3, block_m=64, fold=True),
+              Config(128, 128, 1, True, 4, 3, block_m=64, fold=True),
+              Config(128, 128, 1, True, 8, 3, block_m=64, fold=True),
+              Config(256, 128, 1, True, 8, 3, block_m=64, fold=True),
+              Config(128, 128, 1, True, 8, 3, block_m=128, fold=True))
 # as candidates of the skinny buckets (2..16 tokens): 16-token tiles
 CONFIGS_TC_SKINNY = (Config(64, 128, 1, True, 4, 3, block_m=16), Config(128, 128, 1, True, 4, 3, block_m=16),
-                     Config(32, 128, 1, True, 4, 3, block_m=16), Config(128, 128, 1, True, 8, 4, block_m=16))
+                     Config(32, 128, 1, True, 4, 3, block_m=16), Config(128, 128, 1, True, 8, 4, block_m=16),
+                     Config(64, 128, 1, True, 4, 3, block_m=16, fold=True),
+                     Config(128, 128, 1, True, 4, 3, block_m=16, fold=True))
 TC_TUNE_MAX_M = 128  # batches up to this are tuned (buckets 32, 64, 128); prefill uses CONFIGS_TC[0]
 
 
 if triton is not None:
     @triton.jit
     def _w4_gemv_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, KW, stride_xm,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
+                           MAGIC: tl.constexpr):
         """y (M, N) = x (M, K) @ W^T, W from the GEMV layout: per group, each row's 16 words (64
         contiguous bytes) expand to a (BLOCK_N, 128) tile in (word, input within the word) order, x is
         loaded in that order (pack_w4_gemv's map), and one tl.dot of k = 128 takes both."""
@@ -146,15 +155,31 @@ if triton is not None:
         w_rows = rnc.to(tl.int64)[:, None] * KW
         x_rows = x_ptr + rm[:, None] * stride_xm
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        xdt = x_ptr.dtype.element_ty
         for g in tl.range(0, G, num_stages=STAGES):
             words = tl.load(qw_ptr + w_rows + g * 16 + ru[None, :])  # (BLOCK_N, 16)
             q = (words[:, :, None] >> shifts) & 0xF  # (BLOCK_N, 16, 8)
             s = tl.load(s_ptr + rnc * G + g).to(tl.float32)
             z = tl.load(z_ptr + rnc * G + g).to(tl.float32)
-            w = (q.to(tl.float32) - z[:, None, None]) * s[:, None, None]
-            w = tl.reshape(w, (BLOCK_N, 128)).to(x_ptr.dtype.element_ty)
             xt = tl.load(x_rows + g * 128 + kofs[None, :], mask=m_ok[:, None], other=0.0)  # (BLOCK_M, 128)
-            acc += tl.dot(xt, tl.trans(w))
+            if MAGIC and xdt != tl.float32:
+                # the codes as 16-bit floats MAGIC + q by one OR (exact: 128 + q in bf16, 1024 + q in fp16),
+                # no int -> float conversions; the group's dot then carries MAGIC X_g, which comes off with
+                # the zero point once per (token, row): sum (q - z) x = S - (MAGIC + z) X_g (fp32)
+                if xdt == tl.bfloat16:
+                    bits = 0x4300
+                    mf = 128.0
+                else:
+                    bits = 0x6400
+                    mf = 1024.0
+                wq = tl.reshape((q | bits).to(tl.int16).to(xdt, bitcast=True), (BLOCK_N, 128))
+                part = tl.dot(xt, tl.trans(wq))  # (BLOCK_M, BLOCK_N) fp32, S of this group
+                xsum = tl.sum(xt.to(tl.float32), axis=1)  # X_g per token
+                acc += (part - xsum[:, None] * (mf + z)[None, :]) * s[None, :]
+            else:
+                w = (q.to(tl.float32) - z[:, None, None]) * s[:, None, None]
+                w = tl.reshape(w, (BLOCK_N, 128)).to(xdt)
+                acc += tl.dot(xt, tl.trans(w))
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
                  mask=m_ok[:, None] & n_ok[None, :])
 
@@ -167,7 +192,7 @@ def launch_tc(cfg: Config, x2: torch.Tensor, qw: torch.Tensor, scales: torch.Ten
     y = torch.empty(M, N, device=x2.device, dtype=x2.dtype)
     grid = (triton.cdiv(N, cfg.block_n), triton.cdiv(M, cfg.block_m))
     _w4_gemv_tc_kernel[grid](x2, qw, scales, zeros, y, M, N, K // 8, x2.stride(0), cfg.block_m, cfg.block_n,
-                             cfg.stages, num_warps=cfg.num_warps)
+                             cfg.stages, cfg.fold, num_warps=cfg.num_warps)
     return y
 
 

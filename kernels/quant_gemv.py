@@ -93,7 +93,7 @@ class Config:
         if self.mma:
             return f"mma_r{self.block_n // 16}_w{self.split_k}_u{self.block_k // GEMV_GS}"
         if self.block_m:
-            return f"tc_m{self.block_m}_n{self.block_n}_w{self.num_warps}_p{self.stages}"
+            return f"tc{'f' if self.fold else ''}_m{self.block_m}_n{self.block_n}_w{self.num_warps}_p{self.stages}"
         kind = ("gemvf" if self.fold else "gemv") if self.gemv else ("dot" if self.use_dot else "fma")
         red = "r" if self.two_pass and self.split_k > 1 else "s"
         return f"{kind}_n{self.block_n}_k{self.block_k}_{red}{self.split_k}_w{self.num_warps}_p{self.stages}"

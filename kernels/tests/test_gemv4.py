@@ -123,6 +123,7 @@ DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 
 @needs_triton
 @pytest.mark.parametrize("cfg", __import__("kernels.gemv4", fromlist=["x"]).CONFIGS_TC[:3]
+                         + __import__("kernels.gemv4", fromlist=["x"]).CONFIGS_TC[8:9]
                          + __import__("kernels.gemv4", fromlist=["x"]).CONFIGS_TC_SKINNY[:1], ids=str)
 def test_tc_tiles(cfg):
     """The tc tiles (batch > 16 and the skinny buckets) match the reference, rows and tokens past the
@@ -132,6 +133,22 @@ def test_tc_tiles(cfg):
     for M in (3, 20):
         x, q, s, z, qw, ref = gemv_case(M, 48, 256, DTYPE, device=DEVICE, seed=M)
         assert_close(launch_tc(cfg, x, qw, s, z).float(), ref, TOL[DTYPE], f"tc {cfg} M={M}")
+
+
+@needs_triton
+@pytest.mark.parametrize("fold", [False, True])
+def test_tc_tiles_fp16(fold):
+    """fp16 activations, both dequantizations (fold: the codes OR-ed into fp16 as 1024 + q, offset and zero
+    point off once per group; the interpreter runs it too: numpy has fp16), 3 and 20 tokens; a zero point
+    off by one fails the fold path's check."""
+    from kernels.gemv4 import launch_tc
+    from kernels.quant_gemv import Config
+
+    cfg = Config(64, 128, 1, True, 4, 3, block_m=16, fold=fold)
+    for M in (3, 20):
+        x, q, s, z, qw, ref = gemv_case(M, 48, 256, torch.float16, device=DEVICE, seed=50 + M)
+        assert_close(launch_tc(cfg, x, qw, s, z).float(), ref, TOL[torch.float16], f"tc {cfg} fp16 M={M}")
+    assert not compare(launch_tc(cfg, x, qw, s, z + 1).float(), ref, TOL[torch.float16], "zero + 1").ok
 
 
 @needs_triton
