@@ -30,6 +30,7 @@ echo "== build kernels._C" | tee -a "$log"
 timeout 180 python3 -m kernels._build > "$OUT/build.log" 2>&1
 build_rc=$?
 tail -n 5 "$OUT/build.log" | tee -a "$log"
+python3 -c "from kernels.gemv4 import _ext_module; print('CUDA mma W4 kernels available:', _ext_module() is not None)" 2>&1 | tee -a "$log"
 echo "== W4 GPU tests" | tee -a "$log"
 timeout 130 python3 -m pytest -q -p no:cacheprovider kernels/tests/test_gemv4.py kernels/tests/test_quant_matmul.py \
   "kernels/tests/test_quant_gemv.py::test_w4_gemv_layout_every_config" \

@@ -65,9 +65,17 @@ def _ext_module():
             from kernels import _ext
 
             _EXT = _ext.load()
-            if not hasattr(_EXT, "w4a16_gemv_mma"):  # an extension built before gemv4.cu
-                _EXT = False
-        except ImportError:
+            if not hasattr(_EXT, "w4a16_gemv_mma"):  # an extension built before gemv4.cu: build this tree's
+                import importlib.util
+
+                from kernels import _build
+
+                spec = importlib.util.spec_from_file_location("kernels._C", _build.build())
+                _EXT = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(_EXT)
+        except Exception:  # noqa: BLE001 - no GPU toolchain here: the mma candidates are not offered
+            _EXT = False
+        if _EXT is not False and not hasattr(_EXT, "w4a16_gemv_mma"):
             _EXT = False
     return _EXT or None
 
