@@ -52,3 +52,19 @@ def test_cpu_w4_lm_head_row():
         assert isinstance(net.lm_head, QuantLinear) == want, (o, type(net.lm_head))
     rows, failures = qd.decode_rows(["w4a16_g128_triton_lm_head"], [1], 4, TINY, "cpu", 1, None, warmup=0)
     check_rows(rows, failures, ["w4a16_g128_triton_lm_head"], (1,))
+
+
+def test_planted_wrong_group_is_wrong(monkeypatch):
+    """Planted: the W4 layers read the scales and zeros of the next group (an off-by-one group index)."""
+    orig = fl.W4A16Linear.__init__
+
+    def shifted(self, mod, name="layer", gemv_layout=None):
+        orig(self, mod, name, gemv_layout)
+        g = 1 if self.gemv_layout else 0  # the group axis: (out, G) in the GEMV layout, (G, out) in GPTQ's
+        self.scales.copy_(self.scales.roll(1, g))
+        self.zeros.copy_(self.zeros.roll(1, g))
+
+    monkeypatch.setattr(fl.W4A16Linear, "__init__", shifted)
+    rows, failures = qd.decode_rows(["w4a16_g128_triton"], [1], 4, TINY, "cpu", 1, None, warmup=0)
+    assert failures == ["decode/w4a16_g128_triton/b1"] and rows[0]["status"].startswith("WRONG"), rows
+    assert rows[0]["logit_err"] > 4 * qd.band_for("w4a16_g128_triton")
