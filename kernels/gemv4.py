@@ -21,6 +21,7 @@ per weight (3 shifts and 4 LOP3 per 8 weights, one mma per 256), ~3.5 us of issu
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -87,7 +88,7 @@ def mma_configs(x2: torch.Tensor, N: int, scales: torch.Tensor, zeros: torch.Ten
     if not (x2.is_cuda and 1 <= M <= MMA_MAX_M and (x2.dtype, scales.dtype) in MMA_DTYPES
             and zeros.dtype == scales.dtype and K % GEMV_GS == 0 and scales.is_contiguous() and zeros.is_contiguous()):
         return []
-    if _ext_module() is None:
+    if os.environ.get("LAB_W4_MMA") == "0" or _ext_module() is None:  # LAB_W4_MMA=0: leave them out
         return []
     G = K // GEMV_GS
     return [mma_config(i) for i, (R, _, U) in enumerate(MMA_CONFIGS) if N % (16 * R) == 0 and G % U == 0]
