@@ -56,6 +56,8 @@ _define("list", "decode_variants", None, "Variants of the decode table (default:
 _define("integer", "context", 128, "Tokens in the KV cache before the timed decode step (default 128).")
 _define("string", "decode_preset", "llama3-8b", "Model shape of the decode table (a model.config preset).")
 _define("boolean", "layer_table", True, "Time the one-layer kernel table (default on).")
+_define("list", "layer_variants", None, "Variants of the layer table (default: all of variants()).")
+_define("list", "print_candidates", [], "Tuner kernels (e.g. w4g,w4gt) whose every candidate's time is printed.")
 
 # name -> (quant.quantize method or None, its options, quant.fast_linear backend or None)
 W4_OPTS = dict(bits=4, group_size=128, sym=False)
@@ -64,6 +66,8 @@ DECODE_VARIANTS = {
     "w4a16_g128_triton": ("rtn", W4_OPTS, "triton"),
     "w4a16_g128_triton_v1": ("rtn", W4_OPTS, "triton_v1"),
     "w4a16_g128_torch_int4pack": ("rtn", W4_OPTS, "int4pack"),
+    # the LM head quantized too (W4 g128 on the GEMV layout: 128,256 x 4,096, 263 MB of words instead of 1.05 GB)
+    "w4a16_g128_triton_lm_head_q": ("rtn", dict(W4_OPTS, lm_head=True), "triton"),
     "w8a16_triton": ("int8_weight_only", {}, "triton"),
     "w8a8_int8_int_mm": ("rtn", dict(bits=8, group_size=-1, sym=True, act_bits=8), "int_mm"),
     "fp8_w8a8_rowwise_scaled_mm": ("fp8", dict(per_row=True, act="per_token"), "scaled_mm"),
@@ -102,6 +106,8 @@ class Options:
     context: int = 128
     decode_preset: str = "llama3-8b"
     layer_table: bool = True
+    layer_variants: Optional[tuple[str, ...]] = None
+    print_candidates: tuple[str, ...] = ()
 
 
 def make_layer(seed: int = 0):
@@ -246,6 +252,8 @@ def layer_rows(opts: Options, bw: float) -> tuple[list[dict], list[str]]:
     # bf16 (2^-8 relative); fp8 references quantize x the same way, so the same bound holds.
     tol = Tol(atol=5e-2, rtol=2e-2)
     for name, v in variants(layer).items():
+        if opts.layer_variants and name not in opts.layer_variants:
+            continue
         for M in batches:
             if name.endswith(BATCH1_SUFFIXES) and M != 1:  # batch-1 rows (the GEMV work's batch)
                 continue
@@ -441,10 +449,29 @@ def run(opts: Options) -> int:
                            ["kernel", "N", "K", "m_bucket", "config", "us", "error"],
                            title="skinny kernel configs chosen (all candidates in quant_decode_tuned.csv)")
         common.write_results(out, "quant_decode_tuned", tuned, [], command=command, device=device)
+        print_candidates(tuned, opts.print_candidates)
     if panels:
         common.plot_panels(out / "quant_decode.png", panels)
     common.exit_on_failures("quant_decode", failures)
     return 0
+
+
+def print_candidates(tuned: list[dict], kernels) -> None:
+    """Every timed / rejected candidate of the tuner kernels named (--print_candidates), per shape, with
+    its time as a multiple of the shape's fastest."""
+    rows = [dict(r) for r in tuned if r["kernel"] in set(kernels)]
+    best = {}
+    for r in rows:
+        if r.get("us"):
+            k = (r["kernel"], r["N"], r["K"], r["m_bucket"])
+            best[k] = min(best.get(k, float("inf")), r["us"])
+    for r in rows:
+        if r.get("us"):
+            r["x_best"] = r["us"] / best[(r["kernel"], r["N"], r["K"], r["m_bucket"])]
+    rows.sort(key=lambda r: (r["kernel"], r["m_bucket"], r["N"], r["K"], r.get("us") or float("inf")))
+    if rows:
+        common.print_table(rows, ["kernel", "N", "K", "m_bucket", "config", "us", "x_best", "chosen", "error"],
+                           title=f"every candidate of {', '.join(kernels)} (checked, then timed)")
 
 
 def _series(rows, key):

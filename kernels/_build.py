@@ -71,7 +71,7 @@ def build(verbose: bool = False) -> Path:
     tmp = out_dir / f"_C.{os.getpid()}.so"
     compile_units = [str(p) for p in sources() if p.suffix in (".cu", ".cpp")]
     cmd = [
-        nvcc, "-shared", *CUDA_ARCH_FLAGS, *NVCC_FLAGS,
+        nvcc, "-shared", "--threads", "0", *CUDA_ARCH_FLAGS, *NVCC_FLAGS,  # --threads: the arch targets in parallel
         f"-I{REPO_ROOT}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
         *compile_units, "-o", str(tmp),
     ]

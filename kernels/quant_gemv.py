@@ -30,9 +30,10 @@ split-K GEMV, written anew for Triton):
 
 The GEMV layout (2026-11-30 rework, `w4a16_gemv`): decode at M = 1 reads W4 g128 from a layout
 re-packed once at load (pack_w4_gemv): row n's int32 words contiguous (N, K / 8), each 128-code group
-a 16-word unit whose word w holds input 128 g + 16 j + w at bits 4j (so x_j of a group is a contiguous
-16-element slice), scales / zeros (N, G). _w4_gemv_kernel gives each CTA BLOCK_N whole rows (split 1:
-one launch, direct store; splits store fp32 partials that _sum_splits_kernel adds, no memset, no
+a 16-word unit whose word w holds input 128 g + _gemv_k(w, j) at bits 4j (since the gemv4 work: the
+order kernels/csrc/gemv4.cu's tensor-core lanes read, see pack_w4_gemv; the Triton kernels gather x_j,
+code j's inputs of the 16 words, in that order), scales / zeros (N, G). _w4_gemv_kernel gives each CTA
+BLOCK_N whole rows (split 1: one launch, direct store; splits store fp32 partials that _sum_splits_kernel adds, no memset, no
 atomics), loads 16 bytes per thread per row (contiguity hints; KW passed so Triton sees 16-divisible
 row starts), keeps per-(row, word) fp32 partials, applies the group scale to them once per word and
 sums across threads once at the end; the magic is a kernel argument so it stays in a register and
@@ -85,8 +86,14 @@ class Config:
     two_pass: bool = False  # split-K partials stored per split and summed by a second kernel (no memset, no atomics)
     gemv: bool = False  # W4 only: the row-streaming GEMV kernel on the GEMV layout (pack_w4_gemv), M = 1
     fold: bool = False  # with gemv: the offset-folding variant (_w4_gemv_kernel's FOLD: 2 ops per weight)
+    mma: bool = False  # GEMV layout, M <= 8: kernels/csrc/gemv4.cu (kernels.gemv4.mma_config)
+    block_m: int = 0  # GEMV layout: > 0 = kernels.gemv4's tc tiles (block_m tokens per CTA)
 
     def __str__(self) -> str:
+        if self.mma:
+            return f"mma_r{self.block_n // 16}_w{self.split_k}_u{self.block_k // GEMV_GS}"
+        if self.block_m:
+            return f"tc{'f' if self.fold else ''}_m{self.block_m}_n{self.block_n}_w{self.num_warps}_p{self.stages}"
         kind = ("gemvf" if self.fold else "gemv") if self.gemv else ("dot" if self.use_dot else "fma")
         red = "r" if self.two_pass and self.split_k > 1 else "s"
         return f"{kind}_n{self.block_n}_k{self.block_k}_{red}{self.split_k}_w{self.num_warps}_p{self.stages}"
@@ -148,6 +155,12 @@ GEMV_GS = 128  # the group size of the GEMV layout (one 16-word unit per group a
 if triton is not None:
     # The kernels spell MAGIC (0x4B000000 = 1258291200), MAGIC_F and SIGN_FLIP as literals.
     @triton.jit
+    def _gemv_k(w, j):
+        """The input (within its group of 128) of code j of word w in the GEMV layout (pack_w4_gemv):
+        32 (w % 4) + 8 (w // 4) + 2 (j % 4) + j // 4."""
+        return 32 * (w % 4) + 8 * (w // 4) + 2 * (j % 4) + j // 4
+
+    @triton.jit
     def _code(words, hi, J: tl.constexpr):
         """fp32 2^23 + q_J * 16^(J % 4) for the 4-bit code J of each word (hi = words >> 16)."""
         if J < 4:
@@ -203,7 +216,7 @@ if triton is not None:
                           SPLIT_K: tl.constexpr, USE_DOT: tl.constexpr, STAGES: tl.constexpr,
                           TWO_PASS: tl.constexpr, SHUF: tl.constexpr):
         # SHUF: the GEMV layout (pack_w4_gemv; USE_DOT and BLOCK_K == GS == 128 only): code j of word w
-        # of a group is input k0 + j * 16 + w, so x_j is a contiguous slice. Else GPTQ's k0 + 8 * w + j.
+        # of a group is input k0 + gemv_k(w, j) (gemv_k below). Else GPTQ's k0 + 8 * w + j.
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
@@ -231,7 +244,7 @@ if triton is not None:
                     p = 1 << (4 * (j % 4))
                     w = (_code(words, hi, j) - (z * p + 8388608.0)[None, :]) * (s * (1.0 / p))[None, :]
                     if SHUF:
-                        kj = k0 + j * (BLOCK_K // 8) + rw
+                        kj = k0 + _gemv_k(rw, j)
                     else:
                         kj = k0 + rw * 8 + j
                     xj = tl.load(x_ptr + rm[:, None] * stride_xm + kj[None, :],
@@ -339,10 +352,10 @@ if triton is not None:
                         FOLD: tl.constexpr):
         """y[m, n] for BLOCK_N rows n over a 1/SPLIT_K slice of K, on the GEMV layout (pack_w4_gemv):
         qw (N, K / 8) int32, a row's words in K order, each group of 128 codes one 16-word unit whose
-        word w holds input k = 128 g + 16 j + w at bits 4j; s, z (N, K / 128). The CTA streams its rows'
-        contiguous words (BLOCK_W per row per tile, 16-byte loads), x_j is a contiguous 16-element slice
-        per group, each thread keeps fp32 partials per (row, word) and applies the group scale to them
-        once per word; the only cross-thread sum is the final one."""
+        word w holds input k = 128 g + _gemv_k(w, j) at bits 4j; s, z (N, K / 128). The CTA streams its
+        rows' contiguous words (BLOCK_W per row per tile, 16-byte loads), x_j (code j's inputs of the 16
+        words) is gathered once per group, each thread keeps fp32 partials per (row, word) and applies the
+        group scale to them once per word; the only cross-thread sum is the final one."""
         pid_n, pid_k, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         GPT: tl.constexpr = BLOCK_W // 16  # groups per tile
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -369,7 +382,7 @@ if triton is not None:
             g = t * GPT + rg
             s = tl.load(s_rows + g[None, :]).to(tl.float32)  # (BLOCK_N, GPT)
             z = tl.load(z_rows + g[None, :]).to(tl.float32)
-            xb = x_row + w0 * 8 + rg[:, None] * 128 + ru[None, :]  # (GPT, 16): input of code 0 of each word
+            xb = x_row + w0 * 8 + rg[:, None] * 128 + _gemv_k(ru, 0)[None, :]  # (GPT, 16): input of code 0 of each word
             part = tl.zeros((BLOCK_N, GPT, 16), dtype=tl.float32)
             if FOLD:
                 # Offset folding: code j moved to mantissa bits b..b+3 (b = 15 or 19) of 1.0 reads as
@@ -394,7 +407,7 @@ if triton is not None:
                         c = c2
                     else:
                         c = c3
-                    xj = tl.load(xb + j * 16).to(tl.float32)
+                    xj = tl.load(xb + (2 * (j % 4) + j // 4)).to(tl.float32)
                     xp = xj * (1 << (23 - b))
                     part += xp[None, :, :] * ((c & (0xF << b)) | one).to(tl.float32, bitcast=True)
                     off += xp
@@ -403,7 +416,7 @@ if triton is not None:
             else:
                 for j in tl.static_range(8):
                     p = 1 << (4 * (j % 4))
-                    xj = tl.load(xb + j * 16).to(tl.float32) * (1.0 / p)
+                    xj = tl.load(xb + (2 * (j % 4) + j // 4)).to(tl.float32) * (1.0 / p)
                     part += xj[None, :, :] * (_code_m(words, hi, magic, j) - (z * p + 8388608.0)[:, :, None])
                 acc += part * s[:, :, None]
         y = tl.sum(tl.sum(acc, axis=2), axis=1)
@@ -499,16 +512,21 @@ def w4a16_skinny(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
 def w4a16_gemv(x2: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                config: Optional[Config] = None) -> torch.Tensor:
     """x2 (M <= 16, K) contiguous; the GEMV layout of pack_w4_gemv: qw int32 (N, K / 8), scales and
-    zeros (N, K / 128) -> (M, N) in x2's dtype. M = 1: the row-streaming kernel; 2..16: the tensor-core
-    skinny tiles on the same words (SHUF). config None: tuned_config's."""
+    zeros (N, K / 128) -> (M, N) in x2's dtype. Candidates: the row-streaming kernel (M = 1), the
+    tensor-core skinny tiles on the same words (SHUF), and kernels.gemv4's (the CUDA mma GEMV at M <= 8,
+    the tc tiles at M >= 2), tuned per (N, K, gemv4.gemv_bucket(M)). config None: tuned_config's."""
+    from kernels import gemv4
+
     M, K = x2.shape
     N = qw.shape[0]
     assert qw.shape == (N, K // 8) and qw.is_contiguous() and scales.shape == (N, K // GEMV_GS), \
         (tuple(qw.shape), tuple(scales.shape), K)
-    cands = w4_configs(M, K, GEMV_GS, gemv_layout=True)
+    cands = w4_configs(M, K, GEMV_GS, gemv_layout=True) + gemv4.extra_gemv_configs(x2, N, scales, zeros)
     assert cands, f"no W4 GEMV config for K={K}"
 
     def run(cfg, qw=qw, s=scales, z=zeros):
+        if cfg.mma or cfg.block_m:  # kernels/gemv4.py's: the CUDA mma GEMV, the tc tiles
+            return gemv4.run_gemv_config(cfg, x2, qw, s, z)
         if cfg.gemv:
             return _launch(_w4_gemv_kernel, cfg, x2, x2.dtype, N, (qw, s, z), ())
         # the skinny tiles read (K / 8, N) words and (G, N) scales: the transposed views, by strides
@@ -518,7 +536,7 @@ def w4a16_gemv(x2: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: 
     def ref(qw=qw, s=scales, z=zeros):
         return x2.float() @ dequantize_w4_gemv(qw, s, z).T
 
-    cfg = config or tuned_config(("w4g", N, K, m_bucket(M), GEMV_GS, x2.dtype, x2.device), cands, run,
+    cfg = config or tuned_config(("w4g", N, K, gemv4.gemv_bucket(M), GEMV_GS, x2.dtype, x2.device), cands, run,
                                  (qw, scales, zeros), ref)
     return run(cfg)
 
@@ -544,23 +562,39 @@ def w8a16_skinny(x2: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
     return run(cfg)
 
 
+def gemv_k_index() -> torch.Tensor:
+    """(16, 8) int64: the input within its group of code j (bits 4j) of word w of the GEMV layout,
+    32 (w % 4) + 8 (w // 4) + 2 (j % 4) + j // 4 (pack_w4_gemv's docstring says why)."""
+    w = torch.arange(16)[:, None]
+    j = torch.arange(8)[None, :]
+    return 32 * (w % 4) + 8 * (w // 4) + 2 * (j % 4) + j // 4
+
+
 def pack_w4_gemv(q: torch.Tensor) -> torch.Tensor:
     """Codes (N, K) in 0..15 (K % 128 == 0) -> int32 (N, K / 8), the GEMV layout: row n's words in K
-    order, each 128-code group one 16-word unit whose word w holds code k = 128 g + 16 j + w at bits 4j."""
+    order, each 128-code group one 16-word unit; word w = 4 t + p holds the 8 inputs 32 p + 8 t + o of
+    the group (o = 0..7), input o at bits 4 (o // 2 + 4 (o % 2)) (gemv_k_index). Why: a 16-byte load is
+    a tensor-core lane's 4 words of a row (kernels/csrc/gemv4.cu: lane t's mma steps 2p, 2p + 1 take
+    inputs 32 p + 8 t + 0..7, one 16-byte load of x too), and inputs 2i, 2i + 1 sit at bits 4i, 4i + 16,
+    one LOP3 from a packed pair of 16-bit floats. The Triton kernels read it by gathering x."""
     N, K = q.shape
     assert K % GEMV_GS == 0, f"the GEMV layout needs K % {GEMV_GS} == 0, got K={K}"
-    v = q.to(torch.int64).reshape(N, K // GEMV_GS, 8, 16)  # (n, group, j, w)
-    shifts = (torch.arange(8, device=q.device, dtype=torch.int64) * 4)[None, None, :, None]
-    words = (v << shifts).sum(2).reshape(N, K // 8)
+    idx = gemv_k_index().to(q.device)  # (16, 8)
+    v = q.to(torch.int64).reshape(N, K // GEMV_GS, GEMV_GS)[:, :, idx]  # (n, group, w, j)
+    shifts = (torch.arange(8, device=q.device, dtype=torch.int64) * 4)[None, None, None, :]
+    words = (v << shifts).sum(3).reshape(N, K // 8)
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
 
 
 def unpack_w4_gemv(qw: torch.Tensor) -> torch.Tensor:
     """pack_w4_gemv's inverse: int32 (N, K / 8) -> codes (N, K) int64."""
     N, KW = qw.shape
-    w = qw.to(torch.int64).reshape(N, KW // 16, 1, 16)
-    shifts = (torch.arange(8, device=qw.device, dtype=torch.int64) * 4)[None, None, :, None]
-    return ((w >> shifts) & 0xF).reshape(N, KW * 8)
+    w = qw.to(torch.int64).reshape(N, KW // 16, 16, 1)
+    shifts = (torch.arange(8, device=qw.device, dtype=torch.int64) * 4)[None, None, None, :]
+    codes = ((w >> shifts) & 0xF).reshape(N, KW // 16, GEMV_GS)  # (n, group, 8 w + j)
+    out = torch.empty_like(codes)
+    out[:, :, gemv_k_index().to(qw.device).reshape(-1)] = codes
+    return out.reshape(N, KW * 8)
 
 
 def dequantize_w4_gemv(qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ if triton is not None:
     def _w4a16_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, stride_wk, stride_wn, stride_sg, stride_sn,
                       GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       SHUF: tl.constexpr):
-        # SHUF: quant_gemv's GEMV layout (input k is code (k % 128) // 16 of word 16 (k // 128) + k % 16)
+        # SHUF: quant_gemv's GEMV layout (pack_w4_gemv)
         pid_m, pid_n = tl.program_id(0), tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -40,9 +40,10 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + rk
             x = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-            if SHUF:
-                wk = (kk // 128) * 16 + kk % 16
-                shift = ((kk % 128) // 16) * 4
+            if SHUF:  # input c of a group: word 4 ((c % 32) // 8) + c // 32, code (c % 8) // 2 + 4 (c % 2)
+                c = kk % 128
+                wk = (kk // 128) * 16 + 4 * ((c % 32) // 8) + c // 32
+                shift = ((c % 8) // 2 + 4 * (c % 2)) * 4
             else:
                 wk = kk // 8
                 shift = (kk % 8) * 4
@@ -111,7 +112,8 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
 def w4a16_matmul_gemv(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                       skinny: bool = True) -> torch.Tensor:
     """w4a16_matmul on quant_gemv's GEMV layout (pack_w4_gemv: qw int32 (N, K / 8), scales and zeros
-    (N, K / 128), group size 128): M <= 16 -> quant_gemv.w4a16_gemv, larger M -> the tiles here."""
+    (N, K / 128), group size 128): M <= 16 -> quant_gemv.w4a16_gemv, larger M -> kernels.gemv4's tc tiles
+    (skinny=False: the SHUF tiles here, every M)."""
     K = x.shape[-1]
     N = qw.shape[0]
     assert qw.shape == (N, K // 8) and qw.dtype == torch.int32 and K % quant_gemv.GEMV_GS == 0, (tuple(qw.shape), K)
@@ -119,6 +121,10 @@ def w4a16_matmul_gemv(x: torch.Tensor, qw: torch.Tensor, scales: torch.Tensor, z
     M = x2.shape[0]
     if skinny and 1 <= M <= quant_gemv.MAX_M:
         return quant_gemv.w4a16_gemv(x2, qw, scales, zeros).reshape(*x.shape[:-1], N)
+    if skinny:  # M > 16: kernels.gemv4's tc tiles (rows read along K; tuned up to 128 tokens)
+        from kernels.gemv4 import w4a16_gemv_tc
+
+        return w4a16_gemv_tc(x2, qw, scales, zeros).reshape(*x.shape[:-1], N)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     BM, BN, BK = _blocks(M)
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))

@@ -38,6 +38,22 @@ def test_cpu_triton_decode_rows_and_bytes():
     assert by[("w4a16_g128_triton", 1)]["GB_read"] < by[("w8a16_triton", 1)]["GB_read"] < by[("bf16", 1)]["GB_read"]
 
 
+def test_cpu_w4_lm_head_row():
+    """The W4 variant with the LM head quantized too (quant.quantize(lm_head=True)): its options do quantize
+    the head (and W4 without them does not), and its decode row is checked against its own dequantized reference."""
+    from model.random_weights import random_model
+    from quant import quantize
+    from quant.qlinear import QuantLinear
+
+    _, opts, _ = qd.DECODE_VARIANTS["w4a16_g128_triton_lm_head_q"]
+    for o, want in ((opts, True), (qd.W4_OPTS, False)):
+        net = random_model(TINY, device="cpu", dtype=torch.bfloat16, seed=0, max_seq_len=16)
+        quantize(net, "rtn", **o)
+        assert isinstance(net.lm_head, QuantLinear) == want, (o, type(net.lm_head))
+    rows, failures = qd.decode_rows(["w4a16_g128_triton_lm_head_q"], [1], 4, TINY, "cpu", 1, None, warmup=0)
+    check_rows(rows, failures, ["w4a16_g128_triton_lm_head_q"], (1,))
+
+
 def test_planted_wrong_group_is_wrong(monkeypatch):
     """Planted: the W4 layers read the scales and zeros of the next group (an off-by-one group index)."""
     orig = fl.W4A16Linear.__init__

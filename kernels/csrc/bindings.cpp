@@ -95,4 +95,18 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("out"), py::arg("input"), py::arg("rows"), py::arg("inter"), py::arg("dtype"), py::arg("stream"),
       "out = silu(gate) * up for input rows [gate | up].");
+  m.def(
+      "w4a16_gemv_mma",
+      [](std::uintptr_t y, std::uintptr_t x, std::uintptr_t qw, std::uintptr_t scales, std::uintptr_t zeros, int M,
+         int N, int K, int dtype, int scale_dtype, int config, std::uintptr_t stream) {
+        ensure_cuda();
+        check(lab::w4a16_gemv_mma(reinterpret_cast<void*>(y), reinterpret_cast<const void*>(x),
+                                  reinterpret_cast<const void*>(qw), reinterpret_cast<const void*>(scales),
+                                  reinterpret_cast<const void*>(zeros), M, N, K, to_dtype(dtype),
+                                  to_dtype(scale_dtype), config, reinterpret_cast<cudaStream_t>(stream)),
+              "w4a16_gemv_mma");
+      },
+      py::arg("y"), py::arg("x"), py::arg("qw"), py::arg("scales"), py::arg("zeros"), py::arg("M"), py::arg("N"),
+      py::arg("K"), py::arg("dtype"), py::arg("scale_dtype"), py::arg("config"), py::arg("stream"),
+      "W4A16 g128 GEMV, 1..8 tokens, tensor cores (kernels/csrc/gemv4.cu).");
 }

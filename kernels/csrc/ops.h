@@ -28,4 +28,10 @@ cudaError_t fused_add_rms_norm(void* out, void* residual, const void* x, const v
 // rows <= 65535 per launch (the Python wrapper splits larger inputs).
 cudaError_t silu_and_mul(void* out, const void* in, int64_t rows, int inter, DType dtype, cudaStream_t stream);
 
+// W4A16 g128 GEMV for M = 1..8 tokens on the tensor cores (kernels/csrc/gemv4.cu; layout: kernels/
+// quant_gemv.py's pack_w4_gemv): y (M, N) = x (M, K) @ dequant(qw int32 (N, K / 8), scales, zeros (N, K / 128))^T.
+// dtype: x / y (fp16 or bf16); scale_dtype: scales / zeros (fp16 or bf16); config: an MMA_CONFIGS index.
+cudaError_t w4a16_gemv_mma(void* y, const void* x, const void* qw, const void* scales, const void* zeros, int M,
+                           int N, int K, DType dtype, DType scale_dtype, int config, cudaStream_t stream);
+
 }  // namespace lab

@@ -125,9 +125,12 @@ def test_tuner_times_every_candidate_and_keeps_one():
     x, q, s, z, qw, st, zt = w4_gemv_case(1, 4096, 4096, seed=8)
     y = qg.w4a16_gemv(x, qw, st, zt)
     key = ("w4g", 4096, 4096, 1, 128, x.dtype, x.device)
-    assert key in qg._TUNED and qg._TUNED[key] in qg.w4_configs(1, 4096, 128, gemv_layout=True)
+    from kernels.gemv4 import extra_gemv_configs  # the CUDA mma configs too, where kernels._C has them
+
+    cands = qg.w4_configs(1, 4096, 128, gemv_layout=True) + extra_gemv_configs(x, 4096, st, zt)
+    assert key in qg._TUNED and qg._TUNED[key] in cands
     rows = [r for r in qg.tuned_table() if (r["kernel"], r["N"], r["K"], r["m_bucket"]) == ("w4g", 4096, 4096, 1)]
-    assert len(rows) == len(qg.w4_configs(1, 4096, 128, gemv_layout=True)), rows
+    assert len(rows) == len(cands), rows
     assert not [r for r in rows if str(r.get("error", "")).startswith("WRONG")], rows  # every candidate agreed
     assert_close(y.float(), w4a16_reference(x, q, s, z, 128), TOL[DTYPE], "w4 gemv tuned")
 
