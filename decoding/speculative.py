@@ -388,7 +388,7 @@ class SpeculativeDecoder:
             qs.append(q[0])
             return tok, True
 
-        proposal = draft_proposal(forward, seq[eagle_len:], eagle_len, k,
+        proposal = draft_proposal(forward, _eagle_catch_up(seq, eagle_len), eagle_len, k,
                                   greedy_pick() if temperature == 0.0 else sampled)
         stats.draft_forwards += len(proposal)
         return proposal, (torch.stack(qs) if qs else None)
@@ -415,6 +415,12 @@ class SpeculativeDecoder:
         stats.draft_forwards += len(proposal)
         # The draft fed seq and proposal[:-1]: positions < n + len(proposal) - 1 hold K/V.
         return proposal, (torch.stack(qs) if qs else None), n + len(proposal) - 1
+
+
+def _eagle_catch_up(seq: list[int], eagle_len: int) -> list[int]:
+    """The tokens the EAGLE head's catch-up feeds at positions eagle_len..: token t_j goes with the feature
+    h_{j-1} (EAGLE's token one step ahead of the feature)."""
+    return seq[eagle_len:]
 
 
 def greedy_pick(min_prob: float = 0.0) -> Callable:
