@@ -22,10 +22,10 @@ from model.loader import checkpoint_dir
 from model.random_weights import random_model
 from model.tokenizer import load_tokenizer
 
-# The shipped head accepts ~0.5+ of its proposals on these prompts at k = 3 (its card: per-position
-# acceptance on held-out text); with the planted off-by-one below (each fed token one step behind its
-# feature) it accepts < 0.15 (measured when written). The bound sits between.
-EAGLE_MIN_ACCEPTANCE = 0.3
+# The shipped head accepts 0.31 of its proposals on these prompts at k = 3 (measured; Spec-Bench is out
+# of lab-small's domain, its card's held-out figures are higher); with the planted off-by-one below (each
+# fed token one step behind its feature) 0.20 (measured when written). The bound sits between.
+EAGLE_MIN_ACCEPTANCE = 0.26
 
 
 @pytest.fixture(scope="module")
