@@ -189,7 +189,8 @@ class SpeculativeDecoder:
     """Greedy or sampled speculative generation at batch 1 over long-lived static caches.
 
     target (and draft, which method "draft" needs) are lab Transformers with the same vocabulary; heads
-    (method "heads") a decoding.heads.MedusaHeads for the target (load_heads checks the fit).
+    (method "heads") a decoding.heads.MedusaHeads for the target (load_heads checks the fit), eagle
+    (method "eagle") a decoding.eagle.EagleHead for it (load_eagle checks the fit; its cache is installed here).
     Caches of max_seq_len tokens are installed on both and stay until close(); every method (and
     plain decoding, `plain`) runs over the same caches, so a benchmark compares them in one place.
     cuda_graph replays each step width from a CUDA graph (GPU only; capture=simulate_capture runs the
