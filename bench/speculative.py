@@ -69,6 +69,8 @@ _define("string", "eagle_checkpoint", "lab-small-eagle", "EAGLE draft head of th
 _define("list", "ks", ["2", "4"], "num_speculative_tokens values to run for each strategy (default 2,4).")
 _define("float", "draft_min_prob", 0.0, "Stop drafting once the draft's probability of its proposal is below "
         "this (default 0: always k).")
+_define("integer", "ngram_min", 1, "Shortest suffix the n-gram strategy matches (default 1; 2-3 propose less often "
+        "and better, which pays where a wider verify costs more than a step, as on a CPU).")
 _define("integer", "per_task", None, "Prompts per task (default 5 on a CPU, 80 = all on a GPU).")
 _define("integer", "max_new_tokens", 64, "Tokens generated per prompt (default 64).")
 _define("integer", "max_prompt_tokens", 384, "A prompt keeps its last this many tokens (default 384: 384 + 64 "
@@ -91,6 +93,7 @@ class Options:
     strategies: tuple = ("draft", "ngram")
     ks: tuple = ("2", "4")
     draft_min_prob: float = 0.0
+    ngram_min: int = 1
     per_task: int | None = None
     max_new_tokens: int = 64
     max_prompt_tokens: int = 384
@@ -112,9 +115,10 @@ def strategies(opts: Options) -> list:
             raise app.UsageError(f"--strategies: {s!r} is not one of {', '.join(METHODS)}")
         for k in common.int_list(list(opts.ks), ()):
             try:
-                out.append(SpeculativeConfig(s, k, draft_min_prob=opts.draft_min_prob if s == "draft" else 0.0))
+                out.append(SpeculativeConfig(s, k, draft_min_prob=opts.draft_min_prob if s == "draft" else 0.0,
+                                             ngram_min=opts.ngram_min, ngram_max=max(4, opts.ngram_min)))
             except ValueError as e:
-                raise app.UsageError(f"--ks/--draft_min_prob: {e}") from None
+                raise app.UsageError(f"--ks/--draft_min_prob/--ngram_min: {e}") from None
     return out
 
 
