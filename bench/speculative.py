@@ -10,7 +10,7 @@ decoding in the same run, and (on a GPU) a cost model projecting it onto the Lla
 Per prompt (the first turn, its last --max_prompt_tokens tokens; the lab models' context is 512),
 plain greedy decoding of --max_new_tokens tokens (no early stop) runs first, then each strategy
 (decoding.speculative: draft model with k proposals, prompt-lookup n-gram, Medusa heads on the target,
---heads_checkpoint) over the same caches.
+--heads_checkpoint, an EAGLE-style one-layer draft head, --eagle_checkpoint) over the same caches.
 Each strategy's tokens must equal plain greedy's (lossless); where they part, the strategy's token must
 be a near tie of the target's logits there (within parity.ties' band for the dtype: 1e-4 of max|logit|
 in fp32, where a k+1-row verify and a 1-row step differ only in summation order; counted in near_ties),
@@ -40,7 +40,9 @@ logits against w single steps first. Then for each measured acceptance profile p
   projected 8B speedup = tau * t_1 / (t_{k+1} + d * t_d + h)
 with tau and d (draft forwards per verify) measured above on the lab models and h the host time of
 one n-gram lookup (0 for the draft) or of the heads' k proposals (random Medusa heads at the 8B shape:
-k residual blocks + the 8B lm_head over the 128K vocabulary + argmax, eager). A projection, not a
+k residual blocks + the 8B lm_head over the 128K vocabulary + argmax, eager) or of an EAGLE head's k
+draft steps (a random one-layer head at the 8B shape over a cache of --cost_context tokens, each step
+fc + one decoder layer + the 8B lm_head + argmax, eager). A projection, not a
 measurement: it assumes the 8B target and 1B draft (or 8B heads) agree as often as lab-small and
 lab-draft (or lab-small's heads) do.
 """
@@ -59,12 +61,16 @@ from bench import common
 _define = common.define_flag
 _define("string", "checkpoint", None, "Target model (default lab-small).")
 _define("string", "draft_checkpoint", "lab-draft", "Draft model for the draft strategy (same tokenizer).")
-_define("list", "strategies", ["draft", "ngram"], "Strategies: draft, ngram, heads (default draft,ngram).")
+_define("list", "strategies", ["draft", "ngram"], "Strategies: draft, ngram, heads, eagle (default draft,ngram).")
 _define("string", "heads_checkpoint", "lab-small-medusa", "Medusa heads of the target for the heads strategy "
         "(default the shipped lab-small-medusa; decoding/heads.py).")
+_define("string", "eagle_checkpoint", "lab-small-eagle", "EAGLE draft head of the target for the eagle strategy "
+        "(default the shipped lab-small-eagle; decoding/eagle.py).")
 _define("list", "ks", ["2", "4"], "num_speculative_tokens values to run for each strategy (default 2,4).")
 _define("float", "draft_min_prob", 0.0, "Stop drafting once the draft's probability of its proposal is below "
         "this (default 0: always k).")
+_define("integer", "ngram_min", 1, "Shortest suffix the n-gram strategy matches (default 1; 2-3 propose less often "
+        "and better, which pays where a wider verify costs more than a step, as on a CPU).")
 _define("integer", "per_task", None, "Prompts per task (default 5 on a CPU, 80 = all on a GPU).")
 _define("integer", "max_new_tokens", 64, "Tokens generated per prompt (default 64).")
 _define("integer", "max_prompt_tokens", 384, "A prompt keeps its last this many tokens (default 384: 384 + 64 "
@@ -83,9 +89,11 @@ class Options:
     checkpoint: str | None = None
     draft_checkpoint: str = "lab-draft"
     heads_checkpoint: str = "lab-small-medusa"
+    eagle_checkpoint: str = "lab-small-eagle"
     strategies: tuple = ("draft", "ngram")
     ks: tuple = ("2", "4")
     draft_min_prob: float = 0.0
+    ngram_min: int = 1
     per_task: int | None = None
     max_new_tokens: int = 64
     max_prompt_tokens: int = 384
@@ -107,9 +115,10 @@ def strategies(opts: Options) -> list:
             raise app.UsageError(f"--strategies: {s!r} is not one of {', '.join(METHODS)}")
         for k in common.int_list(list(opts.ks), ()):
             try:
-                out.append(SpeculativeConfig(s, k, draft_min_prob=opts.draft_min_prob if s == "draft" else 0.0))
+                out.append(SpeculativeConfig(s, k, draft_min_prob=opts.draft_min_prob if s == "draft" else 0.0,
+                                             ngram_min=opts.ngram_min, ngram_max=max(4, opts.ngram_min)))
             except ValueError as e:
-                raise app.UsageError(f"--ks/--draft_min_prob: {e}") from None
+                raise app.UsageError(f"--ks/--draft_min_prob/--ngram_min: {e}") from None
     return out
 
 
@@ -134,9 +143,10 @@ def profiles(opts: Options, device: str, dtype: torch.dtype) -> tuple[list[dict]
     draft = model.load(opts.draft_checkpoint, dtype=dtype, device=device) if any(
         c.method == "draft" for c in cfgs) else None
     heads = load_heads_flag(opts, target, cfgs)
+    eagle = load_eagle_flag(opts, target, cfgs)
     tok = load_tokenizer(checkpoint_dir(checkpoint))
     cuda = common.is_cuda(device)
-    dec = SpeculativeDecoder(target, draft, cuda_graph=cuda, fuse=cuda, heads=heads)
+    dec = SpeculativeDecoder(target, draft, cuda_graph=cuda, fuse=cuda, heads=heads, eagle=eagle)
     per_task = opts.per_task if opts.per_task is not None else (80 if cuda else 5)
     groups = by_task(per_task)
     warm = prompt_ids(tok, groups[TASKS[0]][0], 32)
@@ -194,6 +204,18 @@ def load_heads_flag(opts: Options, target, cfgs: list):
     if k > heads.num_heads:
         raise app.UsageError(f"--ks: k={k} exceeds the {heads.num_heads} heads of --heads_checkpoint")
     return heads
+
+
+def load_eagle_flag(opts: Options, target, cfgs: list):
+    """The --eagle_checkpoint head when an eagle strategy runs (else None); UsageError naming the flag."""
+    if not any(c.method == "eagle" for c in cfgs):
+        return None
+    from decoding.eagle import EagleError, load_eagle
+
+    try:
+        return load_eagle(opts.eagle_checkpoint, target)
+    except EagleError as e:
+        raise app.UsageError(f"--eagle_checkpoint: {e}") from None
 
 
 def divergence_gap(target, prompt: list[int], got: list[int], want: list[int]) -> tuple[float, int]:
@@ -375,6 +397,7 @@ def cost_model(opts: Options, prof_rows: list[dict], device: str = "cuda", dtype
                     failures.append(f"cost_model/{name}/w{w}")
             if name == "8b":
                 t_us.update(time_heads(net, [int(k) for k in opts.ks], device, cuda))
+                t_us.update(time_eagle(net, [int(k) for k in opts.ks], device, cuda, C))
         gen.close()
         del net, gen
         if cuda:
@@ -391,7 +414,8 @@ def cost_model(opts: Options, prof_rows: list[dict], device: str = "cuda", dtype
         method, k = r["strategy"].split("-k")
         tv = t_us[("8b", int(k) + 1)]
         d = r["draft_fwd_per_cycle"] if method == "draft" else 0.0
-        h = host if method == "ngram" else t_us[("heads", int(k))] if method == "heads" else 0.0
+        h = (host if method == "ngram" else t_us[("heads", int(k))] if method == "heads"
+             else t_us[("eagle", int(k))] if method == "eagle" else 0.0)
         speed = r["tau"] * t1 / (tv + d * td + h)
         proj.append({"task": r["task"], "strategy": r["strategy"], "tau": r["tau"], "draft_fwd_per_cycle": d,
                      "t1_us": t1, "tverify_us": tv, "tdraft_us": td, "host_us": h,
@@ -415,6 +439,36 @@ def time_heads(net, ks: list[int], device: str, cuda: bool) -> dict:
         for k in ks:
             out[("heads", k)] = timer(lambda: heads.logits(h, net.lm_head, k).argmax(-1), warmup=5, iters=30,
                                       flush_l2=False)["p50"]
+    return out
+
+
+def time_eagle(net, ks: list[int], device: str, cuda: bool, context: int) -> dict:
+    """{("eagle", k): p50 us} of an EAGLE head's k greedy proposals on net's shape (a random head: fc +
+    one decoder layer over its own KV cache of `context` tokens + the target's lm_head + argmax, eager):
+    what SpeculativeDecoder._eagle_propose computes per cycle (its catch-up row is the first step)."""
+    from decoding.eagle import EagleHead, head_config
+
+    w = net.lm_head.weight
+    head = EagleHead(head_config(net.config))
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    head = head.to(device=w.device, dtype=w.dtype).eval()
+    head.setup_cache(context + 64, w.device, w.dtype)
+    h0 = torch.randn(1, 1, net.config.dim, device=w.device, dtype=w.dtype)
+    timer = common.time_cuda if cuda else common.time_cpu
+    out = {}
+
+    def propose(k):
+        f, tok = h0, torch.zeros(1, 1, dtype=torch.long, device=w.device)
+        for i in range(k):
+            f = head.features(net, f, tok, torch.tensor([context + i], device=w.device))
+            tok = head.logits(net, f).argmax(-1)
+        return tok
+
+    with torch.inference_mode():
+        for k in ks:
+            out[("eagle", k)] = timer(lambda: propose(k), warmup=5, iters=30, flush_l2=False)["p50"]
+    head.remove_cache()
     return out
 
 
@@ -472,8 +526,8 @@ def run(opts: Options) -> dict:
         common.print_table(proj, ["task", "strategy", "tau", "draft_fwd_per_cycle", "t1_us", "tverify_us",
                                   "tdraft_us", "host_us", "projected_8b_speedup"],
                            "PROJECTION (not measured): 8B speedup = tau * t1 / (tverify + d * tdraft + host), "
-                           "tau and d from the lab-model profiles above; host = an n-gram lookup or k 8B-shape "
-                           "Medusa heads' proposal")
+                           "tau and d from the lab-model profiles above; host = an n-gram lookup, k 8B-shape "
+                           "Medusa heads' proposal or an 8B-shape EAGLE head's k draft steps")
         common.write_results(out, "speculative_cost", timing, [
             {"name": f"speculative_cost/{r['model']}/w{r['width']}", "value": r["p50_us"], "unit": "us"}
             for r in timing if r["status"] == "ok"], device=dev)

@@ -80,6 +80,13 @@ class HiddenTap:
             raise IndexError(f"token {j} of a {T}-token forward is not in the tap's last {m} rows")
         return self.buffer[j - (T - m)]
 
+    def rows(self, T: int, j0: int, j1: int) -> torch.Tensor:
+        """Hidden states (j1 - j0, dim) of tokens j0..j1-1 of the latest forward of T tokens."""
+        m = min(T, self.width)
+        if not (T - m <= j0 <= j1 <= T):
+            raise IndexError(f"tokens {j0}..{j1 - 1} of a {T}-token forward are not in the tap's last {m} rows")
+        return self.buffer[j0 - (T - m):j1 - (T - m)]
+
     def remove(self) -> None:
         self._handle.remove()
 

@@ -10,7 +10,11 @@ cache), "ngram" (prompt lookup: the k tokens that followed the latest earlier oc
 sequence's last n tokens, n from ngram_max down to ngram_min; no model) and "heads" (Medusa-style
 heads, decoding/heads.py: head i maps the target's final hidden state of the last emitted token's
 predecessor to the token i + 1 after the emitted one; the hidden state comes from the verify forward
-that emitted it, read through a HiddenTap, so proposing costs no target forward; chain verification).
+that emitted it, read through a HiddenTap, so proposing costs no target forward; chain verification)
+and "eagle" (an EAGLE-style one-layer head, decoding/eagle.py: it reads the target's features from the
+same tap, (h_{j-1}, t_j) -> h_j, catches its own KV cache up over the tokens the last verify accepted
+with their true features, then drafts k tokens feeding its own predicted features back; the draft
+loop is draft_proposal's, as for a draft model).
 
 Lossless. Greedy: a proposal is accepted while it equals the target's argmax at its position, and
 the target's argmax at the first mismatch (or after the last proposal) is emitted, so the output is
@@ -43,7 +47,7 @@ from decoding.generate import (ContextLengthError, GenerationResult, NonFiniteLo
 from decoding.heads import HiddenTap
 from decoding.sampling import logits_to_probs, sample
 
-METHODS = ("draft", "ngram", "heads")
+METHODS = ("draft", "ngram", "heads", "eagle")
 _TAP_WIDTH = 33  # rows the heads' HiddenTap keeps: a verify of up to k + 1 = 33 positions
 
 
@@ -185,7 +189,8 @@ class SpeculativeDecoder:
     """Greedy or sampled speculative generation at batch 1 over long-lived static caches.
 
     target (and draft, which method "draft" needs) are lab Transformers with the same vocabulary; heads
-    (method "heads") a decoding.heads.MedusaHeads for the target (load_heads checks the fit).
+    (method "heads") a decoding.heads.MedusaHeads for the target (load_heads checks the fit), eagle
+    (method "eagle") a decoding.eagle.EagleHead for it (load_eagle checks the fit; its cache is installed here).
     Caches of max_seq_len tokens are installed on both and stay until close(); every method (and
     plain decoding, `plain`) runs over the same caches, so a benchmark compares them in one place.
     cuda_graph replays each step width from a CUDA graph (GPU only; capture=simulate_capture runs the
@@ -193,14 +198,21 @@ class SpeculativeDecoder:
     """
 
     def __init__(self, target, draft=None, max_seq_len: Optional[int] = None, cuda_graph: bool = False,
-                 fuse: bool = False, capture: Callable = capture_graph, heads=None):
+                 fuse: bool = False, capture: Callable = capture_graph, heads=None, eagle=None):
         max_seq_len = max_seq_len or target.config.max_seq_len
-        if heads is not None and (heads.dim, heads.vocab_size) != (target.config.dim, target.config.vocab_size):
-            raise ValueError(f"heads for hidden size {heads.dim} / vocabulary {heads.vocab_size} do not fit the "
-                             f"target ({target.config.dim} / {target.config.vocab_size})")
+        for name, h in (("heads", heads), ("eagle head", eagle)):
+            if h is not None and (h.dim, h.vocab_size) != (target.config.dim, target.config.vocab_size):
+                raise ValueError(f"{name} for hidden size {h.dim} / vocabulary {h.vocab_size} do not fit the "
+                                 f"target ({target.config.dim} / {target.config.vocab_size})")
         # Installed before any step is built, so every (graphed) target step copies its hidden states out.
-        self.heads = heads
-        self._tap = None if heads is None else HiddenTap(target, _TAP_WIDTH)
+        # The EAGLE head reads every row of a prefill too (its cache holds the prompt's features), so its
+        # tap is as wide as the context.
+        self.heads, self.eagle = heads, eagle
+        width = max_seq_len if eagle is not None else _TAP_WIDTH
+        self._tap = None if heads is None and eagle is None else HiddenTap(target, width)
+        if eagle is not None:
+            w = target.lm_head.weight
+            eagle.setup_cache(max_seq_len, w.device, w.dtype)
         if draft is not None:
             if draft is target:
                 raise ValueError("the draft must be a separate model object (each model holds one cache)")
@@ -220,6 +232,8 @@ class SpeculativeDecoder:
         if self._tap is not None:
             self._tap.remove()
             self._tap = None
+        if self.eagle is not None:
+            self.eagle.remove_cache()
         self.target.close()
         if self.draft is not None:
             self.draft.close()
@@ -263,6 +277,8 @@ class SpeculativeDecoder:
             if config.num_speculative_tokens > self.heads.num_heads:
                 raise ValueError(f"num_speculative_tokens={config.num_speculative_tokens} exceeds the "
                                  f"{self.heads.num_heads} heads loaded")
+        if config.method == "eagle" and self.eagle is None:
+            raise ValueError("method 'eagle' needs an EAGLE head: SpeculativeDecoder(target, eagle=load_eagle(...))")
         models = [g.model for g in (self.target, self.draft) if g is not None]
         if any(m.model.layers[0].self_attn.kv_cache is not c for m, c in zip(models, self._caches)):
             raise RuntimeError("the models' caches were replaced since this SpeculativeDecoder installed them "
@@ -288,6 +304,8 @@ class SpeculativeDecoder:
         t_first = time.perf_counter()
         draft_len = 0  # positions of seq whose K/V the draft's cache holds (it prefills on its first cycle)
         fed = (T, T - 1)  # heads: (width of the latest target forward, row whose hidden state precedes seq[-1])
+        last = (0, T)  # eagle: (start position, width) of the latest target forward, whose features the tap holds
+        eagle_len = 1  # eagle: positions of the head's cache holding true features (position 0 has no h_{-1})
         while len(seq) - T < max_new_tokens and not (eos_id is not None and seq[-1] == eos_id):
             n = len(seq)  # the target's cache holds seq[:n-1]; seq[-1] is not fed yet
             k = min(cfg.num_speculative_tokens, max_new_tokens - (n - T) - 1)
@@ -296,6 +314,9 @@ class SpeculativeDecoder:
                 proposal = ngram_propose(seq, k, cfg.ngram_max, cfg.ngram_min) if k > 0 else []
             elif cfg.method == "heads":
                 proposal = self._heads_propose(k, *fed)
+            elif cfg.method == "eagle":
+                proposal, q = self._eagle_propose(seq, k, eagle_len, last, temperature, top_k, top_p, generator,
+                                                  stats)
             else:
                 proposal, q, draft_len = self._draft_propose(seq, k, draft_len, temperature, top_k, top_p,
                                                              generator, stats, cfg.draft_min_prob)
@@ -325,6 +346,7 @@ class SpeculativeDecoder:
                 trace.append(SpecCycle(n - T, proposal, n_acc, new))
             seq += new
             fed = (k + 1, n_acc)
+            last, eagle_len = (n - 1, k + 1), n  # the head's entries past position n - 1 used drafted features
             draft_len = min(draft_len, n + n_acc)  # the draft's entries past the accepted prefix are stale
         _sync(self.device)
         t_end = time.perf_counter()
@@ -339,6 +361,38 @@ class SpeculativeDecoder:
             return []
         h = self._tap.row(width, row)
         return self.heads.logits(h, self.target.model.lm_head, k).argmax(-1).tolist()
+
+    def _eagle_propose(self, seq: list[int], k: int, eagle_len: int, last: tuple, temperature, top_k, top_p,
+                       generator, stats: SpecStats):
+        """Up to k EAGLE proposals after seq and their distributions (k, V) when sampling. The head's
+        cache first catches up over positions eagle_len..n-1 with the true features h_{j-1} of the latest
+        target forward (`last` = its start and width), then each drafted token is fed with the feature
+        the head predicted for the position before it."""
+        if k == 0:
+            return [], None
+        n = len(seq)
+        start, width = last
+        target, head = self.target.model, self.eagle
+        feats = [self._tap.rows(width, eagle_len - 1 - start, n - 1 - start)]  # h of positions eagle_len-1..n-2
+        qs = []
+
+        def forward(ids: list[int], pos: int) -> torch.Tensor:
+            x = torch.tensor(ids, dtype=torch.long, device=self.device)[None]
+            p = torch.arange(pos, pos + len(ids), device=self.device)
+            f = head.features(target, feats[-1][None], x, p)[0]
+            feats.append(f[-1:])
+            return head.logits(target, f[-1:])
+
+        def sampled(logits):
+            q = logits_to_probs(logits, temperature, top_k, top_p)  # (1, V)
+            tok = int(torch.multinomial(q, 1, generator=generator))
+            qs.append(q[0])
+            return tok, True
+
+        proposal = draft_proposal(forward, _eagle_catch_up(seq, eagle_len), eagle_len, k,
+                                  greedy_pick() if temperature == 0.0 else sampled)
+        stats.draft_forwards += len(proposal)
+        return proposal, (torch.stack(qs) if qs else None)
 
     def _draft_propose(self, seq: list[int], k: int, draft_len: int, temperature, top_k, top_p, generator,
                        stats: SpecStats, min_prob: float = 0.0):
@@ -362,6 +416,12 @@ class SpeculativeDecoder:
         stats.draft_forwards += len(proposal)
         # The draft fed seq and proposal[:-1]: positions < n + len(proposal) - 1 hold K/V.
         return proposal, (torch.stack(qs) if qs else None), n + len(proposal) - 1
+
+
+def _eagle_catch_up(seq: list[int], eagle_len: int) -> list[int]:
+    """The tokens the EAGLE head's catch-up feeds at positions eagle_len..: token t_j goes with the feature
+    h_{j-1} (EAGLE's token one step ahead of the feature)."""
+    return seq[eagle_len:]
 
 
 def greedy_pick(min_prob: float = 0.0) -> Callable:
@@ -399,12 +459,13 @@ def _check_finite(logits: torch.Tensor, step: int) -> None:
 def generate_speculative(target, prompt_ids, max_new_tokens: int, config: SpeculativeConfig, draft=None,
                          temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                          seed: Optional[int] = None, eos_id: Optional[int] = None, cuda_graph: bool = False,
-                         fuse: bool = False, heads=None) -> SpeculativeResult:
+                         fuse: bool = False, heads=None, eagle=None) -> SpeculativeResult:
     """One speculative generation (as decoding.generate is for plain decoding): caches sized to this
     request, installed and removed around it. The entry point of `model.generate --speculative`."""
     T = len(prompt_ids) if not isinstance(prompt_ids, torch.Tensor) else prompt_ids.shape[-1]
     dec = SpeculativeDecoder(target, draft if config.method == "draft" else None, cuda_graph=cuda_graph, fuse=fuse,
-                             heads=heads if config.method == "heads" else None)
+                             heads=heads if config.method == "heads" else None,
+                             eagle=eagle if config.method == "eagle" else None)
     try:
         if T + max_new_tokens > dec.max_seq_len:
             raise ContextLengthError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) = "

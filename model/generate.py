@@ -37,10 +37,11 @@ class Options:
     device: str = "auto"
     dtype: str = "auto"
     json: bool = False
-    speculative: str = "none"  # none, draft, ngram or heads (decoding.speculative)
+    speculative: str = "none"  # none, draft, ngram, heads or eagle (decoding.speculative)
     num_speculative_tokens: int = 4
     draft_checkpoint: str = "lab-draft"  # the draft model of --speculative draft
     heads_checkpoint: str = "lab-small-medusa"  # the Medusa heads of --speculative heads (decoding/heads.py)
+    eagle_checkpoint: str = "lab-small-eagle"  # the EAGLE head of --speculative eagle (decoding/eagle.py)
     tp: int = 1  # tensor-parallel ranks (model/tp.py); >1 spawns them unless run under torchrun
 
 
@@ -61,9 +62,10 @@ flags.DEFINE_string("device", Options.device, "cpu, cuda, cuda:N or auto (cuda w
 flags.DEFINE_string("dtype", Options.dtype, "float32, bfloat16, float16 (or bf16, fp16, fp32) or auto (float32 "
                     "on cpu, bfloat16 on cuda).")
 flags.DEFINE_bool("json", Options.json, "Print one JSON object instead of text and a stats line.")
-flags.DEFINE_enum("speculative", Options.speculative, ["none", "draft", "ngram", "heads"], "Speculative decoding "
-                  "(decoding.speculative): draft = a draft model proposes, ngram = prompt lookup, heads = Medusa "
-                  "heads on the target (--heads_checkpoint); the output "
+flags.DEFINE_enum("speculative", Options.speculative, ["none", "draft", "ngram", "heads", "eagle"],
+                  "Speculative decoding (decoding.speculative): draft = a draft model proposes, ngram = prompt "
+                  "lookup, heads = Medusa heads on the target (--heads_checkpoint), eagle = an EAGLE draft head "
+                  "(--eagle_checkpoint); the output "
                   "equals plain decoding's (greedy) or its distribution (sampling). Default none.")
 flags.DEFINE_integer("num_speculative_tokens", Options.num_speculative_tokens, "Tokens proposed per target "
                      "forward, 1-32 (default 4).")
@@ -71,6 +73,8 @@ flags.DEFINE_string("draft_checkpoint", Options.draft_checkpoint, "Draft model o
                     "vocabulary as --checkpoint); default the shipped lab-draft.")
 flags.DEFINE_string("heads_checkpoint", Options.heads_checkpoint, "Heads folder of --speculative heads (trained "
                     "for --checkpoint by //train:heads); default the shipped lab-small-medusa (heads of lab-small).")
+flags.DEFINE_string("eagle_checkpoint", Options.eagle_checkpoint, "EAGLE head folder of --speculative eagle "
+                    "(trained for --checkpoint by //train:eagle); default the shipped lab-small-eagle (lab-small's).")
 flags.DEFINE_integer("tp", Options.tp, "Tensor-parallel ranks (default 1). >1 starts that many processes itself (NCCL "
                      "with one GPU each, else gloo on the CPU); under torchrun each process is one rank.")
 
@@ -88,8 +92,8 @@ def check_options(opts: Options) -> None:
         raise UsageError(f"--tp must be >= 1, got {opts.tp}")
     if opts.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens must be >= 1, got {opts.max_new_tokens}")
-    if opts.speculative not in ("none", "draft", "ngram", "heads"):
-        raise UsageError(f"--speculative must be none, draft, ngram or heads, got {opts.speculative!r}")
+    if opts.speculative not in ("none", "draft", "ngram", "heads", "eagle"):
+        raise UsageError(f"--speculative must be none, draft, ngram, heads or eagle, got {opts.speculative!r}")
     if opts.speculative != "none" and opts.tp > 1:
         raise UsageError("--speculative runs on one process; it cannot be combined with --tp > 1")
     if opts.speculative != "none" and not 1 <= opts.num_speculative_tokens <= 32:
@@ -176,10 +180,18 @@ def run(opts: Options, rank=None) -> dict:
             if opts.num_speculative_tokens > heads.num_heads:
                 raise UsageError(f"--num_speculative_tokens {opts.num_speculative_tokens} exceeds the "
                                  f"{heads.num_heads} heads in --heads_checkpoint {opts.heads_checkpoint}")
+        eagle = None
+        if opts.speculative == "eagle":
+            from decoding.eagle import EagleError, load_eagle
+
+            try:
+                eagle = load_eagle(opts.eagle_checkpoint, net)
+            except EagleError as e:
+                raise UsageError(f"--eagle_checkpoint: {e}") from None
         result = generate_speculative(net, prompt_ids, opts.max_new_tokens,
                                       SpeculativeConfig(opts.speculative, opts.num_speculative_tokens), draft,
                                       temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
-                                      seed=opts.seed, eos_id=eos, heads=heads)
+                                      seed=opts.seed, eos_id=eos, heads=heads, eagle=eagle)
         s = result.stats
         spec = {"method": opts.speculative, "num_speculative_tokens": opts.num_speculative_tokens,
                 # None (not NaN: --json stays valid JSON) when nothing was proposed / verified

@@ -71,7 +71,8 @@ def _tiny_cost_model(tmp_path):
     opts = bs.Options(ks=("2", "4"), cost_context=48)
     prof = [{"task": "qa", "strategy": "draft-k4", "tau": 2.5, "draft_fwd_per_cycle": 3.5, "status": "ok"},
             {"task": "qa", "strategy": "ngram-k2", "tau": 1.5, "draft_fwd_per_cycle": 0.0, "status": "ok"},
-            {"task": "qa", "strategy": "heads-k4", "tau": 1.8, "draft_fwd_per_cycle": 0.0, "status": "ok"}]
+            {"task": "qa", "strategy": "heads-k4", "tau": 1.8, "draft_fwd_per_cycle": 0.0, "status": "ok"},
+            {"task": "qa", "strategy": "eagle-k4", "tau": 2.9, "draft_fwd_per_cycle": 4.0, "status": "ok"}]
     shapes = (("8b", ModelConfig.from_name("tiny")), ("1b-draft", ModelConfig.from_name("tiny").replace(n_layers=1)))
     return bs.cost_model(opts, prof, device="cpu", dtype=torch.float32, shapes=shapes)
 
@@ -92,6 +93,9 @@ def test_cost_model_checks_its_steps_and_projects_by_its_formula(tmp_path):
     heads = next(r for r in proj if r["strategy"] == "heads-k4")  # host = the 8B-shape heads' proposal time
     assert heads["host_us"] > 0 and heads["host_us"] != ngram["host_us"] and heads["projected_8b_speedup"] == (
         pytest.approx(1.8 * t["8b", 1] / (t["8b", 5] + heads["host_us"])))
+    eagle = next(r for r in proj if r["strategy"] == "eagle-k4")  # host = the 8B-shape EAGLE head's 4 steps
+    assert eagle["host_us"] > 0 and eagle["host_us"] not in (heads["host_us"], ngram["host_us"])
+    assert eagle["projected_8b_speedup"] == pytest.approx(2.9 * t["8b", 1] / (t["8b", 5] + eagle["host_us"]))
 
 
 def test_cost_model_rejects_a_wrong_verify_step(tmp_path, monkeypatch):

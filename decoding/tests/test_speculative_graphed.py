@@ -92,3 +92,31 @@ def test_simulated_graphs_heads_propose_as_eager_steps():
     graphed = _heads_traces(target, heads, prompts, cuda_graph=True, capture=simulate_capture)
     assert eager[0] == graphed[0] == refs
     assert eager[1] == graphed[1] and len({tuple(p) for ps in eager[1] for p in ps}) > 3  # not constant
+
+
+def test_simulated_graphs_eagle_proposes_as_eager_steps():
+    """The EAGLE head reads the features the (graphed) verify step copied out, every row of them
+    (decoding.eagle): graphed and eager runs propose the same tokens cycle by cycle, both equal plain greedy."""
+    from decoding.eagle import EagleHead, head_config
+
+    target, _ = _pair()
+    head = EagleHead(head_config(target.config))
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.3, generator=torch.Generator().manual_seed(1))
+    head = head.eval().requires_grad_(False)
+    prompts = [[5, 9, 2, 33, 7, 1, 2, 3], [1, 2, 3, 1, 2, 3, 1, 2], [60, 61, 62]]
+    refs = [generate(target, p, 24).new_ids[0] for p in prompts]
+
+    def traces(**kw):
+        dec = SpeculativeDecoder(target, eagle=head, max_seq_len=64, **kw)
+        outs, props = [], []
+        for p in prompts:
+            trace = []
+            outs.append(dec.generate(p, 24, SpeculativeConfig("eagle", 3), trace=trace).new_ids[0])
+            props.append([c.proposal for c in trace])
+        dec.close()
+        return outs, props
+
+    eager, graphed = traces(), traces(cuda_graph=True, capture=simulate_capture)
+    assert eager[0] == graphed[0] == refs
+    assert eager[1] == graphed[1] and len({tuple(p) for ps in eager[1] for p in ps}) > 3  # not constant

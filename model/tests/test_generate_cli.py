@@ -115,7 +115,7 @@ def test_missing_tokenizer_fallback_only_for_a_byte_vocab(capsys):
 def test_speculative_flags_give_plain_greedy_output():
     """--speculative draft|ngram (decoding.speculative): same greedy ids as plain decoding, plus its counts."""
     plain = run(Options(prompt="ROMEO:", max_new_tokens=16))
-    for method in ("draft", "ngram", "heads"):  # heads: the shipped models/lab-small-medusa
+    for method in ("draft", "ngram", "heads", "eagle"):  # heads, eagle: models/lab-small-medusa, lab-small-eagle
         rec = run(Options(prompt="ROMEO:", max_new_tokens=16, speculative=method, num_speculative_tokens=3))
         assert rec["output_ids"] == plain["output_ids"], method
         sp = rec["speculative"]
@@ -129,3 +129,5 @@ def test_speculative_flags_give_plain_greedy_output():
     assert "must share the target's tokenizer" in error_line(proc)
     proc = run_cli("--checkpoint", "lab-draft", "--speculative", "heads", "--max_new_tokens", "2")
     assert "--heads_checkpoint: " in error_line(proc) and "config.json: heads for hidden size 384" in error_line(proc)
+    proc = run_cli("--checkpoint", "lab-draft", "--speculative", "eagle", "--max_new_tokens", "2")
+    assert "--eagle_checkpoint: " in error_line(proc) and "config.json: a head for" in error_line(proc)
