@@ -9,25 +9,17 @@ Decode is memory-bound (each K/V byte is used by Hq/Hkv query heads only), so th
 is split two ways to keep every SM streaming:
 
   phase 1, grid (B, Hkv, num_splits): program (b, g, s) reads its contiguous slice of
-    sequence b's tokens once, for ALL Hq/Hkv query heads of group g at once (the heads form the M
-    dimension of a tensor-core tile, padded to BLOCK_H >= 16), and writes the slice's normalized
-    partial output and its log-sum-exp (log2 domain):  O_s = sum_j 2^(t_j - lse_s) v_j,
-    lse_s = log2 sum_j 2^(t_j),  t_j = sm_scale * log2(e) * <q, k_j>.  An empty slice reads
-    nothing and writes only lse_s = -inf.
+    tokens [s * chunk, (s + 1) * chunk) of sequence b once, for ALL Hq/Hkv query heads of
+    group g at once (the heads form the M dimension of a tensor-core tile, padded to
+    BLOCK_H >= 16), and writes the slice's normalized partial output and its log-sum-exp
+    (log2 domain):  O_s = sum_j 2^(t_j - lse_s) v_j,   lse_s = log2 sum_j 2^(t_j),
+    t_j = sm_scale * log2(e) * <q, k_j>.  An empty slice writes lse_s = -inf, O_s = 0.
   phase 2, grid (B, Hq): O = sum_s 2^(lse_s - M) O_s / sum_s 2^(lse_s - M),  M = max_s lse_s
-    over the non-empty splits (0 when the sequence is empty). With one split there is no phase
-    2: phase 1 writes O itself (DIRECT).
+    (0 when the sequence is empty).
 
-Split policies (split_plan, on the host, no device sync): "even", slice s of sequence b is
-[s * chunk, (s + 1) * chunk) with chunk = cdiv(cdiv(L, num_splits), BLOCK_N) * BLOCK_N and
-num_splits from (B, Hkv, max KV length, SM count), see choose_num_splits; "balanced" (a serving
-batch), chunk = SPLIT_TOKENS for every sequence, num_splits = cdiv(max KV length, chunk), so a
-short sequence leaves its last splits empty (cheap: under a CUDA graph, tables padded to
-max_model_len, most splits are) and no program carries a long sequence alone.
-
-Loop: BLOCK_N tokens a step (several pages, each token's page gathered from the block table),
-pipelined either by Triton (num_stages >= 2) or by hand (PREFETCH: the next tile's K/V loads and
-the one after's page ids are issued before this tile's math), picked per key by the autotuner.
+chunk = cdiv(cdiv(L, num_splits), BLOCK_N) * BLOCK_N, so splits stay tile-aligned and a
+short sequence simply leaves its last splits empty. num_splits is chosen on the host from
+(B, Hkv, max KV length, SM count) without a device sync; see choose_num_splits.
 
 Two caches share the kernels (PAGED is a compile-time switch):
   contiguous  k_cache[b, g, j, :]                                   (B, Hkv, S_max, D)
@@ -55,39 +47,18 @@ from kernels.flash_attention import (LOG2E, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIM
 
 MIN_TOKENS_PER_SPLIT = 128  # below this a split's fixed cost (q load, partial write) dominates
 MAX_SPLITS = 64
-_INTERPRET_META = dict(BLOCK_N=16, PREFETCH=0, num_warps=4, num_stages=1)
+_INTERPRET_META = dict(BLOCK_N=16, num_warps=4, num_stages=1)
 _SMALL_KV = 256  # caches this short skip autotuning and use _SMALL_META
-_SMALL_META = dict(BLOCK_N=32, PREFETCH=0, num_warps=4, num_stages=2)
+_SMALL_META = dict(BLOCK_N=32, num_warps=4, num_stages=2)
 _SMEM_BUDGET_BYTES = 227 * 1024
 _NO_WINDOW = 1 << 30  # the kernel's window when there is none: longer than any cache
 
-# Split policy of a serving batch (B * Hkv >= one wave of programs): every split covers at most
-# SPLIT_TOKENS tokens (FlashInfer-style balanced chunks), so a long sequence gets more splits and a
-# short one fewer, and no program waits on a slice the heuristic sized for the longest sequence.
-# Under a CUDA graph (tables padded to max_model_len) the grid spans the padded width and the
-# splits past a sequence's end only load its length and store one -inf lse per head.
-# `python3 -m bench.decode_mix` sweeps 128..1024 (rows ours_c<N>) beside the even policy.
-SPLIT_TOKENS = 256
-MAX_BALANCED_SPLITS = 32
-
-# PREFETCH=1: register double-buffering written into the loop (tile i+1's K/V loads and tile i+2's
-# page ids issued before tile i's math), for num_stages=1 where Triton's pipeliner is off; PREFETCH=2:
-# two tiles ahead. The others rely on Triton's pipeliner, which for the paged loads (addresses from
-# a load of the block table) keeps one K/V buffer whatever num_stages is: compiled for sm_90 with
-# Triton 3.9, num_stages 3 and 4 both give 39 KB of shared memory at BLOCK_N=64, the copy for tile
-# i+1 issued after tile i's math and waited on at once (the contiguous cache gets two buffers, 72 KB).
-DECODE_CONFIGS = (
-    [triton.Config({"BLOCK_N": bn, "PREFETCH": 0}, num_warps=w, num_stages=s)
-     for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]  # v1's 18
-    + [triton.Config({"BLOCK_N": bn, "PREFETCH": 1}, num_warps=w, num_stages=1)
-       for bn in (16, 32, 64, 128) for w in (4, 8)]
-    + [triton.Config({"BLOCK_N": bn, "PREFETCH": 2}, num_warps=w, num_stages=1) for bn in (16, 32, 64) for w in (4, 8)]
-    + [triton.Config({"BLOCK_N": bn, "PREFETCH": 0}, num_warps=4, num_stages=1) for bn in (16, 32, 64)]
-    # Small programs (one or two pages a step, little shared memory): many resident per SM, so one
-    # program's start-up latency (seq_len -> page id -> K) overlaps the others' streaming.
-    + [triton.Config({"BLOCK_N": 16, "PREFETCH": 0}, num_warps=4, num_stages=s) for s in (2, 3, 4)]
-    + [triton.Config({"BLOCK_N": bn, "PREFETCH": 0}, num_warps=2, num_stages=s) for bn in (16, 32) for s in (2, 3)]
-)
+DECODE_CONFIGS = [
+    triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bn in (32, 64, 128)
+    for w in (4, 8)
+    for s in (2, 3, 4)
+]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -99,55 +70,23 @@ def _prune(configs, named_args, **kwargs):
 # --------------------------------------------------------------------------- kernels
 
 
-@triton.jit
-def _kv_rows(block_table, b, tok, tok_ok, stride_kblk, stride_ktok, stride_kh, stride_vblk, stride_vtok,
-             stride_vh, stride_bt, g, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
-    """Row offsets (BLOCK_N,) of tokens `tok` of sequence b, kv head g, in K and in V."""
-    if PAGED:
-        blk = tl.load(block_table + b.to(tl.int64) * stride_bt + tok // PAGE_SIZE, mask=tok_ok, other=0)
-        blk = blk.to(tl.int64)
-        pos = tok % PAGE_SIZE
-    else:
-        blk = b.to(tl.int64)
-        pos = tok
-    return (blk * stride_kblk + pos * stride_ktok + g * stride_kh,
-            blk * stride_vblk + pos * stride_vtok + g * stride_vh)
-
-
-@triton.jit
-def _attend(q, k, v, tok_ok, m_i, l_i, acc, qk_scale, UPCAST: tl.constexpr):
-    """One online-softmax step over a (BLOCK_N, D) tile of K and V; tok_ok masks its tokens."""
-    t = tile_dot(q, tl.trans(k), None, UPCAST) * qk_scale  # (BLOCK_H, BLOCK_N) fp32, log2 units
-    t = tl.where(tok_ok[None, :], t, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(t, 1))  # finite: every tile holds >= 1 valid token
-    p = tl.math.exp2(t - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tile_dot(p.to(v.dtype), v, acc * alpha[:, None], UPCAST)
-    return m_new, l_i, acc
-
-
 # Key-only ints (and the window) are not specialized on: Triton compiles an int argument apart
 # when it is 1 or a multiple of 16, so a new key would recompile every config.
-@triton.jit(do_not_specialize=["window", "split_tokens", "KV_BUCKET", "WORK_BUCKET"])
-def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part, Out,
+@triton.jit(do_not_specialize=["window", "KV_BUCKET", "WORK_BUCKET"])
+def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part,
                          stride_qb, stride_qh,
                          stride_kblk, stride_ktok, stride_kh,
                          stride_vblk, stride_vtok, stride_vh,
                          stride_bt,
                          stride_pb, stride_ph, stride_ps,
-                         stride_ob, stride_oh,
-                         qk_scale, num_splits, split_tokens, window,
+                         qk_scale, num_splits, window,
                          KV_BUCKET, WORK_BUCKET,  # autotune key only
                          GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr,
                          PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, UPCAST: tl.constexpr,
-                         DIRECT: tl.constexpr, BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr):
+                         BLOCK_N: tl.constexpr):
     """Phase 1. Grid (B, Hkv, num_splits). K/V token j of sequence b lives at
     blk * stride_kblk + tok * stride_ktok + g * stride_kh with (blk, tok) = (b, j) for the
-    contiguous cache and (block_table[b, j // PAGE_SIZE], j % PAGE_SIZE) for the paged one.
-    Split s covers [first + s * chunk, first + (s + 1) * chunk) with chunk = split_tokens when that
-    is > 0 (and covers the sequence), else the sequence divided evenly (tile-aligned). DIRECT
-    (one split): the normalized output goes straight to Out, no partials, no phase 2."""
+    contiguous cache and (block_table[b, j // PAGE_SIZE], j % PAGE_SIZE) for the paged one."""
     b = tl.program_id(0)
     g = tl.program_id(1)
     split = tl.program_id(2)
@@ -156,7 +95,6 @@ def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part, Out,
     # the host passes 2^30); the splits divide only those, so earlier tokens are never loaded.
     first = tl.maximum(seq_len - window, 0)
     chunk = tl.cdiv(tl.cdiv(seq_len - first, num_splits), BLOCK_N) * BLOCK_N
-    chunk = tl.maximum(chunk, split_tokens)  # split_tokens 0: the even split
     lo = first + split * chunk
     hi = tl.minimum(lo + chunk, seq_len)
 
@@ -165,90 +103,47 @@ def _decode_split_kernel(Q, K, V, seq_lens, block_table, O_part, LSE_part, Out,
     offs_n = tl.arange(0, BLOCK_N)
     heads = g * GROUP + offs_h
     head_ok = offs_h < GROUP
-    live = head_ok & ((offs_h * 0 + lo) < hi)  # an empty split reads nothing, writes only lse = -inf
     q = tl.load(Q + b.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=live[:, None], other=0.0)  # (BLOCK_H, D)
+                mask=head_ok[:, None], other=0.0)  # (BLOCK_H, D)
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
-    if PREFETCH == 1:
-        # Registers hold tile i while tile i+1's K/V loads and tile i+2's page ids are in flight.
-        tok = lo + offs_n
+    for start in tl.range(lo, hi, BLOCK_N):
+        tok = start + offs_n
         tok_ok = tok < hi
-        k_rows, v_rows = _kv_rows(block_table, b, tok, tok_ok, stride_kblk, stride_ktok, stride_kh, stride_vblk,
-                                  stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-        k = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
+        if PAGED:
+            blk = tl.load(block_table + b.to(tl.int64) * stride_bt + tok // PAGE_SIZE, mask=tok_ok, other=0)
+            blk = blk.to(tl.int64)
+            pos = tok % PAGE_SIZE
+        else:
+            blk = b.to(tl.int64)
+            pos = tok
+        k_rows = blk * stride_kblk + pos * stride_ktok + g * stride_kh  # (BLOCK_N,)
+        v_rows = blk * stride_vblk + pos * stride_vtok + g * stride_vh
+        k = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)  # (BLOCK_N, D)
         v = tl.load(V + v_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
-        tok1 = tok + BLOCK_N
-        ok1 = tok1 < hi
-        k_rows1, v_rows1 = _kv_rows(block_table, b, tok1, ok1, stride_kblk, stride_ktok, stride_kh, stride_vblk,
-                                    stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-        for start in tl.range(lo, hi, BLOCK_N, num_stages=1):
-            k1 = tl.load(K + k_rows1[:, None] + offs_d[None, :], mask=ok1[:, None], other=0.0)
-            v1 = tl.load(V + v_rows1[:, None] + offs_d[None, :], mask=ok1[:, None], other=0.0)
-            tok2 = start + 2 * BLOCK_N + offs_n
-            ok2 = tok2 < hi
-            k_rows2, v_rows2 = _kv_rows(block_table, b, tok2, ok2, stride_kblk, stride_ktok, stride_kh,
-                                        stride_vblk, stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-            m_i, l_i, acc = _attend(q, k, v, (start + offs_n) < hi, m_i, l_i, acc, qk_scale, UPCAST)
-            k, v = k1, v1
-            ok1, k_rows1, v_rows1 = ok2, k_rows2, v_rows2
-    elif PREFETCH == 2:
-        # Two tiles ahead: tiles i+1 and i+2 in flight during tile i's math, tile i+3's page ids too.
-        tok = lo + offs_n
-        tok_ok = tok < hi
-        k_rows, v_rows = _kv_rows(block_table, b, tok, tok_ok, stride_kblk, stride_ktok, stride_kh, stride_vblk,
-                                  stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-        tok1 = tok + BLOCK_N
-        ok1 = tok1 < hi
-        k_rows1, v_rows1 = _kv_rows(block_table, b, tok1, ok1, stride_kblk, stride_ktok, stride_kh, stride_vblk,
-                                    stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-        k = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
-        v = tl.load(V + v_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
-        k1 = tl.load(K + k_rows1[:, None] + offs_d[None, :], mask=ok1[:, None], other=0.0)
-        v1 = tl.load(V + v_rows1[:, None] + offs_d[None, :], mask=ok1[:, None], other=0.0)
-        tok2 = tok1 + BLOCK_N
-        ok2 = tok2 < hi
-        k_rows2, v_rows2 = _kv_rows(block_table, b, tok2, ok2, stride_kblk, stride_ktok, stride_kh, stride_vblk,
-                                    stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-        for start in tl.range(lo, hi, BLOCK_N, num_stages=1):
-            k2 = tl.load(K + k_rows2[:, None] + offs_d[None, :], mask=ok2[:, None], other=0.0)
-            v2 = tl.load(V + v_rows2[:, None] + offs_d[None, :], mask=ok2[:, None], other=0.0)
-            tok3 = start + 3 * BLOCK_N + offs_n
-            ok3 = tok3 < hi
-            k_rows3, v_rows3 = _kv_rows(block_table, b, tok3, ok3, stride_kblk, stride_ktok, stride_kh,
-                                        stride_vblk, stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-            m_i, l_i, acc = _attend(q, k, v, (start + offs_n) < hi, m_i, l_i, acc, qk_scale, UPCAST)
-            k, v, k1, v1 = k1, v1, k2, v2
-            ok2, k_rows2, v_rows2 = ok3, k_rows3, v_rows3
-    else:
-        for start in tl.range(lo, hi, BLOCK_N):
-            tok = start + offs_n
-            tok_ok = tok < hi
-            k_rows, v_rows = _kv_rows(block_table, b, tok, tok_ok, stride_kblk, stride_ktok, stride_kh, stride_vblk,
-                                      stride_vtok, stride_vh, stride_bt, g, PAGED, PAGE_SIZE)
-            k = tl.load(K + k_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)  # (BLOCK_N, D)
-            v = tl.load(V + v_rows[:, None] + offs_d[None, :], mask=tok_ok[:, None], other=0.0)
-            m_i, l_i, acc = _attend(q, k, v, tok_ok, m_i, l_i, acc, qk_scale, UPCAST)
+        t = tile_dot(q, tl.trans(k), None, UPCAST) * qk_scale  # (BLOCK_H, BLOCK_N) fp32, log2 units
+        t = tl.where(tok_ok[None, :], t, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(t, 1))  # finite: every tile holds >= 1 valid token
+        p = tl.math.exp2(t - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tile_dot(p.to(v.dtype), v, acc * alpha[:, None], UPCAST)
+        m_i = m_new
 
     empty = l_i == 0.0
+    lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    if DIRECT:  # one split: an empty sequence writes 0
-        o_ptr = Out + b.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
-        tl.store(o_ptr, out.to(Out.dtype.element_ty), mask=head_ok[:, None])
-    else:
-        lse = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-        part = b.to(tl.int64) * stride_pb + heads * stride_ph + split * stride_ps  # (BLOCK_H,)
-        tl.store(O_part + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=live[:, None])
-        tl.store(LSE_part + part, lse, mask=head_ok)
+    part = b.to(tl.int64) * stride_pb + heads * stride_ph + split * stride_ps  # (BLOCK_H,)
+    tl.store(O_part + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=head_ok[:, None])
+    tl.store(LSE_part + part, lse, mask=head_ok)
 
 
 @triton.jit
 def _decode_reduce_kernel(O_part, LSE_part, Out, stride_pb, stride_ph, stride_ob, stride_oh, num_splits,
                           HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Phase 2. Grid (B, Hq): merge the splits' (O_s, lse_s) into Out[b, h]. An empty split
-    (lse = -inf) wrote no O_s: its row is neither read nor weighed."""
+    """Phase 2. Grid (B, Hq): merge the splits' (O_s, lse_s) into Out[b, h]."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -256,18 +151,16 @@ def _decode_reduce_kernel(O_part, LSE_part, Out, stride_pb, stride_ph, stride_ob
     s_ok = offs_s < num_splits
     part = b.to(tl.int64) * stride_pb + h * stride_ph + offs_s  # (BLOCK_S,); splits are the inner dim
     lse = tl.load(LSE_part + part, mask=s_ok, other=float("-inf"))
-    full = lse > float("-inf")
     m = tl.max(lse, 0)
-    w = tl.where(full, tl.math.exp2(lse - tl.where(m == float("-inf"), 0.0, m)), 0.0)  # (BLOCK_S,)
-    o = tl.load(O_part + part[:, None] * HEAD_DIM + offs_d[None, :], mask=full[:, None], other=0.0)
+    w = tl.math.exp2(lse - tl.where(m == float("-inf"), 0.0, m))  # (BLOCK_S,), 0 for empty splits
+    o = tl.load(O_part + part[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None], other=0.0)
     denom = tl.sum(w, 0)
     out = tl.sum(w[:, None] * o, 0) / tl.where(denom == 0.0, 1.0, denom)  # (D,); empty sequence -> 0
     tl.store(Out + b.to(tl.int64) * stride_ob + h * stride_oh + offs_d, out.to(Out.dtype.element_ty))
 
 
 _decode_split_tuned = triton.autotune(
-    DECODE_CONFIGS, key=["KV_BUCKET", "WORK_BUCKET", "split_tokens", "HEAD_DIM", "BLOCK_H", "PAGED", "PAGE_SIZE",
-                         "DIRECT"],
+    DECODE_CONFIGS, key=["KV_BUCKET", "WORK_BUCKET", "HEAD_DIM", "BLOCK_H", "PAGED", "PAGE_SIZE"],
     prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)(_decode_split_kernel)
 
 # Configs the autotuner picked, by its key (+ dtype and device): later calls launch the kernel with
@@ -352,30 +245,8 @@ def _check(name: str, q, k_cache, v_cache, seq_lens, out, extra: dict) -> list[s
     return problems + device_problem(name, tensors)
 
 
-def split_plan(batch: int, num_kv_heads: int, max_kv_len: int, num_sms: int = 132,
-               num_splits: int | None = None, split_tokens: int | None = None) -> tuple[int, int]:
-    """(num_splits, split_tokens) of a step: split_tokens 0 is the even policy (each sequence cut
-    into num_splits equal tile-aligned slices, num_splits from choose_num_splits); > 0, every
-    split covers at most split_tokens tokens (num_splits = cdiv(max_kv_len, split_tokens), so the
-    grid covers the longest sequence the bound allows). Default: balanced chunks of SPLIT_TOKENS
-    for a serving batch (B * Hkv >= num_sms) longer than one chunk, else the even policy.
-    An explicit num_splits alone keeps the even policy."""
-    max_kv_len = max(int(max_kv_len), 1)
-    if split_tokens is None:
-        balanced = num_splits is None and batch * num_kv_heads >= num_sms and max_kv_len > SPLIT_TOKENS
-        split_tokens = SPLIT_TOKENS if balanced else 0
-    if split_tokens > 0:
-        # Multiple of 16, and never more than MAX_BALANCED_SPLITS splits: the fp32 partials are
-        # B * Hq * splits * D * 4 bytes (B=256, 32 heads, 32 splits: 134 MB, transient, per step).
-        chunk = max(-(-int(split_tokens) // 16) * 16, -(-max_kv_len // (MAX_BALANCED_SPLITS * 16)) * 16)
-        return max(1, -(-max_kv_len // chunk)), chunk
-    if num_splits is None:
-        num_splits = choose_num_splits(batch, num_kv_heads, max_kv_len, num_sms)
-    return max(1, int(num_splits)), 0
-
-
 def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, max_kv_len,
-         num_kv_heads, kv_strides, paged, page_size, window, split_tokens=None, config=None):
+         num_kv_heads, kv_strides, paged, page_size, window):
     B, Hq, D = q.shape
     group = Hq // num_kv_heads
     if out is None:
@@ -384,46 +255,42 @@ def _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, 
         return out
     if window:  # a step reads at most `window` tokens per sequence: split (and tune) for that
         max_kv_len = min(max_kv_len, window)
-    num_splits, split_tokens = split_plan(B, num_kv_heads, max_kv_len, _num_sms(q), num_splits, split_tokens)
-    direct = num_splits == 1  # one split: phase 1 writes `out`, no partials, no phase 2
+    if num_splits is None:
+        num_splits = choose_num_splits(B, num_kv_heads, max_kv_len, _num_sms(q))
+    num_splits = max(1, int(num_splits))
     scale = 1.0 / math.sqrt(D) if sm_scale is None else float(sm_scale)
-    # Partials: (B, Hq, num_splits, D) fp32 and (B, Hq, num_splits) fp32, contiguous. Phase 1
-    # writes every lse (-inf for an empty split) and the O rows of non-empty splits only.
-    n_part = 1 if direct else num_splits
-    o_part = torch.empty(B if not direct else 1, Hq, n_part, D, device=q.device, dtype=torch.float32)
-    lse_part = torch.empty(B if not direct else 1, Hq, n_part, device=q.device, dtype=torch.float32)
+    # Partials: (B, Hq, num_splits, D) fp32 and (B, Hq, num_splits) fp32, contiguous, fully
+    # written by phase 1 (empty splits included).
+    o_part = torch.empty(B, Hq, num_splits, D, device=q.device, dtype=torch.float32)
+    lse_part = torch.empty(B, Hq, num_splits, device=q.device, dtype=torch.float32)
     bt = block_table if paged else seq_lens  # unused pointer when not paged
     kv_bucket = triton.next_power_of_2(max(max_kv_len, 1))
     work_bucket = _work_bucket(B * num_kv_heads * num_splits, _num_sms(q))
-    args = (q, k_cache, v_cache, seq_lens, bt, o_part, lse_part, out,
+    args = (q, k_cache, v_cache, seq_lens, bt, o_part, lse_part,
             q.stride(0), q.stride(1), *kv_strides, bt.stride(0) if paged else 0,
-            Hq * n_part, n_part, 1,  # (b, h, s) strides of lse_part, in elements
-            out.stride(0), out.stride(1),
-            scale * LOG2E, num_splits, split_tokens, window or _NO_WINDOW, kv_bucket, work_bucket)
+            Hq * num_splits, num_splits, 1,  # (b, h, s) strides of lse_part, in elements
+            scale * LOG2E, num_splits, window or _NO_WINDOW, kv_bucket, work_bucket)
     consts = dict(GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=D,
-                  PAGED=paged, PAGE_SIZE=page_size, UPCAST=interpret_upcast(q), DIRECT=direct)
+                  PAGED=paged, PAGE_SIZE=page_size, UPCAST=interpret_upcast(q))
     with device_guard(q):
         grid = (B, num_kv_heads, num_splits)
-        fixed = config or (_INTERPRET_META if interpreting() else (_SMALL_META if max_kv_len <= _SMALL_KV else None))
+        fixed = _INTERPRET_META if interpreting() else (_SMALL_META if max_kv_len <= _SMALL_KV else None)
         if fixed:
             _decode_split_kernel[grid](*args, **consts, **fixed)
         else:
-            key = (kv_bucket, work_bucket, split_tokens, D, consts["BLOCK_H"], paged, page_size, direct, q.dtype,
-                   q.device)
+            key = (kv_bucket, work_bucket, D, consts["BLOCK_H"], paged, page_size, q.dtype, q.device)
             launch_tuned(_decode_split_tuned, _TUNED, key, grid, args, consts)
-        if not direct:
-            _decode_reduce_kernel[(B, Hq)](o_part, lse_part, out, Hq * num_splits, num_splits,
-                                           out.stride(0), out.stride(1), num_splits,
-                                           HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits))
+        _decode_reduce_kernel[(B, Hq)](o_part, lse_part, out, Hq * num_splits, num_splits,
+                                       out.stride(0), out.stride(1), num_splits,
+                                       HEAD_DIM=D, BLOCK_S=triton.next_power_of_2(num_splits))
     return out
 
 
 def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
                  sm_scale: float | None = None, *, out: torch.Tensor | None = None,
                  num_splits: int | None = None, max_seq_len: int | None = None,
-                 window: int | None = None, split_tokens: int | None = None,
-                 config: dict | None = None) -> torch.Tensor:
-    """One decode step over a contiguous per-sequence KV cache (split-KV; one launch when one split).
+                 window: int | None = None) -> torch.Tensor:
+    """One decode step over a contiguous per-sequence KV cache (split-KV, two launches).
 
     q:        (B, Hq, D) fp16/bf16, D in {64, 128}; the new token's query per sequence.
     k_cache:  (B, Hkv, S_max, D), same dtype, Hq % Hkv == 0; any strides with stride(-1) == 1.
@@ -434,8 +301,6 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     max_seq_len: host bound on seq_lens (default S_max); only steers num_splits.
     window:   sliding window (None/0 = none): only the last `window` tokens (positions
               > seq_lens[b] - 1 - window) are read; earlier ones are never loaded.
-    split_tokens: override the split policy (see split_plan; 0 = even splits). config: force a
-              kernel config (BLOCK_N, PREFETCH, num_warps, num_stages) instead of the tuned one.
     Returns (B, Hq, D): softmax(sm_scale * q k^T) v per (sequence, head).
     """
     win = window_arg("flash_decode", window)
@@ -451,14 +316,13 @@ def flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     kv_strides = (k_cache.stride(0), k_cache.stride(2), k_cache.stride(1),
                   v_cache.stride(0), v_cache.stride(2), v_cache.stride(1))
     return _run(q, k_cache, v_cache, seq_lens, None, out, sm_scale, num_splits,
-                s_max if max_seq_len is None else max_seq_len, hkv, kv_strides, False, 1, win, split_tokens, config)
+                s_max if max_seq_len is None else max_seq_len, hkv, kv_strides, False, 1, win)
 
 
 def paged_flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                        block_table: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float | None = None, *,
                        out: torch.Tensor | None = None, num_splits: int | None = None,
-                       max_seq_len: int | None = None, window: int | None = None,
-                       split_tokens: int | None = None, config: dict | None = None) -> torch.Tensor:
+                       max_seq_len: int | None = None, window: int | None = None) -> torch.Tensor:
     """One decode step over a paged KV cache addressed by block tables (vLLM layout).
 
     q:           (B, Hq, D) fp16/bf16, D in {64, 128}.
@@ -472,7 +336,6 @@ def paged_flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     max_seq_len: host bound on seq_lens (default max_blocks * block_size); only steers num_splits.
     window:      sliding window (None/0 = none): only the last `window` tokens are read, so block
                  table entries wholly before them are never read either (may be the null block).
-    split_tokens, config: as in flash_decode.
     Returns (B, Hq, D).
     """
     win = window_arg("paged_flash_decode", window)
@@ -493,7 +356,7 @@ def paged_flash_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
                   v_cache.stride(0), v_cache.stride(1), v_cache.stride(2))
     bound = block_table.shape[1] * block_size if max_seq_len is None else max_seq_len
     return _run(q, k_cache, v_cache, seq_lens, block_table, out, sm_scale, num_splits, bound, hkv,
-                kv_strides, True, block_size, win, split_tokens, config)
+                kv_strides, True, block_size, win)
 
 
 def tune_paged_decode(k_cache: torch.Tensor, v_cache: torch.Tensor, num_q_heads: int, max_batch: int,
@@ -516,14 +379,14 @@ def tune_paged_decode(k_cache: torch.Tensor, v_cache: torch.Tensor, num_q_heads:
         if max_kv <= _SMALL_KV:
             continue
         for b in range(1, max_batch + 1):
-            splits, chunk = split_plan(b, hkv, max_kv, sms)
-            key = (triton.next_power_of_2(max_kv), _work_bucket(b * hkv * splits, sms), chunk, splits == 1)
+            splits = choose_num_splits(b, hkv, max_kv, sms)
+            key = (triton.next_power_of_2(max_kv), _work_bucket(b * hkv * splits, sms))
             reps.setdefault(key, []).append((b, width))
     group = num_q_heads // hkv
     tuned = 0
-    for (kv_bucket, work, chunk, direct), cases in reps.items():
-        full = (kv_bucket, work, chunk, d, max(16, triton.next_power_of_2(group)), True, block_size, direct,
-                k_cache.dtype, k_cache.device)
+    for (kv_bucket, work), cases in reps.items():
+        full = (kv_bucket, work, d, max(16, triton.next_power_of_2(group)), True, block_size, k_cache.dtype,
+                k_cache.device)
         if full in _TUNED:
             continue
         b, width = cases[len(cases) // 2]
