@@ -12,11 +12,9 @@ Held-out: top-1 agreement with the teacher's argmax and the student's own loss, 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
-import time
 
 from absl import app, flags
 
@@ -87,7 +85,8 @@ def distill(opts: dict) -> dict:
     from model.tokenizer import load_tokenizer
     from model.weights import save_model
     from train.bpe import copy_tokenizer
-    from train.loop import TrainConfig, _streams, fit_steps, make_optimizer, resolve_device
+    from train.loop import (TrainConfig, _streams, fit_steps, make_optimizer, resolve_device, run_record,
+                            write_summary_and_card)
 
     os.environ["LAB_KERNEL_BACKEND"] = "torch"  # the fused inference kernels have no backward
     device = resolve_device(opts["device"])
@@ -123,19 +122,14 @@ def distill(opts: dict) -> dict:
         if name != MARKER:
             os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
     shutil.rmtree(tmp)
-    summary = {"teacher": opts["teacher"], "student_init": opts["student"], "steps": step,
-               "tokens_seen": step * cfg.batch_size * cfg.seq_len, "train_seconds": train_s, "device": str(device),
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "params": sum(p.numel() for p in student.parameters()),
-               "heldout_before": before, "heldout_after": after, "flags": opts, "date": time.strftime("%Y-%m-%d")}
-    with open(os.path.join(out_dir, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    write_card(out_dir, summary)
+    summary = run_record(step, cfg, train_s, device, opts, teacher=opts["teacher"], student_init=opts["student"],
+                         params=sum(p.numel() for p in student.parameters()), heldout_before=before,
+                         heldout_after=after)
+    write_summary_and_card(out_dir, summary, card_text(summary, out_dir))
     return summary
 
 
-def write_card(out_dir: str, s: dict) -> None:
+def card_text(s: dict, out_dir: str) -> str:
     """MODEL_CARD.md: how the draft was distilled and its held-out agreement with the teacher."""
     from data import corpus
 
@@ -172,8 +166,7 @@ Agreement with the teacher's argmax given the true prefix is what greedy specula
 needs; the measured acceptance on Spec-Bench is in the README's speculative section.
 Files: HF layout (config.json, model.safetensors fp32, tokenizer), train_summary.json.
 """
-    with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
-        fh.write(text)
+    return text
 
 
 def main(argv):

@@ -19,7 +19,6 @@ prompts: position i's rate = P(proposal i accepted | proposals < i accepted).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -199,7 +198,7 @@ def train_eagle(opts: dict) -> dict:
     from model.loader import checkpoint_dir
     from model.output_dir import prepare_output_dir
     from model.tokenizer import load_tokenizer
-    from train.loop import TrainConfig, _streams, fit_steps, resolve_device
+    from train.loop import TrainConfig, _streams, fit_steps, resolve_device, run_record, write_summary_and_card
 
     os.environ["LAB_KERNEL_BACKEND"] = "torch"
     torch.use_deterministic_algorithms(True)
@@ -229,21 +228,16 @@ def train_eagle(opts: dict) -> dict:
     tf = teacher_forced(head, base, heldout_ids, cfg.seq_len, opts["eval_tokens"], device)
     spec = acceptance_by_position(head, base, heldout_ids, opts, device)
     n_params = sum(p.numel() for p in head.parameters())
-    summary = {"base_model": opts["checkpoint"], "params": n_params, "self_distill_tokens": len(stream),
-               "generation_seconds": gen_s, "steps": step, "tokens_seen": step * cfg.batch_size * cfg.seq_len,
-               "train_seconds": train_s, "device": str(device), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "final_loss_mean_last20": sum(losses[-20:]) / max(1, len(losses[-20:])),
-               "heldout_teacher_forced": tf, "heldout_speculative": spec, "flags": opts,
-               "date": time.strftime("%Y-%m-%d")}
+    summary = run_record(step, cfg, train_s, device, opts, base_model=opts["checkpoint"], params=n_params,
+                         self_distill_tokens=len(stream), generation_seconds=gen_s,
+                         final_loss_mean_last20=sum(losses[-20:]) / max(1, len(losses[-20:])),
+                         heldout_teacher_forced=tf, heldout_speculative=spec)
     save_eagle(head, out_dir, opts["checkpoint"], {"trained_steps": step})
-    with open(os.path.join(out_dir, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    write_card(out_dir, summary)
+    write_summary_and_card(out_dir, summary, card_text(summary))
     return summary
 
 
-def write_card(out_dir: str, s: dict) -> None:
+def card_text(s: dict) -> str:
     """MODEL_CARD.md: how the head was made, the command, held-out agreement per draft position."""
     from data import corpus
     from train.loop import repo_relative, reproducible_flags
@@ -289,8 +283,7 @@ P(proposal i accepted | the proposals before it accepted):
 
 Files: eagle.safetensors (fc.*, layer.*; fp16), config.json, train_summary.json.
 """
-    with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
-        fh.write(text)
+    return text
 
 
 def main(argv):

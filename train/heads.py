@@ -14,10 +14,8 @@ correct earlier tokens would see) and top-1 accuracy against the corpus token, o
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -114,7 +112,7 @@ def train_heads(opts: dict) -> dict:
     from model.output_dir import prepare_output_dir
     from model.tokenizer import load_tokenizer
     from model.loader import checkpoint_dir
-    from train.loop import TrainConfig, _streams, fit_steps, resolve_device
+    from train.loop import TrainConfig, _streams, fit_steps, resolve_device, run_record, write_summary_and_card
 
     os.environ["LAB_KERNEL_BACKEND"] = "torch"
     device = resolve_device(opts["device"])
@@ -133,21 +131,15 @@ def train_heads(opts: dict) -> dict:
                                       lambda x: head_loss(heads, base, *_hidden_and_logits(base, x)), opts,
                                       what="head loss")
     after = evaluate(heads, base, heldout_ids, cfg.seq_len, opts["eval_tokens"], device)
-    summary = {"base_model": opts["checkpoint"], "num_heads": heads.num_heads, "steps": step,
-               "tokens_seen": step * cfg.batch_size * cfg.seq_len, "train_seconds": train_s,
-               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "final_loss_mean_last20": sum(losses[-20:]) / max(1, len(losses[-20:])),
-               "heldout_before": before, "heldout_after": after, "flags": opts,
-               "date": time.strftime("%Y-%m-%d")}
+    summary = run_record(step, cfg, train_s, device, opts, base_model=opts["checkpoint"], num_heads=heads.num_heads,
+                         final_loss_mean_last20=sum(losses[-20:]) / max(1, len(losses[-20:])),
+                         heldout_before=before, heldout_after=after)
     save_heads(heads, out_dir, opts["checkpoint"], {"trained_steps": step})
-    with open(os.path.join(out_dir, "train_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
-    write_card(out_dir, summary)
+    write_summary_and_card(out_dir, summary, card_text(summary))
     return summary
 
 
-def write_card(out_dir: str, s: dict) -> None:
+def card_text(s: dict) -> str:
     """MODEL_CARD.md: how the heads were trained and their held-out accuracy per head."""
     from data import corpus
 
@@ -189,8 +181,7 @@ Base top-1 accuracy against the corpus: {a['base_top1_vs_corpus']:.3f}.
 
 Files: heads.safetensors (fp32: weight (K, dim, dim), bias (K, dim)), config.json, train_summary.json.
 """
-    with open(os.path.join(out_dir, "MODEL_CARD.md"), "w") as fh:
-        fh.write(text)
+    return text
 
 
 def main(argv):

@@ -498,3 +498,22 @@ def repo_relative(path: str) -> str:
     """path relative to the repository root when it lies inside it (a card's reproducible command)."""
     rel = os.path.relpath(path, repo_path("."))
     return path if rel.startswith("..") else rel
+
+
+def run_record(step: int, cfg: TrainConfig, train_s: float, device, opts: dict, **fields) -> dict:
+    """The train_summary.json of a small trainer (heads, distill, eagle): its own fields first, then the
+    ones they share (steps, tokens seen, seconds, device, threads, torch, flags, date)."""
+    import torch
+
+    return {**fields, "steps": step, "tokens_seen": step * cfg.batch_size * cfg.seq_len, "train_seconds": train_s,
+            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "flags": opts,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def write_summary_and_card(out_dir: str, summary: dict, card: str) -> None:
+    """train_summary.json and MODEL_CARD.md (the text `card`) in out_dir, each written atomically."""
+    for name, text in (("train_summary.json", json.dumps(summary, indent=2) + "\n"), ("MODEL_CARD.md", card)):
+        path = os.path.join(out_dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
