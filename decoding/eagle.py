@@ -129,16 +129,10 @@ def save_eagle(head: EagleHead, path: str, base_model: str, extra: dict = None) 
 def eagle_dir(source: Union[str, os.PathLike]) -> str:
     """The folder `source` names: a path (relative to where the user ran the command) or a shipped
     name (lab-small-eagle); EagleError when it is neither."""
-    from model.loader import user_path
+    from decoding.heads import model_side_dir
 
-    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", os.fspath(source))
-    if os.sep not in os.fspath(source) and os.path.isfile(os.path.join(shipped, CONFIG)):
-        return shipped
-    path = user_path(os.fspath(source))
-    if not os.path.isdir(path):
-        raise EagleError(f"EAGLE head directory not found: {path}; expected a folder with {CONFIG} and {WEIGHTS} "
-                         "(python3 -m train.eagle writes one), or lab-small-eagle")
-    return path
+    return model_side_dir(source, CONFIG, EagleError, f"EAGLE head directory not found: {{path}}; expected a folder "
+                          f"with {CONFIG} and {WEIGHTS} (python3 -m train.eagle writes one), or lab-small-eagle")
 
 
 def load_eagle(source: Union[str, os.PathLike], target) -> EagleHead:

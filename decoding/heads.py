@@ -112,15 +112,21 @@ def save_heads(heads: MedusaHeads, path: str, base_model: str, extra: dict = Non
 def heads_dir(source: Union[str, os.PathLike]) -> str:
     """The folder `source` names: a path (relative to where the user ran the command) or a shipped
     heads name (lab-small-medusa); HeadsError when it is neither."""
+    return model_side_dir(source, CONFIG, HeadsError, f"heads directory not found: {{path}}; expected a folder with "
+                          f"{CONFIG} and {WEIGHTS} (python3 -m train.heads writes one), or lab-small-medusa")
+
+
+def model_side_dir(source: Union[str, os.PathLike], config: str, error: type, message: str) -> str:
+    """A draft head's folder (Medusa heads, an EAGLE head): a shipped name under models/ holding `config`,
+    else a path resolved against where the user ran the command; error(message.format(path=...)) if absent."""
     from model.loader import user_path
 
     shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", os.fspath(source))
-    if os.sep not in os.fspath(source) and os.path.isfile(os.path.join(shipped, CONFIG)):
+    if os.sep not in os.fspath(source) and os.path.isfile(os.path.join(shipped, config)):
         return shipped
     path = user_path(os.fspath(source))
     if not os.path.isdir(path):
-        raise HeadsError(f"heads directory not found: {path}; expected a folder with {CONFIG} and {WEIGHTS} "
-                         "(python3 -m train.heads writes one), or lab-small-medusa")
+        raise error(message.format(path=path))
     return path
 
 
