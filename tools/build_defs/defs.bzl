@@ -99,9 +99,12 @@ def cuda_library(name, srcs, hdrs = [], deps = [], copts = [], visibility = None
             name = "{}_{}_nvcc".format(name, stem),
             srcs = [src] + hdrs,
             outs = [obj],
+            # nvcc names its temporaries after its pid (tmpxft_<pid>_...): in sandboxes with their own pid
+            # namespace two concurrent nvcc actions share those names in /tmp and clobber each other's
+            # cubins ("fatbinary fatal: Could not open input file"). Each action gets its own TMPDIR.
             cmd = " ".join(
-                ["{} -c $(location {}) -o $@ -I.".format(NVCC, src)] +
-                CUDA_ARCH_FLAGS + NVCC_FLAGS + copts,
+                ["tmp=$$(mktemp -d) && TMPDIR=$$tmp {} -c $(location {}) -o $@ -I.".format(NVCC, src)] +
+                CUDA_ARCH_FLAGS + NVCC_FLAGS + copts + ["&& rm -rf $$tmp"],
             ),
             message = "nvcc {}".format(src),
             target_compatible_with = _cuda_compat(),
