@@ -10,8 +10,9 @@ Methods (METHODS: name -> defaults of its options; unknown names or options are 
   fp8               e4m3 weights, per_row, act None/"per_tensor"/"per_token"
 `rotate` (rtn, gptq) first applies quant/rotation.py (R1, R2, online R4): True or "hadamard" = the
 random Hadamard (QuaRot); "cayley" = SpinQuant, R1 / R2 learned by Cayley SGD on calib
-(quant/spinquant.py; rotate_steps, rotate_lr). `kv_bits` (rtn, gptq: None/8/4) stores K/V as an
-int8/int4 cache does (cache/kv_quant.py).
+(quant/spinquant.py; rotate_steps, rotate_lr; the objective it lowers: rotation_objective), then the
+method quantizes the rotated weights (gptq: with the rotated model's calibration activations).
+`kv_bits` (rtn, gptq: None/8/4) stores K/V as an int8/int4 cache does (cache/kv_quant.py).
 `calib` is (n, T) token ids from the training split (quant.calibrate.calibration_ids).
 
 Checkpoint formats (save_quantized picks; load_quantized reads any of them, by config.json's
@@ -112,6 +113,20 @@ def int_spec(method: str, o: dict) -> tuple[int, int, bool, Optional[int]]:
     return o["bits"], o["group_size"], o["sym"], o["act_bits"]
 
 
+def rotation_objective(method: str, o: dict) -> tuple:
+    """The (bits, group_size, sym, act_bits) SpinQuant's Cayley SGD rounds to before `method` quantizes.
+
+    rtn: the RTN grid itself. gptq with quantized activations or KV: weights left unrounded
+    (bits None; SpinQuant's recipe: learn R for W16A4KV4, then GPTQ), as GPTQ's error feedback
+    replaces RTN's rounding error; weight-only gptq keeps the RTN grid, since a float-weight,
+    float-activation objective does not depend on the rotation at all.
+    """
+    spec = int_spec(method, o)
+    if method == "gptq" and (o.get("act_bits") is not None or o.get("kv_bits") is not None):
+        return (None, *spec[1:])
+    return spec
+
+
 def _skipped(name: str, skip: Iterable[str]) -> bool:
     """A module is skipped when its qualified name or its last component is in skip."""
     return any(name == s or name.endswith("." + s) for s in skip)
@@ -172,7 +187,7 @@ def quantize(model: nn.Module, method: str = "int8_weight_only", calib: Optional
     if o.get("rotate") == "cayley":
         from quant.rotation import rotate
         from quant.spinquant import learn_rotations
-        r1, r2, report = learn_rotations(model, calib, int_spec(method, o), {n for _, _, n, _ in found},
+        r1, r2, report = learn_rotations(model, calib, rotation_objective(method, o), {n for _, _, n, _ in found},
                                          kv_bits=o["kv_bits"], steps=o["rotate_steps"], lr=o["rotate_lr"],
                                          progress=progress)
         rotate(model, r1=r1, r2=r2, kind="cayley")
