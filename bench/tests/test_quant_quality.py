@@ -42,3 +42,15 @@ def test_spinquant_vs_quarot_is_reported_not_gated():
     assert qq.check_claims(rows) == []  # no gated claim pairs these two
     (c,) = qq.check_claims(rows, qq.COMPARISONS)
     assert not c["ok"] and "spinquant_rtn_w4a4 beats quarot_rtn_w4a4" in c["claim"]
+
+
+def test_rotated_gptq_variants_and_their_comparisons():
+    # every label a claim or comparison names is a variant (a typo would silently drop the pair)
+    assert {v for pair in qq.CLAIMS + qq.COMPARISONS for v in pair} <= set(qq.VARIANTS)
+    assert qq.VARIANTS["spinquant_gptq_w4a4_kv4"] == ("gptq", dict(bits=4, group_size=-1, sym=True, act_bits=4,
+                                                                   rotate="cayley", kv_bits=4))
+    assert qq.VARIANTS["spinquant_gptq_w4_g128"] == ("gptq", dict(bits=4, group_size=128, rotate="cayley"))
+    rows = [{"model": "m", "variant": "spinquant_gptq_w4a4", "wt2_kl": 0.03, "wt2_ppl": 10.0},
+            {"model": "m", "variant": "spinquant_rtn_w4a4", "wt2_kl": 0.04, "wt2_ppl": 11.0}]
+    (c,) = qq.check_claims(rows, qq.COMPARISONS)
+    assert c["ok"] and "spinquant_gptq_w4a4 beats spinquant_rtn_w4a4" in c["claim"]
