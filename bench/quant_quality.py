@@ -75,6 +75,9 @@ for _method in ("rtn", "gptq"):
             _label = f"{_prefix}{_method}_w4a{_a}" + (f"_kv{_kv}" if _kv else "")
             VARIANTS.setdefault(_label, (_method, dict(bits=4, group_size=-1, sym=True, act_bits=_a, **_r,
                                                        **(dict(kv_bits=_kv) if _kv else {}))))
+for _s, _a, _kv in (("w4a8", 8, None), ("w4a4", 4, None), ("w4a4_kv4", 4, 4)):  # GPTQ on RTN-learned rotations
+    VARIANTS[f"spinquant_gptq_{_s}_rtnobj"] = ("gptq", dict(bits=4, group_size=-1, sym=True, act_bits=_a, rotate="cayley",
+                                                            rotate_objective="rtn", **(dict(kv_bits=_kv) if _kv else {})))
 CLAIMS = (("gptq_w4_g128", "rtn_w4_g128"), ("quarot_rtn_w4a4", "rtn_w4a4"), ("quarot_rtn_w4a4_kv4", "rtn_w4a4_kv4"),
           ("spinquant_rtn_w4a4", "rtn_w4a4"), ("spinquant_rtn_w4a4_kv4", "rtn_w4a4_kv4"))
 COMPARISONS = (("spinquant_rtn_w4a4", "quarot_rtn_w4a4"), ("spinquant_rtn_w4a4_kv4", "quarot_rtn_w4a4_kv4"),
@@ -84,6 +87,8 @@ COMPARISONS = (("spinquant_rtn_w4a4", "quarot_rtn_w4a4"), ("spinquant_rtn_w4a4_k
 COMPARISONS += tuple((f"{_p}gptq_{_s}", f"{_p}rtn_{_s}") for _p in ("quarot_", "spinquant_")
                      for _s in ("w4_g128", "w4a8", "w4a4", "w4a4_kv4"))
 COMPARISONS += tuple((f"spinquant_gptq_{_s}", f"quarot_gptq_{_s}") for _s in ("w4_g128", "w4a8", "w4a4", "w4a4_kv4"))
+COMPARISONS += tuple(p for _s in ("w4a8", "w4a4", "w4a4_kv4") for p in (
+    (f"spinquant_gptq_{_s}_rtnobj", f"spinquant_gptq_{_s}"), (f"spinquant_gptq_{_s}_rtnobj", f"spinquant_rtn_{_s}")))
 
 
 @dataclass(frozen=True)

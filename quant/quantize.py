@@ -10,7 +10,7 @@ Methods (METHODS: name -> defaults of its options; unknown names or options are 
   fp8               e4m3 weights, per_row, act None/"per_tensor"/"per_token"
 `rotate` (rtn, gptq) first applies quant/rotation.py (R1, R2, online R4): True or "hadamard" = the
 random Hadamard (QuaRot); "cayley" = SpinQuant, R1 / R2 learned by Cayley SGD on calib
-(quant/spinquant.py; rotate_steps, rotate_lr; the objective it lowers: rotation_objective), then the
+(quant/spinquant.py; rotate_steps, rotate_lr; rotate_objective: what it rounds, rotation_objective), then the
 method quantizes the rotated weights (gptq: with the rotated model's calibration activations).
 `kv_bits` (rtn, gptq: None/8/4) stores K/V as an int8/int4 cache does (cache/kv_quant.py).
 `calib` is (n, T) token ids from the training split (quant.calibrate.calibration_ids).
@@ -43,8 +43,9 @@ FORMAT_VERSION = 1
 CONFIG_KEY = "quantization_config"
 DEFAULT_SKIP = ("lm_head",)
 _INT = dict(bits=4, group_size=128, sym=False, act_bits=None, rotate=False, kv_bits=None, rotate_steps=10,
-            rotate_lr=1.0)
+            rotate_lr=1.0, rotate_objective="auto")
 ROTATIONS = (False, True, "hadamard", "cayley")
+ROTATE_OBJECTIVES = ("auto", "rtn", "act")  # rotation_objective
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def resolve_options(method: str, opts: dict) -> dict:
         raise QuantizationError(f"act_bits={o['act_bits']}; choose None (weight-only), 8 or 4")
     if "rotate" in o and o["rotate"] not in ROTATIONS:
         raise QuantizationError(f"rotate={o['rotate']!r}; choose one of {ROTATIONS}")
+    if "rotate_objective" in o and o["rotate_objective"] not in ROTATE_OBJECTIVES:
+        raise QuantizationError(f"rotate_objective={o['rotate_objective']!r}; choose one of {ROTATE_OBJECTIVES}")
     if o.get("kv_bits") is not None:
         from cache.kv_quant import KVQuantError, check_kv_bits
         try:
@@ -116,15 +119,21 @@ def int_spec(method: str, o: dict) -> tuple[int, int, bool, Optional[int]]:
 def rotation_objective(method: str, o: dict) -> tuple:
     """The (bits, group_size, sym, act_bits) SpinQuant's Cayley SGD rounds to before `method` quantizes.
 
-    rtn: the RTN grid itself. gptq with quantized activations or KV: weights left unrounded
-    (bits None; SpinQuant's recipe: learn R for W16A4KV4, then GPTQ), as GPTQ's error feedback
-    replaces RTN's rounding error; weight-only gptq keeps the RTN grid, since a float-weight,
-    float-activation objective does not depend on the rotation at all.
+    rotate_objective "rtn": the RTN grid of the weights (and the activations / KV). "act": weights
+    left unrounded (bits None), activations / KV rounded. "auto" (default): "act" for gptq with
+    quantized activations or KV (SpinQuant's recipe: learn R for W16A4KV4, then GPTQ W4A4KV4, as
+    GPTQ's error feedback, not RTN's rounding, decides the weight error), else "rtn" (rtn itself;
+    weight-only gptq, where a float-weight, float-activation objective does not depend on R).
     """
     spec = int_spec(method, o)
-    if method == "gptq" and (o.get("act_bits") is not None or o.get("kv_bits") is not None):
-        return (None, *spec[1:])
-    return spec
+    act = o.get("act_bits") is not None or o.get("kv_bits") is not None
+    kind = o.get("rotate_objective", "auto")
+    if kind == "auto":
+        kind = "act" if method == "gptq" and act else "rtn"
+    if kind == "act" and not act:
+        raise QuantizationError("rotate_objective='act' needs act_bits or kv_bits: with float weights and "
+                                "activations the loss does not depend on the rotation")
+    return (None, *spec[1:]) if kind == "act" else spec
 
 
 def _skipped(name: str, skip: Iterable[str]) -> bool:

@@ -165,6 +165,12 @@ def test_rotation_objective_per_method():
     assert rotation_objective("gptq", {**o, "act_bits": 4}) == (None, 128, False, 4)  # GPTQ: activations only
     assert rotation_objective("gptq", {**o, "kv_bits": 4}) == (None, 128, False, None)
     assert rotation_objective("gptq", o) == (4, 128, False, None)  # weight-only: W16A16 would not depend on R
+    assert rotation_objective("gptq", {**o, "act_bits": 4, "rotate_objective": "rtn"}) == (4, 128, False, 4)
+    assert rotation_objective("rtn", {**o, "act_bits": 8, "rotate_objective": "act"}) == (None, 128, False, 8)
+    with pytest.raises(QuantizationError, match="rotate_objective='act' needs act_bits or kv_bits"):
+        rotation_objective("gptq", {**o, "rotate_objective": "act"})
+    with pytest.raises(QuantizationError, match=r"rotate_objective='w16'; choose one of \('auto', 'rtn', 'act'\)"):
+        quantize(tiny_model(), "gptq", rotate="cayley", rotate_objective="w16")
     assert objective_name((None, -1, True, 4), 4) == "W16A4KV4" and objective_name((4, 128, False, None), None) \
         == "W4g128A16"
     with pytest.raises(QuantizationError, match="nothing is quantized in the objective"):
