@@ -52,5 +52,7 @@ def test_rotated_gptq_variants_and_their_comparisons():
     assert qq.VARIANTS["spinquant_gptq_w4_g128"] == ("gptq", dict(bits=4, group_size=128, rotate="cayley"))
     rows = [{"model": "m", "variant": "spinquant_gptq_w4a4", "wt2_kl": 0.03, "wt2_ppl": 10.0},
             {"model": "m", "variant": "spinquant_rtn_w4a4", "wt2_kl": 0.04, "wt2_ppl": 11.0}]
-    (c,) = qq.check_claims(rows, qq.COMPARISONS)
+    (c,) = qq.check_claims(rows)  # gated: GPTQ beats RTN under the same rotation
     assert c["ok"] and "spinquant_gptq_w4a4 beats spinquant_rtn_w4a4" in c["claim"]
+    rows[0]["wt2_kl"] = 0.05  # planted: GPTQ worse than RTN fails the gate
+    assert not qq.check_claims(rows)[0]["ok"]
