@@ -78,8 +78,9 @@ for _method in ("rtn", "gptq"):
             VARIANTS.setdefault(_label, (_method, dict(bits=4, group_size=-1, sym=True, act_bits=_a, **_r,
                                                        **(dict(kv_bits=_kv) if _kv else {}))))
 for _s, _a, _kv in (("w4a8", 8, None), ("w4a4", 4, None), ("w4a4_kv4", 4, 4)):  # GPTQ on RTN-learned rotations
-    VARIANTS[f"spinquant_gptq_{_s}_rtnobj"] = ("gptq", dict(bits=4, group_size=-1, sym=True, act_bits=_a, rotate="cayley",
-                                                            rotate_objective="rtn", **(dict(kv_bits=_kv) if _kv else {})))
+    VARIANTS[f"spinquant_gptq_{_s}_rtnobj"] = ("gptq", dict(bits=4, group_size=-1, sym=True, act_bits=_a,
+                                                            rotate="cayley", rotate_objective="rtn",
+                                                            **(dict(kv_bits=_kv) if _kv else {})))
 CLAIMS = (("gptq_w4_g128", "rtn_w4_g128"), ("quarot_rtn_w4a4", "rtn_w4a4"), ("quarot_rtn_w4a4_kv4", "rtn_w4a4_kv4"),
           ("spinquant_rtn_w4a4", "rtn_w4a4"), ("spinquant_rtn_w4a4_kv4", "rtn_w4a4_kv4"))
 # GPTQ beats RTN under the same rotation (QuaRot / SpinQuant papers): measured KL ratio 0.46-0.91 on both models
@@ -226,8 +227,8 @@ def run(opts: Options) -> int:
                 row[f"{short}_protocol"] = protocol(r, split, "tokenizer.json of " + label, False)
             rows.append(row)
             if spin:
-                print(f"{label:10s} {v:24s} calibration loss ({spin.get('objective')}) {spin['loss_start']:.4f} at the Hadamard "
-                      f"start -> {spin['loss_end']:.4f} after {len(spin['losses'])} Cayley steps", flush=True)
+                print(f"{label:10s} {v:24s} calibration loss ({spin.get('objective')}) {spin['loss_start']:.4f} "
+                      f"at the Hadamard start -> {spin['loss_end']:.4f} after {len(spin['losses'])} Cayley steps", flush=True)
             print(f"{label:10s} {v:24s} wt2 ppl {row['wt2_ppl']:8.3f} KL {row['wt2_kl']:.5f} top1 "
                   f"{row['wt2_top1']:.3f} | heldout ppl {row['heldout_ppl']:8.3f} | {row['weight_MB']:.3f} MB "
                   f"({q_s:.0f} s)", flush=True)

@@ -53,7 +53,8 @@ def method_options(method: str) -> dict:
         o = dict(bits=FLAGS.bits, group_size=FLAGS.group_size, sym=FLAGS.sym, act_bits=FLAGS.act_bits,
                  rotate=FLAGS.rotation or FLAGS.rotate, kv_bits=FLAGS.kv_bits)
         if FLAGS.rotation == "cayley":
-            o.update(rotate_steps=FLAGS.rotate_steps, rotate_lr=FLAGS.rotate_lr, rotate_objective=FLAGS.rotate_objective)
+            o.update(rotate_steps=FLAGS.rotate_steps, rotate_lr=FLAGS.rotate_lr,
+                     rotate_objective=FLAGS.rotate_objective)
         return {**o, "act_order": FLAGS.act_order} if method == "gptq" else o
     if method == "awq":
         return dict(bits=FLAGS.bits, group_size=FLAGS.group_size)
