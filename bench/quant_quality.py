@@ -228,7 +228,8 @@ def run(opts: Options) -> int:
             rows.append(row)
             if spin:
                 print(f"{label:10s} {v:24s} calibration loss ({spin.get('objective')}) {spin['loss_start']:.4f} "
-                      f"at the Hadamard start -> {spin['loss_end']:.4f} after {len(spin['losses'])} Cayley steps", flush=True)
+                      f"at the Hadamard start -> {spin['loss_end']:.4f} after {len(spin['losses'])} Cayley steps",
+                      flush=True)
             print(f"{label:10s} {v:24s} wt2 ppl {row['wt2_ppl']:8.3f} KL {row['wt2_kl']:.5f} top1 "
                   f"{row['wt2_top1']:.3f} | heldout ppl {row['heldout_ppl']:8.3f} | {row['weight_MB']:.3f} MB "
                   f"({q_s:.0f} s)", flush=True)
