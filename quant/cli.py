@@ -35,6 +35,9 @@ flags.DEFINE_enum("rotation", None, ["hadamard", "cayley"], "rtn/gptq rotations:
                   "or cayley (SpinQuant: R1/R2 learned by Cayley SGD on the calibration windows). Default none.")
 flags.DEFINE_integer("rotate_steps", 10, "--rotation cayley: Cayley SGD steps (2 windows each). Default 10.")
 flags.DEFINE_float("rotate_lr", 1.0, "--rotation cayley: step size (capped at 1/||A|| per step). Default 1.0.")
+flags.DEFINE_string("rotate_objective", "auto", "--rotation cayley: what the learned loss rounds: rtn (weights on "
+                    "the RTN grid, activations, KV), act (activations and KV only) or auto (act for gptq with "
+                    "--act_bits/--kv_bits, SpinQuant's recipe; else rtn). Default auto.")
 flags.DEFINE_integer("kv_bits", None, "rtn/gptq: store K/V as an int8 / int4 cache would (8 or 4, per token "
                      "per head); default None: float K/V.")
 flags.DEFINE_float("alpha", 0.5, "SmoothQuant migration strength. Default 0.5 (the paper's for Llama-like models).")
@@ -50,7 +53,8 @@ def method_options(method: str) -> dict:
         o = dict(bits=FLAGS.bits, group_size=FLAGS.group_size, sym=FLAGS.sym, act_bits=FLAGS.act_bits,
                  rotate=FLAGS.rotation or FLAGS.rotate, kv_bits=FLAGS.kv_bits)
         if FLAGS.rotation == "cayley":
-            o.update(rotate_steps=FLAGS.rotate_steps, rotate_lr=FLAGS.rotate_lr)
+            o.update(rotate_steps=FLAGS.rotate_steps, rotate_lr=FLAGS.rotate_lr,
+                     rotate_objective=FLAGS.rotate_objective)
         return {**o, "act_order": FLAGS.act_order} if method == "gptq" else o
     if method == "awq":
         return dict(bits=FLAGS.bits, group_size=FLAGS.group_size)

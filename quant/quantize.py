@@ -10,8 +10,9 @@ Methods (METHODS: name -> defaults of its options; unknown names or options are 
   fp8               e4m3 weights, per_row, act None/"per_tensor"/"per_token"
 `rotate` (rtn, gptq) first applies quant/rotation.py (R1, R2, online R4): True or "hadamard" = the
 random Hadamard (QuaRot); "cayley" = SpinQuant, R1 / R2 learned by Cayley SGD on calib
-(quant/spinquant.py; rotate_steps, rotate_lr). `kv_bits` (rtn, gptq: None/8/4) stores K/V as an
-int8/int4 cache does (cache/kv_quant.py).
+(quant/spinquant.py; rotate_steps, rotate_lr; rotate_objective: what it rounds, rotation_objective), then the
+method quantizes the rotated weights (gptq: with the rotated model's calibration activations).
+`kv_bits` (rtn, gptq: None/8/4) stores K/V as an int8/int4 cache does (cache/kv_quant.py).
 `calib` is (n, T) token ids from the training split (quant.calibrate.calibration_ids).
 
 Checkpoint formats (save_quantized picks; load_quantized reads any of them, by config.json's
@@ -42,8 +43,9 @@ FORMAT_VERSION = 1
 CONFIG_KEY = "quantization_config"
 DEFAULT_SKIP = ("lm_head",)
 _INT = dict(bits=4, group_size=128, sym=False, act_bits=None, rotate=False, kv_bits=None, rotate_steps=10,
-            rotate_lr=1.0)
+            rotate_lr=1.0, rotate_objective="auto")
 ROTATIONS = (False, True, "hadamard", "cayley")
+ROTATE_OBJECTIVES = ("auto", "rtn", "act")  # rotation_objective
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ def resolve_options(method: str, opts: dict) -> dict:
         raise QuantizationError(f"act_bits={o['act_bits']}; choose None (weight-only), 8 or 4")
     if "rotate" in o and o["rotate"] not in ROTATIONS:
         raise QuantizationError(f"rotate={o['rotate']!r}; choose one of {ROTATIONS}")
+    if "rotate_objective" in o and o["rotate_objective"] not in ROTATE_OBJECTIVES:
+        raise QuantizationError(f"rotate_objective={o['rotate_objective']!r}; choose one of {ROTATE_OBJECTIVES}")
     if o.get("kv_bits") is not None:
         from cache.kv_quant import KVQuantError, check_kv_bits
         try:
@@ -110,6 +114,26 @@ def int_spec(method: str, o: dict) -> tuple[int, int, bool, Optional[int]]:
     if method == "awq":
         return 4, o["group_size"], False, None
     return o["bits"], o["group_size"], o["sym"], o["act_bits"]
+
+
+def rotation_objective(method: str, o: dict) -> tuple:
+    """The (bits, group_size, sym, act_bits) SpinQuant's Cayley SGD rounds to before `method` quantizes.
+
+    rotate_objective "rtn": the RTN grid of the weights (and the activations / KV). "act": weights
+    left unrounded (bits None), activations / KV rounded. "auto" (default): "act" for gptq with
+    quantized activations or KV (SpinQuant's recipe: learn R for W16A4KV4, then GPTQ W4A4KV4, as
+    GPTQ's error feedback, not RTN's rounding, decides the weight error), else "rtn" (rtn itself;
+    weight-only gptq, where a float-weight, float-activation objective does not depend on R).
+    """
+    spec = int_spec(method, o)
+    act = o.get("act_bits") is not None or o.get("kv_bits") is not None
+    kind = o.get("rotate_objective", "auto")
+    if kind == "auto":
+        kind = "act" if method == "gptq" and act else "rtn"
+    if kind == "act" and not act:
+        raise QuantizationError("rotate_objective='act' needs act_bits or kv_bits: with float weights and "
+                                "activations the loss does not depend on the rotation")
+    return (None, *spec[1:]) if kind == "act" else spec
 
 
 def _skipped(name: str, skip: Iterable[str]) -> bool:
@@ -181,7 +205,7 @@ def quantize(model: nn.Module, method: str = "int8_weight_only", calib: Optional
     if o.get("rotate") == "cayley":
         from quant.rotation import rotate
         from quant.spinquant import learn_rotations
-        r1, r2, report = learn_rotations(model, calib, int_spec(method, o), {n for _, _, n, _ in found},
+        r1, r2, report = learn_rotations(model, calib, rotation_objective(method, o), {n for _, _, n, _ in found},
                                          kv_bits=o["kv_bits"], steps=o["rotate_steps"], lr=o["rotate_lr"],
                                          progress=progress)
         rotate(model, r1=r1, r2=r2, kind="cayley")

@@ -8,6 +8,9 @@ random Hadamard (QuaRot) and lowers that loss:
              train split (quant.calibrate): weights fake-quantized with the RTN grid that will be
              used (bits, group size, sym), activations per token (act_bits), K/V as the cache
              stores them (kv_bits), every rounding straight-through (x + (q(x) - x).detach());
+             bits=None leaves the weights unrounded: SpinQuant's recipe when GPTQ quantizes the
+             weights afterwards (its README: optimize for W16A4KV4, then GPTQ W4A4KV4), since
+             GPTQ's error feedback, not RTN's rounding, decides the weight error there;
   parameters R1, R2 only (the model's weights stay frozen); R4 stays the fixed Hadamard;
   update     Cayley SGD on the orthogonal group (Li, Li & Todorovic 2020, the optimizer
              SpinQuant's code uses): with gradient G of R, the skew matrix A = G R^T - R G^T
@@ -112,7 +115,7 @@ class _Objective:
             out[p + "self_attn.o_proj.weight"] = (wo @ R2).reshape(dim, cfg.n_heads * hd)
             out[p + "mlp.down_proj.linear.weight"] = R1.T @ b[p + "mlp.down_proj.linear.weight"]
         bits, gs, sym, _ = self.spec
-        for n in self.quantized:
+        for n in self.quantized if bits is not None else ():
             out[n] = fake_quant_weight(out[n], bits, gs, sym)
         return {**b, **out}
 
@@ -122,6 +125,13 @@ class _Objective:
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
 
 
+def objective_name(spec: tuple, kv_bits: Optional[int]) -> str:
+    """What the objective rounds, e.g. "W4A4KV4", "W16A4KV4" (weights unrounded), "W4g128A16"."""
+    bits, gs, _, act = spec
+    return (f"W{bits or 16}" + (f"g{gs}" if bits and gs != -1 else "") + f"A{act or 16}"
+            + (f"KV{kv_bits}" if kv_bits else ""))
+
+
 def learn_rotations(model: nn.Module, calib: torch.Tensor, spec: tuple, quantized: set, *,
                     kv_bits: Optional[int] = None, steps: int = 20, lr: float = 1.0, batch_size: int = 2,
                     seed: int = 0, progress: bool = False,
@@ -129,7 +139,8 @@ def learn_rotations(model: nn.Module, calib: torch.Tensor, spec: tuple, quantize
                     ) -> tuple[torch.Tensor, list[torch.Tensor], dict]:
     """(R1 fp64, [R2 fp64 per layer], report) learned from the random Hadamard on calib (n, T).
 
-    spec: (bits, group_size, sym, act_bits) of the RTN grid the objective rounds to;
+    spec: (bits, group_size, sym, act_bits) of the RTN grid the objective rounds to (bits None:
+    weights unrounded; then act_bits or kv_bits must be set, else the loss does not depend on R);
     quantized: the qualified names (as in the rotated model) of the linears that will be
     quantized. report: {"loss_start", "loss_end"} on all of calib (the quantized objective),
     "losses" per step (on that step's batch), "ortho_err" the worst max|R^T R - I| seen, "kept":
@@ -138,6 +149,9 @@ def learn_rotations(model: nn.Module, calib: torch.Tensor, spec: tuple, quantize
     """
     from tqdm import tqdm
 
+    if spec[0] is None and spec[3] is None and kv_bits is None:
+        raise QuantizationError("spinquant: nothing is quantized in the objective (weights, activations and KV "
+                                "all float), so every rotation gives the same loss")
     cfg = model.config
     dev = model.model.embed_tokens.weight.device
     calib = calib.to(dev)
@@ -152,7 +166,7 @@ def learn_rotations(model: nn.Module, calib: torch.Tensor, spec: tuple, quantize
             return float(sum(obj.loss(calib[i:i + batch_size], R1.float(), [r.float() for r in R2s])
                              * len(calib[i:i + batch_size]) for i in range(0, len(calib), batch_size)) / len(calib))
 
-    report = {"loss_start": full_loss(), "losses": [], "ortho_err": 0.0}
+    report = {"objective": objective_name(spec, kv_bits), "loss_start": full_loss(), "losses": [], "ortho_err": 0.0}
     try:
         with torch.enable_grad():
             bar = tqdm(range(steps), desc="spinquant cayley", unit="step", disable=not progress)

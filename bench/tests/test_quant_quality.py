@@ -56,3 +56,17 @@ def test_quantize_lm_head_rows(tmp_path, monkeypatch):
     assert set(by) == {"fp32", "rtn_w4_g128", "rtn_w4_g128+lm_head"}
     assert by["rtn_w4_g128+lm_head"]["lm_head"] == "quantized" and by["rtn_w4_g128"]["lm_head"] == "float"
     assert by["rtn_w4_g128+lm_head"]["wt2_kl"] > by["rtn_w4_g128"]["wt2_kl"] > 1e-4
+
+
+def test_rotated_gptq_variants_and_their_comparisons():
+    # every label a claim or comparison names is a variant (a typo would silently drop the pair)
+    assert {v for pair in qq.CLAIMS + qq.COMPARISONS for v in pair} <= set(qq.VARIANTS)
+    assert qq.VARIANTS["spinquant_gptq_w4a4_kv4"] == ("gptq", dict(bits=4, group_size=-1, sym=True, act_bits=4,
+                                                                   rotate="cayley", kv_bits=4))
+    assert qq.VARIANTS["spinquant_gptq_w4_g128"] == ("gptq", dict(bits=4, group_size=128, rotate="cayley"))
+    rows = [{"model": "m", "variant": "spinquant_gptq_w4a4", "wt2_kl": 0.03, "wt2_ppl": 10.0},
+            {"model": "m", "variant": "spinquant_rtn_w4a4", "wt2_kl": 0.04, "wt2_ppl": 11.0}]
+    (c,) = qq.check_claims(rows)  # gated: GPTQ beats RTN under the same rotation
+    assert c["ok"] and "spinquant_gptq_w4a4 beats spinquant_rtn_w4a4" in c["claim"]
+    rows[0]["wt2_kl"] = 0.05  # planted: GPTQ worse than RTN fails the gate
+    assert not qq.check_claims(rows)[0]["ok"]

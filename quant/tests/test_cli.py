@@ -37,14 +37,16 @@ def test_gptq_checkpoint_written_and_loadable(tmp_path):
     assert not float((a - b).norm() / b.norm()) >= 0.3
 
 
-def test_spinquant_w4a4_kv4_checkpoint(tmp_path):
+@pytest.mark.parametrize("method,extra", [("rtn", ()), ("gptq", ("--rotate_objective", "rtn"))])
+def test_spinquant_w4a4_kv4_checkpoint(tmp_path, method, extra):
     out = tmp_path / "s"
-    p = run_cli("--checkpoint", "lab-draft", "--method", "rtn", "--group_size", "-1", "--sym", "--act_bits", "4",
+    p = run_cli("--checkpoint", "lab-draft", "--method", method, "--group_size", "-1", "--sym", "--act_bits", "4",
                 "--kv_bits", "4", "--rotation", "cayley", "--rotate_steps", "2", "--calib_samples", "2",
-                "--calib_len", "64", "--output", str(out))
+                "--calib_len", "64", *extra, "--output", str(out))
     assert p.returncode == 0, p.stderr[-2000:]
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "lab" and qc["options"]["rotate"] == "cayley" and qc["options"]["kv_bits"] == 4
+    assert qc["method"] == method and qc["options"]["rotate_objective"] == ("rtn" if extra else "auto")
     q = lab_model.load(str(out))
     assert q.model.layers[1].self_attn.kv_quant.bits == 4  # the KV cache bits come back with the checkpoint
 
@@ -53,6 +55,7 @@ def test_spinquant_w4a4_kv4_checkpoint(tmp_path):
     (("--kv_bits", "3"), "unsupported kv_bits=3; choose one of (4, 8)"),
     (("--group_size", "48"), "group_size=48 does not divide in_features=128"),
     (("--method", "gptq4"), "--method 'gptq4' is unknown"),
+    (("--rotation", "cayley", "--rotate_objective", "w16"), "rotate_objective='w16'; choose one of"),
 ])
 def test_bad_flags_one_line(tmp_path, args, msg):
     p = run_cli("--checkpoint", "lab-draft", "--method", "rtn", *args, "--output", str(tmp_path / "o"))

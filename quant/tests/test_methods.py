@@ -194,7 +194,8 @@ METHOD_CASES = [("rtn", dict(bits=4, group_size=32)), ("rtn", dict(bits=8, group
                 ("smoothquant", {}), ("fp8", dict(per_row=True, act="per_token")), ("int8_weight_only", {}),
                 ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=4, rotate=True)),
                 ("rtn", dict(bits=4, group_size=-1, sym=True, act_bits=8, rotate="cayley", rotate_steps=2,
-                             kv_bits=4))]
+                             kv_bits=4)),
+                ("gptq", dict(bits=4, group_size=-1, sym=True, act_bits=4, rotate="cayley", rotate_steps=2))]
 
 
 @pytest.mark.parametrize("method,opts", METHOD_CASES)
