@@ -96,6 +96,8 @@ def test_cost_model_checks_its_steps_and_projects_by_its_formula(tmp_path):
     eagle = next(r for r in proj if r["strategy"] == "eagle-k4")  # host = the 8B-shape EAGLE head's 4 steps
     assert eagle["host_us"] > 0 and eagle["host_us"] not in (heads["host_us"], ngram["host_us"])
     assert eagle["projected_8b_speedup"] == pytest.approx(2.9 * t["8b", 1] / (t["8b", 5] + eagle["host_us"]))
+    # the graphed-head column is GPU only (a CPU has no CUDA graphs): absent here, never a made-up figure
+    assert eagle["host_graphed_us"] is None and eagle["projected_graphed_head"] is None
 
 
 def test_cost_model_rejects_a_wrong_verify_step(tmp_path, monkeypatch):
