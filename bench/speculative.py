@@ -49,6 +49,7 @@ lab-draft (or lab-small's heads) do.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
