@@ -108,22 +108,15 @@ class EagleHead(nn.Module):
 
 def save_eagle(head: EagleHead, path: str, base_model: str, extra: dict = None) -> None:
     """Write eagle.safetensors (fp16) and config.json into the existing folder `path` (each atomically)."""
-    from safetensors.torch import save_file
+    from decoding.heads import save_side_files
 
-    tmp = os.path.join(path, WEIGHTS + ".tmp")
-    save_file({k: v.detach().half().contiguous().cpu() for k, v in head.state_dict().items()}, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, os.path.join(path, WEIGHTS))
     c = head.config
     config = {"architecture": "eagle: fc(embed, feature) + one decoder layer, the target's norm and lm_head",
               "feature": "lm_head input (after the final norm)", "hidden_size": c.dim,
               "vocab_size": c.vocab_size, "intermediate_size": c.intermediate_size, "num_heads": c.n_heads,
               "num_kv_heads": c.n_kv_heads, "base_model": base_model, **(extra or {})}
-    tmp = os.path.join(path, CONFIG + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, os.path.join(path, CONFIG))
+    save_side_files(path, WEIGHTS, {k: v.detach().half().contiguous().cpu() for k, v in head.state_dict().items()},
+                    CONFIG, config)
 
 
 def eagle_dir(source: Union[str, os.PathLike]) -> str:

@@ -93,20 +93,26 @@ class HiddenTap:
 
 def save_heads(heads: MedusaHeads, path: str, base_model: str, extra: dict = None) -> None:
     """Write heads.safetensors and config.json into the existing folder `path` (each file atomically)."""
-    from safetensors.torch import save_file
-
-    tmp = os.path.join(path, WEIGHTS + ".tmp")
-    save_file({"weight": heads.weight.detach().float().contiguous().cpu(),
-               "bias": heads.bias.detach().float().contiguous().cpu()}, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, os.path.join(path, WEIGHTS))
     config = {"architecture": "medusa-1 residual SiLU heads, shared lm_head", "num_heads": heads.num_heads,
               "hidden_size": heads.dim, "vocab_size": heads.vocab_size, "base_model": base_model, **(extra or {})}
-    tmp = os.path.join(path, CONFIG + ".tmp")
+    save_side_files(path, WEIGHTS, {"weight": heads.weight.detach().float().contiguous().cpu(),
+                                    "bias": heads.bias.detach().float().contiguous().cpu()}, CONFIG, config)
+
+
+def save_side_files(path: str, weights_name: str, tensors: dict, config_name: str, config: dict) -> None:
+    """A draft head's two files in the existing folder `path`: tensors as safetensors, config as JSON, each
+    written to a .tmp and renamed (atomic). Medusa heads and the EAGLE head both save through here."""
+    from safetensors.torch import save_file
+
+    tmp = os.path.join(path, weights_name + ".tmp")
+    save_file(tensors, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, os.path.join(path, weights_name))
+    tmp = os.path.join(path, config_name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
-    os.replace(tmp, os.path.join(path, CONFIG))
+    os.replace(tmp, os.path.join(path, config_name))
 
 
 def heads_dir(source: Union[str, os.PathLike]) -> str:
